@@ -1,0 +1,187 @@
+"""Write a tiny LLaVA-1.5-architecture checkpoint with random weights, fully offline.
+
+    python -m finetune.tiny_model OUT                          # tests and smoke runs (hidden 64, 2 layers)
+    python -m finetune.tiny_model OUT --hidden 512 --layers 4  # benchmarks: small enough for CPU, not trivial
+
+The checkpoint has the real LLaVA-1.5 geometry where it matters: a CLIP vision tower at 336 px with 14 px patches
+(576 image tokens, `vision_feature_layer=-2`), a GELU projector and a Llama language model, plus a processor
+(CLIP image processor + a byte-level BPE tokenizer trained here with `tokenizers`, holding `<image>`, `<s>`, `</s>`,
+`<pad>`). It loads with `from_pretrained` exactly like `llava-hf/llava-1.5-7b-hf`, so tests exercise the real path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+)
+
+from finetune.template import CHAT_TEMPLATE
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+
+# Words the tokenizer should keep whole: the vocabulary of the synthetic reports and questions. Anything else still
+# tokenizes (byte-level BPE covers every string), just in more pieces.
+_WORDS = """
+yes no the a an is are there of in on at with without and or not any evidence seen visible present image chest
+film x-ray radiograph frontal lateral view pa ap patient heart size normal enlarged cardiomegaly cardiac silhouette
+pleural effusion effusions blunted costophrenic angle angles consolidation opacity opacities lung lungs lesion
+nodule mass edema pulmonary vascular congestion pneumonia atelectasis pneumothorax fracture rib ribs support device
+devices tube line catheter pacemaker lead endotracheal enteric central venous what abnormalities abnormality are
+seen acute finding findings no acute cardiopulmonary process clear mediastinum mediastinal contour within limits
+left right bilateral base bases upper lower lobe mild moderate severe small large trace does show have this does
+free focal airspace disease osseous structures intact impression describe which side where is there any sign signs
+""".split()
+_TEMPLATES = [
+    "USER: <image>\nIs there {w}? ASSISTANT: Yes.</s>",
+    "USER: <image>\nDoes this film show {w}? ASSISTANT: No.</s>",
+    "What abnormalities are seen? {w} {v}.",
+    "The {w} is {v}. No {v} {w}.",
+]
+
+
+def train_tokenizer(vocab_size: int = 1024, seed: int = 0) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on a small generated corpus: deterministic and offline."""
+    rng = random.Random(seed)
+    corpus = [t.format(w=rng.choice(_WORDS), v=rng.choice(_WORDS)) for t in _TEMPLATES for _ in range(400)]
+    corpus += [" ".join(rng.sample(_WORDS, 12)) for _ in range(800)]
+    corpus += [w.capitalize() for w in _WORDS] + [w.upper() for w in _WORDS]
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    # Like Llama's tokenizer: BOS in front of every encoded text, nothing after.
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+        padding_side="left",
+        model_max_length=4096,
+    )
+
+
+def build_tiny_llava(
+    out: str | Path,
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    vision_hidden: int = 64,
+    vision_layers: int = 2,
+    seed: int = 0,
+) -> Path:
+    """Write model + processor to `out` and return the path. Widths >= 64 so bitsandbytes 4-bit works on CPU."""
+    out = Path(out)
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer(seed=seed)
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+
+    vision = CLIPVisionConfig(
+        image_size=336,
+        patch_size=14,
+        hidden_size=vision_hidden,
+        intermediate_size=vision_hidden * 2,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=4,
+        projection_dim=vision_hidden,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=image_token_id,
+        image_seq_length=576,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
+    model = LlavaForConditionalGeneration(config).eval()
+    # Random init gives near-zero logits everywhere; a larger spread makes greedy decoding of the untrained model
+    # produce varied, non-degenerate text, closer to how a real base model disagrees with a fine-tuned one.
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0.0, 0.5)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.save_pretrained(out)
+
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": 336},
+        crop_size={"height": 336, "width": 336},
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", help="directory to write the checkpoint to")
+    parser.add_argument("--hidden", type=int, default=64, help="language model width (>= 64)")
+    parser.add_argument("--layers", type=int, default=2, help="language model layers")
+    parser.add_argument("--vision-hidden", type=int, default=64, help="vision tower width (>= 64)")
+    parser.add_argument("--vision-layers", type=int, default=2, help="vision tower layers (>= 2: layer -2 is used)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if min(args.hidden, args.vision_hidden) < 64 or args.vision_layers < 2:
+        parser.error("widths must be >= 64 (4-bit blocks) and the vision tower needs >= 2 layers")
+    out = build_tiny_llava(
+        args.out,
+        hidden=args.hidden,
+        layers=args.layers,
+        vision_hidden=args.vision_hidden,
+        vision_layers=args.vision_layers,
+        seed=args.seed,
+    )
+    n_files = sum(1 for _ in itertools.islice(out.iterdir(), 100))
+    print(f"wrote a tiny LLaVA-1.5 checkpoint ({n_files} files) to {out}")
+
+
+if __name__ == "__main__":
+    main()

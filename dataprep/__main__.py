@@ -1,0 +1,150 @@
+"""Build the VQA dataset from a CheXpert Plus release.
+
+    python -m dataprep.synthetic S --patients 40                      # a miniature release to try it on
+    python -m dataprep --chexpert-root S --out D --generator labels   # offline, free, deterministic
+    OPENAI_API_KEY=... python -m dataprep --chexpert-root ROOT --out D --generator llm --model gpt-4o-mini \
+        --concurrency 16 --max-cost 20 [--dry-run] [--batch-api]
+    python -m dataprep --chexpert-root ROOT --out D --generator llm --base-url http://localhost:8000/v1 --model M
+
+CheXpert Plus's research-use agreement may not allow sending reports to a third-party API: prefer a local
+OpenAI-compatible server (vLLM, Ollama) or the labels generator. Run with --help for every option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+from dataprep.chexpert import ReleaseError, read_release
+from dataprep.config import Config, parse_config
+from dataprep.qa_labels import LabelsGenerator
+
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
+
+
+class UserError(Exception):
+    """A mistake in the options or environment; printed as one line, exit code 2."""
+
+
+def make_generator(cfg: Config):
+    if cfg.generator == "labels":
+        return LabelsGenerator(qa_per_study=cfg.qa_per_study, seed=cfg.seed)
+    import openai  # only the llm generator needs the client
+
+    from dataprep.qa_llm import LLMGenerator
+
+    key = os.environ.get(cfg.api_key_env)
+    base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL")
+    local = urlparse(base_url or "").hostname in LOCAL_HOSTS
+    if not key and not local and not cfg.dry_run:
+        raise UserError(
+            f"${cfg.api_key_env} is not set: export the API key (it is read from the environment only), "
+            "or point --base-url at a local OpenAI-compatible server"
+        )
+    # local servers (vLLM, Ollama) accept any key; the client insists on one
+    client = openai.AsyncOpenAI(base_url=base_url, api_key=key or "unused", max_retries=0, timeout=cfg.timeout)
+    price = None
+    if cfg.price_input is not None or cfg.price_output is not None:
+        price = (cfg.price_input or 0.0, cfg.price_output or 0.0)
+    return LLMGenerator(
+        client,
+        cfg.model,
+        Path(cfg.cache_dir or Path(cfg.out) / "cache"),
+        qa_per_study=cfg.qa_per_study,
+        concurrency=cfg.concurrency,
+        max_retries=cfg.max_retries,
+        timeout=cfg.timeout,
+        max_cost=cfg.max_cost,
+        price=price,
+        batch_api=cfg.batch_api,
+        poll_interval=cfg.poll_interval,
+        progress=cfg.progress,
+    )
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
+
+
+def print_summary(stats: dict, out: str) -> None:
+    print(f"\n{stats['studies']} studies -> {stats['rows']} rows, {stats['rejected']} rejected")
+    print(f"  {'split':<11}{'rows':>7}{'patients':>10}")
+    for name, split in stats["splits"].items():
+        print(f"  {name:<11}{split['rows']:>7}{split['patients']:>10}")
+    answers = stats["answers"]
+    print(f"  QA pairs {stats['qa_pairs']}: yes {answers['yes']}, no {answers['no']}, open {answers['open']}")
+    print(f"  rejects: {_counts(stats['reject_reasons'])}")
+    gen = stats["generator"]
+    if "requests" in gen:
+        requests = f"{gen['requests']} requests ({gen['retries']} retries, {gen['batch_requests']} in batches)"
+        tokens = f"{gen['prompt_tokens']} + {gen['completion_tokens']} tokens"
+        print(f"  llm {gen['model']} (prompt {gen['prompt_version']}): {requests}, {gen['cache_hits']} from cache")
+        print(f"  {tokens}, ${gen['cost_usd']:.4f} this run, ${gen['dataset_cost_usd']:.4f} for the whole dataset")
+        print(f"  filtered pairs: {_counts(gen['filtered_pairs'])}")
+        print(f"  invalid replies (retried): {_counts(gen['invalid_outputs'])}")
+    print(f"wrote {out} (datasets.load_from_disk), {out}/stats.json, {out}/rejects.jsonl")
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("dataprep").setLevel(logging.INFO)  # e.g. batch ids, which a person may need
+    try:
+        studies, rejects = read_release(cfg.chexpert_root, cfg.limit)
+        generator = make_generator(cfg)
+    except (ReleaseError, UserError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if cfg.dry_run:
+        if cfg.generator == "labels":
+            print(f"dry run: {len(studies)} studies, labels generator: no requests, no cost")
+        else:
+            est = generator.estimate(studies)
+            print(
+                f"dry run: {len(studies)} studies ({len(rejects)} rejected on reading); {est['requests']} "
+                f"requests to {est['model']} ({est['cached']} reports cached); ~{est['prompt_tokens']} input "
+                f"+ ~{est['completion_tokens']} output tokens; ~${est['cost_usd']:.2f} "
+                f"(~${est['batch_cost_usd']:.2f} with --batch-api). Nothing was sent or written."
+            )
+        return 0
+    import openai  # heavy imports after the cheap checks, so mistakes are reported at once
+
+    from dataprep.build import build_dataset
+    from dataprep.qa_llm import LLMSetupError
+
+    if not cfg.progress:
+        import datasets
+
+        datasets.disable_progress_bars()
+
+    try:
+        dataset, stats = build_dataset(
+            studies,
+            rejects,
+            generator,
+            root=cfg.chexpert_root,
+            out=cfg.out,
+            image_size=cfg.image_size,
+            seed=cfg.seed,
+            fractions=cfg.fractions,
+            workers=cfg.workers,
+            progress=cfg.progress,
+            config=dataclasses.asdict(cfg),  # holds the key's variable name, never the key
+        )
+    except (LLMSetupError, openai.APIError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print_summary(stats, cfg.out)
+    if cfg.push_to_hub:
+        # private: the release's data use agreement does not allow publishing derived data
+        dataset.push_to_hub(cfg.push_to_hub, private=True)
+        print(f"pushed to https://huggingface.co/datasets/{cfg.push_to_hub} (private)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Options of `python -m dataprep`: one typed dataclass; a YAML file gives defaults, flags override.
+
+    python -m dataprep --config my.yaml --limit 100       # my.yaml: {chexpert_root: ..., generator: llm, ...}
+
+Unknown YAML keys and bad values are errors (exit code 2) with a one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+GENERATORS = ("labels", "llm")
+
+
+def _opt(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class Config:
+    chexpert_root: str = _opt("", "the unpacked CheXpert Plus release (CSV, PNG/, chexbert_labels/)")
+    out: str = _opt("", "folder for the dataset (save_to_disk), stats.json, rejects.jsonl and the cache")
+    generator: str = _opt(
+        "labels", "labels: offline QA from CheXbert labels; llm: QA written by an LLM", choices=GENERATORS
+    )
+    limit: int | None = _opt(None, "only the first N studies of the CSV")
+    seed: int = _opt(0, "seed of the patient split and of the labels generator's phrasing")
+    image_size: int = _opt(336, "side of the letterboxed square images (LLaVA-1.5 sees 336 px)")
+    split_fractions: str = _opt("0.8,0.1,0.1", "train,validation,test fractions of the official train patients")
+    qa_per_study: int = _opt(5, "QA pairs per study (one conversation per study)")
+    workers: int = _opt(8, "threads that decode and letterbox images")
+    model: str = _opt("gpt-4o-mini", "llm: model name at the endpoint")
+    base_url: str | None = _opt(None, "llm: any OpenAI-compatible endpoint (vLLM, Ollama, Azure); default OpenAI")
+    api_key_env: str = _opt("OPENAI_API_KEY", "llm: environment variable holding the API key (never a flag)")
+    concurrency: int = _opt(8, "llm: requests in flight")
+    max_retries: int = _opt(5, "llm: retries of one request on 429, 5xx, timeouts and invalid JSON")
+    timeout: float = _opt(120.0, "llm: seconds before one request times out")
+    max_cost: float | None = _opt(None, "llm: stop sending once this many USD would be exceeded")
+    price_input: float | None = _opt(None, "llm: USD per million input tokens (default: known list prices, else 0)")
+    price_output: float | None = _opt(None, "llm: USD per million output tokens")
+    dry_run: bool = _opt(False, "llm: estimate requests, tokens and cost; send nothing, write nothing")
+    batch_api: bool = _opt(False, "llm: use the OpenAI Batch API (half price, results within 24 h)")
+    poll_interval: float = _opt(30.0, "llm --batch-api: seconds between polls")
+    cache_dir: str | None = _opt(None, "llm: reply cache (default OUT/cache); reruns are free from it")
+    push_to_hub: str | None = _opt(None, "also push the DatasetDict to this Hub repo, private (HF_TOKEN from env)")
+    progress: bool = _opt(True, "show progress bars")
+
+    def __post_init__(self) -> None:
+        if not self.chexpert_root or not self.out:
+            raise ValueError("--chexpert-root and --out are required")
+        if self.generator not in GENERATORS:
+            raise ValueError(f"--generator must be one of {', '.join(GENERATORS)}, got {self.generator!r}")
+        fractions = self.fractions
+        if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+            raise ValueError(f"--split-fractions must be three numbers >= 0 that sum to 1, got {self.split_fractions}")
+        positive = {"image_size": self.image_size, "concurrency": self.concurrency, "workers": self.workers}
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.qa_per_study < 1 or self.max_retries < 0 or (self.limit is not None and self.limit < 0):
+            raise ValueError("--qa-per-study must be >= 1, --max-retries and --limit >= 0")
+        if self.max_cost is not None and self.max_cost < 0:
+            raise ValueError("--max-cost must be >= 0")
+
+    @property
+    def fractions(self) -> tuple[float, ...]:
+        try:
+            return tuple(float(x) for x in str(self.split_fractions).split(","))
+        except ValueError:
+            return ()
+
+
+def _base_type(hint) -> type:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dataprep",
+        description="CheXpert Plus reports -> a patient-split VQA dataset for LLaVA-1.5.",
+        epilog="example: python -m dataprep --chexpert-root S --out D --generator labels",
+    )
+    parser.add_argument("--config", help="YAML file of options (keys as below, with _ or -); flags override it")
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        kind = _base_type(hints[f.name])
+        if kind is bool:  # never type=bool: --dry-run / --no-dry-run
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f.metadata["help"])
+        else:
+            parser.add_argument(
+                flag,
+                type=kind,
+                default=None,
+                choices=f.metadata.get("choices"),
+                help=f"{f.metadata['help']} (default: {f.default})",
+            )
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """Config from YAML defaults and flags; a user mistake exits with code 2 and one line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    values: dict = {}
+    if args.config:
+        try:
+            with open(args.config, encoding="utf-8") as file:
+                loaded = yaml.safe_load(file) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            parser.error(f"cannot read --config {args.config}: {exc}")
+        if not isinstance(loaded, dict):
+            parser.error(f"--config {args.config} must hold a mapping of options")
+        names = {f.name for f in dataclasses.fields(Config)}
+        values = {str(k).replace("-", "_"): v for k, v in loaded.items()}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            parser.error(f"unknown keys in {args.config}: {', '.join(unknown)}")
+    values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
+    try:
+        return Config(**values)
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))

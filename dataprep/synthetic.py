@@ -1,0 +1,271 @@
+"""Write a miniature CheXpert Plus release: the real file names, CSV columns and label files, drawn films.
+
+    python -m dataprep.synthetic S --patients 40 [--seed 0] [--image-size 384] [--no-defects]
+    python -m dataprep.synthetic --examples assets/examples        # a few labelled films for the app
+
+Each study draws Cardiomegaly, Pleural Effusion, Consolidation, Pneumothorax and Support Devices independently
+(~40% each) and its report states them the way real ones do: ALL CAPS or not, prior-comparison sentences,
+sign-off boilerplate, de-identification marks. A few studies are broken on purpose (no report text, a missing or
+corrupt image, no label row) so every reject path of the builder runs; --no-defects turns that off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dataprep.chexpert import COLUMNS, CSV_NAME, LABEL_DIR, LABEL_FILES, LABELS
+from dataprep.synthetic_films import DEVICES, DRAWN, draw_film
+
+PREVALENCE = 0.4
+DEFECTS = ("no_text", "missing_image", "corrupt_image", "no_labels")
+POSITIVE = {
+    "Cardiomegaly": ("The heart is enlarged.", "Cardiomegaly.", "Moderate enlargement of the cardiac silhouette."),
+    "Pleural Effusion": ("There is a {side} pleural effusion.", "{Side} pleural effusion."),
+    "Consolidation": ("Consolidation in the {side} {zone} lung.", "Dense {side} {zone} lung consolidation."),
+    "Pneumothorax": ("There is a {side} pneumothorax.", "{Side} pneumothorax."),
+}
+UNCERTAIN = {
+    "Pleural Effusion": "Possible small {side} pleural effusion.",
+    "Consolidation": "Possible {side} {zone} lung consolidation.",
+}
+NEGATIVE = {
+    "Cardiomegaly": ("Heart size is normal.", "The cardiac silhouette is not enlarged."),
+    "Pleural Effusion": ("No pleural effusion.",),
+    "Consolidation": ("No focal consolidation.",),
+    "Pneumothorax": ("No pneumothorax.",),
+    "Support Devices": ("No lines or tubes.",),
+}
+DEVICE_SENTENCE = {
+    "endotracheal tube": "Endotracheal tube tip is 4 cm above the carina.",
+    "central line": "Right internal jugular central venous catheter with the tip in the SVC.",
+    "pacemaker": "Left chest wall pacemaker with a lead in the right ventricle.",
+}
+PRIOR_SENTENCES = ("Compared to the prior study, there is no significant interval change.", "Stable appearance.")
+SIGN_OFF = "I have personally reviewed the images and agree with the report transcribed above."
+COMMUNICATION = "These findings were discussed with Dr. ___ at 10:30 on ___."
+
+
+def _side_words(details: dict) -> dict:
+    side = {"both": "bilateral"}.get(details.get("side", ""), details.get("side", ""))
+    return {"side": side, "Side": side.capitalize(), "zone": details.get("zone", "")}
+
+
+def sample_findings(rng: np.random.Generator) -> dict[str, dict]:
+    """Which drawn findings a study has, with side, zone or device."""
+    found = {}
+    for name in DRAWN:
+        if rng.random() >= PREVALENCE:
+            continue
+        if name == "Pleural Effusion":
+            found[name] = {"side": str(rng.choice(["left", "right", "both"], p=[0.4, 0.3, 0.3]))}
+        elif name in ("Consolidation", "Pneumothorax"):
+            found[name] = {"side": str(rng.choice(["left", "right"])), "zone": str(rng.choice(["upper", "lower"]))}
+        elif name == "Support Devices":
+            found[name] = {"device": str(rng.choice(DEVICES))}
+        else:
+            found[name] = {}
+    return found
+
+
+def write_report(found: dict[str, dict], rng: np.random.Generator) -> tuple[dict[str, str], dict, dict]:
+    """Report sections, CheXbert labels of the whole report, and of the impression alone."""
+    labels: dict = dict.fromkeys(LABELS)
+    impression_labels: dict = dict.fromkeys(LABELS)
+    findings, impression = [], []
+    if "Support Devices" in found:
+        findings.append(DEVICE_SENTENCE[found["Support Devices"]["device"]])
+        labels["Support Devices"] = 1.0
+    elif rng.random() < 0.5:
+        findings.append(NEGATIVE["Support Devices"][0])
+        labels["Support Devices"] = 0.0
+    for name in ("Cardiomegaly", "Consolidation", "Pneumothorax", "Pleural Effusion"):
+        if name in found:
+            uncertain = name in UNCERTAIN and rng.random() < 0.05
+            template = UNCERTAIN[name] if uncertain else str(rng.choice(POSITIVE[name]))
+            sentence = template.format(**_side_words(found[name]))
+            findings.append(sentence)
+            impression.append(sentence)
+            labels[name] = impression_labels[name] = -1.0 if uncertain else 1.0
+        elif rng.random() < 0.85:  # otherwise not mentioned: CheXbert says null
+            findings.append(str(rng.choice(NEGATIVE[name])))
+            labels[name] = 0.0
+    if not any(labels[name] in (1.0, -1.0) for name in POSITIVE):
+        impression.append("No acute cardiopulmonary abnormality.")
+        labels["No Finding"] = impression_labels["No Finding"] = 1.0
+    if rng.random() < 0.35:
+        findings.insert(0, str(rng.choice(PRIOR_SENTENCES)))
+    impression = [f"{i}. {s}" for i, s in enumerate(impression, 1)] if len(impression) > 1 else impression
+    if rng.random() < 0.2:
+        impression.append(COMMUNICATION)
+    if rng.random() < 0.5:
+        impression.append(SIGN_OFF)
+    sep = "\n" if rng.random() < 0.5 else " "
+    sections = {"section_findings": sep.join(findings), "section_impression": sep.join(impression)}
+    if rng.random() < 0.4:  # much of the release is dictated in capitals
+        sections = {k: v.upper() for k, v in sections.items()}
+    return sections, labels, impression_labels
+
+
+def _png_bytes(film) -> bytes:
+    buffer = io.BytesIO()
+    film.save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
+
+
+def _row(path: str, view: str, patient: str, order: int, split: str, sections: dict, rng) -> dict:
+    narrative = "CHEST 1 VIEW AP" if view == "AP" else "CHEST 2 VIEWS PA AND LATERAL"
+    accession = str(rng.integers(10**7, 10**8))
+    report = (
+        f"NARRATIVE:\n{narrative}\n\nCLINICAL HISTORY: Shortness of breath.\n\nCOMPARISON: ___\n\n"
+        f"FINDINGS:\n{sections['section_findings']}\n\nIMPRESSION:\n{sections['section_impression']}\n\n"
+        f"ACCESSION NUMBER: {accession}"
+    )
+    row = dict.fromkeys(COLUMNS, "")
+    row.update(sections)
+    row.update(
+        path_to_image=path,
+        path_to_dcm=path.replace(".jpg", ".dcm"),
+        frontal_lateral="Lateral" if view == "lateral" else "Frontal",
+        ap_pa="" if view == "lateral" else view,
+        deid_patient_id=patient,
+        patient_report_date_order=str(order),
+        report=report,
+        section_narrative=narrative,
+        section_clinical_history="Shortness of breath.",
+        section_comparison="___",
+        section_accession_number=accession,
+        age=str(int(rng.integers(18, 90))),
+        sex=str(rng.choice(["Male", "Female"])),
+        race=str(rng.choice(["White", "Black", "Asian", "Other", "Unknown"])),
+        ethnicity=str(rng.choice(["Non-Hispanic/Non-Latino", "Hispanic/Latino"])),
+        interpreter_needed="No",
+        insurance_type=str(rng.choice(["Private Insurance", "Medicare", "Medicaid"])),
+        recent_bmi=f"{rng.uniform(18, 35):.1f}",
+        deceased="No",
+        split=split,
+    )
+    return row
+
+
+def write_release(
+    out: str | Path, patients: int = 40, seed: int = 0, image_size: int = 384, defects: bool = True
+) -> dict:
+    """Write the release under `out`; return counts (patients, studies, images, defects by kind)."""
+    out = Path(out)
+    plan_rng = np.random.default_rng([seed, 0])
+    n_valid = max(1, patients // 10) if patients >= 5 else 0
+    studies = [(p, s) for p in range(patients) for s in range(int(plan_rng.integers(1, 4)))]
+    n_each = max(1, round(0.03 * len(studies))) if defects and len(studies) >= 10 else 0
+    picked = plan_rng.choice(len(studies), size=n_each * len(DEFECTS), replace=False) if n_each else []
+    defect_of = {studies[i]: DEFECTS[k // n_each] for k, i in enumerate(picked)}
+    rows, label_lines = [], {name: [] for name in LABEL_FILES}
+    counts = {"patients": patients, "studies": len(studies), "images": 0, "defects": dict.fromkeys(DEFECTS, 0)}
+    for p, s in studies:
+        rng = np.random.default_rng([seed, 1, p, s])
+        split = "valid" if p >= patients - n_valid else "train"
+        patient = f"patient{p + 1:05d}"
+        found = sample_findings(rng)
+        sections, labels, impression_labels = write_report(found, rng)
+        defect = defect_of.get((p, s))
+        if defect:
+            counts["defects"][defect] += 1
+        if defect == "no_text":
+            sections = {"section_findings": "", "section_impression": ""}
+        frontal = "AP" if rng.random() < 0.4 else "PA"
+        views = [frontal, "lateral"] if rng.random() < 0.5 else [frontal]
+        if rng.random() < 0.03:
+            views = ["lateral"]
+        for k, view in enumerate(views, 1):
+            kind = "lateral" if view == "lateral" else "frontal"
+            path = f"{split}/{patient}/study{s + 1}/view{k}_{kind}.jpg"
+            if defect != "missing_image":
+                png = _png_bytes(draw_film(found, view, image_size, rng))
+                target = out / "PNG" / "PNG" / path.replace(".jpg", ".png")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(png[:100] if defect == "corrupt_image" else png)
+                counts["images"] += 1
+            rows.append(_row(path, view, patient, s + 1, split, sections, rng))
+            if defect != "no_labels":
+                by_file = {
+                    "report_fixed.json": labels,
+                    "findings_fixed.json": labels,
+                    "impression_fixed.json": impression_labels,
+                }
+                for name, values in by_file.items():
+                    label_lines[name].append(json.dumps({"path_to_image": path, **values}))
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / CSV_NAME, "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / LABEL_DIR).mkdir(exist_ok=True)
+    for name, lines in label_lines.items():
+        (out / LABEL_DIR / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return counts
+
+
+EXAMPLES = {
+    "normal": {},
+    "cardiomegaly": {"Cardiomegaly": {}},
+    "pleural_effusion": {"Pleural Effusion": {"side": "left"}},
+    "consolidation": {"Consolidation": {"side": "right", "zone": "lower"}},
+    "pneumothorax": {"Pneumothorax": {"side": "left", "zone": "upper"}},
+    "support_device": {"Support Devices": {"device": "central line"}},
+}
+
+
+def write_examples(out: str | Path, image_size: int = 384, seed: int = 0) -> list[dict]:
+    """A labelled film per finding (and a normal one) plus examples.json, for the app's example gallery."""
+    from dataprep.qa_labels import FINDINGS  # phrasing shared with the labels generator
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    index = []
+    for i, (name, found) in enumerate(EXAMPLES.items()):
+        draw_film(found, "PA", image_size, np.random.default_rng([seed, 2, i])).save(out / f"{name}.png")
+        label = next(iter(found), None)
+        question = f"Is there {FINDINGS[label][0]}?" if label else "Is this chest X-ray normal?"
+        answer = f"Yes, there is {FINDINGS[label][0]}." if label else "Yes, there is no acute abnormality."
+        index.append({"file": f"{name}.png", "findings": list(found), "question": question, "answer": answer})
+    (out / "examples.json").write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
+    return index
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dataprep.synthetic", description=__doc__.split("\n")[0])
+    parser.add_argument("out", nargs="?", help="folder to write the miniature release into")
+    parser.add_argument("--patients", type=int, default=40, help="number of patients (1-3 studies each)")
+    parser.add_argument("--seed", type=int, default=0, help="everything drawn follows from it")
+    parser.add_argument("--image-size", type=int, default=384, help="film width in pixels (height is 1.15x)")
+    parser.add_argument(
+        "--defects",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="break a few studies on purpose so the reject paths run",
+    )
+    parser.add_argument("--examples", metavar="DIR", help="also write labelled example films to DIR")
+    args = parser.parse_args(argv)
+    if not args.out and not args.examples:
+        parser.error("give OUT, --examples DIR, or both")
+    if args.patients < 1 or args.image_size < 64:
+        parser.error("--patients must be >= 1 and --image-size >= 64")
+    if args.out:
+        counts = write_release(args.out, args.patients, args.seed, args.image_size, args.defects)
+        defects = ", ".join(f"{k} {v}" for k, v in counts["defects"].items() if v) or "none"
+        print(
+            f"wrote {args.out}: {counts['patients']} patients, {counts['studies']} studies, "
+            f"{counts['images']} images; defects: {defects}"
+        )
+    if args.examples:
+        index = write_examples(args.examples, args.image_size, args.seed)
+        print(f"wrote {len(index)} example films and examples.json to {args.examples}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+# The side-by-side demo (app.py) on a CUDA GPU: one 4-bit LLaVA-1.5 base with the LoRA adapter attached.
+#
+#   docker build -t cxr-vqa-app .
+#   docker run --gpus all -p 7860:7860 -e ADAPTER_MODEL=<user>/<adapter> \
+#       -v hf-cache:/home/app/.cache/huggingface -v cxr-votes:/home/app/data cxr-vqa-app
+#   docker run --gpus all -p 7860:7860 -v "$PWD/runs:/home/app/runs:ro" cxr-vqa-app \
+#       python app.py --adapter /home/app/runs/llava-cxr --votes-db /home/app/data/votes.sqlite
+#
+# The base image brings CUDA and a CUDA build of torch; requirements.txt's torch range accepts it, so pip keeps it.
+ARG BASE_IMAGE=pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
+FROM ${BASE_IMAGE}
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    GRADIO_SERVER_NAME=0.0.0.0 \
+    GRADIO_SERVER_PORT=7860 \
+    GRADIO_ANALYTICS_ENABLED=False \
+    HF_HOME=/home/app/.cache/huggingface
+
+RUN useradd --create-home --uid 1000 app \
+    && mkdir -p /home/app/data /home/app/.cache/huggingface \
+    && chown -R app:app /home/app
+WORKDIR /home/app/src
+
+# Dependencies before code: editing the app then reuses this (large) layer.
+COPY requirements.txt .
+RUN pip install -r requirements.txt
+
+# Only what the app imports: the UI, the model core, the shared image loader, and the example films.
+COPY app.py ./
+COPY app_lib/ app_lib/
+COPY finetune/ finetune/
+COPY dataprep/ dataprep/
+COPY assets/ assets/
+
+USER app
+EXPOSE 7860
+# Loading a 7B model (and downloading it on first start) takes minutes: a long start period before failures count.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=900s --retries=3 \
+    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('GRADIO_SERVER_PORT', '7860') + '/', timeout=4)"
+CMD ["python", "app.py", "--votes-db", "/home/app/data/votes.sqlite"]

@@ -1,0 +1,83 @@
+"""The results tab: blind-vote win rates with confidence intervals, and the offline evaluation report.
+
+Intervals are Wilson score intervals: unlike the normal approximation they stay inside [0, 1] and behave with the
+handful of votes a demo collects (0 of 3 gives [0, 0.56], not [0, 0]).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+OUTCOME_LABELS = {
+    "tuned": "fine-tuned better",
+    "base": "base better",
+    "tie": "tie",
+    "both_wrong": "both wrong",
+}
+
+
+def wilson_interval(successes: int, total: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion; (0, 1) when there is no data."""
+    if not 0 <= successes <= total:
+        raise ValueError(f"need 0 <= successes <= total, got {successes} of {total}")
+    if total == 0:
+        return 0.0, 1.0
+    p = successes / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def results_markdown(counts: dict[str, int]) -> str:
+    """A table of outcome shares with 95% intervals, and the fine-tuned win rate among decisive votes."""
+    total = sum(counts.values())
+    if total == 0:
+        return "No blind votes yet for these models: use the **Blind A/B** tab."
+    lines = ["| outcome | votes | share | 95% CI |", "|---|---:|---:|---:|"]
+    for outcome, label in OUTCOME_LABELS.items():
+        k = counts.get(outcome, 0)
+        low, high = wilson_interval(k, total)
+        lines.append(f"| {label} | {k} | {k / total:.0%} | {low:.0%} – {high:.0%} |")
+    decisive = counts.get("tuned", 0) + counts.get("base", 0)
+    if decisive:
+        low, high = wilson_interval(counts.get("tuned", 0), decisive)
+        summary = (
+            f"**Fine-tuned win rate** (ties and both-wrong left out): {counts.get('tuned', 0) / decisive:.0%} "
+            f"of {decisive} decisive votes, 95% CI {low:.0%} – {high:.0%}."
+        )
+    else:
+        summary = "No decisive votes yet (only ties or both wrong)."
+    return "\n".join([summary, "", *lines, "", f"{total} votes in all."])
+
+
+@dataclass(frozen=True)
+class Report:
+    """The offline evaluation report written by `python -m finetune.evaluate --out R`."""
+
+    metrics: dict | None
+    plot: str | None  # path of comparison.png
+    note: str  # what was found, or why something is missing
+
+
+def load_report(report_dir: str | Path | None) -> Report:
+    """Read `metrics.json` and find `comparison.png`; a missing or broken file becomes a note, not a crash."""
+    if report_dir is None:
+        return Report(None, None, "No evaluation report given: start the app with `--report R` to show one.")
+    root = Path(report_dir)
+    notes, metrics = [], None
+    metrics_file, plot = root / "metrics.json", root / "comparison.png"
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except FileNotFoundError:
+        notes.append(f"{metrics_file} not found")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        notes.append(f"{metrics_file} could not be read ({type(err).__name__})")
+    if not plot.is_file():
+        notes.append(f"{plot} not found")
+    note = f"Offline evaluation report from `{root}`." + (" " + "; ".join(notes) + "." if notes else "")
+    return Report(metrics, str(plot) if plot.is_file() else None, note)

@@ -1,0 +1,342 @@
+"""The app's handlers with the tiny checkpoint and a random LoRA adapter: no browser, no server.
+
+The adapter is the `random_adapter_dir` fixture (random non-zero LoRA weights), not a trained one: what these tests
+check is routing (which pane gets which model, one batched call, conversations kept apart), for which any adapter
+that changes the output is as good as a trained one and costs no training time.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+import app
+from app_lib.config import parse_args
+from app_lib.handlers import NO_ADAPTER, NO_BLIND, VOTE_FIRST, Handlers
+from app_lib.inputs import MAX_QUESTION_TOKENS, NO_IMAGE, InputError, clean_question, load_film
+from app_lib.results import load_report, results_markdown, wilson_interval
+from app_lib.votes import VoteStore
+from dataprep.images import image_sha256
+from finetune.model import BASE, TUNED, GenerationSettings, load_model
+from finetune.template import add_question
+
+ROOT = Path(__file__).resolve().parents[1]
+FILM = ROOT / "assets" / "examples" / "cardiomegaly.png"
+SETTINGS = (12, 0.0, 1.0)  # max new tokens, temperature, top-p: short greedy answers keep the tests fast
+APP_SETTINGS = GenerationSettings(*SETTINGS)  # what /compare uses
+
+
+@pytest.fixture(scope="module")
+def vqa(tiny_model_dir, random_adapter_dir):
+    return load_model(tiny_model_dir, random_adapter_dir, device="cpu")  # 4-bit, as the app serves by default
+
+
+@pytest.fixture(scope="module")
+def vqa_base_only(tiny_model_dir):
+    return load_model(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture
+def handlers(vqa, tmp_path):
+    return Handlers(vqa, VoteStore(tmp_path / "votes.sqlite"), settings=APP_SETTINGS, rng=random.Random(0))
+
+
+def write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def dicom(pixels: np.ndarray | None) -> bytes:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("film.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = (
+        meta.MediaStorageSOPClassUID,
+        meta.MediaStorageSOPInstanceUID,
+        "DX",
+    )
+    if pixels is not None:
+        ds.set_pixel_data(pixels, "MONOCHROME2", 12)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def bomb() -> bytes:
+    """A real decompression bomb: 144 M pixels that compress to ~17 KB."""
+    buffer = io.BytesIO()
+    Image.new("1", (12_000, 12_000)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def run(generator) -> list[tuple]:
+    return list(generator)
+
+
+# --- import, config, entry point ------------------------------------------------------------------------------------
+
+
+def test_importing_app_loads_no_model(tmp_path):
+    code = "import sys, app; print([m for m in ('transformers', 'peft', 'bitsandbytes') if m in sys.modules])"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+    assert list(tmp_path.iterdir()) == []  # no votes database, no cache, nothing written
+
+
+def test_config_env_yaml_and_flags(tmp_path, monkeypatch):
+    monkeypatch.setenv("BASE_MODEL", "env/base")
+    monkeypatch.setenv("ADAPTER_MODEL", "env/adapter")
+    assert (parse_args([]).base, parse_args([]).adapter, parse_args([]).load_in_4bit) == (
+        "env/base",
+        "env/adapter",
+        True,
+    )
+    config = tmp_path / "app.yaml"
+    config.write_text("base: yaml/base\nport: 8000\nload_in_4bit: false\n")
+    parsed = parse_args(["--config", str(config), "--port", "9000", "--max-new-tokens", "64"])
+    assert (parsed.base, parsed.port, parsed.load_in_4bit, parsed.adapter) == ("yaml/base", 9000, False, "env/adapter")
+    assert parsed.max_new_tokens == 64
+    assert parse_args(["--no-4bit"]).load_in_4bit is False
+    config.write_text("base: yaml/base\nportt: 8000\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(config)])
+    with pytest.raises(SystemExit):
+        parse_args(["--port", "0"])
+
+
+def test_main_reports_a_bad_model_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        app.main(["--base", str(tmp_path / "missing"), "--no-4bit", "--votes-db", str(tmp_path / "v.sqlite")])
+    assert str(info.value).startswith("error: model ") and "not found" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_demo_has_compare_endpoint_examples_notice_report_and_zero_gpu(vqa, tmp_path, monkeypatch):
+    wrapped = []
+
+    class FakeSpaces:  # what ZeroGPU's package offers: a decorator that attaches a GPU while the function runs
+        @staticmethod
+        def GPU(fn):  # noqa: N802
+            wrapped.append(getattr(fn, "__name__", fn))
+            return fn
+
+    monkeypatch.setattr(app, "spaces", FakeSpaces)
+    (tmp_path / "metrics.json").write_text(json.dumps({"tuned": {"closed_accuracy_marker": 0.75}}))
+    Image.new("RGB", (8, 8)).save(tmp_path / "comparison.png")
+    demo = app.create_demo(vqa, votes_db=tmp_path / "v.sqlite", report_dir=tmp_path)
+    assert sorted(wrapped) == ["ask", "blind_answer", "compare"]
+    api = [fn for fn in demo.fns.values() if fn.api_name == "compare"]
+    assert len(api) == 1 and api[0].api_visibility == "public"
+    assert [fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"] == ["compare"]
+    config = json.dumps(demo.get_config_file(), default=str)
+    assert "not a medical device" in config and "Not for diagnosis" in config
+    assert vqa.adapter_name in config and "Synthetic phantom: cardiomegaly" in config
+    assert "closed_accuracy_marker" in config and "comparison.png" in config  # the report is on the results tab
+
+
+# --- inputs ---------------------------------------------------------------------------------------------------------
+
+
+def test_film_is_shown_letterboxed_as_the_model_sees_it(handlers, tmp_path):
+    image, film, status, *reset = handlers.load_film(str(FILM))
+    assert image.size == (336, 336) and film.image is image
+    assert film.sha256 == image_sha256(FILM)
+    width, height = Image.open(FILM).size
+    assert f"{width}×{height}" in status and reset == [[], [], "", "", None]
+    ramp = np.tile(np.linspace(0, 4095, 200).astype(np.uint16), (120, 1))  # 200 wide x 120 high, 12-bit DICOM
+    image, film, status, *_ = handlers.load_film(write(tmp_path / "film.dcm", dicom(ramp)))
+    pixels = np.asarray(image)[..., 0]
+    assert image.size == (336, 336) and pixels[:60].max() == 0  # letterbox bands above a wide film
+    assert pixels[168, 10] < pixels[168, 320]  # the ramp keeps its direction
+
+
+@pytest.mark.parametrize(
+    "name, make, message",
+    [
+        ("notes.txt", lambda: b"patient,report\n1,clear\n", "not an image: expected PNG, JPEG or DICOM"),
+        ("cut.png", lambda: FILM.read_bytes()[:3000], "PNG image is truncated or corrupt"),
+        ("bomb.png", bomb, "image too large"),
+        ("sr.dcm", lambda: dicom(None), "DICOM file has no pixel data"),
+    ],
+    ids=["non-image", "truncated-png", "decompression-bomb", "dicom-without-pixels"],
+)
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL's own, expected for the bomb
+def test_bad_films_get_a_one_line_message(handlers, tmp_path, name, make, message):
+    with pytest.warns(UserWarning, match=message):
+        image, film, status, *_ = handlers.load_film(write(tmp_path / name, make()))
+    assert image is None and film is None
+    assert message in status and "\n" not in status
+    with pytest.raises(gr.Error, match=NO_IMAGE.split(":")[0]):  # asking afterwards says there is no film
+        run(handlers.ask(film, "Is there cardiomegaly?", None, *SETTINGS))
+
+
+def test_question_cleaning_rules():
+    assert clean_question("  Is there\tcardiomegaly?\n") == ("Is there cardiomegaly?", [])
+    question, notes = clean_question("Is\x00 there\x1b[31m an effusion?\u202e")
+    assert question == "Is there[31m an effusion?" and notes == ["removed 3 control character(s) from the question"]
+    question, notes = clean_question("Is there <image> cardiomegaly?</s>", ["<image>", "</s>"])
+    assert question == "Is there cardiomegaly?" and len(notes) == 2
+    question, notes = clean_question("有心脏肥大吗？")
+    assert question == "有心脏肥大吗？" and "fine-tuned on English" in notes[0]
+    assert clean_question("Is there an effusión?")[1] == []  # accented Latin is not another script
+    for empty in ("", "   ", "\x00\x07", None):
+        with pytest.raises(InputError, match="empty question"):
+            clean_question(empty)
+
+
+def test_long_question_explains_the_token_limit(handlers):
+    film = load_film(str(FILM), 336)
+    with pytest.raises(gr.Error) as info:
+        run(handlers.ask(film, "Is there cardiomegaly? " * 870, None, *SETTINGS))  # ~20,000 characters
+    message = str(info.value)
+    assert f"over the {MAX_QUESTION_TOKENS}-token limit" in message and "576 for the image" in message
+    assert "4,096 tokens" in message and "\n" not in message
+
+
+def test_control_characters_and_other_scripts_warn_but_answer(handlers):
+    film = load_film(str(FILM), 336)
+    with pytest.warns(UserWarning) as caught:
+        frames = run(handlers.ask(film, "هل يوجد\x00 تضخم في القلب؟", None, *SETTINGS))
+    messages = [str(w.message) for w in caught]
+    assert any("control character" in m for m in messages) and any("English" in m for m in messages)
+    assert frames[-1][4]["base"][0]["content"][-1]["text"] == "هل يوجد تضخم في القلب؟"
+
+
+# --- side by side ---------------------------------------------------------------------------------------------------
+
+
+def test_panes_stream_and_match_the_model_core(handlers, vqa):
+    film = load_film(str(FILM), 336)
+    frames = run(handlers.ask(film, "Is there cardiomegaly?", None, *SETTINGS))
+    base_chat, tuned_chat, base_stats, tuned_stats, chats, box = frames[-1]
+    conversation = add_question(None, "Is there cardiomegaly?")
+    settings = APP_SETTINGS
+    assert base_chat[-1]["content"] == vqa.generate([film.image], [conversation], [BASE], settings)[0]
+    assert tuned_chat[-1]["content"] == vqa.generate([film.image], [conversation], [TUNED], settings)[0]
+    assert base_chat[-1]["content"] != tuned_chat[-1]["content"]
+    assert base_chat[0] == {"role": "user", "content": "Is there cardiomegaly?"} and box == ""
+    assert len(frames) > 3  # streamed: partial answers arrived before the end
+    partial = [f[0][-1]["content"] for f in frames[1:-1]]
+    assert any(0 < len(p) < len(base_chat[-1]["content"]) for p in partial)
+    for stats in (base_stats, tuned_stats):  # "0.49 s · 12 tokens · 24.5 tokens/s"
+        seconds, tokens = re.fullmatch(r"([\d.]+) s · (\d+) tokens · [\d.]+ tokens/s", stats).groups()
+        assert float(seconds) > 0 and 1 <= int(tokens) <= SETTINGS[0]
+
+
+def test_follow_up_continues_both_conversations_and_clear_resets(handlers, vqa):
+    film = load_film(str(FILM), 336)
+    first = run(handlers.ask(film, "Is there cardiomegaly?", None, *SETTINGS))[-1]
+    second = run(handlers.ask(film, "Is there a pleural effusion?", first[4], *SETTINGS))[-1]
+    chats = second[4]
+    assert [len(chats["base"]), len(chats["tuned"])] == [4, 4]
+    # each pane keeps its own model's earlier answer in its history
+    assert chats["base"][1]["content"][0]["text"] == first[0][-1]["content"]
+    assert chats["tuned"][1]["content"][0]["text"] == first[1][-1]["content"]
+    settings = APP_SETTINGS
+    tuned_conv = chats["tuned"][:3]
+    assert second[1][-1]["content"] == vqa.generate([film.image], [tuned_conv], [TUNED], settings)[0]
+    assert len(second[0]) == 4  # user, answer, user, answer
+    assert handlers.clear() == ([], [], "", "", None)
+
+
+def test_settings_out_of_range_are_refused(handlers):
+    film = load_film(str(FILM), 336)
+    with pytest.raises(gr.Error, match="top_p must be in"):
+        run(handlers.ask(film, "Is there cardiomegaly?", None, 12, 0.7, 0.0))
+
+
+def test_without_adapter_the_tuned_pane_says_why(vqa_base_only, tmp_path):
+    handlers = Handlers(vqa_base_only, VoteStore(tmp_path / "votes.sqlite"), settings=APP_SETTINGS)
+    film = load_film(str(FILM), 336)
+    base_chat, tuned_chat, base_stats, tuned_stats, chats, _ = run(
+        handlers.ask(film, "Is it normal?", None, *SETTINGS)
+    )[-1]
+    assert base_chat[-1]["content"] and tuned_chat == [] and tuned_stats == NO_ADAPTER
+    base, tuned = handlers.compare(str(FILM), "Is it normal?")
+    assert base and tuned == ""
+    with pytest.raises(gr.Error, match=NO_BLIND.split(":")[0]):
+        handlers.blind_answer(film, "Is it normal?", *SETTINGS)
+
+
+def test_compare_endpoint_matches_core_and_refuses_bad_input(handlers, vqa):
+    base, tuned = handlers.compare(str(FILM), "Is there cardiomegaly?")
+    film = load_film(str(FILM), 336)
+    assert (base, tuned) == vqa.compare(
+        film.image, add_question(None, "Is there cardiomegaly?"), settings=APP_SETTINGS
+    )
+    with pytest.raises(gr.Error, match="no image"):
+        handlers.compare(None, "Is there cardiomegaly?")
+    with pytest.raises(gr.Error, match="empty question"):
+        handlers.compare(str(FILM), " ")
+
+
+# --- blind A/B and results ------------------------------------------------------------------------------------------
+
+
+def test_blind_vote_is_stored_with_sides_and_hash_not_image(handlers, vqa, tmp_path):
+    film = load_film(str(FILM), 336)
+    answer_a, answer_b, trial, _ = handlers.blind_answer(film, "Is there cardiomegaly?", *SETTINGS)
+    conversation = add_question(None, "Is there cardiomegaly?")
+    base, tuned = vqa.generate([film.image] * 2, [conversation] * 2, [BASE, TUNED], APP_SETTINGS)
+    assert {answer_a, answer_b} == {base, tuned} and base != tuned
+    assert answer_a == (base if trial.a_model == "base" else tuned)
+    reveal, pending = handlers.vote("A", trial)
+    assert pending is None and "Vote stored" in reveal
+    assert f"**A** was the **{'base' if trial.a_model == 'base' else 'fine-tuned'}** model" in reveal
+    with pytest.raises(gr.Error, match=VOTE_FIRST.split(":")[0]):  # one vote per pair
+        handlers.vote("B", pending)
+    with sqlite3.connect(handlers.votes.path) as con:
+        con.row_factory = sqlite3.Row
+        rows = [dict(r) for r in con.execute("SELECT * FROM votes")]
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["question"], row["base_answer"], row["tuned_answer"]) == ("Is there cardiomegaly?", base, tuned)
+    assert (row["a_model"], row["vote"], row["winner"]) == (trial.a_model, "A", trial.a_model)
+    assert row["image_sha256"] == image_sha256(FILM) and row["adapter"] == vqa.adapter_name
+    assert not any(isinstance(v, bytes) for v in row.values())  # no image bytes anywhere
+    assert "1 votes in all" in handlers.results()
+
+
+def test_blind_sides_are_drawn_at_random(handlers):
+    film = load_film(str(FILM), 336)
+    sides = {handlers.blind_answer(film, "Is there cardiomegaly?", 1, 0.0, 1.0)[2].a_model for _ in range(4)}
+    assert sides == {"base", "tuned"}
+
+
+@pytest.mark.parametrize("successes, total", [(0, 3), (3, 3), (7, 10), (45, 100), (1, 1000)])
+def test_wilson_interval_matches_scipy(successes, total):
+    from scipy.stats import binomtest
+
+    expected = binomtest(successes, total).proportion_ci(confidence_level=0.95, method="wilson")
+    assert wilson_interval(successes, total) == pytest.approx((expected.low, expected.high), abs=1e-9)
+
+
+def test_results_table_and_report(tmp_path):
+    assert "No blind votes yet" in results_markdown({"tuned": 0, "base": 0, "tie": 0, "both_wrong": 0})
+    text = results_markdown({"tuned": 7, "base": 3, "tie": 1, "both_wrong": 1})
+    low, high = wilson_interval(7, 10)
+    assert f"70% of 10 decisive votes, 95% CI {low:.0%} – {high:.0%}" in text and "12 votes in all" in text
+    assert "No evaluation report" in load_report(None).note
+    (tmp_path / "metrics.json").write_text(json.dumps({"base": {"closed_accuracy": 0.5}}))
+    Image.new("RGB", (8, 8)).save(tmp_path / "comparison.png")
+    report = load_report(tmp_path)
+    assert report.metrics == {"base": {"closed_accuracy": 0.5}} and report.plot == str(tmp_path / "comparison.png")
+    (tmp_path / "metrics.json").write_text("{not json")
+    assert report.metrics is not None and "could not be read" in load_report(tmp_path).note

@@ -1,0 +1,59 @@
+"""QLoRA fine-tuning of LLaVA-1.5 on chest X-ray QA: TRL SFTTrainer, answer-only loss, YAML config + flags.
+
+    # tiny smoke run on CPU (minutes): a random tiny checkpoint and a synthetic dataset
+    python -m finetune.tiny_model runs/tiny-llava
+    python -m dataprep.synthetic runs/synthetic-release --patients 40
+    python -m dataprep --chexpert-root runs/synthetic-release --out data/synthetic-qa --generator labels
+    python -m finetune --config finetune/configs/tiny-cpu.yaml
+
+    # the real recipe on one GPU (bf16 where supported, fp16 otherwise)
+    python -m finetune --config finetune/configs/llava-1.5-7b-qlora.yaml --dataset data/chexpert-qa
+
+    # several GPUs (DDP, one 4-bit copy per GPU)
+    accelerate launch --config_file finetune/configs/accelerate-multi-gpu.yaml \\
+        -m finetune --config finetune/configs/llava-1.5-7b-qlora.yaml --dataset data/chexpert-qa
+
+    # overrides, resume, merge
+    python -m finetune --config CONFIG [--dataset DATA] [--model_name_or_path M] [--output_dir O] [--max_steps N]
+        [--resume_from_checkpoint [PATH]] [--merge]
+
+Flags override the YAML; a key that no option knows fails. Every option: `python -m finetune --help`.
+Output (output_dir): adapter_model.safetensors + adapter_config.json, the processor with the project template,
+README.md (model card), checkpoint-*/ for resuming, and merged/ with --merge.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> None:
+    from finetune.collator import RowError
+    from finetune.config import ConfigError, parse_config
+    from finetune.model import ModelLoadError
+    from finetune.train import SetupError, final_losses, train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    start = time.time()
+    try:
+        script_args, train_args = parse_config(argv, description=__doc__)
+        trainer = train(script_args, train_args)
+    except (ConfigError, SetupError, ModelLoadError, RowError) as err:
+        sys.exit(f"error: {err}")
+
+    if not trainer.is_world_process_zero():  # under DDP one summary is enough
+        return
+    losses = final_losses(trainer.state.log_history)
+    print(f"\ntrained {trainer.state.global_step} steps in {time.time() - start:.0f} s")
+    for name, value in losses.items():
+        print(f"  {name}: {value:.4f}")
+    print(f"adapter, processor and model card: {train_args.output_dir}")
+    if script_args.merge:
+        print(f"merged 16-bit model: {train_args.output_dir}/merged")
+    print(f"try it: python app.py --base {script_args.model_name_or_path} --adapter {train_args.output_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Typed configuration for `python -m finetune`: our `ScriptArguments` plus `TrainConfig`, TRL's `SFTConfig` with the
+defaults this project needs. YAML gives defaults, command-line flags override, unknown keys fail (TRL's `TrlParser`).
+Also the checks of a parsed config against this machine (GPU-only options) and against output_dir (what to resume).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from trl import SFTConfig, TrlParser
+
+from finetune.model import DEFAULT_BASE, LANGUAGE_LORA_TARGETS
+
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message is one line naming the key and the fix."""
+
+
+@dataclass
+class ScriptArguments:
+    dataset: str = field(
+        default="data/chexpert-qa",
+        metadata={"help": "Directory written by `python -m dataprep` (a DatasetDict saved with save_to_disk)."},
+    )
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str | None = field(
+        default="validation", metadata={"help": "Split to evaluate on when eval_strategy is not 'no'."}
+    )
+    model_name_or_path: str = field(
+        default=DEFAULT_BASE, metadata={"help": "Base LLaVA-1.5 checkpoint: a Hub id or a local directory."}
+    )
+    load_in_4bit: bool = field(
+        default=True, metadata={"help": "QLoRA: load the base in 4-bit nf4 through the model core (works on CPU too)."}
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={"help": "Attention kernel; flash attention needs a CUDA GPU.", "choices": ATTENTION_IMPLEMENTATIONS},
+    )
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(
+        default=LANGUAGE_LORA_TARGETS,
+        metadata={
+            "help": "Regex (PEFT full-match) of the modules that get LoRA; the default spares the vision tower."
+        },
+    )
+    lora_modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Modules trained in full and saved with the adapter; Linear layers only, which the app can serve, "
+            "e.g. multi_modal_projector.linear_1 multi_modal_projector.linear_2."
+        },
+    )
+    merge: bool = field(
+        default=False,
+        metadata={"help": "Also write a merged 16-bit model to OUTPUT_DIR/merged (serving without PEFT)."},
+    )
+
+    def __post_init__(self):
+        if self.lora_r < 1 or self.lora_alpha <= 0:
+            raise ConfigError(f"lora_r must be >= 1 and lora_alpha > 0, got r={self.lora_r} alpha={self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if isinstance(self.lora_modules_to_save, str):  # a YAML scalar instead of a list
+            self.lora_modules_to_save = [self.lora_modules_to_save]
+
+
+@dataclass
+class TrainConfig(SFTConfig):
+    """`SFTConfig` with this project's defaults: a custom collator over raw rows, never truncating image tokens, and
+    mixed precision picked from the hardware (bf16 where supported, fp16 on older GPUs, fp32 on CPU)."""
+
+    output_dir: str = field(default="runs/llava-cxr", metadata={"help": "Where the adapter and checkpoints go."})
+    bf16: bool | None = field(
+        default=None, metadata={"help": "bf16 mixed precision (CUDA). Leave bf16 and fp16 unset to pick from the GPU."}
+    )
+    fp16: bool | None = field(default=None, metadata={"help": "fp16 mixed precision (CUDA), for GPUs without bf16."})
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": "Must stay unset: truncation would cut image tokens. Filter long rows instead."},
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Must be false: the collator needs the raw `messages` and `images` columns."}
+    )
+    dataset_kwargs: dict | str | None = field(
+        default_factory=lambda: {"skip_prepare_dataset": True},
+        metadata={"help": "Kept at skip_prepare_dataset: the collator tokenizes on the fly."},
+    )
+    # transformers 5 renamed gradient checkpointing to activation checkpointing; the old names still work (with a
+    # warning), and TRL sets the old one by default, so it is unset here to let the new one speak.
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias: use activation_checkpointing."}
+    )
+    activation_checkpointing: bool | None = field(
+        default=True, metadata={"help": "Recompute activations in the backward pass: less memory, ~20%% slower."}
+    )
+    activation_checkpointing_kwargs: dict | str | None = field(
+        default_factory=lambda: {"use_reentrant": False},
+        metadata={"help": "Non-reentrant checkpointing: it works with frozen 4-bit inputs and DDP."},
+    )
+
+    def __post_init__(self):
+        cuda = torch.cuda.is_available() and not self.use_cpu
+        if not cuda and (self.bf16 or self.fp16):
+            which = "bf16" if self.bf16 else "fp16"
+            raise ConfigError(
+                f"{which}: true needs a CUDA GPU and this machine has none: remove it (CPU trains in fp32)"
+            )
+        if not cuda:
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; on CPU it only warns
+        if self.bf16 is None and self.fp16 is None:  # auto: bf16 where the GPU has it, fp16 on older GPUs
+            self.bf16 = cuda and torch.cuda.is_bf16_supported()
+            self.fp16 = cuda and not self.bf16
+        self.bf16, self.fp16 = bool(self.bf16), bool(self.fp16)
+        if self.max_length is not None:
+            raise ConfigError(
+                f"max_length: {self.max_length} would truncate the 576 image tokens: remove it (the collator never "
+                "truncates; drop over-long rows in dataprep)"
+            )
+        if self.remove_unused_columns:
+            raise ConfigError("remove_unused_columns must be false: the collator reads the raw messages and images")
+        if self.packing or self.padding_free:
+            raise ConfigError("packing and padding_free are not supported for image rows: remove them")
+        if isinstance(self.dataset_kwargs, dict) and not self.dataset_kwargs.get("skip_prepare_dataset", True):
+            raise ConfigError("dataset_kwargs.skip_prepare_dataset must stay true: the collator tokenizes each batch")
+        super().__post_init__()
+
+
+def make_parser(description: str | None = None) -> TrlParser:
+    import argparse
+
+    # allow_abbrev=False: a misspelt flag such as --lora_modules_to_sav must fail, not be guessed.
+    parser = TrlParser(
+        (ScriptArguments, TrainConfig),
+        allow_abbrev=False,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # `--resume_from_checkpoint` alone means "the latest checkpoint in output_dir", as the CLI contract promises.
+    for action in parser._actions:
+        if action.dest == "resume_from_checkpoint":
+            action.nargs, action.const = "?", "latest"
+    return parser
+
+
+def parse_config(argv: list[str] | None = None, description: str | None = None) -> tuple[ScriptArguments, TrainConfig]:
+    """Parse `--config FILE` plus flags into the two dataclasses; any mistake raises ConfigError with one line."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser(description)
+    if "--config" in argv:
+        _check_config_file(argv, {action.dest for action in parser._actions} | {"env"})
+    try:
+        script_args, train_args = parser.parse_args_and_config(argv)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:  # a bad value, an unknown flag, or a cross-field check in transformers
+        raise ConfigError(str(err).splitlines()[0]) from None
+    return script_args, train_args
+
+
+def _check_config_file(argv: list[str], known: set[str]) -> None:
+    import yaml
+
+    index = argv.index("--config") + 1
+    if index >= len(argv) or argv[index].startswith("--"):
+        raise ConfigError("--config needs a YAML file, e.g. --config finetune/configs/tiny-cpu.yaml")
+    path = argv[index]
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"config file {path} must be a YAML mapping of option: value")
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {path}: {', '.join(unknown)} (see `python -m finetune --help`)")
+
+
+def check_device(script_args: ScriptArguments, train_args: TrainConfig) -> None:
+    """GPU-only options on a machine without one fail here, in one line, before anything heavy happens."""
+    cuda = torch.cuda.is_available() and not train_args.use_cpu
+    optim = str(getattr(train_args.optim, "value", train_args.optim))
+    attn = script_args.attn_implementation or ""
+    if not cuda and ("paged" in optim or "8bit" in optim):
+        raise ConfigError(f"optim: {optim} needs a CUDA GPU and this machine has none: use adamw_torch")
+    if attn.startswith("flash"):
+        if not cuda:
+            raise ConfigError(f"attn_implementation: {attn} needs a CUDA GPU and this machine has none: use sdpa")
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                f"attn_implementation: {attn} needs the flash-attn package: install it or use sdpa"
+            ) from None
+
+
+def resolve_checkpoint(train_args: TrainConfig) -> str | None:
+    """The checkpoint to resume from: None, an explicit directory, or the latest one in output_dir."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    wanted = train_args.resume_from_checkpoint
+    if wanted is None or wanted is False or str(wanted).lower() in ("", "false"):
+        return None
+    if wanted is True or str(wanted).lower() in ("latest", "true"):  # YAML may say `resume_from_checkpoint: true`
+        found = get_last_checkpoint(train_args.output_dir) if Path(train_args.output_dir).is_dir() else None
+        if found is None:
+            raise ConfigError(f"no checkpoint-* directory in {train_args.output_dir} to resume from")
+        return found
+    if not (Path(wanted) / "trainer_state.json").is_file():
+        raise ConfigError(f"{wanted} is not a checkpoint directory (no trainer_state.json)")
+    return wanted

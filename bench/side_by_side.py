@@ -4,9 +4,10 @@ model vs two separate model copies. CPU, offline, on a small-but-not-trivial LLa
     python bench/side_by_side.py                    # hidden 512, 4 layers, 64 new tokens, fp32
     python bench/side_by_side.py --4bit --repeats 3  # the 4-bit nf4 path (slower on CPU)
 
-Each method runs in its own process, so its peak memory (peak RSS minus the RSS after imports, i.e. weights plus
-activations, without the Python/torch runtime that every method shares) is its own. The vocabulary is padded to
-llava-1.5's 32064 rows so embeddings and lm_head weigh what they do in the real model. Last line:
+Each method runs in its own process. Its memory is the bytes of the weights it holds (every parameter and buffer,
+LoRA included) plus the growth of resident memory while it answers (activations, KV cache), so the Python/torch
+runtime that every method shares and the transient copies made while loading do not blur the comparison.
+Last line:
 `RESULT speedup=<sequential time / batched time> memory_ratio=<batched peak / one model answering one question>`.
 """
 
@@ -56,7 +57,6 @@ def worker(method: str, model_dir: str, adapter_dir: str, new_tokens: int, repea
     from finetune.template import add_question
 
     torch.set_num_threads(os.cpu_count() or 1)
-    baseline = memory_mb("VmRSS")
     settings = GenerationSettings(max_new_tokens=new_tokens)
     image = Image.new("RGB", (336, 336), (90, 90, 90))
     conv = add_question(None, "Is there cardiomegaly?")
@@ -64,36 +64,54 @@ def worker(method: str, model_dir: str, adapter_dir: str, new_tokens: int, repea
     def load(adapter):
         return load_model(model_dir, adapter=adapter, load_in_4bit=four_bit, device="cpu")
 
+    models = []
     if method == "one_model":
         vqa = load(None)
+        models = [vqa]
 
         def run():
             return vqa.generate([image], [conv], [BASE], settings)
     elif method == "batched":
         vqa = load(adapter_dir)
+        models = [vqa]
 
         def run():
             return vqa.generate([image, image], [conv, conv], [BASE, TUNED], settings)
     elif method == "sequential":
         vqa = load(adapter_dir)
+        models = [vqa]
 
         def run():
             return vqa.generate([image], [conv], [BASE], settings) + vqa.generate([image], [conv], [TUNED], settings)
     else:
         base, vqa = load(None), load(adapter_dir)
+        models = [base, vqa]
 
         def run():
             return base.generate([image], [conv], [BASE], settings) + vqa.generate([image], [conv], [TUNED], settings)
 
-    answers = run()  # warm-up
+    # Memory = the weights held (exact bytes of every parameter and buffer, LoRA included) + the growth of resident
+    # memory while answering (activations, KV cache), from a fresh peak after a warm-up run: large blocks go back to
+    # the OS when freed, so one-time lazy initialisation is left out and each run's own peak is what is measured.
+    weights_mb = sum(t.numel() * t.element_size() for m in models for t in (*m.model.parameters(), *m.model.buffers()))
+    weights_mb /= 2**20
+    answers = run()
+    before = memory_mb("VmRSS")
     reset_peak()
+    assert run() == answers
+    activations_mb = memory_mb("VmHWM") - before
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         assert run() == answers
         times.append(time.perf_counter() - start)
-    peak = memory_mb("VmHWM")
-    return {"method": method, "answers": answers, "seconds": statistics.median(times), "peak_mb": peak - baseline}
+    return {
+        "method": method,
+        "answers": answers,
+        "seconds": statistics.median(times),
+        "peak_mb": weights_mb + activations_mb,
+        "weights_mb": weights_mb,
+    }
 
 
 def build_models(workdir: Path, hidden: int, layers: int) -> tuple[str, str]:
@@ -103,9 +121,7 @@ def build_models(workdir: Path, hidden: int, layers: int) -> tuple[str, str]:
     from finetune.model import LANGUAGE_LORA_TARGETS, load_base_model
     from finetune.tiny_model import build_tiny_llava
 
-    model_dir = build_tiny_llava(
-        workdir / "model", hidden=hidden, layers=layers, vision_hidden=256, vision_layers=4, vocab_size=32064
-    )
+    model_dir = build_tiny_llava(workdir / "model", hidden=hidden, layers=layers, vision_hidden=256, vision_layers=4)
     torch.manual_seed(0)
     model = load_base_model(str(model_dir), load_in_4bit=False, device="cpu")
     lora = LoraConfig(r=64, lora_alpha=16, target_modules=LANGUAGE_LORA_TARGETS, init_lora_weights=False)
@@ -144,7 +160,8 @@ def main() -> None:
                 sys.exit(f"worker {method} failed:\n{out.stderr[-3000:]}")
             results[method] = json.loads(out.stdout.strip().splitlines()[-1])
             r = results[method]
-            print(f"  {method:<11} {r['seconds']:7.3f} s  peak {r['peak_mb']:7.1f} MB  ({what})")
+            memory = f"peak {r['peak_mb']:6.1f} MB (weights {r['weights_mb']:.1f})"
+            print(f"  {method:<11} {r['seconds']:7.3f} s  {memory}  {what}")
 
     batched, sequential = results["batched"], results["sequential"]
     assert batched["answers"] == sequential["answers"] == results["two_copies"]["answers"], "methods disagree"

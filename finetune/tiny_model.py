@@ -93,13 +93,9 @@ def build_tiny_llava(
     layers: int = 2,
     vision_hidden: int = 64,
     vision_layers: int = 2,
-    vocab_size: int | None = None,
     seed: int = 0,
 ) -> Path:
-    """Write model + processor to `out` and return the path. Widths >= 64 so bitsandbytes 4-bit works on CPU.
-
-    `vocab_size` pads the embedding and output layers beyond the tokenizer (llava-1.5-7b has 32064 rows for 32002
-    tokens): benchmarks use it so the weights' share of memory is realistic."""
+    """Write model + processor to `out` and return the path. Widths >= 64 so bitsandbytes 4-bit works on CPU."""
     out = Path(out)
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(seed=seed)
@@ -115,7 +111,7 @@ def build_tiny_llava(
         projection_dim=vision_hidden,
     )
     text = LlamaConfig(
-        vocab_size=max(vocab_size or 0, len(tokenizer)),
+        vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=hidden * 2,
         num_hidden_layers=layers,
@@ -141,7 +137,6 @@ def build_tiny_llava(
     # produce varied, non-degenerate text, closer to how a real base model disagrees with a fine-tuned one.
     with torch.no_grad():
         model.lm_head.weight.normal_(0.0, 0.5)
-        model.lm_head.weight[len(tokenizer) :] = 0.0  # padding rows: never the argmax, as in the real model
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id

@@ -1,0 +1,279 @@
+"""Base vs fine-tuned on held-out patients: every question of a split, answered by both models in one mixed-adapter
+batch (greedy), scored with strict yes/no parsing, token F1 and ROUGE-L, and asked again with a blank image.
+
+    python -m finetune.evaluate --dataset data/cxr --split test --base llava-hf/llava-1.5-7b-hf \
+        --adapter runs/llava-cxr --out reports/test
+    python -m finetune.evaluate --dataset data/tiny --base runs/tiny-llava --adapter runs/tiny-lora --out R \
+        --limit 20 --no-4bit --batch-size 16        # CPU smoke run
+    python -m finetune.evaluate --config eval.yaml   # YAML gives defaults, flags override
+
+Writes R/predictions.jsonl (appended batch by batch: a killed run resumes without re-answering finished
+questions), R/metrics.json, R/report.md and R/comparison.png. Each question is asked on its own with the study's
+image (single-turn): the dataset's multi-turn history would hand the model the previous answers.
+Research tool, not for diagnosis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from finetune import metrics as M
+from finetune.model import BASE, TUNED, GenerationSettings, ModelLoadError, load_model
+from finetune.template import add_question
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS, RUN, METRICS = "predictions.jsonl", "run.json", "metrics.json"
+QA_COLUMNS = ("qa", "images", "study_id", "patient_id")
+
+
+class EvalError(ValueError):
+    """A user mistake (paths, splits, settings); str(err) is one line."""
+
+
+@dataclass
+class EvalConfig:
+    dataset: str = field(metadata={"help": "dataset directory written by `python -m dataprep`"})
+    out: str = field(metadata={"help": "report directory (created; an unfinished run there is resumed)"})
+    split: str = field(default="test", metadata={"help": "split to evaluate: test (held-out patients) or validation"})
+    base: str = field(default="llava-hf/llava-1.5-7b-hf", metadata={"help": "base checkpoint: Hub id or directory"})
+    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter directory; omit to score the base only"})
+    limit: int | None = field(default=None, metadata={"help": "evaluate only the first N studies of the split"})
+    batch_size: int = field(default=8, metadata={"help": "rows per generate call (each question gives one row per "
+                                                         "model and image condition)"})  # fmt: skip
+    max_new_tokens: int = field(default=64, metadata={"help": "answer length cap in tokens"})
+    no_4bit: bool = field(default=False, metadata={"help": "load the base in full precision (CPU runs, tiny models)"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda if present)"})
+    ablation: bool = field(default=True, metadata={"help": "also ask every question with a blank image"})
+    resamples: int = field(default=M.N_RESAMPLES, metadata={"help": "bootstrap resamples (over studies)"})
+    seed: int = field(default=0, metadata={"help": "bootstrap seed"})
+    extra_metrics: str | None = field(
+        default=None,
+        metadata={"help": "model-based metrics on open answers (needs the RadEval package and its weights)",
+                  "choices": ["radeval"]},
+    )  # fmt: skip
+
+    def __post_init__(self):
+        if self.batch_size < 1 or (self.limit is not None and self.limit < 1):
+            raise EvalError("--batch-size and --limit must be positive")
+        if self.resamples < 100:
+            raise EvalError(f"--resamples must be >= 100 for a stable 95% interval, got {self.resamples}")
+        GenerationSettings(max_new_tokens=self.max_new_tokens)  # same range checks as the app
+
+
+def variants(has_adapter: bool, ablation: bool) -> list[tuple[str, str, bool]]:
+    """(name, adapter, blank image?) for every answer a question gets."""
+    models = [("base", BASE)] + ([("tuned", TUNED)] if has_adapter else [])
+    with_image = [(name, adapter, False) for name, adapter in models]
+    return with_image + ([(f"{name}_blank", adapter, True) for name, adapter in models] if ablation else [])
+
+
+def load_split(path: str, split: str, limit: int | None):
+    from datasets import load_from_disk
+
+    if not Path(path).is_dir():
+        raise EvalError(f"dataset {path} not found: build it with `python -m dataprep --out {path} ...`")
+    try:
+        data = load_from_disk(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise EvalError(f"{path} is not a dataset saved by `python -m dataprep`: {str(err).splitlines()[0]}") from None
+    splits = sorted(data.keys()) if hasattr(data, "keys") else []
+    if split not in splits:
+        raise EvalError(f"{path} has no split {split!r}; it has {splits}")
+    rows = data[split]
+    missing = [c for c in QA_COLUMNS if c not in rows.column_names]
+    if missing:
+        raise EvalError(f"split {split!r} of {path} lacks columns {missing}: rebuild it with `python -m dataprep`")
+    if len(rows) == 0:
+        raise EvalError(f"split {split!r} of {path} is empty")
+    return rows.select(range(min(limit, len(rows)))) if limit else rows
+
+
+def list_questions(rows) -> list[dict]:
+    """One entry per QA pair, in dataset order; `row` points back at the study's image."""
+    meta = rows.select_columns(["qa", "study_id", "patient_id"])
+    out = []
+    for i, row in enumerate(meta):
+        for j, qa in enumerate(row["qa"]):
+            out.append({
+                "id": f"{row['study_id']}#{j}", "row": i, "study_id": row["study_id"],
+                "patient_id": row["patient_id"], "question": qa["question"], "reference": qa["answer"],
+                "kind": qa["kind"], "finding": qa.get("finding"), "label": qa.get("label"),
+            })  # fmt: skip
+    return out
+
+
+def resume(out: Path, run: dict) -> dict[str, dict]:
+    """Finished records of an earlier run of the same settings in `out`, by question id."""
+    out.mkdir(parents=True, exist_ok=True)
+    run_file, pred_file = out / RUN, out / PREDICTIONS
+    if run_file.is_file() and pred_file.is_file():
+        earlier = json.loads(run_file.read_text())
+        if earlier != run:
+            changed = sorted(k for k in run.keys() | earlier.keys() if run.get(k) != earlier.get(k))
+            raise EvalError(f"{out} holds a run with other settings ({', '.join(changed)}): pick a new --out")
+    else:
+        pred_file.unlink(missing_ok=True)
+    run_file.write_text(json.dumps(run, indent=2) + "\n")
+    done: dict[str, dict] = {}
+    if pred_file.is_file():
+        lines = pred_file.read_text().splitlines()
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # the last line of a killed run may be cut short
+                continue
+            done[record["id"]] = record
+        pred_file.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+    return done
+
+
+def answer_all(vqa, rows, todo: list[dict], kinds, settings: GenerationSettings, batch_size: int, sink) -> None:
+    """Answer `todo` questions under every variant, a batch of rows per generate call, appending records to `sink`."""
+    per_call = max(1, batch_size // len(kinds))
+    images: dict[int, Image.Image] = {}
+    with tqdm(total=len(todo), desc="questions", unit="q") as bar:
+        for start in range(0, len(todo), per_call):
+            batch = todo[start : start + per_call]
+            for q in batch:
+                if q["row"] not in images:
+                    if len(images) > 64:  # a study's questions are adjacent: old images are not needed again
+                        images.clear()
+                    images[q["row"]] = rows[q["row"]]["images"][0].convert("RGB")
+            pics, convs, adapters = [], [], []
+            for q in batch:
+                image = images[q["row"]]
+                for _, adapter, blank in kinds:
+                    pics.append(Image.new("RGB", image.size) if blank else image)
+                    convs.append(add_question(None, q["question"]))
+                    adapters.append(adapter)
+            answers = iter(_generate(vqa, pics, convs, adapters, settings))
+            for q in batch:
+                record = {k: v for k, v in q.items() if k != "row"}
+                record["answers"] = {name: next(answers) for name, _, _ in kinds}
+                record["scores"] = {
+                    name: M.score_answer(text, kind=q["kind"], reference=q["reference"], label=q["label"])
+                    for name, text in record["answers"].items()
+                }
+                sink.write(json.dumps(record) + "\n")
+            sink.flush()
+            bar.update(len(batch))
+
+
+def _generate(vqa, pics, convs, adapters, settings) -> list[str]:
+    try:
+        return vqa.generate(pics, convs, adapters, settings)
+    except (TypeError, ValueError) as err:
+        # PEFT serves base and adapter rows in one batch only through Linear/Embedding/Conv layers: an adapter that
+        # saved a whole module (e.g. `multi_modal_projector`) or a batch-shared one (position embeddings) cannot.
+        if "Mixed batching" in str(err) or "adapter_names" in str(err):
+            raise EvalError(
+                f"this adapter cannot answer base and fine-tuned rows in one batch ({str(err).splitlines()[0]}): "
+                "retrain with modules_to_save naming Linear layers, e.g. multi_modal_projector.linear_1 and linear_2"
+            ) from None
+        raise
+
+
+def build_metrics(records: list[dict], cfg: EvalConfig, names: list[str]) -> dict:
+    boot = {"n_resamples": cfg.resamples, "seed": cfg.seed}
+    closed_labels = [M.parse_yes_no(r["reference"]) if r["label"] is None else r["label"] for r in records
+                     if r["kind"] == "closed"]  # fmt: skip
+    result = {
+        "dataset": cfg.dataset, "split": cfg.split, "base": cfg.base, "adapter": cfg.adapter,
+        "studies": len({r["study_id"] for r in records}), "patients": len({r["patient_id"] for r in records}),
+        "questions": {"total": len(records), "closed": len(closed_labels), "open": len(records) - len(closed_labels)},
+        "chance": {"closed_accuracy": M.majority_rate(closed_labels), "rule": "always the majority answer"},
+        "protocol": {"turns": "single", "decoding": "greedy", "max_new_tokens": cfg.max_new_tokens,
+                     "parsing": "strict first word yes/no", "4bit": not cfg.no_4bit},
+        "bootstrap": {"unit": "study", "resamples": cfg.resamples, "confidence": M.CONFIDENCE, "seed": cfg.seed},
+        "models": {name: M.summarize(records, name, **boot) for name in names},
+        "difference": {},
+        "ablation": {},
+    }  # fmt: skip
+    if "tuned" in names:
+        result["difference"]["tuned_minus_base"] = M.compare(records, "base", "tuned", **boot)
+    for name in names:
+        if f"{name}_blank" in names:  # the drop: with the image minus with a blank one
+            result["ablation"][name] = M.compare(records, f"{name}_blank", name, **boot)
+    return result
+
+
+def radeval_scores(records: list[dict], names: list[str]) -> dict:
+    """BERTScore, CheXbert and RadGraph F1 of the open answers via RadEval; needs its downloaded weights."""
+    try:
+        from RadEval import RadEval
+    except ImportError:
+        raise EvalError("--extra-metrics radeval needs the RadEval package: `pip install RadEval`") from None
+    opened = [r for r in records if r["kind"] == "open"]
+    if not opened:
+        return {}
+    try:
+        evaluator = RadEval(do_bertscore=True, do_chexbert=True, do_radgraph=True)
+        refs = [r["reference"] for r in opened]
+        return {name: evaluator(refs=refs, hyps=[r["answers"][name] for r in opened]) for name in names}
+    except Exception as err:  # noqa: BLE001 - any failure here is missing weights or network, for the user one line
+        raise EvalError(f"RadEval could not run (its model weights must be downloadable or cached): {err}") from None
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run (or resume) the evaluation described by `cfg`, write the report files, return metrics.json's content."""
+    from finetune.report import write_report
+
+    if cfg.extra_metrics == "radeval":
+        radeval_scores([], [])  # fail on a missing package before hours of generation
+    rows = load_split(cfg.dataset, cfg.split, cfg.limit)
+    questions = list_questions(rows)
+    kinds = variants(cfg.adapter is not None, cfg.ablation)
+    names = [name for name, _, _ in kinds]
+    out = Path(cfg.out)
+    run = {"dataset": str(Path(cfg.dataset).resolve()), "split": cfg.split, "base": cfg.base, "adapter": cfg.adapter,
+           "variants": names, "max_new_tokens": cfg.max_new_tokens, "4bit": not cfg.no_4bit}  # fmt: skip
+    done = resume(out, run)
+    todo = [q for q in questions if q["id"] not in done]
+    if todo:
+        logger.info("%d of %d questions left to answer", len(todo), len(questions))
+        vqa = load_model(cfg.base, cfg.adapter, load_in_4bit=not cfg.no_4bit, device=cfg.device)
+        settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens)
+        with open(out / PREDICTIONS, "a") as sink:
+            answer_all(vqa, rows, todo, kinds, settings, cfg.batch_size, sink)
+        done = resume(out, run)
+    records = [done[q["id"]] for q in questions]
+    result = build_metrics(records, cfg, names)
+    if cfg.extra_metrics == "radeval":
+        result["extra"] = {"radeval": radeval_scores(records, names)}
+    (out / METRICS).write_text(json.dumps(result, indent=2) + "\n")
+    write_report(out, result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    from trl import TrlParser
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = TrlParser(EvalConfig, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    try:
+        (cfg,) = parser.parse_args_and_config(argv)
+    except ValueError as err:  # unknown YAML keys, bad values in __post_init__
+        sys.exit(f"error: {str(err).splitlines()[0]}")
+    try:
+        result = evaluate(cfg)
+    except (EvalError, ModelLoadError) as err:
+        sys.exit(f"error: {err}")
+    except FileNotFoundError as err:  # e.g. a --config path that does not exist
+        sys.exit(f"error: {err.strerror}: {err.filename}")
+    from finetune.report import summary_lines
+
+    print("\n".join(summary_lines(result)))
+    print(f"wrote {Path(cfg.out) / METRICS}, report.md, predictions.jsonl, comparison.png")
+
+
+if __name__ == "__main__":
+    main()

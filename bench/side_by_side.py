@@ -4,10 +4,11 @@ model vs two separate model copies. CPU, offline, on a small-but-not-trivial LLa
     python bench/side_by_side.py                    # hidden 512, 4 layers, 64 new tokens, fp32
     python bench/side_by_side.py --4bit --repeats 3  # the 4-bit nf4 path (slower on CPU)
 
-Each method runs in its own process. Its memory is the bytes of the weights it holds (every parameter and buffer,
-LoRA included) plus the growth of resident memory while it answers (activations, KV cache), so the Python/torch
-runtime that every method shares and the transient copies made while loading do not blur the comparison.
-Last line:
+Memory is measured for each method in its own process: the bytes of the weights it holds (every parameter and
+buffer, LoRA included) plus the growth of resident memory while it answers (activations, KV cache), so the
+Python/torch runtime that every method shares and the transient copies made while loading do not blur it. The
+reference "one model" is the model the app serves (base + adapter) answering one question. Times are taken in one
+process, methods interleaved, best of N. Last line:
 `RESULT speedup=<sequential time / batched time> memory_ratio=<batched peak / one model answering one question>`.
 """
 
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 METHODS = {
-    "one_model": "one model, base only, one question (memory reference)",
+    "one_model": "one model + adapter, one question (memory reference: the model the app serves)",
     "batched": "one model + adapter, ONE mixed-adapter generate for both rows",
     "sequential": "one model + adapter, base call then adapter call",
     "two_copies": "two model copies (base, base+adapter), one call each",
@@ -49,68 +50,61 @@ def reset_peak() -> None:
         f.write("5")
 
 
-def worker(method: str, model_dir: str, adapter_dir: str, new_tokens: int, repeats: int, four_bit: bool) -> dict:
+def setup(model_dir: str, adapter_dir: str, new_tokens: int, four_bit: bool, methods: list[str]):
+    """Load the models `methods` need and return ({method: run()}, [models held])."""
     import torch
     from PIL import Image
 
     from finetune.model import BASE, TUNED, GenerationSettings, load_model
     from finetune.template import add_question
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
     settings = GenerationSettings(max_new_tokens=new_tokens)
     image = Image.new("RGB", (336, 336), (90, 90, 90))
     conv = add_question(None, "Is there cardiomegaly?")
+    base = load_model(model_dir, load_in_4bit=four_bit, device="cpu") if "two_copies" in methods else None
+    tuned = load_model(model_dir, adapter=adapter_dir, load_in_4bit=four_bit, device="cpu")
 
-    def load(adapter):
-        return load_model(model_dir, adapter=adapter, load_in_4bit=four_bit, device="cpu")
+    def ask(vqa, adapters):
+        return vqa.generate([image] * len(adapters), [conv] * len(adapters), adapters, settings)
 
-    models = []
-    if method == "one_model":
-        vqa = load(None)
-        models = [vqa]
+    runs = {
+        "one_model": lambda: ask(tuned, [TUNED]),
+        "batched": lambda: ask(tuned, [BASE, TUNED]),
+        "sequential": lambda: ask(tuned, [BASE]) + ask(tuned, [TUNED]),
+        "two_copies": lambda: ask(base, [BASE]) + ask(tuned, [TUNED]),
+    }
+    return {m: runs[m] for m in methods}, [m for m in (base, tuned) if m is not None]
 
-        def run():
-            return vqa.generate([image], [conv], [BASE], settings)
-    elif method == "batched":
-        vqa = load(adapter_dir)
-        models = [vqa]
 
-        def run():
-            return vqa.generate([image, image], [conv, conv], [BASE, TUNED], settings)
-    elif method == "sequential":
-        vqa = load(adapter_dir)
-        models = [vqa]
-
-        def run():
-            return vqa.generate([image], [conv], [BASE], settings) + vqa.generate([image], [conv], [TUNED], settings)
-    else:
-        base, vqa = load(None), load(adapter_dir)
-        models = [base, vqa]
-
-        def run():
-            return base.generate([image], [conv], [BASE], settings) + vqa.generate([image], [conv], [TUNED], settings)
-
-    # Memory = the weights held (exact bytes of every parameter and buffer, LoRA included) + the growth of resident
-    # memory while answering (activations, KV cache), from a fresh peak after a warm-up run: large blocks go back to
-    # the OS when freed, so one-time lazy initialisation is left out and each run's own peak is what is measured.
+def measure_memory(method: str, model_dir: str, adapter_dir: str, new_tokens: int, four_bit: bool) -> dict:
+    """Weights held (exact bytes of every parameter and buffer, LoRA included) + the growth of resident memory while
+    answering (activations, KV cache), from a fresh peak after a warm-up run: large blocks go back to the OS when
+    freed, so one-time lazy initialisation is left out and the run's own peak is what is measured."""
+    runs, models = setup(model_dir, adapter_dir, new_tokens, four_bit, [method])
     weights_mb = sum(t.numel() * t.element_size() for m in models for t in (*m.model.parameters(), *m.model.buffers()))
     weights_mb /= 2**20
-    answers = run()
+    answers = runs[method]()
     before = memory_mb("VmRSS")
     reset_peak()
-    assert run() == answers
-    activations_mb = memory_mb("VmHWM") - before
-    times = []
+    assert runs[method]() == answers
+    return {"answers": answers, "peak_mb": weights_mb + memory_mb("VmHWM") - before, "weights_mb": weights_mb}
+
+
+def measure_time(model_dir: str, adapter_dir: str, new_tokens: int, four_bit: bool, repeats: int) -> dict:
+    """The timed methods interleaved in one process, best of `repeats` each: a busy neighbour on a shared machine
+    slows whichever method it overlaps, and the minimum is the run it disturbed least."""
+    methods = ["batched", "sequential", "two_copies"]
+    runs, _ = setup(model_dir, adapter_dir, new_tokens, four_bit, methods)
+    answers = {m: runs[m]() for m in methods}  # warm-up
+    times: dict[str, list[float]] = {m: [] for m in methods}
     for _ in range(repeats):
-        start = time.perf_counter()
-        assert run() == answers
-        times.append(time.perf_counter() - start)
+        for m in methods:
+            start = time.perf_counter()
+            assert runs[m]() == answers[m]
+            times[m].append(time.perf_counter() - start)
     return {
-        "method": method,
-        "answers": answers,
-        "seconds": statistics.median(times),
-        "peak_mb": weights_mb + activations_mb,
-        "weights_mb": weights_mb,
+        m: {"answers": answers[m], "seconds": min(times[m]), "median": statistics.median(times[m])} for m in methods
     }
 
 
@@ -135,40 +129,55 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count(), help="torch CPU threads (1 = steadier on a busy machine)"
+    )
     parser.add_argument("--4bit", dest="four_bit", action="store_true", help="load the base in 4-bit nf4")
-    parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=[*METHODS, "timing"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--adapter", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if args.worker:
-        result = worker(args.worker, args.model, args.adapter, args.new_tokens, args.repeats, args.four_bit)
-        print(json.dumps(result))
+    if args.worker == "timing":
+        print(json.dumps(measure_time(args.model, args.adapter, args.new_tokens, args.four_bit, args.repeats)))
         return
+    if args.worker:
+        print(json.dumps(measure_memory(args.worker, args.model, args.adapter, args.new_tokens, args.four_bit)))
+        return
+
+    def run_worker(name: str) -> dict:
+        cmd = [sys.executable, __file__, "--worker", name, "--model", model_dir, "--adapter", adapter_dir]
+        cmd += ["--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)]
+        cmd += ["--4bit"] if args.four_bit else []
+        # A fixed mmap threshold: glibc otherwise raises it after the first large free and keeps later blocks on its
+        # heap, so resident memory would track the allocator's history instead of the live tensors.
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+        env["BENCH_THREADS"] = str(args.threads)
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+        if out.returncode != 0:
+            sys.exit(f"worker {name} failed:\n{out.stderr[-3000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir, adapter_dir = build_models(Path(tmp), args.hidden, args.layers)
         print(f"model: hidden {args.hidden}, {args.layers} layers, LoRA r=64, {'4-bit' if args.four_bit else 'fp32'}")
-        print(f"{args.new_tokens} new tokens per answer, median of {args.repeats} runs, CPU threads {os.cpu_count()}")
-        results = {}
-        for method, what in METHODS.items():
-            cmd = [sys.executable, __file__, "--worker", method, "--model", model_dir, "--adapter", adapter_dir]
-            cmd += ["--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)]
-            cmd += ["--4bit"] if args.four_bit else []
-            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if out.returncode != 0:
-                sys.exit(f"worker {method} failed:\n{out.stderr[-3000:]}")
-            results[method] = json.loads(out.stdout.strip().splitlines()[-1])
-            r = results[method]
-            memory = f"peak {r['peak_mb']:6.1f} MB (weights {r['weights_mb']:.1f})"
-            print(f"  {method:<11} {r['seconds']:7.3f} s  {memory}  {what}")
+        print(
+            f"{args.new_tokens} new tokens per answer, best of {args.repeats} interleaved runs, {args.threads} threads"
+        )
+        memory = {method: run_worker(method) for method in METHODS}
+        timing = run_worker("timing")
 
-    batched, sequential = results["batched"], results["sequential"]
-    assert batched["answers"] == sequential["answers"] == results["two_copies"]["answers"], "methods disagree"
-    speedup = sequential["seconds"] / batched["seconds"]
-    memory_ratio = batched["peak_mb"] / results["one_model"]["peak_mb"]
-    copies_ratio = results["two_copies"]["peak_mb"] / results["one_model"]["peak_mb"]
-    print(f"batched vs two copies: {results['two_copies']['seconds'] / batched['seconds']:.2f}x faster")
+    for method, what in METHODS.items():
+        t = timing.get(method)
+        seconds = f"{t['seconds']:6.3f} s (median {t['median']:6.3f})" if t else " " * 24
+        mem = memory[method]
+        print(f"  {method:<11} {seconds}  peak {mem['peak_mb']:6.1f} MB (weights {mem['weights_mb']:5.1f})  {what}")
+    answers = [r["answers"] for r in (*timing.values(), memory["batched"], memory["sequential"], memory["two_copies"])]
+    assert all(a == answers[0] for a in answers), "the methods gave different answers"
+    speedup = timing["sequential"]["seconds"] / timing["batched"]["seconds"]
+    memory_ratio = memory["batched"]["peak_mb"] / memory["one_model"]["peak_mb"]
+    copies_ratio = memory["two_copies"]["peak_mb"] / memory["one_model"]["peak_mb"]
+    print(f"batched vs two copies: {timing['two_copies']['seconds'] / timing['batched']['seconds']:.2f}x faster")
     print(f"memory vs one model: batched {memory_ratio:.2f}x, two copies {copies_ratio:.2f}x")
     print(f"RESULT speedup={speedup:.2f} memory_ratio={memory_ratio:.2f}")
 

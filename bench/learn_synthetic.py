@@ -1,0 +1,116 @@
+"""End-to-end proof that the pipeline learns to read the film, on CPU: a synthetic CheXpert-Plus-shaped release →
+`dataprep --generator labels` → fine-tune the tiny checkpoint → evaluate on the held-out test patients, with the
+blank-image ablation.
+
+    python bench/learn_synthetic.py                        # about 200 patients; work dir runs/learn-synthetic
+    python bench/learn_synthetic.py --fresh                # start over instead of reusing finished stages
+    python bench/learn_synthetic.py --patients 60 --epochs 2 --work /tmp/smoke   # plumbing check only
+
+Every stage is the real command line (the same one a user runs), in its own process; a stage whose output already
+exists is skipped, so an interrupted bench resumes. Goal: base near chance (an untrained model answers garbage,
+which strict parsing scores 0), tuned >= 0.85 closed accuracy on patients it never saw, and the tuned model with a
+blank image back near chance (the majority-answer rate is printed as the chance line). Last line:
+`RESULT base=<acc> tuned=<acc> blank=<acc>` (closed-question accuracies on the test split).
+
+Why the model can learn here: the tiny checkpoint is random, so the vision path must train, not just the language
+model: see bench/learn_synthetic.yaml for what trains and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = Path(__file__).with_suffix(".yaml")  # the training recipe of this bench
+
+
+def run_stage(name: str, done: Path, command: list[str], timings: dict) -> None:
+    """Run one pipeline command unless its output `done` exists; stream its output; stop the bench if it fails."""
+    if done.exists():
+        print(f"[{name}] reusing {done.parent if done.is_file() else done}")
+        timings[name] = 0.0
+        return
+    print(f"[{name}] {' '.join(command)}", flush=True)
+    start = time.time()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, cwd=ROOT, env=env)
+    timings[name] = time.time() - start
+    if result.returncode != 0:
+        sys.exit(f"[{name}] failed with exit code {result.returncode}: see its output above")
+    print(f"[{name}] {timings[name]:.0f} s", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="runs/learn-synthetic", help="working directory for every stage's output")
+    parser.add_argument("--patients", type=int, default=200, help="synthetic patients (1-3 studies each)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden", type=int, default=64, help="tiny language model width")
+    parser.add_argument("--vision-hidden", type=int, default=64, help="tiny vision tower width")
+    parser.add_argument("--vision-layers", type=int, default=2, help="tiny vision tower layers")
+    parser.add_argument("--epochs", type=float, default=None, help="override the config's num_train_epochs")
+    parser.add_argument("--batch-size", type=int, default=32, help="evaluation rows per generate call")
+    parser.add_argument("--fresh", action="store_true", help="delete the working directory first")
+    args = parser.parse_args(argv)
+    if args.patients < 20:
+        parser.error("--patients must be >= 20: fewer leaves the test split with a handful of studies")
+
+    work = Path(args.work).resolve()
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    tiny, release, data, adapter, report = (work / n for n in ("tiny-llava", "release", "data", "adapter", "report"))
+    py = sys.executable
+    timings: dict[str, float] = {}
+    start = time.time()
+
+    tiny_cmd = [py, "-m", "finetune.tiny_model", str(tiny), "--hidden", str(args.hidden),
+                "--vision-hidden", str(args.vision_hidden), "--vision-layers", str(args.vision_layers)]  # fmt: skip
+    run_stage("tiny model", tiny / "config.json", tiny_cmd, timings)
+    release_cmd = [py, "-m", "dataprep.synthetic", str(release), "--patients", str(args.patients),
+                   "--seed", str(args.seed)]  # fmt: skip
+    run_stage("release", release / "df_chexpert_plus_240401.csv", release_cmd, timings)
+    data_cmd = [py, "-m", "dataprep", "--chexpert-root", str(release), "--out", str(data), "--generator", "labels",
+                "--seed", str(args.seed)]  # fmt: skip
+    run_stage("dataprep", data / "dataset_dict.json", data_cmd, timings)
+    train_cmd = [py, "-m", "finetune", "--config", str(CONFIG), "--model_name_or_path", str(tiny),
+                 "--dataset", str(data), "--output_dir", str(adapter)]  # fmt: skip
+    if args.epochs is not None:
+        train_cmd += ["--num_train_epochs", str(args.epochs)]
+    run_stage("train", adapter / "adapter_config.json", train_cmd, timings)
+    # evaluate resumes on its own (predictions.jsonl), so it always runs and rewrites the report
+    eval_cmd = [py, "-m", "finetune.evaluate", "--dataset", str(data), "--split", "test", "--base", str(tiny),
+                "--adapter", str(adapter), "--out", str(report), "--no-4bit", "--device", "cpu",
+                "--batch-size", str(args.batch_size), "--max-new-tokens", "24"]  # fmt: skip
+    run_stage("evaluate", report / "__always__", eval_cmd, timings)
+
+    metrics = json.loads((report / "metrics.json").read_text())
+    models = metrics["models"]
+    acc = {name: models[name]["closed_accuracy"] for name in ("base", "tuned", "tuned_blank")}
+    q, chance = metrics["questions"], metrics["chance"]["closed_accuracy"]
+    print(f"\nheld-out test split: {metrics['studies']} studies of {metrics['patients']} patients, "
+          f"{q['closed']} closed questions; chance (majority answer) {chance:.3f}")  # fmt: skip
+    for name, label in (("base", "base"), ("tuned", "tuned"), ("tuned_blank", "tuned, blank image")):
+        e = acc[name]
+        unparseable = models[name]["unparseable_rate"]["value"]
+        print(f"  {label:<20} closed accuracy {e['value']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]"
+              f"  unparseable {unparseable:.3f}")  # fmt: skip
+    drop = metrics["ablation"]["tuned"]["closed_accuracy"]
+    print(f"  blank-image drop (tuned) {drop['value']:+.3f} [{drop['ci'][0]:+.3f}, {drop['ci'][1]:+.3f}], "
+          f"McNemar p={drop['p_value']:.2g}")  # fmt: skip
+    print("  stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) +
+          f"; total {time.time() - start:.0f}")  # fmt: skip
+    print(f"  report: {report / 'report.md'}")
+    base, tuned, blank = (acc[name]["value"] for name in ("base", "tuned", "tuned_blank"))
+    print(f"RESULT base={base:.3f} tuned={tuned:.3f} blank={blank:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -13,7 +13,7 @@ from finetune.__main__ import main
 from finetune.config import ConfigError, parse_config
 from finetune.model import LANGUAGE_LORA_TARGETS
 
-CONFIGS = sorted(Path("finetune/configs").glob("*.yaml"))
+CONFIGS = sorted(Path("finetune/configs").glob("*.yaml")) + sorted(Path("bench").glob("*.yaml"))
 TRAINING_CONFIGS = [p for p in CONFIGS if not p.name.startswith("accelerate-")]
 
 

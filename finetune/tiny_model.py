@@ -2,11 +2,17 @@
 
     python -m finetune.tiny_model OUT                          # tests and smoke runs (hidden 64, 2 layers)
     python -m finetune.tiny_model OUT --hidden 512 --layers 4  # benchmarks: small enough for CPU, not trivial
+    python -m finetune.tiny_model OUT --patch-size 56 --sincos-positions  # bench/learn_synthetic.py: 36 tokens
 
 The checkpoint has the real LLaVA-1.5 geometry where it matters: a CLIP vision tower at 336 px with 14 px patches
 (576 image tokens, `vision_feature_layer=-2`), a GELU projector and a Llama language model, plus a processor
 (CLIP image processor + a byte-level BPE tokenizer trained here with `tokenizers`, holding `<image>`, `<s>`, `</s>`,
 `<pad>`). It loads with `from_pretrained` exactly like `llava-hf/llava-1.5-7b-hf`, so tests exercise the real path.
+
+A model that must learn to see in minutes on a CPU (bench/learn_synthetic.py) can take larger patches (fewer image
+tokens, same 336 px input) and fixed 2-D sine-cosine position embeddings: CLIP's random init gives position
+embeddings ~40x smaller than a patch's embedding, so after the tower's first LayerNorm a random tower barely knows
+where anything is.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from transformers import (
 from finetune.template import CHAT_TEMPLATE
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+IMAGE_SIZE = 336
 
 # Words the tokenizer should keep whole: the vocabulary of the synthetic reports and questions. Anything else still
 # tokenizes (byte-level BPE covers every string), just in more pieces.
@@ -86,6 +93,22 @@ def train_tokenizer(vocab_size: int = 1024, seed: int = 0) -> PreTrainedTokenize
     )
 
 
+def sincos_position_embeddings(grid: int, dim: int, scale: float = 0.7) -> torch.Tensor:
+    """(1 + grid*grid, dim) fixed 2-D sine-cosine positions (x in the first half, y in the second), a zero row for
+    CLS; `scale` brings a row's norm (~4 at dim 64) to that of a mid-grey patch's embedding."""
+    quarter = dim // 4
+    freqs = 1.0 / (100 ** (torch.arange(quarter) / quarter))
+    ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+
+    def encode(coord: torch.Tensor) -> torch.Tensor:
+        angles = coord.flatten()[:, None].float() * freqs[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    table = torch.zeros(1 + grid * grid, dim)
+    table[1:, : 4 * quarter] = torch.cat([encode(xs), encode(ys)], dim=1) * scale
+    return table
+
+
 def build_tiny_llava(
     out: str | Path,
     *,
@@ -93,17 +116,21 @@ def build_tiny_llava(
     layers: int = 2,
     vision_hidden: int = 64,
     vision_layers: int = 2,
+    patch_size: int = 14,
+    sincos_positions: bool = False,
     seed: int = 0,
 ) -> Path:
     """Write model + processor to `out` and return the path. Widths >= 64 so bitsandbytes 4-bit works on CPU."""
+    if IMAGE_SIZE % patch_size:
+        raise ValueError(f"patch_size must divide {IMAGE_SIZE}, got {patch_size}")
     out = Path(out)
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(seed=seed)
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
 
     vision = CLIPVisionConfig(
-        image_size=336,
-        patch_size=14,
+        image_size=IMAGE_SIZE,
+        patch_size=patch_size,
         hidden_size=vision_hidden,
         intermediate_size=vision_hidden * 2,
         num_hidden_layers=vision_layers,
@@ -127,7 +154,7 @@ def build_tiny_llava(
         vision_config=vision,
         text_config=text,
         image_token_index=image_token_id,
-        image_seq_length=576,
+        image_seq_length=(IMAGE_SIZE // patch_size) ** 2,  # 576 at LLaVA-1.5's 14 px
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
@@ -137,6 +164,9 @@ def build_tiny_llava(
     # produce varied, non-degenerate text, closer to how a real base model disagrees with a fine-tuned one.
     with torch.no_grad():
         model.lm_head.weight.normal_(0.0, 0.5)
+        if sincos_positions:
+            positions = model.model.vision_tower.embeddings.position_embedding.weight
+            positions.copy_(sincos_position_embeddings(IMAGE_SIZE // patch_size, vision_hidden))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
@@ -151,7 +181,7 @@ def build_tiny_llava(
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=14,
+        patch_size=patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE,
@@ -167,16 +197,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=2, help="language model layers")
     parser.add_argument("--vision-hidden", type=int, default=64, help="vision tower width (>= 64)")
     parser.add_argument("--vision-layers", type=int, default=2, help="vision tower layers (>= 2: layer -2 is used)")
+    parser.add_argument(
+        "--patch-size", type=int, default=14, help=f"vision patch px; must divide {IMAGE_SIZE} (14: 576 tokens)"
+    )
+    parser.add_argument(
+        "--sincos-positions", action="store_true", help="fixed 2-D sine-cosine vision positions instead of random"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if min(args.hidden, args.vision_hidden) < 64 or args.vision_layers < 2:
         parser.error("widths must be >= 64 (4-bit blocks) and the vision tower needs >= 2 layers")
+    if args.patch_size < 1 or IMAGE_SIZE % args.patch_size:
+        parser.error(f"--patch-size must divide {IMAGE_SIZE} (e.g. 14, 28, 56), got {args.patch_size}")
     out = build_tiny_llava(
         args.out,
         hidden=args.hidden,
         layers=args.layers,
         vision_hidden=args.vision_hidden,
         vision_layers=args.vision_layers,
+        patch_size=args.patch_size,
+        sincos_positions=args.sincos_positions,
         seed=args.seed,
     )
     n_files = sum(1 for _ in itertools.islice(out.iterdir(), 100))

@@ -188,3 +188,23 @@ def test_non_llava_checkpoint_is_refused(tmp_path):
     )
     with pytest.raises(ModelLoadError, match="not LLaVA"):
         load_base_model(str(tmp_path), load_in_4bit=False, device="cpu")
+
+
+def test_tiny_model_with_large_patches_and_sincos_positions(tmp_path):
+    from finetune.tiny_model import build_tiny_llava, sincos_position_embeddings
+
+    out = build_tiny_llava(tmp_path / "p56", patch_size=56, sincos_positions=True)
+    vqa = load_model(out, load_in_4bit=False, device="cpu")
+    prompt = render(vqa.processor, add_question(None, "Is there cardiomegaly?"), add_generation_prompt=True)
+    batch = encode(vqa.processor, [film(90)], [prompt])
+    assert batch["input_ids"][0].tolist().count(vqa.processor.image_token_id) == 36  # (336 / 56) ** 2
+    positions = vqa.model.model.vision_tower.embeddings.position_embedding.weight
+    assert positions.shape == (37, 64)
+    torch.testing.assert_close(positions, sincos_position_embeddings(6, 64))
+    assert positions[1:].norm(dim=1).mean() > 3  # comparable to a patch embedding, unlike CLIP's random init
+    distances = torch.cdist(positions[1:], positions[1:]) + torch.eye(36) * 1e3
+    assert distances.min() > 0.3  # every patch position has its own embedding
+    answers = vqa.generate([film(90)], [add_question(None, "Is there cardiomegaly?")], settings=SETTINGS)
+    assert len(answers) == 1 and isinstance(answers[0], str)  # answers through the app's path
+    with pytest.raises(ValueError, match="must divide 336"):
+        build_tiny_llava(tmp_path / "bad", patch_size=50)

@@ -5,6 +5,7 @@ Also the checks of a parsed config against this machine (GPU-only options) and a
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import torch
 from trl import SFTConfig, TrlParser
 
 from finetune.model import DEFAULT_BASE, LANGUAGE_LORA_TARGETS
+
+log = logging.getLogger(__name__)
 
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
 
@@ -204,17 +207,31 @@ def check_device(script_args: ScriptArguments, train_args: TrainConfig) -> None:
             ) from None
 
 
-def resolve_checkpoint(train_args: TrainConfig) -> str | None:
-    """The checkpoint to resume from: None, an explicit directory, or the latest one in output_dir."""
-    from transformers.trainer_utils import get_last_checkpoint
+def latest_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The checkpoint-N with the highest N that holds a trainer_state.json (the Trainer writes it last), or None.
 
+    A run killed while saving leaves a checkpoint directory without it; resuming from that one would fail."""
+    steps = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        suffix = path.name.removeprefix("checkpoint-")
+        if path.is_dir() and suffix.isdigit():
+            steps.append((int(suffix), path))
+    for _step, path in sorted(steps, reverse=True):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+        log.warning("skipping %s: incomplete (no trainer_state.json), probably killed while saving", path)
+    return None
+
+
+def resolve_checkpoint(train_args: TrainConfig) -> str | None:
+    """The checkpoint to resume from: None, an explicit directory, or the latest complete one in output_dir."""
     wanted = train_args.resume_from_checkpoint
     if wanted is None or wanted is False or str(wanted).lower() in ("", "false"):
         return None
     if wanted is True or str(wanted).lower() in ("latest", "true"):  # YAML may say `resume_from_checkpoint: true`
-        found = get_last_checkpoint(train_args.output_dir) if Path(train_args.output_dir).is_dir() else None
+        found = latest_complete_checkpoint(train_args.output_dir)
         if found is None:
-            raise ConfigError(f"no checkpoint-* directory in {train_args.output_dir} to resume from")
+            raise ConfigError(f"no complete checkpoint-* directory in {train_args.output_dir} to resume from")
         return found
     if not (Path(wanted) / "trainer_state.json").is_file():
         raise ConfigError(f"{wanted} is not a checkpoint directory (no trainer_state.json)")

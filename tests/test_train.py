@@ -205,7 +205,7 @@ def broken_datasets(tmp_path_factory):
         (lambda d, t: ["--optim", "paged_adamw_8bit"], "needs a CUDA GPU"),
         (lambda d, t: ["--attn_implementation", "flash_attention_2"], "needs a CUDA GPU"),
         (lambda d, t: ["--bf16", "true"], "bf16: true needs a CUDA GPU"),
-        (lambda d, t: ["--resume_from_checkpoint"], "no checkpoint-* directory"),
+        (lambda d, t: ["--resume_from_checkpoint"], "no complete checkpoint-* directory"),
         (lambda d, t: ["--max_length", "512"], "would truncate the 576 image tokens"),
         (lambda d, t: ["--lora_modules_to_sav", "x"], "not used"),  # abbreviations are not guessed
         (lambda d, t: ["--lora_target_modules", r".*vision_tower.*\.qproj"], "matches no module"),
@@ -238,3 +238,19 @@ def test_empty_train_split_fails_in_one_line(tmp_path, tiny_model_dir):
     DatasetDict(train=empty, validation=empty).save_to_disk(str(tmp_path / "data"))
     with pytest.raises(SystemExit, match=r"error: .*\[train\] is empty"):
         main(["--config", CONFIG, "--model_name_or_path", tiny_model_dir, "--dataset", str(tmp_path / "data")])
+
+
+def test_resume_skips_a_checkpoint_killed_while_saving(tmp_path):
+    from types import SimpleNamespace
+
+    from finetune.config import resolve_checkpoint
+
+    for step, complete in ((4, True), (8, False), (12, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-best").mkdir()  # not a step: ignored
+    args = SimpleNamespace(resume_from_checkpoint=True, output_dir=str(tmp_path))
+    assert resolve_checkpoint(args) == str(tmp_path / "checkpoint-4")
+    (tmp_path / "checkpoint-12" / "trainer_state.json").write_text("{}")
+    assert resolve_checkpoint(args) == str(tmp_path / "checkpoint-12")

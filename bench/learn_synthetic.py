@@ -12,12 +12,14 @@ which strict parsing scores 0), tuned >= 0.85 closed accuracy on patients it nev
 blank image back near chance (the majority-answer rate is printed as the chance line). Last line:
 `RESULT base=<acc> tuned=<acc> blank=<acc>` (closed-question accuracies on the test split).
 
-The tiny checkpoint (random weights, 64 wide, 2 layers) is built for this bench with 28 px patches (144 image
-tokens instead of 576: 4x faster, and thin lines such as tubes still show; 56 px missed them) and fixed 2-D
-sine-cosine vision positions (CLIP's random ones are ~40x smaller than a patch's embedding, so after the first
-LayerNorm a random tower barely knows where a finding is). Its vision tower stays frozen, as in LLaVA; the
+The tiny checkpoint (random weights, 64 wide, a 4-layer language model) is built for this bench with 28 px
+patches (144 image tokens instead of 576: 4x faster, and thin lines such as tubes still show; 56 px missed them)
+and fixed 2-D sine-cosine vision positions (CLIP's random ones are ~40x smaller than a patch's embedding, so after
+the first LayerNorm a random tower barely knows where a finding is). Its vision tower stays frozen, as in LLaVA; the
 projector, the language model (LoRA) and the embeddings train: see bench/learn_synthetic.yaml for what trains and
-why, with the measurements behind each choice.
+why, with the measurements behind each choice. Results move with the trainer's seed (the YAML's `seed`; the bench's
+--seed sets the data): held-out tuned accuracy was 0.831 and 0.809 for trainer seeds 0 and 1 with this model, and
+0.840 / 0.698 / 0.778 for seeds 0-2 with a 2-layer language model.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patients", type=int, default=200, help="synthetic patients (1-3 studies each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hidden", type=int, default=64, help="tiny language model width")
+    parser.add_argument("--layers", type=int, default=4, help="tiny language model layers")
     parser.add_argument("--vision-hidden", type=int, default=64, help="tiny vision tower width")
     parser.add_argument("--vision-layers", type=int, default=2, help="tiny vision tower layers")
     parser.add_argument("--patch-size", type=int, default=28, help="tiny vision patch px (28: 144 image tokens)")
@@ -96,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
         str(tiny),
         "--hidden",
         str(args.hidden),
+        "--layers",
+        str(args.layers),
         "--vision-hidden",
         str(args.vision_hidden),
         "--vision-layers",

@@ -2,7 +2,7 @@
 
     python -m finetune.tiny_model OUT                          # tests and smoke runs (hidden 64, 2 layers)
     python -m finetune.tiny_model OUT --hidden 512 --layers 4  # benchmarks: small enough for CPU, not trivial
-    python -m finetune.tiny_model OUT --patch-size 56 --sincos-positions  # bench/learn_synthetic.py: 36 tokens
+    python -m finetune.tiny_model OUT --patch-size 28 --sincos-positions --layers 4  # learn_synthetic: 144 tokens
 
 The checkpoint has the real LLaVA-1.5 geometry where it matters: a CLIP vision tower at 336 px with 14 px patches
 (576 image tokens, `vision_feature_layer=-2`), a GELU projector and a Llama language model, plus a processor
@@ -95,7 +95,7 @@ def train_tokenizer(vocab_size: int = 1024, seed: int = 0) -> PreTrainedTokenize
 
 def sincos_position_embeddings(grid: int, dim: int, scale: float = 0.7) -> torch.Tensor:
     """(1 + grid*grid, dim) fixed 2-D sine-cosine positions (x in the first half, y in the second), a zero row for
-    CLS; `scale` brings a row's norm (~4 at dim 64) to that of a mid-grey patch's embedding."""
+    CLS; `scale` sets a row's norm (~4 at dim 64) near a patch embedding's (3-13 for flat patches of 14-28 px)."""
     quarter = dim // 4
     freqs = 1.0 / (100 ** (torch.arange(quarter) / quarter))
     ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")

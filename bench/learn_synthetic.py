@@ -88,102 +88,35 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     tiny, release, data, adapter, report = (work / n for n in ("tiny-llava", "release", "data", "adapter", "report"))
-    py = sys.executable
     timings: dict[str, float] = {}
     start = time.time()
 
-    tiny_cmd = [
-        py,
-        "-m",
-        "finetune.tiny_model",
-        str(tiny),
-        "--hidden",
-        str(args.hidden),
-        "--layers",
-        str(args.layers),
-        "--vision-hidden",
-        str(args.vision_hidden),
-        "--vision-layers",
-        str(args.vision_layers),
-        "--patch-size",
-        str(args.patch_size),
-        "--sincos-positions",
-    ]
+    def cli(module: str, *args) -> list[str]:
+        return [sys.executable, "-m", module, *map(str, args)]
+
+    tiny_cmd = cli("finetune.tiny_model", tiny, "--hidden", args.hidden, "--layers", args.layers, "--vision-hidden",
+                   args.vision_hidden, "--vision-layers", args.vision_layers, "--patch-size", args.patch_size,
+                   "--sincos-positions")  # fmt: skip
     run_stage("tiny model", tiny / "config.json", tiny_cmd, timings, args.threads)
     # no broken studies on purpose: they test dataprep's reject paths, here they would only cost training data
-    release_cmd = [
-        py,
-        "-m",
-        "dataprep.synthetic",
-        str(release),
-        "--patients",
-        str(args.patients),
-        "--seed",
-        str(args.seed),
-        "--no-defects",
-    ]
+    release_cmd = cli("dataprep.synthetic", release, "--patients", args.patients, "--seed", args.seed, "--no-defects")
     run_stage("release", release / "df_chexpert_plus_240401.csv", release_cmd, timings, args.threads)
     # no validation patients beyond the official ones (the bench does not early-stop), 15% held out for test, and
-    # every labelled finding asked (8 pairs a study): more supervision per image costs little next to its 576 tokens
-    data_cmd = [
-        py,
-        "-m",
-        "dataprep",
-        "--chexpert-root",
-        str(release),
-        "--out",
-        str(data),
-        "--generator",
-        "labels",
-        "--seed",
-        str(args.seed),
-        "--split-fractions",
-        "0.85,0,0.15",
-        "--qa-per-study",
-        "8",
-    ]
+    # every labelled finding asked (8 pairs a study): more supervision per image costs little next to its image tokens
+    data_cmd = cli("dataprep", "--chexpert-root", release, "--out", data, "--generator", "labels", "--seed", args.seed,
+                   "--split-fractions", "0.85,0,0.15", "--qa-per-study", 8)  # fmt: skip
     run_stage("dataprep", data / "dataset_dict.json", data_cmd, timings, args.threads)
-    train_cmd = [
-        py,
-        "-m",
-        "finetune",
-        "--config",
-        str(CONFIG),
-        "--model_name_or_path",
-        str(tiny),
-        "--dataset",
-        str(data),
-        "--output_dir",
-        str(adapter),
-    ]
+    train_cmd = cli("finetune", "--config", CONFIG, "--model_name_or_path", tiny, "--dataset", data,
+                    "--output_dir", adapter)  # fmt: skip
     if args.epochs is not None:
         train_cmd += ["--num_train_epochs", str(args.epochs)]
-    if any(adapter.glob("checkpoint-*")):  # an interrupted training run: go on from its last epoch
+    if any(adapter.glob("checkpoint-*")):  # an interrupted training run: go on from its last complete checkpoint
         train_cmd += ["--resume_from_checkpoint"]
     run_stage("train", adapter / "adapter_config.json", train_cmd, timings, args.threads)
     # evaluate resumes on its own (predictions.jsonl), so it always runs and rewrites the report
-    eval_cmd = [
-        py,
-        "-m",
-        "finetune.evaluate",
-        "--dataset",
-        str(data),
-        "--split",
-        "test",
-        "--base",
-        str(tiny),
-        "--adapter",
-        str(adapter),
-        "--out",
-        str(report),
-        "--no-4bit",
-        "--device",
-        "cpu",
-        "--batch-size",
-        str(args.batch_size),
-        "--max-new-tokens",
-        "24",
-    ]
+    eval_cmd = cli("finetune.evaluate", "--dataset", data, "--split", "test", "--base", tiny, "--adapter", adapter,
+                   "--out", report, "--no-4bit", "--device", "cpu", "--batch-size", args.batch_size,
+                   "--max-new-tokens", 24)  # fmt: skip
     run_stage("evaluate", report / "__always__", eval_cmd, timings, args.threads)
 
     metrics = json.loads((report / "metrics.json").read_text())

@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from functools import partial
 from pathlib import Path
 
 import gradio as gr
 
-from app_lib.config import parse_args
+from app_lib.config import parse_config
 from app_lib.handlers import NO_ADAPTER, NO_BLIND, Handlers
-from app_lib.inputs import MAX_QUESTION_CHARS
 from app_lib.results import load_report
 from app_lib.votes import VoteStore
-from finetune.model import GenerationSettings
+from cxr_vqa.cli import user_errors
+from cxr_vqa.generation import GenerationSettings
+from cxr_vqa.questions import MAX_QUESTION_CHARS
 
 try:  # ZeroGPU on Hugging Face Spaces: a GPU is attached only while a decorated function runs
     import spaces
@@ -84,7 +84,7 @@ def create_demo(
     h = Handlers(vqa, VoteStore(votes_db), settings=settings, rng=rng)
     report = load_report(report_dir)
     adapter = f"`{vqa.adapter_name}`" if vqa.has_adapter else "none (fine-tuned pane disabled)"
-    quantized = "4-bit nf4" if getattr(vqa.model, "is_loaded_in_4bit", False) else "full precision"
+    quantized = "4-bit nf4" if vqa.is_4bit else "full precision"
 
     # delete_cache: uploaded films leave the server's disk after an hour or so, and all of them when it stops
     with gr.Blocks(title="Chest X-ray VQA: base vs fine-tuned", delete_cache=(3600, 3600)) as demo:
@@ -193,18 +193,16 @@ def serve(demo: gr.Blocks, *, host: str, port: int, queue_size: int, max_file_si
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = parse_args(argv, description=__doc__)
+    config = parse_config(argv, description=__doc__)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own startup requests, one line each
-    from finetune.model import ModelLoadError, load_model
+    from cxr_vqa.model import load_model
 
     print(f"loading {config.base}" + (f" + {config.adapter}" if config.adapter else " (no adapter)"))
-    try:
+    with user_errors():
         vqa = load_model(config.base, config.adapter, load_in_4bit=config.load_in_4bit, device=config.device)
         settings = GenerationSettings(max_new_tokens=config.max_new_tokens)
         demo = create_demo(vqa, votes_db=config.votes_db, report_dir=config.report, settings=settings)
-    except (ModelLoadError, OSError) as err:
-        sys.exit(f"error: {err}")
     print(f"serving on http://{config.host}:{config.port} (votes: {config.votes_db})")
     serve(demo, host=config.host, port=config.port, queue_size=config.queue_size, max_file_size=config.max_file_size)
 

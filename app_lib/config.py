@@ -1,16 +1,17 @@
-"""The app's options: a typed dataclass, environment defaults for Spaces and Docker, an optional YAML file, flags.
+"""The app's options: a typed dataclass with environment defaults for Spaces and Docker, parsed the project's one
+way (`cxr_vqa.cli`).
 
 Precedence: dataclass defaults (which read BASE_MODEL, ADAPTER_MODEL, GRADIO_SERVER_NAME, GRADIO_SERVER_PORT) <
-YAML `--config` < command-line flags. Unknown YAML keys and out-of-range values exit with one line.
+YAML `--config` < command-line flags. Unknown flags or YAML keys and out-of-range values exit 2 with one line.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cxr_vqa.cli import parse_config as parse
 
 
 @dataclass
@@ -23,7 +24,7 @@ class AppConfig:
         default_factory=lambda: os.environ.get("ADAPTER_MODEL") or None,
         metadata={"help": "LoRA adapter directory or Hub id (env ADAPTER_MODEL); without it only the base answers"},
     )
-    load_in_4bit: bool = field(default=True, metadata={"help": "--no-4bit: full-precision base, not 4-bit nf4"})
+    load_in_4bit: bool = field(default=True, metadata={"help": "4-bit nf4 base; --no-4bit for full precision"})
     device: str | None = field(default=None, metadata={"help": "cuda, cuda:1 or cpu (default: cuda if present)"})
     host: str = field(
         default_factory=lambda: os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
@@ -52,35 +53,6 @@ class AppConfig:
             raise ValueError(f"report directory {self.report} not found: pass the --out of finetune.evaluate")
 
 
-def parse_args(argv: list[str] | None = None, description: str | None = None) -> AppConfig:
-    """Defaults (and env) < YAML `--config` < flags; unknown YAML keys and bad values exit with one line."""
-    fields = {f.name: f for f in dataclasses.fields(AppConfig)}
-    parser = argparse.ArgumentParser(
-        prog="python app.py", description=description, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", help="YAML file whose keys are the option names below (underscores)")
-    for name, f in fields.items():
-        if name == "load_in_4bit":
-            parser.add_argument("--no-4bit", dest=name, action="store_const", const=False, help=f.metadata["help"])
-            continue
-        kind = int if f.type == "int" else str
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=f.metadata["help"])
-    args = parser.parse_args(argv)
-    values = {}
-    if args.config:
-        import yaml
-
-        try:
-            loaded = yaml.safe_load(Path(args.config).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            parser.error(f"cannot read --config {args.config}: {str(err).splitlines()[0]}")
-        unknown = sorted(set(loaded) - set(fields)) if isinstance(loaded, dict) else ["<not a mapping>"]
-        if unknown:
-            parser.error(f"unknown keys in {args.config}: {', '.join(map(str, unknown))}; known: {', '.join(fields)}")
-        values.update(loaded)
-    given = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
-    values.update(given)
-    try:
-        return AppConfig(**values)
-    except (TypeError, ValueError) as err:
-        parser.error(str(err))
+def parse_config(argv: list[str] | None = None, description: str | None = None) -> AppConfig:
+    (config,) = parse([AppConfig], argv, prog="python app.py", description=description)
+    return config

@@ -1,7 +1,8 @@
 """The app's event handlers as plain methods over a `VQAModel`: testable without a browser or a server.
 
-Every model call goes through `finetune.model` (`stream` for the panes, `compare` for the API and blind trials), so
-the app asks exactly the prompt the model was trained on. User mistakes raise `gr.Error` with a one-line message;
+Every model call goes through the core's `VQAModel` (`prepare_film`, `clean_question`, `conversation`, then `stream`
+for the panes and `compare` for the API and blind trials), so the app asks exactly the prompt the model was trained
+on and never touches the processor, tokenizer or config itself. User mistakes raise `gr.Error` with a one-line message;
 risky-but-allowed input (control characters removed, another script) raises `gr.Warning` and carries on.
 """
 
@@ -16,11 +17,13 @@ from contextlib import contextmanager
 import gradio as gr
 import torch
 
-from app_lib.inputs import NO_IMAGE, Film, InputError, TokenBudget, clean_question, load_film
 from app_lib.results import results_markdown
 from app_lib.votes import Trial, VoteStore
-from finetune.model import BASE, TUNED, GenerationSettings, VQAModel, render
-from finetune.template import add_question, assistant_turn
+from cxr_vqa.errors import UserError
+from cxr_vqa.generation import GenerationSettings
+from cxr_vqa.images import Film
+from cxr_vqa.template import assistant_turn
+from cxr_vqa.vqa import BASE, TUNED, VQAModel
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +33,7 @@ NO_ADAPTER = (
 )
 NO_BLIND = "blind A/B needs a fine-tuned adapter: start the app with --adapter DIR (or set ADAPTER_MODEL)"
 VOTE_FIRST = "no pair to vote on: press “Answer blind” first (each pair takes one vote)"
+NO_IMAGE = "no image: upload a chest X-ray (PNG, JPEG or DICOM) or pick an example first"
 
 
 @contextmanager
@@ -37,7 +41,7 @@ def user_errors():
     """Turn the errors a person can act on into `gr.Error`, so the UI shows one line and the server carries on."""
     try:
         yield
-    except InputError as err:
+    except UserError as err:
         raise gr.Error(str(err)) from None
     except torch.OutOfMemoryError:
         raise gr.Error("the GPU ran out of memory: lower max new tokens or try again in a moment") from None
@@ -72,11 +76,6 @@ class Handlers:
         self.votes = votes
         self.settings = settings  # for `/compare`, which takes no settings; the UI sliders start from it
         self.rng = rng or random.SystemRandom()  # blind sides must not be predictable
-        crop = vqa.processor.image_processor.crop_size
-        self.size = int(crop["height"])  # letterbox to the model's input: the processor's crop is then a no-op
-        config = vqa.model.config
-        self.budget = TokenBudget(config.text_config.max_position_embeddings, config.image_seq_length)
-        self.special_tokens = list(vqa.processor.tokenizer.all_special_tokens)
 
     @property
     def adapter_label(self) -> str:
@@ -90,34 +89,31 @@ class Handlers:
         if not path:
             return None, None, "", *reset
         try:
-            film = load_film(path, self.size)
-        except InputError as err:
+            film = self.vqa.prepare_film(path)
+        except UserError as err:
             gr.Warning(str(err))
             return None, None, f"**Cannot use this file:** {err}", *reset
-        width, height = film.original_size
-        status = f"Loaded a {width}×{height} film, letterboxed to {self.size}×{self.size} as the model sees it."
+        (width, height), size = film.original_size, film.image.width
+        status = f"Loaded a {width}×{height} film, letterboxed to {size}×{size} as the model sees it."
         return film.image, film, status, *reset
 
     def _clean(self, question: str | None) -> str:
         """The question as it will be asked; each change or risk becomes a warning toast."""
-        question, notes = clean_question(question, self.special_tokens)
+        question, notes = self.vqa.clean_question(question)
         for note in notes:
             gr.Warning(note)
         return question
 
     def _conversation(self, history: list[dict] | None, question: str, settings: GenerationSettings) -> list[dict]:
         """`history` plus `question`, checked against the question and context limits in tokens."""
-        conversation = add_question(history, question)
-        prompt = render(self.vqa.processor, conversation, add_generation_prompt=True)
-        self.budget.check(self.vqa.count_tokens(question), self.vqa.count_tokens(prompt), settings.max_new_tokens)
-        return conversation
+        return self.vqa.conversation(history, question, settings.max_new_tokens)
 
     @staticmethod
     def _settings(max_new_tokens, temperature, top_p) -> GenerationSettings:
         try:
             return GenerationSettings(int(max_new_tokens), float(temperature), float(top_p))
         except (TypeError, ValueError) as err:  # sliders keep the UI in range; API callers may not
-            raise InputError(f"generation settings: {err}") from None
+            raise UserError(f"generation settings: {err}") from None
 
     # -- side by side ------------------------------------------------------------------------------------------
 
@@ -126,7 +122,7 @@ class Handlers:
         chats = chats or {"base": [], "tuned": []}
         with user_errors():
             if film is None:
-                raise InputError(NO_IMAGE)
+                raise UserError(NO_IMAGE)
             settings = self._settings(max_new_tokens, temperature, top_p)
             question = self._clean(question)
             base_conv = self._conversation(chats["base"], question, settings)
@@ -170,7 +166,9 @@ class Handlers:
         """`/compare`: (base answer, fine-tuned answer) for one question, with the app's settings, in one batched
         generate. The fine-tuned answer is "" when no adapter is loaded."""
         with user_errors():
-            film = load_film(path, self.size)
+            if not path:
+                raise UserError(NO_IMAGE)
+            film = self.vqa.prepare_film(path)
             settings = self.settings
             conversation = self._conversation(None, self._clean(question), settings)
             base, tuned = self.vqa.compare(film.image, conversation, settings=settings)
@@ -182,9 +180,9 @@ class Handlers:
         """(answer A, answer B, Trial state, reveal line): both answers from one call, sides drawn at random."""
         with user_errors():
             if not self.vqa.has_adapter:
-                raise InputError(NO_BLIND)
+                raise UserError(NO_BLIND)
             if film is None:
-                raise InputError(NO_IMAGE)
+                raise UserError(NO_IMAGE)
             settings = self._settings(max_new_tokens, temperature, top_p)
             question = self._clean(question)
             conversation = self._conversation(None, question, settings)

@@ -7,11 +7,8 @@ handful of votes a demo collects (0 of 3 gives [0, 0.56], not [0, 0]).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
-
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 OUTCOME_LABELS = {
     "tuned": "fine-tuned better",
@@ -21,16 +18,16 @@ OUTCOME_LABELS = {
 }
 
 
-def wilson_interval(successes: int, total: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion; (0, 1) when there is no data."""
+def wilson_interval(successes: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (scipy's); (0, 1) when there is no data."""
+    from scipy.stats import binomtest
+
     if not 0 <= successes <= total:
         raise ValueError(f"need 0 <= successes <= total, got {successes} of {total}")
     if total == 0:
         return 0.0, 1.0
-    p = successes / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    ci = binomtest(successes, total).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def results_markdown(counts: dict[str, int]) -> str:

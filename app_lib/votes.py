@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from cxr_vqa.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 VOTES = ("A", "B", "tie", "both_wrong")  # what the person clicks
@@ -78,7 +80,7 @@ class VoteStore:
             with self._connect() as con:
                 con.execute(SCHEMA)
         except (OSError, sqlite3.Error) as err:
-            raise OSError(f"cannot open the votes database {self.path}: {err}; pass a writable --votes-db") from None
+            raise UserError(f"cannot open the votes database {self.path}: {err}; pass a writable --votes-db") from None
 
     def _connect(self) -> closing[sqlite3.Connection]:
         return closing(sqlite3.connect(self.path, timeout=10, isolation_level=None))

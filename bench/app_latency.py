@@ -18,13 +18,11 @@ import argparse
 import os
 import socket
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -61,9 +59,9 @@ def main() -> None:
     from gradio_client import Client, handle_file
 
     import app
-    from app_lib.inputs import load_film
-    from finetune.model import GenerationSettings, load_model
-    from finetune.template import add_question
+    from cxr_vqa.generation import GenerationSettings
+    from cxr_vqa.model import load_model
+    from cxr_vqa.template import add_question
 
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,7 +78,7 @@ def main() -> None:
         _, url, _ = app.serve(demo, host="127.0.0.1", port=free_port(), queue_size=4, max_file_size="20mb", **launch)
         try:
             client = Client(url, verbose=False)
-            film = load_film(str(FILM), int(vqa.processor.image_processor.crop_size["height"]))
+            film = vqa.prepare_film(str(FILM))
             conversation = add_question(None, QUESTION)
 
             def direct():

@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import openai
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the repo root holds the code
 
 from dataprep.chexpert import read_release  # noqa: E402
 from dataprep.qa_llm import LLMGenerator  # noqa: E402

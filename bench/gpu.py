@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
@@ -113,8 +112,8 @@ def qlora_step(model_dir: Path, dtype: torch.dtype, args) -> tuple[float, float,
     import bitsandbytes as bnb
     from peft import get_peft_model, prepare_model_for_kbit_training
 
+    from cxr_vqa.model import load_base_model
     from finetune.config import ScriptArguments
-    from finetune.model import load_base_model
     from finetune.train import lora_config
 
     torch.cuda.reset_peak_memory_stats()
@@ -151,7 +150,7 @@ def qlora_step(model_dir: Path, dtype: torch.dtype, args) -> tuple[float, float,
 @torch.inference_mode()
 def decode_speed(model_dir: Path, dtype: torch.dtype, args) -> tuple[float, float]:
     """(prefill seconds, decode tokens/s) of greedy 4-bit generation, `--batch` rows at once."""
-    from finetune.model import load_base_model
+    from cxr_vqa.model import load_base_model
 
     model = load_base_model(str(model_dir), load_in_4bit=True, device="cuda:0", dtype=dtype)
     batch = fake_batch(args.batch, args.seq_len, dtype)

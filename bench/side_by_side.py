@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 METHODS = {
@@ -55,8 +54,10 @@ def setup(model_dir: str, adapter_dir: str, new_tokens: int, four_bit: bool, met
     import torch
     from PIL import Image
 
-    from finetune.model import BASE, TUNED, GenerationSettings, load_model
-    from finetune.template import add_question
+    from cxr_vqa.generation import GenerationSettings
+    from cxr_vqa.model import load_model
+    from cxr_vqa.template import add_question
+    from cxr_vqa.vqa import BASE, TUNED
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
     settings = GenerationSettings(max_new_tokens=new_tokens)
@@ -112,7 +113,7 @@ def build_models(workdir: Path, hidden: int, layers: int) -> tuple[str, str]:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from finetune.model import LANGUAGE_LORA_TARGETS, load_base_model
+    from cxr_vqa.model import LANGUAGE_LORA_TARGETS, load_base_model
     from finetune.tiny_model import build_tiny_llava
 
     model_dir = build_tiny_llava(workdir / "model", hidden=hidden, layers=layers, vision_hidden=256, vision_layers=4)

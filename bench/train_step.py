@@ -16,20 +16,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from cxr_vqa.model import load_processor  # noqa: E402
+from cxr_vqa.template import conversation_from_qa  # noqa: E402
 from finetune.collator import AnswerOnlyCollator  # noqa: E402
-from finetune.model import load_processor  # noqa: E402
-from finetune.template import conversation_from_qa  # noqa: E402
 
 # A study's QA pairs, in the shape dataprep writes (closed questions answered Yes/No, one open question).
 QA_BANK = [
@@ -127,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
             "one-QA": measure(collator, one_qa_rows(data), n_qa, args.batch_size, args.repeats),
         }
         if args.step:
-            from finetune.model import load_base_model
+            from cxr_vqa.model import load_base_model
 
             model = load_base_model(model_dir, load_in_4bit=False, device="cpu")
             for result in results.values():  # warm-up on one batch, then the timed pass

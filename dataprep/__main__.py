@@ -19,15 +19,13 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-from dataprep.chexpert import ReleaseError, read_release
+from cxr_vqa.cli import user_errors
+from cxr_vqa.errors import UserError
+from dataprep.chexpert import read_release
 from dataprep.config import Config, parse_config
 from dataprep.qa_labels import LabelsGenerator
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
-
-
-class UserError(Exception):
-    """A mistake in the options or environment; printed as one line, exit code 2."""
 
 
 def make_generator(cfg: Config):
@@ -90,15 +88,16 @@ def print_summary(stats: dict, out: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(argv)
+    cfg = parse_config(argv, description=__doc__)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("dataprep").setLevel(logging.INFO)  # e.g. batch ids, which a person may need
-    try:
-        studies, rejects = read_release(cfg.chexpert_root, cfg.limit)
-        generator = make_generator(cfg)
-    except (ReleaseError, UserError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    with user_errors():
+        return run(cfg)
+
+
+def run(cfg: Config) -> int:
+    studies, rejects = read_release(cfg.chexpert_root, cfg.limit)
+    generator = make_generator(cfg)
     if cfg.dry_run:
         if cfg.generator == "labels":
             print(f"dry run: {len(studies)} studies, labels generator: no requests, no cost")
@@ -114,7 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     import openai  # heavy imports after the cheap checks, so mistakes are reported at once
 
     from dataprep.build import build_dataset
-    from dataprep.qa_llm import LLMSetupError
 
     if not cfg.progress:
         import datasets
@@ -135,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=cfg.progress,
             config=dataclasses.asdict(cfg),  # holds the key's variable name, never the key
         )
-    except (LLMSetupError, openai.APIError) as exc:
+    except openai.APIError as exc:  # the endpoint failed in a way no retry fixed; an LLMSetupError exits 2
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print_summary(stats, cfg.out)

@@ -21,39 +21,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
-from datasets import Dataset, DatasetDict, Features, Image, List, Value, load_from_disk
+from datasets import Dataset, DatasetDict, load_from_disk
 from tqdm.auto import tqdm
 
+from cxr_vqa.contract import SPLITS, features
+from cxr_vqa.images import ImageLoadError, letterbox, load_image
+from cxr_vqa.template import conversation_from_qa
 from dataprep.chexpert import Study, reject
-from dataprep.images import ImageLoadError, letterbox, load_image
 from dataprep.qa import QAGenerator
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 STAGING = ".staging"
-PART = {"type": Value("string"), "text": Value("string"), "index": Value("int64")}
-FEATURES = Features(
-    {
-        "messages": List({"role": Value("string"), "content": List(PART)}),
-        "images": List(Image()),
-        "qa": List(
-            {
-                "question": Value("string"),
-                "answer": Value("string"),
-                "kind": Value("string"),
-                "finding": Value("string"),
-                "label": Value("string"),
-            }
-        ),
-        "patient_id": Value("string"),
-        "study_id": Value("string"),
-        "image_path": Value("string"),
-        "view": Value("string"),
-        "source": Value("string"),
-    }
-)
 
 
 def assign_split(patient_id: str, seed: int, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> str:
@@ -77,21 +57,10 @@ def patient_splits(studies: Sequence[Study], seed: int, fractions: Sequence[floa
     }
 
 
-def to_messages(pairs: Sequence[dict]) -> list[dict]:
-    """llava-instruct-mix-vsft turns: the image in the first user turn, then the pairs as alternating turns."""
-    messages = []
-    for i, pair in enumerate(pairs):
-        content = [{"type": "image", "text": None, "index": 0}] if i == 0 else []
-        content.append({"type": "text", "text": pair["question"], "index": None})
-        messages.append({"role": "user", "content": content})
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": pair["answer"], "index": None}]})
-    return messages
-
-
 def make_row(study: Study, image_path: str, view: str, pairs: Sequence[dict], source: str) -> dict:
     """One dataset row without its image (the caller adds `images`)."""
     return {
-        "messages": to_messages(pairs),
+        "messages": conversation_from_qa([(pair["question"], pair["answer"]) for pair in pairs]),
         "qa": [dict(pair) for pair in pairs],
         "patient_id": study.patient_id,
         "study_id": study.study_id,
@@ -127,12 +96,12 @@ def _generate_rows(rows: list[dict]):
 
 def _to_dataset(rows: list[dict], split: str, cache_dir: Path) -> Dataset:
     if not rows:
-        return Dataset(pa.Table.from_pylist([], schema=FEATURES.arrow_schema), split=split)
+        return Dataset(pa.Table.from_pylist([], schema=features().arrow_schema), split=split)
     # a fresh fingerprint: hashing 200k rows to name a cache that is deleted afterwards would be wasted time
     return Dataset.from_generator(
         _generate_rows,
         gen_kwargs={"rows": rows},
-        features=FEATURES,
+        features=features(),
         cache_dir=str(cache_dir),
         fingerprint=uuid.uuid4().hex,
         split=split,

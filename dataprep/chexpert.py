@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cxr_vqa.errors import UserError
 from dataprep.clean import clean_report, report_text, word_count
 
 logger = logging.getLogger(__name__)
@@ -57,10 +58,6 @@ VIEW_ORDER = ("PA", "AP", "frontal", "lateral")  # preferred view first
 MIN_WORDS = 2
 
 Labels = dict[str, float | None]
-
-
-class ReleaseError(ValueError):
-    """The release cannot be read at all; str(err) is one line for the user."""
 
 
 @dataclass
@@ -151,7 +148,7 @@ def _read_rows(csv_path: Path) -> Iterator[dict]:
         reader = csv.DictReader(file)
         missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise ReleaseError(f"{csv_path} lacks the columns {', '.join(missing)}; is it the CheXpert Plus CSV?")
+            raise UserError(f"{csv_path} lacks the columns {', '.join(missing)}; is it the CheXpert Plus CSV?")
         for row in reader:
             yield {column: row.get(column) or "" for column in (*KEPT_COLUMNS, *TEXT_COLUMNS)}
 
@@ -161,9 +158,9 @@ def read_release(root: str | os.PathLike, limit: int | None = None) -> tuple[lis
     root = Path(root)
     csv_path = root / CSV_NAME
     if not root.is_dir():
-        raise ReleaseError(f"--chexpert-root {root} is not a directory")
+        raise UserError(f"--chexpert-root {root} is not a directory")
     if not csv_path.is_file():
-        raise ReleaseError(f"no {CSV_NAME} in {root}; point --chexpert-root at the unpacked CheXpert Plus release")
+        raise UserError(f"no {CSV_NAME} in {root}; point --chexpert-root at the unpacked CheXpert Plus release")
     groups: dict[str, list[dict]] = {}
     texts: dict[str, tuple[str, str]] = {}  # each view repeats the study's report: keep it once
     rejects = []

@@ -1,18 +1,14 @@
-"""Options of `python -m dataprep`: one typed dataclass; a YAML file gives defaults, flags override.
+"""Options of `python -m dataprep`: one typed dataclass, parsed the project's one way (`cxr_vqa.cli`): a YAML file
+gives defaults, flags override, unknown keys and bad values exit 2 with a one-line message.
 
     python -m dataprep --config my.yaml --limit 100       # my.yaml: {chexpert_root: ..., generator: llm, ...}
-
-Unknown YAML keys and bad values are errors (exit code 2) with a one-line message.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 
-import yaml
+from cxr_vqa.cli import parse_config as parse
 
 GENERATORS = ("labels", "llm")
 
@@ -75,55 +71,7 @@ class Config:
             return ()
 
 
-def _base_type(hint) -> type:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m dataprep",
-        description="CheXpert Plus reports -> a patient-split VQA dataset for LLaVA-1.5.",
-        epilog="example: python -m dataprep --chexpert-root S --out D --generator labels",
-    )
-    parser.add_argument("--config", help="YAML file of options (keys as below, with _ or -); flags override it")
-    hints = typing.get_type_hints(Config)
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        kind = _base_type(hints[f.name])
-        if kind is bool:  # never type=bool: --dry-run / --no-dry-run
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f.metadata["help"])
-        else:
-            parser.add_argument(
-                flag,
-                type=kind,
-                default=None,
-                choices=f.metadata.get("choices"),
-                help=f"{f.metadata['help']} (default: {f.default})",
-            )
-    return parser
-
-
-def parse_config(argv: list[str] | None = None) -> Config:
+def parse_config(argv: list[str] | None = None, description: str | None = None) -> Config:
     """Config from YAML defaults and flags; a user mistake exits with code 2 and one line."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    values: dict = {}
-    if args.config:
-        try:
-            with open(args.config, encoding="utf-8") as file:
-                loaded = yaml.safe_load(file) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            parser.error(f"cannot read --config {args.config}: {exc}")
-        if not isinstance(loaded, dict):
-            parser.error(f"--config {args.config} must hold a mapping of options")
-        names = {f.name for f in dataclasses.fields(Config)}
-        values = {str(k).replace("-", "_"): v for k, v in loaded.items()}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            parser.error(f"unknown keys in {args.config}: {', '.join(unknown)}")
-    values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
-    try:
-        return Config(**values)
-    except (ValueError, TypeError) as exc:
-        parser.error(str(exc))
+    (config,) = parse([Config], argv, prog="python -m dataprep", description=description)
+    return config

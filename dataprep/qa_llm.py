@@ -23,6 +23,7 @@ from pathlib import Path
 import openai
 from tqdm.auto import tqdm
 
+from cxr_vqa.errors import UserError
 from dataprep.cache import DiskCache, cache_key
 from dataprep.chexpert import Study
 from dataprep.llm_prompt import PROMPT_VERSION, InvalidOutput, parse_content, request_body
@@ -47,7 +48,7 @@ SETUP_STATUS = {401: "the API key was refused", 403: "permission denied", 404: "
 OUTPUT_TOKENS_PER_PAIR = 40  # for estimates only
 
 
-class LLMSetupError(RuntimeError):
+class LLMSetupError(UserError):
     """The endpoint refuses every request (key, permission, model name): stop instead of rejecting each study."""
 
 

@@ -25,23 +25,20 @@ README.md (model card), checkpoint-*/ for resuming, and merged/ with --merge.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 
 
 def main(argv: list[str] | None = None) -> None:
-    from finetune.collator import RowError
-    from finetune.config import ConfigError, parse_config
-    from finetune.model import ModelLoadError
-    from finetune.train import SetupError, final_losses, train
+    from cxr_vqa.cli import user_errors
+    from finetune.config import parse_config
+    from finetune.model_card import final_losses
+    from finetune.train import train
 
+    script_args, train_args = parse_config(argv, description=__doc__)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     start = time.time()
-    try:
-        script_args, train_args = parse_config(argv, description=__doc__)
+    with user_errors():
         trainer = train(script_args, train_args)
-    except (ConfigError, SetupError, ModelLoadError, RowError) as err:
-        sys.exit(f"error: {err}")
 
     if not trainer.is_world_process_zero():  # under DDP one summary is enough
         return

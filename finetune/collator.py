@@ -1,7 +1,7 @@
 """Batches of dataset rows → model inputs with answer-only labels.
 
 Each row (the dataprep contract: `messages` in the llava-instruct-mix-vsft structure, `images` holding one image) is
-rendered with the project's chat template, the same one `finetune.model.render` uses at inference, so the training
+rendered with the project's chat template, the same one `cxr_vqa.vqa.render` uses at inference, so the training
 text is byte-for-byte the serving text. Labels are -100 everywhere except the assistant answers and the `</s>` that
 ends each of them: padding, BOS, the 576 image tokens, `USER:`/`ASSISTANT:` and the questions carry no loss.
 
@@ -11,44 +11,16 @@ ends each of them: padding, BOS, the 576 image tokens, `USER:`/`ASSISTANT:` and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 from transformers import BatchFeature
 
-from finetune.template import CHAT_TEMPLATE
+from cxr_vqa.contract import check_row
+from cxr_vqa.template import CHAT_TEMPLATE
 
 IGNORE_INDEX = -100
-
-
-class RowError(ValueError):
-    """A row that does not follow the dataset contract; the message says which part and why."""
-
-
-def check_row(row: dict) -> None:
-    """Raise RowError unless `row` has one image and alternating user/assistant turns with the image in turn one."""
-    images, messages = row.get("images"), row.get("messages")
-    if not isinstance(images, Sequence) or len(images) != 1:
-        raise RowError(f"each row needs exactly one image in `images`, got {len(images or [])}")
-    if not isinstance(messages, Sequence) or len(messages) < 2:
-        raise RowError("each row needs at least one user question and one assistant answer in `messages`")
-    for i, turn in enumerate(messages):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if not isinstance(turn, dict) or turn.get("role") != expected:
-            raise RowError(f"turn {i} of `messages` should have role {expected!r}: turns alternate, user first")
-    if messages[-1]["role"] != "assistant":
-        raise RowError("the last turn of `messages` must be an assistant answer")
-    image_parts = [
-        (i, part)
-        for i, turn in enumerate(messages)
-        if isinstance(turn["content"], list)
-        for part in turn["content"]
-        if part.get("type") == "image"
-    ]
-    if [i for i, _ in image_parts] != [0]:
-        raise RowError("the image must appear exactly once in `messages`, in the first user turn")
 
 
 @dataclass

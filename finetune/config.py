@@ -1,6 +1,7 @@
 """Typed configuration for `python -m finetune`: our `ScriptArguments` plus `TrainConfig`, TRL's `SFTConfig` with the
-defaults this project needs. YAML gives defaults, command-line flags override, unknown keys fail (TRL's `TrlParser`).
-Also the checks of a parsed config against this machine (GPU-only options) and against output_dir (what to resume).
+defaults this project needs, parsed the project's one way (`cxr_vqa.cli`: YAML gives defaults, flags override,
+unknown keys fail, exit 2). Also the checks of a parsed config against this machine (GPU-only options) and against
+output_dir (what to resume).
 """
 
 from __future__ import annotations
@@ -10,17 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from trl import SFTConfig, TrlParser
+from trl import SFTConfig
 
-from finetune.model import DEFAULT_BASE, LANGUAGE_LORA_TARGETS
+from cxr_vqa.cli import parse_config as parse
+from cxr_vqa.errors import UserError
+from cxr_vqa.model import DEFAULT_BASE, LANGUAGE_LORA_TARGETS
 
 log = logging.getLogger(__name__)
 
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message is one line naming the key and the fix."""
 
 
 @dataclass
@@ -66,9 +65,9 @@ class ScriptArguments:
 
     def __post_init__(self):
         if self.lora_r < 1 or self.lora_alpha <= 0:
-            raise ConfigError(f"lora_r must be >= 1 and lora_alpha > 0, got r={self.lora_r} alpha={self.lora_alpha}")
+            raise UserError(f"lora_r must be >= 1 and lora_alpha > 0, got r={self.lora_r} alpha={self.lora_alpha}")
         if not 0.0 <= self.lora_dropout < 1.0:
-            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+            raise UserError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if isinstance(self.lora_modules_to_save, str):  # a YAML scalar instead of a list
             self.lora_modules_to_save = [self.lora_modules_to_save]
 
@@ -106,12 +105,20 @@ class TrainConfig(SFTConfig):
         default_factory=lambda: {"use_reentrant": False},
         metadata={"help": "Non-reentrant checkpointing: it works with frozen 4-bit inputs and DDP."},
     )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "A checkpoint-N directory, or the flag alone for the latest complete one in output_dir.",
+            "nargs": "?",
+            "const": "latest",
+        },
+    )
 
     def __post_init__(self):
         cuda = torch.cuda.is_available() and not self.use_cpu
         if not cuda and (self.bf16 or self.fp16):
             which = "bf16" if self.bf16 else "fp16"
-            raise ConfigError(
+            raise UserError(
                 f"{which}: true needs a CUDA GPU and this machine has none: remove it (CPU trains in fp32)"
             )
         if not cuda:
@@ -121,72 +128,22 @@ class TrainConfig(SFTConfig):
             self.fp16 = cuda and not self.bf16
         self.bf16, self.fp16 = bool(self.bf16), bool(self.fp16)
         if self.max_length is not None:
-            raise ConfigError(
+            raise UserError(
                 f"max_length: {self.max_length} would truncate the 576 image tokens: remove it (the collator never "
                 "truncates; drop over-long rows in dataprep)"
             )
         if self.remove_unused_columns:
-            raise ConfigError("remove_unused_columns must be false: the collator reads the raw messages and images")
+            raise UserError("remove_unused_columns must be false: the collator reads the raw messages and images")
         if self.packing or self.padding_free:
-            raise ConfigError("packing and padding_free are not supported for image rows: remove them")
+            raise UserError("packing and padding_free are not supported for image rows: remove them")
         if isinstance(self.dataset_kwargs, dict) and not self.dataset_kwargs.get("skip_prepare_dataset", True):
-            raise ConfigError("dataset_kwargs.skip_prepare_dataset must stay true: the collator tokenizes each batch")
+            raise UserError("dataset_kwargs.skip_prepare_dataset must stay true: the collator tokenizes each batch")
         super().__post_init__()
 
 
-def make_parser(description: str | None = None) -> TrlParser:
-    import argparse
-
-    # allow_abbrev=False: a misspelt flag such as --lora_modules_to_sav must fail, not be guessed.
-    parser = TrlParser(
-        (ScriptArguments, TrainConfig),
-        allow_abbrev=False,
-        description=description,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    # `--resume_from_checkpoint` alone means "the latest checkpoint in output_dir", as the CLI contract promises.
-    for action in parser._actions:
-        if action.dest == "resume_from_checkpoint":
-            action.nargs, action.const = "?", "latest"
-    return parser
-
-
 def parse_config(argv: list[str] | None = None, description: str | None = None) -> tuple[ScriptArguments, TrainConfig]:
-    """Parse `--config FILE` plus flags into the two dataclasses; any mistake raises ConfigError with one line."""
-    import sys
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = make_parser(description)
-    if "--config" in argv:
-        _check_config_file(argv, {action.dest for action in parser._actions} | {"env"})
-    try:
-        script_args, train_args = parser.parse_args_and_config(argv)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as err:  # a bad value, an unknown flag, or a cross-field check in transformers
-        raise ConfigError(str(err).splitlines()[0]) from None
-    return script_args, train_args
-
-
-def _check_config_file(argv: list[str], known: set[str]) -> None:
-    import yaml
-
-    index = argv.index("--config") + 1
-    if index >= len(argv) or argv[index].startswith("--"):
-        raise ConfigError("--config needs a YAML file, e.g. --config finetune/configs/tiny-cpu.yaml")
-    path = argv[index]
-    try:
-        with open(path) as f:
-            config = yaml.safe_load(f)
-    except OSError as err:
-        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"config file {path} must be a YAML mapping of option: value")
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise ConfigError(f"unknown key(s) in {path}: {', '.join(unknown)} (see `python -m finetune --help`)")
+    """`--config FILE` plus flags into the two dataclasses; a mistake exits 2 with one line."""
+    return parse([ScriptArguments, TrainConfig], argv, prog="python -m finetune", description=description)
 
 
 def check_device(script_args: ScriptArguments, train_args: TrainConfig) -> None:
@@ -195,14 +152,14 @@ def check_device(script_args: ScriptArguments, train_args: TrainConfig) -> None:
     optim = str(getattr(train_args.optim, "value", train_args.optim))
     attn = script_args.attn_implementation or ""
     if not cuda and ("paged" in optim or "8bit" in optim):
-        raise ConfigError(f"optim: {optim} needs a CUDA GPU and this machine has none: use adamw_torch")
+        raise UserError(f"optim: {optim} needs a CUDA GPU and this machine has none: use adamw_torch")
     if attn.startswith("flash"):
         if not cuda:
-            raise ConfigError(f"attn_implementation: {attn} needs a CUDA GPU and this machine has none: use sdpa")
+            raise UserError(f"attn_implementation: {attn} needs a CUDA GPU and this machine has none: use sdpa")
         try:
             import flash_attn  # noqa: F401
         except ImportError:
-            raise ConfigError(
+            raise UserError(
                 f"attn_implementation: {attn} needs the flash-attn package: install it or use sdpa"
             ) from None
 
@@ -231,8 +188,8 @@ def resolve_checkpoint(train_args: TrainConfig) -> str | None:
     if wanted is True or str(wanted).lower() in ("latest", "true"):  # YAML may say `resume_from_checkpoint: true`
         found = latest_complete_checkpoint(train_args.output_dir)
         if found is None:
-            raise ConfigError(f"no complete checkpoint-* directory in {train_args.output_dir} to resume from")
+            raise UserError(f"no complete checkpoint-* directory in {train_args.output_dir} to resume from")
         return found
     if not (Path(wanted) / "trainer_state.json").is_file():
-        raise ConfigError(f"{wanted} is not a checkpoint directory (no trainer_state.json)")
+        raise UserError(f"{wanted} is not a checkpoint directory (no trainer_state.json)")
     return wanted

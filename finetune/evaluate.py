@@ -15,42 +15,44 @@ Research tool, not for diagnosis.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 from tqdm import tqdm
 
+from cxr_vqa.cli import parse_config, user_errors
+from cxr_vqa.contract import check_split, open_splits
+from cxr_vqa.errors import UserError
+from cxr_vqa.generation import GenerationSettings
+from cxr_vqa.model import DEFAULT_BASE, load_model
+from cxr_vqa.template import add_question
+from cxr_vqa.vqa import BASE, TUNED
 from finetune import metrics as M
-from finetune.model import BASE, TUNED, GenerationSettings, ModelLoadError, load_model
-from finetune.template import add_question
 
 logger = logging.getLogger(__name__)
 
 PREDICTIONS, RUN, METRICS = "predictions.jsonl", "run.json", "metrics.json"
-QA_COLUMNS = ("qa", "images", "study_id", "patient_id")
-
-
-class EvalError(ValueError):
-    """A user mistake (paths, splits, settings); str(err) is one line."""
 
 
 @dataclass
 class EvalConfig:
-    dataset: str = field(metadata={"help": "dataset directory written by `python -m dataprep`"})
-    out: str = field(metadata={"help": "report directory (created; an unfinished run there is resumed)"})
+    dataset: str = field(default="", metadata={"help": "dataset directory written by `python -m dataprep` (required)"})
+    out: str = field(
+        default="", metadata={"help": "report directory, created; an unfinished run there resumes (required)"}
+    )
     split: str = field(default="test", metadata={"help": "split to evaluate: test (held-out patients) or validation"})
-    base: str = field(default="llava-hf/llava-1.5-7b-hf", metadata={"help": "base checkpoint: Hub id or directory"})
+    base: str = field(default=DEFAULT_BASE, metadata={"help": "base checkpoint: Hub id or directory"})
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter directory; omit to score the base only"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N studies of the split"})
     batch_size: int = field(default=8, metadata={"help": "rows per generate call (each question gives one row per "
                                                          "model and image condition)"})  # fmt: skip
     max_new_tokens: int = field(default=64, metadata={"help": "answer length cap in tokens"})
-    no_4bit: bool = field(default=False, metadata={"help": "load the base in full precision (CPU runs, tiny models)"})
+    load_in_4bit: bool = field(
+        default=True, metadata={"help": "4-bit nf4 base; --no-4bit for full precision (CPU, tiny)"}
+    )
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda if present)"})
     ablation: bool = field(default=True, metadata={"help": "also ask every question with a blank image"})
     resamples: int = field(default=M.N_RESAMPLES, metadata={"help": "bootstrap resamples (over studies)"})
@@ -62,10 +64,12 @@ class EvalConfig:
     )  # fmt: skip
 
     def __post_init__(self):
+        if not self.dataset or not self.out:
+            raise UserError("--dataset and --out are required")
         if self.batch_size < 1 or (self.limit is not None and self.limit < 1):
-            raise EvalError("--batch-size and --limit must be positive")
+            raise UserError("--batch-size and --limit must be positive")
         if self.resamples < 100:
-            raise EvalError(f"--resamples must be >= 100 for a stable 95% interval, got {self.resamples}")
+            raise UserError(f"--resamples must be >= 100 for a stable 95% interval, got {self.resamples}")
         GenerationSettings(max_new_tokens=self.max_new_tokens)  # same range checks as the app
 
 
@@ -77,23 +81,7 @@ def variants(has_adapter: bool, ablation: bool) -> list[tuple[str, str, bool]]:
 
 
 def load_split(path: str, split: str, limit: int | None):
-    from datasets import load_from_disk
-
-    if not Path(path).is_dir():
-        raise EvalError(f"dataset {path} not found: build it with `python -m dataprep --out {path} ...`")
-    try:
-        data = load_from_disk(path)
-    except (FileNotFoundError, ValueError) as err:
-        raise EvalError(f"{path} is not a dataset saved by `python -m dataprep`: {str(err).splitlines()[0]}") from None
-    splits = sorted(data.keys()) if hasattr(data, "keys") else []
-    if split not in splits:
-        raise EvalError(f"{path} has no split {split!r}; it has {splits}")
-    rows = data[split]
-    missing = [c for c in QA_COLUMNS if c not in rows.column_names]
-    if missing:
-        raise EvalError(f"split {split!r} of {path} lacks columns {missing}: rebuild it with `python -m dataprep`")
-    if len(rows) == 0:
-        raise EvalError(f"split {split!r} of {path} is empty")
+    rows = check_split(open_splits(path), path, split, "evaluate")
     return rows.select(range(min(limit, len(rows)))) if limit else rows
 
 
@@ -119,7 +107,7 @@ def resume(out: Path, run: dict) -> dict[str, dict]:
         earlier = json.loads(run_file.read_text())
         if earlier != run:
             changed = sorted(k for k in run.keys() | earlier.keys() if run.get(k) != earlier.get(k))
-            raise EvalError(f"{out} holds a run with other settings ({', '.join(changed)}): pick a new --out")
+            raise UserError(f"{out} holds a run with other settings ({', '.join(changed)}): pick a new --out")
     else:
         pred_file.unlink(missing_ok=True)
     run_file.write_text(json.dumps(run, indent=2) + "\n")
@@ -175,7 +163,7 @@ def _generate(vqa, pics, convs, adapters, settings) -> list[str]:
         # PEFT serves base and adapter rows in one batch only through Linear/Embedding/Conv layers: an adapter that
         # saved a whole module (e.g. `multi_modal_projector`) or a batch-shared one (position embeddings) cannot.
         if "Mixed batching" in str(err) or "adapter_names" in str(err):
-            raise EvalError(
+            raise UserError(
                 f"this adapter cannot answer base and fine-tuned rows in one batch ({str(err).splitlines()[0]}): "
                 "retrain with modules_to_save naming Linear layers, e.g. multi_modal_projector.linear_1 and linear_2"
             ) from None
@@ -192,7 +180,7 @@ def build_metrics(records: list[dict], cfg: EvalConfig, names: list[str]) -> dic
         "questions": {"total": len(records), "closed": len(closed_labels), "open": len(records) - len(closed_labels)},
         "chance": {"closed_accuracy": M.majority_rate(closed_labels), "rule": "always the majority answer"},
         "protocol": {"turns": "single", "decoding": "greedy", "max_new_tokens": cfg.max_new_tokens,
-                     "parsing": "strict first word yes/no", "4bit": not cfg.no_4bit},
+                     "parsing": "strict first word yes/no", "4bit": cfg.load_in_4bit},
         "bootstrap": {"unit": "study", "resamples": cfg.resamples, "confidence": M.CONFIDENCE, "seed": cfg.seed},
         "models": {name: M.summarize(records, name, **boot) for name in names},
         "difference": {},
@@ -211,7 +199,7 @@ def radeval_scores(records: list[dict], names: list[str]) -> dict:
     try:
         from RadEval import RadEval
     except ImportError:
-        raise EvalError("--extra-metrics radeval needs the RadEval package: `pip install RadEval`") from None
+        raise UserError("--extra-metrics radeval needs the RadEval package: `pip install RadEval`") from None
     opened = [r for r in records if r["kind"] == "open"]
     if not opened:
         return {}
@@ -220,7 +208,7 @@ def radeval_scores(records: list[dict], names: list[str]) -> dict:
         refs = [r["reference"] for r in opened]
         return {name: evaluator(refs=refs, hyps=[r["answers"][name] for r in opened]) for name in names}
     except Exception as err:  # noqa: BLE001 - any failure here is missing weights or network, for the user one line
-        raise EvalError(f"RadEval could not run (its model weights must be downloadable or cached): {err}") from None
+        raise UserError(f"RadEval could not run (its model weights must be downloadable or cached): {err}") from None
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -235,12 +223,12 @@ def evaluate(cfg: EvalConfig) -> dict:
     names = [name for name, _, _ in kinds]
     out = Path(cfg.out)
     run = {"dataset": str(Path(cfg.dataset).resolve()), "split": cfg.split, "base": cfg.base, "adapter": cfg.adapter,
-           "variants": names, "max_new_tokens": cfg.max_new_tokens, "4bit": not cfg.no_4bit}  # fmt: skip
+           "variants": names, "max_new_tokens": cfg.max_new_tokens, "4bit": cfg.load_in_4bit}  # fmt: skip
     done = resume(out, run)
     todo = [q for q in questions if q["id"] not in done]
     if todo:
         logger.info("%d of %d questions left to answer", len(todo), len(questions))
-        vqa = load_model(cfg.base, cfg.adapter, load_in_4bit=not cfg.no_4bit, device=cfg.device)
+        vqa = load_model(cfg.base, cfg.adapter, load_in_4bit=cfg.load_in_4bit, device=cfg.device)
         settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens)
         with open(out / PREDICTIONS, "a") as sink:
             answer_all(vqa, rows, todo, kinds, settings, cfg.batch_size, sink)
@@ -255,20 +243,10 @@ def evaluate(cfg: EvalConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from trl import TrlParser
-
+    (cfg,) = parse_config([EvalConfig], argv, prog="python -m finetune.evaluate", description=__doc__)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = TrlParser(EvalConfig, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    try:
-        (cfg,) = parser.parse_args_and_config(argv)
-    except ValueError as err:  # unknown YAML keys, bad values in __post_init__
-        sys.exit(f"error: {str(err).splitlines()[0]}")
-    try:
+    with user_errors():
         result = evaluate(cfg)
-    except (EvalError, ModelLoadError) as err:
-        sys.exit(f"error: {err}")
-    except FileNotFoundError as err:  # e.g. a --config path that does not exist
-        sys.exit(f"error: {err.strerror}: {err.filename}")
     from finetune.report import summary_lines
 
     print("\n".join(summary_lines(result)))

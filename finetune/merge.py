@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 import torch
 
-from finetune.model import ModelLoadError, attach_adapter, load_base_model, load_processor
+from cxr_vqa.cli import user_errors
+from cxr_vqa.model import ModelLoadError, attach_adapter, load_base_model, load_processor
 
 logger = logging.getLogger(__name__)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -59,11 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float16", help="dtype of the saved weights")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+    with user_errors():
         out = merge_adapter(args.base or adapter_base(args.adapter), args.adapter, args.out, DTYPES[args.dtype])
-    except ModelLoadError as err:
-        sys.exit(f"error: {err}")
-    print(f"wrote a merged {args.dtype} model to {out}: load it with finetune.model.load_model({str(out)!r})")
+    print(f"wrote a merged {args.dtype} model to {out}: load it with cxr_vqa.model.load_model({str(out)!r})")
 
 
 if __name__ == "__main__":

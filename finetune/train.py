@@ -7,77 +7,31 @@ before any model is loaded, so a mistake costs seconds, not a 7B load. The comma
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import torch
 
-from finetune.collator import AnswerOnlyCollator, RowError, check_row
+from cxr_vqa.contract import check_split, open_splits
+from cxr_vqa.errors import UserError
+from cxr_vqa.model import load_base_model, load_processor
+from finetune.collator import AnswerOnlyCollator
 from finetune.config import ScriptArguments, TrainConfig, check_device, resolve_checkpoint
-from finetune.model import load_base_model, load_processor
+from finetune.model_card import write_model_card
 
 logger = logging.getLogger(__name__)
-
-CONTRACT_COLUMNS = ("messages", "images", "qa", "patient_id", "study_id", "image_path", "view", "source")
-
-
-class SetupError(ValueError):
-    """A dataset or model setup that cannot train; one line naming the fix."""
 
 
 def load_splits(script_args: ScriptArguments, train_args: TrainConfig):
     """(train, eval or None, stats) from the dataprep DatasetDict, after checking the contract on each used split."""
-    path = Path(script_args.dataset)
-    if not path.exists():
-        raise SetupError(
-            f"dataset {path} not found: build one with `python -m dataprep --chexpert-root ROOT --out {path} "
-            "--generator labels`, or pass --dataset"
-        )
-    if not (path / "dataset_dict.json").is_file():
-        kind = "a single split" if (path / "dataset_info.json").is_file() else "no dataset"
-        raise SetupError(
-            f"{path} holds {kind}; expected the train/validation/test DatasetDict of `python -m dataprep`"
-        )
-    try:
-        names = json.loads((path / "dataset_dict.json").read_text())["splits"]
-        data = {name: _load_split(path / name) for name in names}
-    except (FileNotFoundError, ValueError, KeyError, OSError) as err:
-        raise SetupError(f"{path} is not a readable dataset: {str(err).splitlines()[0]}") from None
-
-    wanted = {"train": script_args.train_split}
+    splits = open_splits(script_args.dataset)
+    train_ds = check_split(splits, script_args.dataset, script_args.train_split, "train")
+    eval_ds = None
     if train_args.eval_strategy != "no":
         if not script_args.eval_split:
-            raise SetupError("eval_strategy is set but eval_split is empty: name a split or set eval_strategy: no")
-        wanted["eval"] = script_args.eval_split
-    for role, split in wanted.items():
-        if split not in data:
-            raise SetupError(f"{path} has no {split!r} split (it has {', '.join(data)}): check {role}_split")
-        if data[split] is None or len(data[split]) == 0:
-            hint = "set eval_strategy: no" if role == "eval" else "build it from more studies"
-            raise SetupError(
-                f"{path} [{split}] is empty: nothing to {'evaluate' if role == 'eval' else 'train'} ({hint})"
-            )
-        missing = [c for c in CONTRACT_COLUMNS if c not in data[split].column_names]
-        if missing:
-            raise SetupError(
-                f"{path} [{split}] lacks column(s) {', '.join(missing)}: rebuild it with `python -m dataprep`"
-            )
-        try:
-            check_row(data[split][0])
-        except RowError as err:
-            raise SetupError(f"{path} [{split}] row 0: {err}") from None
-    train_ds, eval_ds = data[wanted["train"]], data[wanted["eval"]] if "eval" in wanted else None
-    return train_ds, eval_ds, dataset_stats({name: split for name, split in data.items() if split is not None})
-
-
-def _load_split(path: Path):
-    from datasets import Dataset
-
-    try:
-        return Dataset.load_from_disk(str(path))
-    except IndexError:  # datasets cannot read back a split saved with 0 rows (0 shards)
-        return None
+            raise UserError("eval_strategy is set but eval_split is empty: name a split or set eval_strategy: no")
+        eval_ds = check_split(splits, script_args.dataset, script_args.eval_split, "eval")
+    return train_ds, eval_ds, dataset_stats(splits)
 
 
 def dataset_stats(data) -> dict:
@@ -158,7 +112,7 @@ def check_lora_targets(script_args: ScriptArguments) -> None:
     with torch.device("meta"):
         modules = dict(LlavaForConditionalGeneration(config).named_modules())
     if not any(check_target_module_exists(lora_config(script_args), name) for name in modules):
-        raise SetupError(
+        raise UserError(
             f"lora_target_modules {script_args.lora_target_modules!r} matches no module of "
             f"{script_args.model_name_or_path} (e.g. model.language_model.layers.0.self_attn.q_proj)"
         )
@@ -166,18 +120,18 @@ def check_lora_targets(script_args: ScriptArguments) -> None:
     for wanted in script_args.lora_modules_to_save or []:
         found = {n: m for n, m in modules.items() if n == wanted or n.endswith("." + wanted)}
         if not found:
-            raise SetupError(f"lora_modules_to_save: no module named {wanted!r} in {script_args.model_name_or_path}")
+            raise UserError(f"lora_modules_to_save: no module named {wanted!r} in {script_args.model_name_or_path}")
         for module in found.values():
             if not isinstance(module, servable):
                 layers = [f"{wanted}.{n}" for n, m in module.named_modules() if isinstance(m, servable)]
-                raise SetupError(
+                raise UserError(
                     f"lora_modules_to_save: {wanted} is a {type(module).__name__}, which the app's side-by-side "
                     f"batches cannot serve: list its layers instead ({', '.join(layers) or 'none'})"
                 )
 
 
 def build_trainer(script_args: ScriptArguments, train_args: TrainConfig, callbacks=None):
-    """Check the inputs, load the model, and return a ready SFTTrainer (with `.dataset_stats` attached)."""
+    """Check the inputs, load the model; (a ready SFTTrainer, the dataset's counts for the model card)."""
     from trl import SFTTrainer
 
     train_ds, eval_ds, stats = load_splits(script_args, train_args)
@@ -202,23 +156,22 @@ def build_trainer(script_args: ScriptArguments, train_args: TrainConfig, callbac
     for param in trainer.model.parameters():
         if param.requires_grad and param.dtype != trainable_dtype:
             param.data = param.data.to(trainable_dtype)
-    trainer.dataset_stats = stats
     n_trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     logger.info("LoRA on %s: %.2fM trainable parameters", script_args.model_name_or_path, n_trainable / 1e6)
-    return trainer
+    return trainer, stats
 
 
 def train(script_args: ScriptArguments, train_args: TrainConfig, callbacks=None):
     """Train, then write the adapter, the processor and a model card to output_dir (and the merged model if asked).
     Returns the trainer, whose `state.log_history` holds the losses."""
     checkpoint = resolve_checkpoint(train_args)
-    trainer = build_trainer(script_args, train_args, callbacks)
+    trainer, stats = build_trainer(script_args, train_args, callbacks)
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(train_args.output_dir)  # adapter_model.safetensors + processor (with the project template)
     if trainer.is_world_process_zero():
-        write_model_card(trainer, script_args, train_args)
+        write_model_card(trainer, script_args, train_args, stats)
         if script_args.merge:
             from finetune.merge import merge_adapter
 
@@ -226,77 +179,3 @@ def train(script_args: ScriptArguments, train_args: TrainConfig, callbacks=None)
                 script_args.model_name_or_path, train_args.output_dir, Path(train_args.output_dir) / "merged"
             )
     return trainer
-
-
-def final_losses(log_history: list[dict]) -> dict:
-    last = {}
-    for entry in log_history:
-        for key in ("loss", "eval_loss", "train_loss"):
-            if key in entry:
-                last[key] = entry[key]
-    return last
-
-
-def write_model_card(trainer, script_args: ScriptArguments, train_args: TrainConfig) -> Path:
-    """README.md beside the adapter: base, data, settings, final losses, and what the model is not for.
-    Counts only: no report text ever goes into the card."""
-    stats = getattr(trainer, "dataset_stats", {})
-    losses = final_losses(trainer.state.log_history)
-    precision = "bf16" if train_args.bf16 else "fp16" if train_args.fp16 else "fp32"
-    settings = {
-        "base": script_args.model_name_or_path,
-        "quantization": "4-bit nf4 (QLoRA)" if script_args.load_in_4bit else "none",
-        "lora": f"r={script_args.lora_r}, alpha={script_args.lora_alpha}, dropout={script_args.lora_dropout}",
-        "lora targets": f"`{script_args.lora_target_modules}`",
-        "trained in full": ", ".join(script_args.lora_modules_to_save or []) or "nothing",
-        "learning rate": train_args.learning_rate,
-        "batch": f"{train_args.per_device_train_batch_size} per device x {train_args.gradient_accumulation_steps} "
-        f"accumulation x {train_args.world_size} processes",
-        "steps": trainer.state.global_step,
-        "epochs": round(trainer.state.epoch or 0, 3),
-        "precision": precision,
-        "seed": train_args.seed,
-    }
-    loss_lines = [f"- {name}: {value:.4f}" for name, value in losses.items()] or ["- no loss was logged"]
-    lines = [
-        "---",
-        f"base_model: {script_args.model_name_or_path}",
-        "library_name: peft",
-        "tags: [llava, chest-x-ray, vqa, qlora, research-only]",
-        "---",
-        "",
-        f"# {Path(train_args.output_dir).name}",
-        "",
-        f"A LoRA adapter for `{script_args.model_name_or_path}` answering questions about chest X-rays, trained with",
-        "`python -m finetune` on question-answer pairs built from CheXpert-Plus-style reports and labels.",
-        "",
-        "**Research demo, not for diagnosis.** Answers can be wrong, and the model has not been validated clinically.",
-        "",
-        "## Data",
-        "",
-        f"- dataset: `{script_args.dataset}` (splits by patient)",
-        *[
-            f"- {name}: {rows} studies, {stats['qa_pairs'].get(name, 0)} QA pairs"
-            for name, rows in stats.get("rows", {}).items()
-        ],
-        *[f"- source {name}: {count} studies" for name, count in stats.get("sources", {}).items()],
-        "",
-        "## Training",
-        "",
-        *[f"- {name}: {value}" for name, value in settings.items()],
-        "",
-        "## Final losses",
-        "",
-        *loss_lines,
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from finetune.model import load_model",
-        f'vqa = load_model("{script_args.model_name_or_path}", adapter="{train_args.output_dir}")',
-        "```",
-        "",
-    ]
-    path = Path(train_args.output_dir) / "README.md"
-    path.write_text("\n".join(lines))
-    return path

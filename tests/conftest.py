@@ -14,6 +14,19 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import pytest  # noqa: E402
 
 
+@pytest.fixture
+def run_cli(capsys):
+    """Call a command's `main(argv)` expecting it to fail; returns (exit status, last line it wrote to stderr)."""
+
+    def run(main, argv):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        lines = capsys.readouterr().err.strip().splitlines()
+        return exit_info.value.code, lines[-1] if lines else ""
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny LLaVA-1.5 checkpoint + processor on disk (hidden 64, 2 layers, 336 px / patch 14 → 576 tokens)."""
@@ -28,7 +41,7 @@ def random_adapter_dir(tiny_model_dir, tmp_path_factory):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from finetune.model import LANGUAGE_LORA_TARGETS, load_base_model
+    from cxr_vqa.model import LANGUAGE_LORA_TARGETS, load_base_model
 
     torch.manual_seed(1)
     model = load_base_model(tiny_model_dir, load_in_4bit=False, device="cpu")

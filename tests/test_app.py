@@ -25,14 +25,17 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 import app
-from app_lib.config import parse_args
-from app_lib.handlers import NO_ADAPTER, NO_BLIND, VOTE_FIRST, Handlers
-from app_lib.inputs import MAX_QUESTION_TOKENS, NO_IMAGE, InputError, clean_question, load_film
+from app_lib.config import parse_config
+from app_lib.handlers import NO_ADAPTER, NO_BLIND, NO_IMAGE, VOTE_FIRST, Handlers
 from app_lib.results import load_report, results_markdown, wilson_interval
 from app_lib.votes import VoteStore
-from dataprep.images import image_sha256
-from finetune.model import BASE, TUNED, GenerationSettings, load_model
-from finetune.template import add_question
+from cxr_vqa.errors import UserError
+from cxr_vqa.generation import GenerationSettings
+from cxr_vqa.images import image_sha256, load_film
+from cxr_vqa.model import load_model
+from cxr_vqa.questions import MAX_QUESTION_TOKENS, clean_question
+from cxr_vqa.template import add_question
+from cxr_vqa.vqa import BASE, TUNED
 
 ROOT = Path(__file__).resolve().parents[1]
 FILM = ROOT / "assets" / "examples" / "cardiomegaly.png"
@@ -103,29 +106,29 @@ def test_importing_app_loads_no_model(tmp_path):
 def test_config_env_yaml_and_flags(tmp_path, monkeypatch):
     monkeypatch.setenv("BASE_MODEL", "env/base")
     monkeypatch.setenv("ADAPTER_MODEL", "env/adapter")
-    assert (parse_args([]).base, parse_args([]).adapter, parse_args([]).load_in_4bit) == (
+    assert (parse_config([]).base, parse_config([]).adapter, parse_config([]).load_in_4bit) == (
         "env/base",
         "env/adapter",
         True,
     )
     config = tmp_path / "app.yaml"
     config.write_text("base: yaml/base\nport: 8000\nload_in_4bit: false\n")
-    parsed = parse_args(["--config", str(config), "--port", "9000", "--max-new-tokens", "64"])
+    parsed = parse_config(["--config", str(config), "--port", "9000", "--max-new-tokens", "64"])
     assert (parsed.base, parsed.port, parsed.load_in_4bit, parsed.adapter) == ("yaml/base", 9000, False, "env/adapter")
     assert parsed.max_new_tokens == 64
-    assert parse_args(["--no-4bit"]).load_in_4bit is False
+    assert parse_config(["--no-4bit"]).load_in_4bit is False
     config.write_text("base: yaml/base\nportt: 8000\n")
     with pytest.raises(SystemExit):
-        parse_args(["--config", str(config)])
+        parse_config(["--config", str(config)])
     with pytest.raises(SystemExit):
-        parse_args(["--port", "0"])
+        parse_config(["--port", "0"])
 
 
-def test_main_reports_a_bad_model_in_one_line(tmp_path, capsys):
-    with pytest.raises(SystemExit) as info:
-        app.main(["--base", str(tmp_path / "missing"), "--no-4bit", "--votes-db", str(tmp_path / "v.sqlite")])
-    assert str(info.value).startswith("error: model ") and "not found" in str(info.value)
-    assert "\n" not in str(info.value)
+def test_main_reports_a_bad_model_in_one_line(tmp_path, run_cli):
+    code, line = run_cli(
+        app.main, ["--base", str(tmp_path / "missing"), "--no-4bit", "--votes-db", str(tmp_path / "v")]
+    )
+    assert code == 2 and line.startswith("error: model ") and "not found" in line
 
 
 def test_demo_has_compare_endpoint_examples_notice_report_and_zero_gpu(vqa, tmp_path, monkeypatch):
@@ -197,12 +200,12 @@ def test_question_cleaning_rules():
     assert question == "有心脏肥大吗？" and "fine-tuned on English" in notes[0]
     assert clean_question("Is there an effusión?")[1] == []  # accented Latin is not another script
     for empty in ("", "   ", "\x00\x07", None):
-        with pytest.raises(InputError, match="empty question"):
+        with pytest.raises(UserError, match="empty question"):
             clean_question(empty)
 
 
 def test_long_question_explains_the_token_limit(handlers):
-    film = load_film(str(FILM), 336)
+    film = load_film(FILM, 336)
     with pytest.raises(gr.Error) as info:
         run(handlers.ask(film, "Is there cardiomegaly? " * 870, None, *SETTINGS))  # ~20,000 characters
     message = str(info.value)
@@ -211,7 +214,7 @@ def test_long_question_explains_the_token_limit(handlers):
 
 
 def test_control_characters_and_other_scripts_warn_but_answer(handlers):
-    film = load_film(str(FILM), 336)
+    film = load_film(FILM, 336)
     with pytest.warns(UserWarning) as caught:
         frames = run(handlers.ask(film, "هل يوجد\x00 تضخم في القلب؟", None, *SETTINGS))
     messages = [str(w.message) for w in caught]
@@ -223,7 +226,7 @@ def test_control_characters_and_other_scripts_warn_but_answer(handlers):
 
 
 def test_panes_stream_and_match_the_model_core(handlers, vqa):
-    film = load_film(str(FILM), 336)
+    film = load_film(FILM, 336)
     frames = run(handlers.ask(film, "Is there cardiomegaly?", None, *SETTINGS))
     base_chat, tuned_chat, base_stats, tuned_stats, chats, box = frames[-1]
     conversation = add_question(None, "Is there cardiomegaly?")
@@ -241,7 +244,7 @@ def test_panes_stream_and_match_the_model_core(handlers, vqa):
 
 
 def test_follow_up_continues_both_conversations_and_clear_resets(handlers, vqa):
-    film = load_film(str(FILM), 336)
+    film = load_film(FILM, 336)
     first = run(handlers.ask(film, "Is there cardiomegaly?", None, *SETTINGS))[-1]
     second = run(handlers.ask(film, "Is there a pleural effusion?", first[4], *SETTINGS))[-1]
     chats = second[4]
@@ -257,14 +260,14 @@ def test_follow_up_continues_both_conversations_and_clear_resets(handlers, vqa):
 
 
 def test_settings_out_of_range_are_refused(handlers):
-    film = load_film(str(FILM), 336)
+    film = load_film(FILM, 336)
     with pytest.raises(gr.Error, match="top_p must be in"):
         run(handlers.ask(film, "Is there cardiomegaly?", None, 12, 0.7, 0.0))
 
 
 def test_without_adapter_the_tuned_pane_says_why(vqa_base_only, tmp_path):
     handlers = Handlers(vqa_base_only, VoteStore(tmp_path / "votes.sqlite"), settings=APP_SETTINGS)
-    film = load_film(str(FILM), 336)
+    film = load_film(FILM, 336)
     base_chat, tuned_chat, base_stats, tuned_stats, chats, _ = run(
         handlers.ask(film, "Is it normal?", None, *SETTINGS)
     )[-1]
@@ -277,7 +280,7 @@ def test_without_adapter_the_tuned_pane_says_why(vqa_base_only, tmp_path):
 
 def test_compare_endpoint_matches_core_and_refuses_bad_input(handlers, vqa):
     base, tuned = handlers.compare(str(FILM), "Is there cardiomegaly?")
-    film = load_film(str(FILM), 336)
+    film = load_film(FILM, 336)
     assert (base, tuned) == vqa.compare(
         film.image, add_question(None, "Is there cardiomegaly?"), settings=APP_SETTINGS
     )
@@ -291,7 +294,7 @@ def test_compare_endpoint_matches_core_and_refuses_bad_input(handlers, vqa):
 
 
 def test_blind_vote_is_stored_with_sides_and_hash_not_image(handlers, vqa, tmp_path):
-    film = load_film(str(FILM), 336)
+    film = load_film(FILM, 336)
     answer_a, answer_b, trial, _ = handlers.blind_answer(film, "Is there cardiomegaly?", *SETTINGS)
     conversation = add_question(None, "Is there cardiomegaly?")
     base, tuned = vqa.generate([film.image] * 2, [conversation] * 2, [BASE, TUNED], APP_SETTINGS)
@@ -315,17 +318,18 @@ def test_blind_vote_is_stored_with_sides_and_hash_not_image(handlers, vqa, tmp_p
 
 
 def test_blind_sides_are_drawn_at_random(handlers):
-    film = load_film(str(FILM), 336)
+    film = load_film(FILM, 336)
     sides = {handlers.blind_answer(film, "Is there cardiomegaly?", 1, 0.0, 1.0)[2].a_model for _ in range(4)}
     assert sides == {"base", "tuned"}
 
 
-@pytest.mark.parametrize("successes, total", [(0, 3), (3, 3), (7, 10), (45, 100), (1, 1000)])
-def test_wilson_interval_matches_scipy(successes, total):
-    from scipy.stats import binomtest
-
-    expected = binomtest(successes, total).proportion_ci(confidence_level=0.95, method="wilson")
-    assert wilson_interval(successes, total) == pytest.approx((expected.low, expected.high), abs=1e-9)
+@pytest.mark.parametrize(
+    "successes, total, expected",
+    # (p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n), z = 1.96, worked out by hand
+    [(0, 3, (0.0, 0.5615)), (3, 3, (0.4385, 1.0)), (7, 10, (0.3968, 0.8922)), (0, 0, (0.0, 1.0))],
+)
+def test_wilson_interval_known_values(successes, total, expected):
+    assert wilson_interval(successes, total) == pytest.approx(expected, abs=1e-4)
 
 
 def test_results_table_and_report(tmp_path):

@@ -16,9 +16,10 @@ from gradio_client.utils import QueueError
 from PIL import Image
 
 import app
-from app_lib.inputs import load_film
-from finetune.model import GenerationSettings, load_model
-from finetune.template import add_question
+from cxr_vqa.generation import GenerationSettings
+from cxr_vqa.images import load_film
+from cxr_vqa.model import load_model
+from cxr_vqa.template import add_question
 
 ROOT = Path(__file__).resolve().parents[1]
 FILM = ROOT / "assets" / "examples" / "pleural_effusion.png"

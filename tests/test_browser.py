@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import app
-from finetune.model import GenerationSettings, load_model
+from cxr_vqa.generation import GenerationSettings
+from cxr_vqa.model import load_model
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,9 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from finetune.collator import IGNORE_INDEX, AnswerOnlyCollator, RowError
-from finetune.model import encode, load_processor, render
-from finetune.template import add_question, conversation_from_qa
+from cxr_vqa.errors import UserError
+from cxr_vqa.model import load_processor
+from cxr_vqa.template import add_question, conversation_from_qa
+from cxr_vqa.vqa import encode, render
+from finetune.collator import IGNORE_INDEX, AnswerOnlyCollator
 
 TWO_TURNS = [("Is there cardiomegaly?", "Yes."), ("What abnormalities are seen?", "Left lower lobe consolidation.")]
 IMAGE_TOKENS = 576  # 336 px / 14 px patches, squared
@@ -113,6 +115,6 @@ def test_training_tokens_are_the_served_tokens(processor):
 def test_rows_off_contract_fail_with_one_line(processor, change, message):
     bad = row(TWO_TURNS)
     change(bad)
-    with pytest.raises(RowError, match=message) as err:
+    with pytest.raises(UserError, match=message) as err:
         AnswerOnlyCollator(processor)([bad])
     assert "\n" not in str(err.value)

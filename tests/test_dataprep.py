@@ -15,8 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataprep.build import FEATURES, assign_split, patient_splits, to_messages
-from dataprep.chexpert import CSV_NAME, LABELS, ReleaseError, Study, find_image, read_release
+from cxr_vqa.contract import features
+from cxr_vqa.errors import UserError
+from cxr_vqa.template import conversation_from_qa
+from dataprep.build import assign_split, patient_splits
+from dataprep.chexpert import CSV_NAME, LABELS, Study, find_image, read_release
 from dataprep.clean import cites_text, clean_report, mentions_prior
 from dataprep.qa import check_pair, filter_pairs
 from dataprep.qa_labels import labels_to_qa
@@ -180,9 +183,9 @@ def test_reader_accounts_for_every_study_of_the_csv(release):
 
 
 def test_bad_root_is_a_one_line_error(tmp_path):
-    with pytest.raises(ReleaseError, match="not a directory"):
+    with pytest.raises(UserError, match="not a directory"):
         read_release(tmp_path / "missing")
-    with pytest.raises(ReleaseError, match=CSV_NAME):
+    with pytest.raises(UserError, match=CSV_NAME):
         read_release(tmp_path)
 
 
@@ -224,7 +227,7 @@ def test_labels_to_qa_normal_study_and_unlabelled_study():
 
 def test_messages_follow_the_llava_instruct_mix_structure():
     pairs = [{"question": "Q1?", "answer": "Yes."}, {"question": "Q2?", "answer": "No."}]
-    assert to_messages(pairs) == [
+    assert conversation_from_qa([(p["question"], p["answer"]) for p in pairs]) == [
         {
             "role": "user",
             "content": [{"type": "image", "text": None, "index": 0}, {"type": "text", "text": "Q1?", "index": None}],
@@ -319,7 +322,7 @@ def test_cli_labels_end_to_end(tmp_path):
     assert stats["rows"] == len(rows) and stats["studies"] == len(in_csv)
 
     train = dataset["train"]
-    assert train.features == FEATURES
+    assert train.features == features()
     row = train[0]
     assert row["images"][0].mode == "RGB" and row["images"][0].size == (336, 336)
     assert row["messages"][0]["content"][0] == {"type": "image", "text": None, "index": 0}
@@ -349,7 +352,7 @@ def test_build_with_empty_splits_still_loads(release, tmp_path):
         progress=False,
     )
     dataset = load_from_disk(str(tmp_path / "D"))
-    assert len(dataset["validation"]) == len(dataset["test"]) == 0 and dataset["test"].features == FEATURES
+    assert len(dataset["validation"]) == len(dataset["test"]) == 0 and dataset["test"].features == features()
     assert stats["splits"]["train"]["rows"] == len(dataset["train"]) > 0
 
 

@@ -8,9 +8,11 @@ import json
 import pytest
 from PIL import Image, ImageDraw
 
+from cxr_vqa.generation import GenerationSettings
+from cxr_vqa.model import load_model
+from cxr_vqa.template import add_question, conversation_from_qa
+from cxr_vqa.vqa import BASE, TUNED
 from finetune import evaluate as ev
-from finetune.model import BASE, TUNED, GenerationSettings, load_model
-from finetune.template import add_question, conversation_from_qa
 
 MAX_NEW_TOKENS = 6
 STUDIES = [  # (patient, study, [(question, answer, kind, finding)])
@@ -160,33 +162,32 @@ def test_base_only_with_limit_and_no_ablation(dataset_dir, tiny_model_dir, tmp_p
     ("change", "message"),
     [
         ({"--dataset": "/nonexistent/data"}, "not found"),
-        ({"--split": "holdout"}, "no split 'holdout'"),
+        ({"--split": "holdout"}, "no 'holdout' split"),
         ({"--batch-size": "0"}, "must be positive"),
         ({"--max-new-tokens": "0"}, "max_new_tokens"),
         ({"--base": "/nonexistent/model"}, "not found"),
     ],
 )
-def test_bad_input_is_one_line(change, message, dataset_dir, tmp_path, capsys):
+def test_bad_input_is_one_line(change, message, dataset_dir, tmp_path, run_cli):
     args = _args(dataset_dir, tmp_path, "/nonexistent/model" if "--base" in change else "unused")
     for flag, value in change.items():
         if flag in args:
             args[args.index(flag) + 1] = value
         else:
             args += [flag, value]
-    with pytest.raises(SystemExit) as exit_info:
-        ev.main(args)
-    assert message in str(exit_info.value) and "\n" not in str(exit_info.value)
+    code, line = run_cli(ev.main, args)
+    assert code == 2 and message in line
 
 
-def test_changed_settings_do_not_mix_into_an_old_report(report, dataset_dir, tiny_model_dir):
-    with pytest.raises(SystemExit, match="other settings"):
-        ev.main(_args(dataset_dir, report, tiny_model_dir))  # same --out, no adapter this time
+def test_changed_settings_do_not_mix_into_an_old_report(report, dataset_dir, tiny_model_dir, run_cli):
+    code, line = run_cli(ev.main, _args(dataset_dir, report, tiny_model_dir))  # same --out, no adapter this time
+    assert code == 2 and "other settings" in line
 
 
-def test_missing_radeval_fails_before_generating(dataset_dir, tmp_path):
+def test_missing_radeval_fails_before_generating(dataset_dir, tmp_path, run_cli):
     import importlib.util
 
     if importlib.util.find_spec("RadEval"):
         pytest.skip("RadEval is installed here")
-    with pytest.raises(SystemExit, match="pip install RadEval"):
-        ev.main(_args(dataset_dir, tmp_path, "unused", None, "--extra-metrics", "radeval"))
+    code, line = run_cli(ev.main, _args(dataset_dir, tmp_path, "unused", None, "--extra-metrics", "radeval"))
+    assert code == 2 and "pip install RadEval" in line

@@ -21,7 +21,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from dataprep.images import MAX_PIXELS, ImageLoadError, image_sha256, letterbox, load_image
+from cxr_vqa.errors import UserError
+from cxr_vqa.images import ImageLoadError, image_sha256, letterbox, load_image
 
 RAMP_12BIT = np.tile(np.arange(0, 4096, 64, dtype=np.uint16), (4, 1))  # 4 x 64, values 0..4032
 
@@ -325,8 +326,11 @@ def test_refusals_have_specific_one_line_messages(make, kwargs, message):
     assert limit_before == Image.MAX_IMAGE_PIXELS  # no global side effects
 
 
-def test_default_limit_is_fifty_megapixels():
-    assert MAX_PIXELS == 50_000_000
+def test_default_limit_refuses_just_over_fifty_megapixels_from_the_header():
+    buffer = io.BytesIO()
+    Image.new("1", (10_000, 5_001)).save(buffer, "PNG")  # 50,010,000 pixels in a few KB: refused before decoding
+    with pytest.raises(ImageLoadError, match=r"10000x5001 is 50,010,000 pixels, over the 50,000,000 limit"):
+        load_image(buffer.getvalue())
 
 
 def test_missing_and_directory_paths(tmp_path):
@@ -339,8 +343,8 @@ def test_missing_and_directory_paths(tmp_path):
         image_sha256(missing)
 
 
-def test_image_load_error_is_a_value_error():
-    with pytest.raises(ValueError):
+def test_image_load_error_is_a_user_error():  # the command lines and the app report it as one line
+    with pytest.raises(UserError):
         load_image(b"not an image")
 
 

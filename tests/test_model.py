@@ -10,19 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from finetune.model import (
-    BASE,
-    LANGUAGE_LORA_TARGETS,
-    TUNED,
-    GenerationSettings,
-    ModelLoadError,
-    encode,
-    load_base_model,
-    load_model,
-    load_processor,
-    render,
-)
-from finetune.template import add_question, assistant_turn, conversation_from_qa
+from cxr_vqa.generation import GenerationSettings
+from cxr_vqa.model import LANGUAGE_LORA_TARGETS, ModelLoadError, load_base_model, load_model, load_processor
+from cxr_vqa.template import add_question, assistant_turn, conversation_from_qa
+from cxr_vqa.vqa import BASE, TUNED, encode, render
 
 SETTINGS = GenerationSettings(max_new_tokens=8)
 

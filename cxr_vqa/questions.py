@@ -1,4 +1,5 @@
-"""What the app accepts from a person: a film (PNG, JPEG, DICOM) and a question. Pure checks, no Gradio.
+"""A person's question on its way into a prompt: cleaned, and checked against the model's limits in tokens. Pure
+functions: `VQAModel.clean_question` and `VQAModel.conversation` call them with what the model's processor says.
 
 Decisions:
 - Control characters are removed and whitespace is collapsed, with a note to the user: they carry no meaning in a
@@ -17,40 +18,13 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from PIL import Image
-
-from dataprep.images import ImageLoadError, image_sha256, letterbox, load_image
+from cxr_vqa.errors import UserError
 
 MAX_QUESTION_CHARS = 100_000  # checked before tokenizing, so a pasted book costs nothing
 MAX_QUESTION_TOKENS = 256  # a question about one film is a sentence or two; the rest of the context is for turns
 # Bidirectional overrides and isolates: category Cf, not Cc, but they reorder how text is displayed.
 _BIDI_CONTROLS = {chr(c) for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]}
 _WHITESPACE_CONTROLS = "\t\n\r\x0b\x0c"
-NO_IMAGE = "no image: upload a chest X-ray (PNG, JPEG or DICOM) or pick an example first"
-
-
-class InputError(ValueError):
-    """Input a person can fix; str(err) is one line saying what is wrong and what to do."""
-
-
-@dataclass(frozen=True)
-class Film:
-    """A loaded film: the letterboxed RGB image the model sees, and the SHA-256 of the uploaded file's bytes."""
-
-    image: Image.Image
-    sha256: str
-    original_size: tuple[int, int]  # (width, height) before letterboxing
-
-
-def load_film(path: str | None, size: int) -> Film:
-    """Decode an uploaded file with the project's loader and letterbox it to the model's input size."""
-    if not path:
-        raise InputError(NO_IMAGE)
-    try:
-        image = load_image(path)
-        return Film(image=letterbox(image, size=size), sha256=image_sha256(path), original_size=image.size)
-    except ImageLoadError as err:
-        raise InputError(str(err)) from None
 
 
 @dataclass(frozen=True)
@@ -67,13 +41,13 @@ class TokenBudget:
             f"and up to {max_new_tokens} for the answer"
         )
         if question_tokens > MAX_QUESTION_TOKENS:
-            raise InputError(
+            raise UserError(
                 f"question too long: {question_tokens:,} tokens, over the {MAX_QUESTION_TOKENS}-token limit for one "
                 f"question ({limits}); shorten it"
             )
         total = prompt_tokens - 1 + self.image_tokens + max_new_tokens
         if total > self.context:
-            raise InputError(
+            raise UserError(
                 f"conversation too long: {total:,} tokens ({limits}); press Clear to start a new conversation "
                 "or lower max new tokens"
             )
@@ -83,7 +57,7 @@ def clean_question(text: str | None, special_tokens: Sequence[str] = ()) -> tupl
     """Return the question as it will be asked and notes for the user about what was changed or is risky."""
     text = text or ""
     if len(text) > MAX_QUESTION_CHARS:
-        raise InputError(
+        raise UserError(
             f"question too long: {len(text):,} characters; ask one short question "
             f"(at most {MAX_QUESTION_TOKENS} tokens, a sentence or two)"
         )
@@ -105,7 +79,7 @@ def clean_question(text: str | None, special_tokens: Sequence[str] = ()) -> tupl
             notes.append(f"removed {token!r} from the question: it is a special token of the model")
     text = " ".join(text.split())
     if not text:
-        raise InputError("empty question: type a question about the film, or pick a suggested one")
+        raise UserError("empty question: type a question about the film, or pick a suggested one")
     if _has_non_latin_letters(text):
         notes.append(
             "the model was fine-tuned on English questions: answers to questions in other languages or scripts "

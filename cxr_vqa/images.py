@@ -2,8 +2,9 @@
 
 One loader for dataprep, evaluation and the app, so a film looks the same in training and in serving.
 
-    from dataprep.images import ImageLoadError, letterbox, load_image
+    from cxr_vqa.images import load_film, load_image, letterbox
     image = letterbox(load_image("view1_frontal.dcm"), size=336)
+    film = load_film("upload.png", size=336)     # the same, plus the file's SHA-256 and its original size
 
 Decisions:
 - 16-bit grayscale PNGs are stretched from their own min to max: exports often keep 10-14-bit data in a 16-bit
@@ -24,6 +25,7 @@ import hashlib
 import io
 import logging
 import os
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
@@ -31,6 +33,8 @@ import pydicom
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing, get_decoder, pixel_array
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from cxr_vqa.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +46,23 @@ PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(UserError):
     """An image that cannot be used; str(err) is one line for the user naming the problem and what to do."""
+
+
+@dataclass(frozen=True)
+class Film:
+    """A film ready for the model: letterboxed RGB, the SHA-256 of the file's bytes, and its size before."""
+
+    image: Image.Image
+    sha256: str
+    original_size: tuple[int, int]  # (width, height) before letterboxing
+
+
+def load_film(source: ImageSource, size: int) -> Film:
+    """Decode `source` and letterbox it to `size` (the model's input side): what the app and evaluation feed in."""
+    image = load_image(source)
+    return Film(image=letterbox(image, size=size), sha256=image_sha256(source), original_size=image.size)
 
 
 def load_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS) -> Image.Image:

@@ -1,0 +1,102 @@
+"""The dataset contract between `dataprep` (which writes it) and training and evaluation (which read it): a
+`datasets.DatasetDict` saved with `save_to_disk`, splits `train` / `validation` / `test` by patient, one row per
+study. Its schema, its one reader, and the check of one row.
+
+    splits = open_splits("data/cxr-vqa")                           # {name: Dataset}; raises UserError
+    test = check_split(splits, "data/cxr-vqa", "test", "evaluate")  # present, non-empty, every column, row 0 valid
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from cxr_vqa.errors import UserError
+
+SPLITS = ("train", "validation", "test")
+COLUMNS = ("messages", "images", "qa", "patient_id", "study_id", "image_path", "view", "source")
+
+
+def features():
+    """The `datasets.Features` of a row (a function, so importing the core does not import `datasets`)."""
+    from datasets import Features, Image, List, Value
+
+    part = {"type": Value("string"), "text": Value("string"), "index": Value("int64")}
+    qa = {name: Value("string") for name in ("question", "answer", "kind", "finding", "label")}
+    return Features(
+        {
+            "messages": List({"role": Value("string"), "content": List(part)}),
+            "images": List(Image()),
+            "qa": List(qa),
+            **{name: Value("string") for name in COLUMNS if name not in ("messages", "images", "qa")},
+        }
+    )
+
+
+def open_splits(path: str | Path) -> dict:
+    """Every split of the dataset at `path`, by name (an empty split is a 0-row Dataset)."""
+    from datasets import Dataset
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(
+            f"dataset {path} not found: build one with `python -m dataprep --chexpert-root ROOT --out {path} "
+            "--generator labels`, or pass --dataset"
+        )
+    if not (path / "dataset_dict.json").is_file():
+        kind = "a single split" if (path / "dataset_info.json").is_file() else "no dataset"
+        raise UserError(f"{path} holds {kind}; expected the train/validation/test DatasetDict of `python -m dataprep`")
+    try:
+        names = json.loads((path / "dataset_dict.json").read_text())["splits"]
+        splits = {}
+        for name in names:
+            try:
+                splits[name] = Dataset.load_from_disk(str(path / name))
+            except IndexError:  # datasets cannot read back a split saved with 0 shards: it holds no rows
+                splits[name] = Dataset.from_dict({c: [] for c in COLUMNS}, features=features())
+    except (FileNotFoundError, ValueError, KeyError, OSError) as err:
+        raise UserError(f"{path} is not a readable dataset: {str(err).splitlines()[0]}") from None
+    return splits
+
+
+def check_split(splits: dict, path: str | Path, split: str, role: str):
+    """`splits[split]` after checking it can serve `role` ("train", "eval" or "evaluate")."""
+    if split not in splits:
+        raise UserError(f"{path} has no {split!r} split (it has {', '.join(splits)}): check the split option")
+    data = splits[split]
+    if len(data) == 0:
+        hint = "build it from more studies" if role == "train" else "set eval_strategy: no" if role == "eval" else ""
+        raise UserError(f"{path} [{split}] is empty: nothing to {role}" + (f" ({hint})" if hint else ""))
+    missing = [c for c in COLUMNS if c not in data.column_names]
+    if missing:
+        raise UserError(f"{path} [{split}] lacks column(s) {', '.join(missing)}: rebuild it with `python -m dataprep`")
+    try:
+        check_row(data[0])
+    except UserError as err:
+        raise UserError(f"{path} [{split}] row 0: {err}") from None
+    return data
+
+
+def check_row(row: dict) -> None:
+    """Raise UserError unless `row` has one image and alternating user/assistant turns with the image in turn one."""
+    images, messages = row.get("images"), row.get("messages")
+    if not isinstance(images, Sequence) or len(images) != 1:
+        raise UserError(f"each row needs exactly one image in `images`, got {len(images or [])}")
+    if not isinstance(messages, Sequence) or len(messages) < 2:
+        raise UserError("each row needs at least one user question and one assistant answer in `messages`")
+    for i, turn in enumerate(messages):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if not isinstance(turn, dict) or turn.get("role") != expected:
+            raise UserError(f"turn {i} of `messages` should have role {expected!r}: turns alternate, user first")
+    if messages[-1]["role"] != "assistant":
+        raise UserError("the last turn of `messages` must be an assistant answer")
+    image_parts = [
+        i
+        for i, turn in enumerate(messages)
+        if isinstance(turn["content"], list)
+        for part in turn["content"]
+        if part.get("type") == "image"
+    ]
+    if image_parts != [0]:
+        raise UserError("the image must appear exactly once in `messages`, in the first user turn")

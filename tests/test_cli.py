@@ -1,0 +1,46 @@
+"""The four commands share one way to be configured: every usage mistake exits 2, its last stderr line naming it."""
+
+from __future__ import annotations
+
+import pytest
+
+import app
+import dataprep.__main__
+import finetune.__main__
+import finetune.evaluate
+
+COMMANDS = {
+    "dataprep": dataprep.__main__.main,
+    "finetune": finetune.__main__.main,
+    "evaluate": finetune.evaluate.main,
+    "app": app.main,
+}
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_an_unknown_flag_exits_2_naming_it(name, run_cli):
+    code, line = run_cli(COMMANDS[name], ["--no-such-flag"])
+    assert code == 2 and line.endswith("error: unrecognized arguments: --no-such-flag")
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_an_unknown_yaml_key_exits_2_naming_it(name, run_cli, tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("no_such_key: 1\n")
+    code, line = run_cli(COMMANDS[name], ["--config", str(path)])
+    assert code == 2 and f"unknown key(s) in {path}: no_such_key" in line
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_a_bad_value_exits_2_naming_the_option(name, run_cli):
+    code, line = run_cli(COMMANDS[name], ["--load_in_4bit", "maybe"] if name != "dataprep" else ["--limit", "x"])
+    assert code == 2 and ("argument --load_in_4bit" in line or "argument --limit: invalid int value" in line)
+
+
+def test_the_4bit_switch_is_spelt_one_way():
+    from app_lib.config import AppConfig
+    from finetune.config import ScriptArguments
+    from finetune.evaluate import EvalConfig
+
+    for kind in (AppConfig, ScriptArguments, EvalConfig):
+        assert kind.__dataclass_fields__["load_in_4bit"].default is True

@@ -7,7 +7,8 @@
 The client is passed in (tests point a real one at a loopback server). Every valid reply is cached on disk under a
 hash of (model, prompt version, pairs per study, report), so identical reports cost one request, a rerun costs
 none and a killed run resumes where it stopped. The client's own retries are switched off: this module retries
-429, 5xx, timeouts and invalid JSON itself, with backoff, and counts every attempt.
+429, 5xx, timeouts (with backoff) and invalid replies itself, each within its own budget and never more than
+MAX_SENDS_PER_REPORT sends in all (dataprep.llm_retry), and counts every attempt.
 
 Replies come from one of two transports, concurrent chat requests (dataprep.llm_transport) or the Batch API
 (dataprep.batch_api); they only carry data. This module alone reserves the budget, pays for, validates, counts
@@ -32,6 +33,7 @@ from dataprep.cache import DiskCache, cache_key
 from dataprep.chexpert import Study
 from dataprep.llm_cost import PRICES_PER_MTOK, Ledger, estimate_tokens
 from dataprep.llm_prompt import PROMPT_VERSION, InvalidOutput, parse_content, request_body
+from dataprep.llm_retry import MAX_SENDS_PER_REPORT, check_retry_options
 from dataprep.llm_transport import LLMSetupError, Reply, send_chat
 from dataprep.qa import QAResult, filter_pairs
 
@@ -59,7 +61,8 @@ class LLMGenerator:
         *,
         qa_per_study: int = 5,
         concurrency: int = 8,
-        max_retries: int = 5,
+        max_retries: int = 4,
+        max_invalid_retries: int = 2,
         backoff: float = 1.0,
         timeout: float = 120.0,
         max_cost: float | None = None,
@@ -68,13 +71,16 @@ class LLMGenerator:
         poll_interval: float = 30.0,
         progress: bool = True,
     ) -> None:
+        check_retry_options(max_retries, max_invalid_retries)
         self.client, self.model, self.cache = client, model, DiskCache(cache_dir)
-        self.qa_per_study, self.concurrency, self.max_retries = qa_per_study, max(concurrency, 1), max_retries
+        self.qa_per_study, self.concurrency = qa_per_study, max(concurrency, 1)
+        self.max_retries, self.max_invalid_retries = max_retries, max_invalid_retries
         self.backoff, self.timeout, self.batch_api, self.poll_interval = backoff, timeout, batch_api, poll_interval
         self.progress = progress
         self.ledger = Ledger(price or PRICES_PER_MTOK.get(model, (0.0, 0.0)), max_cost)
         self.source = f"llm:{model}"
         self.counts: Counter = Counter()
+        self.invalid_outputs: Counter = Counter()  # by InvalidOutput.code
         self.stats: dict = {}
 
     def key(self, study: Study) -> str:
@@ -140,7 +146,9 @@ class LLMGenerator:
     def _over_budget(self) -> tuple[str, str]:
         return "max_cost_reached", f"--max-cost {self.ledger.max_cost} would be exceeded"
 
-    def _accept(self, key: str, reply: Reply, tokens: tuple[int, int], discount: float = 1.0) -> tuple | None:
+    def _accept(
+        self, key: str, reply: Reply, tokens: tuple[int, int], discount: float = 1.0
+    ) -> tuple[str, str] | None:
         """Pay for, validate, count and cache one reply from any transport; why it is unusable, or None."""
         if reply.failure:
             return reply.failure
@@ -148,7 +156,7 @@ class LLMGenerator:
         try:
             validate_content(reply.content, self.qa_per_study)
         except InvalidOutput as exc:
-            self.counts[f"invalid_output:{exc.code}"] += 1
+            self.invalid_outputs[exc.code] += 1
             return "llm_invalid_output", str(exc)
         self.cache.put(key, {"content": reply.content, "model": self.model, "cost_usd": cost})
         return None
@@ -215,12 +223,12 @@ class LLMGenerator:
     async def _request(self, client: openai.AsyncOpenAI, key: str, body: dict) -> tuple[str, str] | None:
         """Send one report until a valid reply is cached; the reject reason if that never happens."""
         tokens = self.estimate_tokens(body)
-        for attempt in range(self.max_retries + 1):
+        sends = free = billed = 0
+        while True:  # the sends >= MAX_SENDS_PER_REPORT check below ends it whatever the faults
+            sends += 1
             estimate = self._reserve(tokens)  # per send: a retried invalid reply is paid for again
             if estimate is None:
                 return self._over_budget()
-            if attempt:
-                self.counts["retries"] += 1
             self.counts["requests"] += 1
             try:
                 reply = await send_chat(client, body)
@@ -231,12 +239,16 @@ class LLMGenerator:
                 return None
             if reply.failure and not reply.retryable:
                 return failure
-            await self._sleep(attempt, reply.retry_after)
-        return failure[0], f"{failure[1]} after {self.max_retries + 1} attempts"
+            paid = reply.failure is None  # a reply came back, and it was invalid
+            free, billed = free + (not paid), billed + paid
+            if free > self.max_retries or billed > self.max_invalid_retries or sends >= MAX_SENDS_PER_REPORT:
+                return failure[0], f"{failure[1]} after {sends} attempts"
+            self.counts["retries"] += 1
+            self.counts["invalid_retries" if paid else "free_retries"] += 1
+            if not paid:  # waiting cannot change a reply at temperature 0, only a busy server
+                await self._sleep(free - 1, reply.retry_after)
 
     async def _sleep(self, attempt: int, retry_after: float | None = None) -> None:
-        if attempt >= self.max_retries:
-            return
         delay = min(retry_after, 60.0) if retry_after is not None else None
         if delay is None:  # full jitter keeps 16 workers that failed together from retrying together
             delay = random.uniform(0.5, 1.0) * min(self.backoff * 2**attempt, 60.0)
@@ -261,10 +273,12 @@ class LLMGenerator:
             "model": self.model,
             "prompt_version": PROMPT_VERSION,
             "requests": self.counts["requests"],
-            "retries": self.counts["retries"],
+            "retries": self.counts["retries"],  # all of them: free_retries + invalid_retries
+            "free_retries": self.counts["free_retries"],  # 429, 5xx, timeouts, connections: nothing billed
+            "invalid_retries": self.counts["invalid_retries"],  # after a billed, invalid reply
             "batch_requests": self.counts["batch_requests"],
             "cache_hits": self.counts["cache_hits"],
-            "invalid_outputs": {k.split(":", 1)[1]: v for k, v in self.counts.items() if k.startswith("invalid_")},
+            "invalid_outputs": dict(self.invalid_outputs),
             "filtered_pairs": dict(filtered),
             "prompt_tokens": self.ledger.prompt_tokens,
             "completion_tokens": self.ledger.completion_tokens,

@@ -8,7 +8,6 @@ risky-but-allowed input (control characters removed, another script) raises `gr.
 
 from __future__ import annotations
 
-import logging
 import random
 import sqlite3
 import time
@@ -24,8 +23,6 @@ from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.images import Film
 from cxr_vqa.template import assistant_turn
 from cxr_vqa.vqa import BASE, TUNED, VQAModel
-
-logger = logging.getLogger(__name__)
 
 NO_ADAPTER = (
     "No fine-tuned adapter is loaded, so this pane stays empty: start the app with `--adapter DIR` "

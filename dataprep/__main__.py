@@ -55,6 +55,7 @@ def make_generator(cfg: Config):
         qa_per_study=cfg.qa_per_study,
         concurrency=cfg.concurrency,
         max_retries=cfg.max_retries,
+        max_invalid_retries=cfg.max_invalid_retries,
         timeout=cfg.timeout,
         max_cost=cfg.max_cost,
         price=price,

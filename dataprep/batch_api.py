@@ -1,10 +1,14 @@
-"""OpenAI Batch API mode for `LLMGenerator`: write the requests as JSONL, upload, submit, poll, ingest into the cache.
+"""The OpenAI Batch API as a transport for `LLMGenerator`: requests go out as JSONL files, replies come back.
 
     python -m dataprep --chexpert-root ROOT --out DATA --generator llm --batch-api   # half price, within 24 h
 
-What was submitted is recorded in CACHE/batches/state.json before anything else happens, so a run killed while
-waiting polls its batches again instead of paying twice. Replies land in the same cache as online replies; what a
-batch could not answer is rejected for this run and resubmitted by the next.
+    transport = BatchTransport(client, CACHE / "batches")
+    await transport.submit({key: body, ...})          # keys in transport.in_flight() are already submitted
+    async for key, reply in transport.replies(): ...  # dataprep.llm_transport.Reply, as each batch ends
+
+Each submitted batch is recorded in CACHE/batches/state.json as soon as it exists, so a run killed while waiting
+polls its batches again instead of paying twice. The generator validates and caches the replies; what a batch
+could not answer is rejected for that run and submitted again by the next.
 """
 
 from __future__ import annotations
@@ -13,18 +17,13 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import openai
 from tqdm.auto import tqdm
 
-from dataprep.llm_prompt import InvalidOutput
-from dataprep.qa_llm import validate_content
-
-if TYPE_CHECKING:
-    from dataprep.qa_llm import LLMGenerator
+from dataprep.llm_transport import Reply
 
 logger = logging.getLogger(__name__)
 
@@ -63,93 +62,80 @@ def batch_lines(bodies: dict[str, dict]) -> Iterator[list[str]]:
         yield chunk
 
 
-async def run_batches(gen: LLMGenerator, bodies: dict[str, dict]) -> dict[str, tuple[str, str]]:
-    """Get replies for `bodies` (cache key -> request) through the Batch API; the failures by key."""
-    folder = gen.cache.root / "batches"
-    folder.mkdir(parents=True, exist_ok=True)
-    state_path = folder / "state.json"
-    state = _load_state(state_path)
-    submitted = {key for batch in state["batches"] if not batch["ingested"] for key in batch["keys"]}
-    failures: dict[str, tuple[str, str]] = {}
-    new: dict[str, dict] = {}
-    reserved = 0.0
-    for key, body in bodies.items():
-        if key in submitted:
-            continue
-        estimate = gen.ledger.cost(*gen.estimate_tokens(body), DISCOUNT)
-        if gen.ledger.reserve(estimate):
-            new[key] = body
-            reserved += estimate
-        else:
-            failures[key] = ("max_cost_reached", f"--max-cost {gen.ledger.max_cost} would be exceeded")
-    for lines in batch_lines(new):
-        path = folder / f"input-{len(state['batches']):04d}.jsonl"
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        uploaded = await gen.client.files.create(file=path, purpose="batch")
-        batch = await gen.client.batches.create(input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window="24h")
-        keys = [json.loads(line)["custom_id"] for line in lines]
-        state["batches"].append({"id": batch.id, "keys": keys, "ingested": False})
-        _save_state(state_path, state)
-        gen.counts["batch_requests"] += len(keys)
-        logger.info("submitted batch %s with %d requests", batch.id, len(keys))
-    await _poll(gen, state, state_path, failures, bodies)
-    gen.ledger.release(reserved)
-    for key in bodies:
-        if key not in gen.cache and key not in failures:
-            failures[key] = ("llm_batch_failed", "the batch returned no reply for this request")
-    return failures
+def parse_line(record: dict) -> tuple[str, Reply]:
+    """The cache key and reply of one line of a batch output or error file."""
+    key, response, error = record.get("custom_id"), record.get("response") or {}, record.get("error")
+    status = response.get("status_code")
+    if error or status != 200:
+        code = (error or {}).get("code") or f"HTTP {status}"
+        return key, Reply(failure=("llm_batch_failed", str(code)))
+    reply = response.get("body") or {}
+    choices = reply.get("choices") or [{}]
+    return key, Reply((choices[0].get("message") or {}).get("content"), reply.get("usage"))
 
 
-async def _poll(gen: LLMGenerator, state: dict, state_path: Path, failures: dict, bodies: dict) -> None:
-    waiting = [batch for batch in state["batches"] if not batch["ingested"]]
-    bar = tqdm(total=sum(len(b["keys"]) for b in waiting), desc="batch", unit="report", disable=not gen.progress)
-    while waiting:
-        for entry in list(waiting):
-            try:
-                batch = await gen.client.batches.retrieve(entry["id"])
-            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as exc:
-                # a flaky network or a busy API must not lose a paid batch: ask again at the next poll
-                logger.warning("polling batch %s failed (%s); trying again", entry["id"], type(exc).__name__)
-                continue
-            if batch.status not in TERMINAL:
-                continue
-            for file_id in (batch.output_file_id, batch.error_file_id):
-                if file_id:
-                    content = await gen.client.files.content(file_id)
-                    _ingest(gen, content.text, failures, bodies)
-            entry.update(ingested=True, status=batch.status)
-            _save_state(state_path, state)
-            waiting.remove(entry)
-            bar.update(len(entry["keys"]))
-            if batch.status != "completed":
-                logger.warning("batch %s ended %s", entry["id"], batch.status)
-        if waiting:
-            await asyncio.sleep(gen.poll_interval)
-    bar.close()
+class BatchTransport:
+    """Batches of one cache folder: submit requests, then hand back every reply as its batch ends."""
 
+    def __init__(
+        self, client: openai.AsyncOpenAI, folder: Path, *, poll_interval: float = 30.0, progress: bool = True
+    ) -> None:
+        self.client, self.folder, self.poll_interval, self.progress = client, folder, poll_interval, progress
+        folder.mkdir(parents=True, exist_ok=True)
+        self.state_path = folder / "state.json"
+        self.state = _load_state(self.state_path)
 
-def _ingest(gen: LLMGenerator, text: str, failures: dict, bodies: dict) -> None:
-    """Cache every valid reply of a batch output (or error) file; record why the others failed."""
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
-        key, response, error = record.get("custom_id"), record.get("response") or {}, record.get("error")
-        status = response.get("status_code")
-        if error or status != 200:
-            code = (error or {}).get("code") or f"HTTP {status}"
-            failures[key] = ("llm_batch_failed", str(code))
-            continue
-        reply = response.get("body") or {}
-        estimate = gen.estimate_tokens(bodies[key]) if key in bodies else (0, 0)
-        cost = gen.ledger.record(reply.get("usage"), estimate, DISCOUNT)
-        try:
-            choices = reply.get("choices") or [{}]
-            content = (choices[0].get("message") or {}).get("content")
-            validate_content(content, gen.qa_per_study)
-        except InvalidOutput as exc:
-            gen.counts[f"invalid_output:{exc.code}"] += 1
-            failures[key] = ("llm_invalid_output", str(exc))
-            continue
-        gen.cache.put(key, {"content": content, "model": gen.model, "cost_usd": cost})
-        failures.pop(key, None)
+    def in_flight(self) -> set[str]:
+        """Keys an earlier run submitted whose replies were never taken: they are polled, not sent again."""
+        return {key for batch in self.state["batches"] if not batch["ingested"] for key in batch["keys"]}
+
+    async def submit(self, bodies: dict[str, dict]) -> int:
+        """Upload and start batches for `bodies` (cache key -> request); the number of requests submitted."""
+        submitted = 0
+        for lines in batch_lines(bodies):
+            path = self.folder / f"input-{len(self.state['batches']):04d}.jsonl"
+            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            uploaded = await self.client.files.create(file=path, purpose="batch")
+            batch = await self.client.batches.create(
+                input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window="24h"
+            )
+            keys = [json.loads(line)["custom_id"] for line in lines]
+            self.state["batches"].append({"id": batch.id, "keys": keys, "ingested": False})
+            _save_state(self.state_path, self.state)
+            submitted += len(keys)
+            logger.info("submitted batch %s with %d requests", batch.id, len(keys))
+        return submitted
+
+    async def replies(self) -> AsyncIterator[tuple[str, Reply]]:
+        """Poll until every batch has ended, yielding (key, reply) for each line of its output and error files.
+
+        A batch is marked ingested only once the caller has taken all its replies: a run killed in between reads
+        that batch again next time instead of losing replies already paid for.
+        """
+        waiting = [batch for batch in self.state["batches"] if not batch["ingested"]]
+        bar = tqdm(total=sum(len(b["keys"]) for b in waiting), desc="batch", unit="report", disable=not self.progress)
+        while waiting:
+            for entry in list(waiting):
+                try:
+                    batch = await self.client.batches.retrieve(entry["id"])
+                except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as exc:
+                    # a flaky network or a busy API must not lose a paid batch: ask again at the next poll
+                    logger.warning("polling batch %s failed (%s); trying again", entry["id"], type(exc).__name__)
+                    continue
+                if batch.status not in TERMINAL:
+                    continue
+                for file_id in (batch.output_file_id, batch.error_file_id):
+                    if file_id:
+                        content = await self.client.files.content(file_id)
+                        for line in content.text.splitlines():
+                            if line.strip():
+                                yield parse_line(json.loads(line))
+                entry.update(ingested=True, status=batch.status)
+                _save_state(self.state_path, self.state)
+                waiting.remove(entry)
+                bar.update(len(entry["keys"]))
+                if batch.status != "completed":
+                    logger.warning("batch %s ended %s", entry["id"], batch.status)
+            if waiting:
+                await asyncio.sleep(self.poll_interval)
+        bar.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import uuid
@@ -29,8 +28,6 @@ from cxr_vqa.images import ImageLoadError, letterbox, load_image
 from cxr_vqa.template import conversation_from_qa
 from dataprep.chexpert import Study, reject
 from dataprep.qa import QAGenerator
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 STAGING = ".staging"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cxr_vqa.cli import parse_config as parse
+from dataprep.llm_retry import MAX_SENDS_PER_REPORT, check_retry_options
 
 GENERATORS = ("labels", "llm")
 
@@ -34,7 +35,17 @@ class Config:
     base_url: str | None = _opt(None, "llm: any OpenAI-compatible endpoint (vLLM, Ollama, Azure); default OpenAI")
     api_key_env: str = _opt("OPENAI_API_KEY", "llm: environment variable holding the API key (never a flag)")
     concurrency: int = _opt(8, "llm: requests in flight")
-    max_retries: int = _opt(5, "llm: retries of one request on 429, 5xx, timeouts and invalid JSON")
+    max_retries: int = _opt(
+        4,
+        f"llm: retries of one request after 429, 5xx, timeouts or connection errors (nothing billed); at most "
+        f"{MAX_SENDS_PER_REPORT - 1}, larger values are rejected: no report is sent over {MAX_SENDS_PER_REPORT} times",
+    )
+    max_invalid_retries: int = _opt(
+        2,
+        f"llm: retries of one request whose reply was malformed or failed the schema (billed; at temperature 0 it "
+        f"often comes back the same); at most {MAX_SENDS_PER_REPORT - 1}, larger values are rejected; with "
+        f"--max-retries, the sends of one report stop at {MAX_SENDS_PER_REPORT}",
+    )
     timeout: float = _opt(120.0, "llm: seconds before one request times out")
     max_cost: float | None = _opt(None, "llm: stop sending once this many USD would be exceeded")
     price_input: float | None = _opt(None, "llm: USD per million input tokens (default: known list prices, else 0)")
@@ -58,8 +69,9 @@ class Config:
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        if self.qa_per_study < 1 or self.max_retries < 0 or (self.limit is not None and self.limit < 0):
-            raise ValueError("--qa-per-study must be >= 1, --max-retries and --limit >= 0")
+        if self.qa_per_study < 1 or (self.limit is not None and self.limit < 0):
+            raise ValueError("--qa-per-study must be >= 1, --limit >= 0")
+        check_retry_options(self.max_retries, self.max_invalid_retries)
         if self.max_cost is not None and self.max_cost < 0:
             raise ValueError("--max-cost must be >= 0")
 

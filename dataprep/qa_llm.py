@@ -7,14 +7,18 @@
 The client is passed in (tests point a real one at a loopback server). Every valid reply is cached on disk under a
 hash of (model, prompt version, pairs per study, report), so identical reports cost one request, a rerun costs
 none and a killed run resumes where it stopped. The client's own retries are switched off: this module retries
-429, 5xx, timeouts and invalid JSON itself, with backoff, and counts every attempt.
+429, 5xx, timeouts (with backoff) and invalid replies itself, each within its own budget and never more than
+MAX_SENDS_PER_REPORT sends in all (dataprep.llm_retry), and counts every attempt.
+
+Replies come from one of two transports, concurrent chat requests (dataprep.llm_transport) or the Batch API
+(dataprep.batch_api); they only carry data. This module alone reserves the budget, pays for, validates, counts
+and caches a reply, and decides what to send again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -23,69 +27,16 @@ from pathlib import Path
 import openai
 from tqdm.auto import tqdm
 
-from cxr_vqa.errors import UserError
+from dataprep.batch_api import DISCOUNT, BatchTransport
 from dataprep.cache import DiskCache, cache_key
 from dataprep.chexpert import Study
+from dataprep.llm_cost import PRICES_PER_MTOK, Ledger, estimate_tokens
 from dataprep.llm_prompt import PROMPT_VERSION, InvalidOutput, parse_content, request_body
+from dataprep.llm_retry import MAX_SENDS_PER_REPORT, check_retry_options
+from dataprep.llm_transport import LLMSetupError, Reply, send_chat
 from dataprep.qa import QAResult, filter_pairs
 
-logger = logging.getLogger(__name__)
-
-# USD per million (input, output) tokens, list prices when written; --price-input/--price-output override.
-# Unknown models (a local vLLM or Ollama) cost 0.
-PRICES_PER_MTOK = {
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4.1": (2.00, 8.00),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "gpt-4.1-nano": (0.10, 0.40),
-    "gpt-5": (1.25, 10.00),
-    "gpt-5-mini": (0.25, 2.00),
-    "gpt-5-nano": (0.05, 0.40),
-}
-RETRY_STATUS = {408, 409, 425, 429}
-SETUP_STATUS = {401: "the API key was refused", 403: "permission denied", 404: "unknown model or endpoint"}
 OUTPUT_TOKENS_PER_PAIR = 40  # for estimates only
-
-
-class LLMSetupError(UserError):
-    """The endpoint refuses every request (key, permission, model name): stop instead of rejecting each study."""
-
-
-def estimate_tokens(text: str) -> int:
-    return len(text) // 4 + 1  # ~4 characters a token for English; good enough for a budget
-
-
-class Ledger:
-    """Tokens and dollars, and a budget that requests reserve before they are sent (concurrency overshoots)."""
-
-    def __init__(self, price: tuple[float, float], max_cost: float | None = None) -> None:
-        self.price, self.max_cost = price, max_cost
-        self.prompt_tokens = self.completion_tokens = 0
-        self.spent = self.reserved = 0.0
-
-    def cost(self, prompt_tokens: int, completion_tokens: int, discount: float = 1.0) -> float:
-        return discount * (prompt_tokens * self.price[0] + completion_tokens * self.price[1]) / 1e6
-
-    def reserve(self, amount: float) -> bool:
-        if self.max_cost is not None and self.spent + self.reserved + amount > self.max_cost:
-            return False
-        self.reserved += amount
-        return True
-
-    def release(self, amount: float) -> None:
-        self.reserved -= amount
-
-    def record(self, usage: dict | None, estimate: tuple[int, int], discount: float = 1.0) -> float:
-        """Add one reply's tokens (the estimate where the server reports none); return its cost."""
-        usage = usage or {}
-        prompt = usage.get("prompt_tokens") or estimate[0]
-        completion = usage.get("completion_tokens") or estimate[1]
-        self.prompt_tokens += prompt
-        self.completion_tokens += completion
-        cost = self.cost(prompt, completion, discount)
-        self.spent += cost
-        return cost
 
 
 def validate_content(content: str | None, qa_per_study: int) -> list:
@@ -107,7 +58,8 @@ class LLMGenerator:
         *,
         qa_per_study: int = 5,
         concurrency: int = 8,
-        max_retries: int = 5,
+        max_retries: int = 4,
+        max_invalid_retries: int = 2,
         backoff: float = 1.0,
         timeout: float = 120.0,
         max_cost: float | None = None,
@@ -116,13 +68,16 @@ class LLMGenerator:
         poll_interval: float = 30.0,
         progress: bool = True,
     ) -> None:
+        check_retry_options(max_retries, max_invalid_retries)
         self.client, self.model, self.cache = client, model, DiskCache(cache_dir)
-        self.qa_per_study, self.concurrency, self.max_retries = qa_per_study, max(concurrency, 1), max_retries
+        self.qa_per_study, self.concurrency = qa_per_study, max(concurrency, 1)
+        self.max_retries, self.max_invalid_retries = max_retries, max_invalid_retries
         self.backoff, self.timeout, self.batch_api, self.poll_interval = backoff, timeout, batch_api, poll_interval
         self.progress = progress
         self.ledger = Ledger(price or PRICES_PER_MTOK.get(model, (0.0, 0.0)), max_cost)
         self.source = f"llm:{model}"
         self.counts: Counter = Counter()
+        self.invalid_outputs: Counter = Counter()  # by InvalidOutput.code
         self.stats: dict = {}
 
     def key(self, study: Study) -> str:
@@ -151,7 +106,7 @@ class LLMGenerator:
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "cost_usd": round(cost, 4),
-            "batch_cost_usd": round(cost / 2, 4),
+            "batch_cost_usd": round(cost * DISCOUNT, 4),
         }
 
     def generate(self, studies: Sequence[Study]) -> dict[str, QAResult]:
@@ -173,28 +128,82 @@ class LLMGenerator:
         reports = {keys[s.study_id]: s.report for s in studies}  # identical reports share one request
         pending = [k for k in reports if k not in self.cache]
         self.counts["cache_hits"] += len(reports) - len(pending)
+        bodies = {k: self.body(reports[k]) for k in pending}
         if pending and self.batch_api:
-            from dataprep.batch_api import run_batches  # only batch runs need it
-
-            bodies = {k: self.body(reports[k]) for k in pending}
-            failures = await run_batches(self, bodies)
+            failures = await self._run_batches(bodies)
         else:
-            failures = await self._run_online(pending, reports) if pending else {}
+            failures = await self._run_online(bodies) if pending else {}
         return self._assemble(studies, keys, failures)
 
-    async def _run_online(self, pending: list[str], reports: dict[str, str]) -> dict[str, tuple[str, str]]:
+    def _reserve(self, tokens: tuple[int, int], discount: float = 1.0) -> float | None:
+        """Reserve one request's estimated cost before it is sent; None when --max-cost would be exceeded."""
+        estimate = self.ledger.cost(*tokens, discount)
+        return estimate if self.ledger.reserve(estimate) else None
+
+    def _over_budget(self) -> tuple[str, str]:
+        return "max_cost_reached", f"--max-cost {self.ledger.max_cost} would be exceeded"
+
+    def _accept(
+        self, key: str, reply: Reply, tokens: tuple[int, int], discount: float = 1.0
+    ) -> tuple[str, str] | None:
+        """Pay for, validate, count and cache one reply from any transport; why it is unusable, or None."""
+        if reply.failure:
+            return reply.failure
+        cost = self.ledger.record(reply.usage, tokens, discount)  # an invalid reply is billed too
+        try:
+            validate_content(reply.content, self.qa_per_study)
+        except InvalidOutput as exc:
+            self.invalid_outputs[exc.code] += 1
+            return "llm_invalid_output", str(exc)
+        self.cache.put(key, {"content": reply.content, "model": self.model, "cost_usd": cost})
+        return None
+
+    async def _run_batches(self, bodies: dict[str, dict]) -> dict[str, tuple[str, str]]:
+        """One round of the Batch API: a retry would wait another batch window, so the next run resubmits."""
+        transport = BatchTransport(
+            self.client, self.cache.root / "batches", poll_interval=self.poll_interval, progress=self.progress
+        )
+        in_flight = transport.in_flight()
+        failures: dict[str, tuple[str, str]] = {}
+        new: dict[str, dict] = {}
+        reserved = 0.0
+        for key, body in bodies.items():
+            if key in in_flight:
+                continue
+            estimate = self._reserve(self.estimate_tokens(body), DISCOUNT)
+            if estimate is None:
+                failures[key] = self._over_budget()
+            else:
+                new[key], reserved = body, reserved + estimate
+        try:
+            self.counts["batch_requests"] += await transport.submit(new)
+            async for key, reply in transport.replies():
+                tokens = self.estimate_tokens(bodies[key]) if key in bodies else (0, 0)
+                failure = self._accept(key, reply, tokens, DISCOUNT)
+                if failure:
+                    failures[key] = failure
+                else:  # the error file may name a key the output file answered
+                    failures.pop(key, None)
+        finally:
+            self.ledger.release(reserved)
+        for key in bodies:
+            if key not in self.cache and key not in failures:
+                failures[key] = ("llm_batch_failed", "the batch returned no reply for this request")
+        return failures
+
+    async def _run_online(self, bodies: dict[str, dict]) -> dict[str, tuple[str, str]]:
         client = self.client.with_options(max_retries=0, timeout=self.timeout)
         failures: dict[str, tuple[str, str]] = {}
-        todo = iter(pending)
+        todo = iter(bodies.items())
         fatal: list[LLMSetupError] = []
-        bar = tqdm(total=len(pending), desc=f"llm {self.model}", unit="report", disable=not self.progress)
+        bar = tqdm(total=len(bodies), desc=f"llm {self.model}", unit="report", disable=not self.progress)
 
         async def worker() -> None:
-            for key in todo:  # one shared iterator: each key goes to exactly one worker
+            for key, body in todo:  # one shared iterator: each key goes to exactly one worker
                 if fatal:
                     return
                 try:
-                    failure = await self._request(client, key, self.body(reports[key]))
+                    failure = await self._request(client, key, body)
                 except LLMSetupError as exc:
                     fatal.append(exc)
                     return
@@ -202,7 +211,7 @@ class LLMGenerator:
                     failures[key] = failure
                 bar.update()
 
-        await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(pending)))))
+        await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(bodies)))))
         bar.close()
         if fatal:
             raise fatal[0]
@@ -211,52 +220,33 @@ class LLMGenerator:
     async def _request(self, client: openai.AsyncOpenAI, key: str, body: dict) -> tuple[str, str] | None:
         """Send one report until a valid reply is cached; the reject reason if that never happens."""
         tokens = self.estimate_tokens(body)
-        estimate = self.ledger.cost(*tokens)
-        if not self.ledger.reserve(estimate):
-            return "max_cost_reached", f"--max-cost {self.ledger.max_cost} would be exceeded"
-        failure = ("llm_unavailable", "no attempt")
-        try:
-            for attempt in range(self.max_retries + 1):
-                if attempt:
-                    self.counts["retries"] += 1
-                self.counts["requests"] += 1
-                try:
-                    response = await client.chat.completions.create(**body)
-                except openai.APIStatusError as exc:
-                    status = exc.status_code
-                    if status in SETUP_STATUS:
-                        raise LLMSetupError(f"HTTP {status} from the endpoint: {SETUP_STATUS[status]}") from None
-                    if status not in RETRY_STATUS and status < 500:
-                        return "llm_error", f"HTTP {status}"
-                    failure = ("llm_unavailable", f"HTTP {status}")
-                    await self._sleep(attempt, exc.response.headers.get("retry-after"))
-                    continue
-                except openai.APIError as exc:  # timeouts, refused connections, unparsable HTTP bodies
-                    failure = ("llm_unavailable", type(exc).__name__)
-                    await self._sleep(attempt)
-                    continue
-                cost = self.ledger.record(response.usage.model_dump() if response.usage else None, tokens)
-                content = response.choices[0].message.content if response.choices else None
-                try:
-                    validate_content(content, self.qa_per_study)
-                except InvalidOutput as exc:
-                    self.counts[f"invalid_output:{exc.code}"] += 1
-                    failure = ("llm_invalid_output", str(exc))
-                    await self._sleep(attempt)
-                    continue
-                self.cache.put(key, {"content": content, "model": self.model, "cost_usd": cost})
+        sends = free = billed = 0
+        while True:  # the sends >= MAX_SENDS_PER_REPORT check below ends it whatever the faults
+            sends += 1
+            estimate = self._reserve(tokens)  # per send: a retried invalid reply is paid for again
+            if estimate is None:
+                return self._over_budget()
+            self.counts["requests"] += 1
+            try:
+                reply = await send_chat(client, body)
+            finally:
+                self.ledger.release(estimate)
+            failure = self._accept(key, reply, tokens)
+            if failure is None:
                 return None
-            return failure[0], f"{failure[1]} after {self.max_retries + 1} attempts"
-        finally:
-            self.ledger.release(estimate)
+            if reply.failure and not reply.retryable:
+                return failure
+            paid = reply.failure is None  # a reply came back, and it was invalid
+            free, billed = free + (not paid), billed + paid
+            if free > self.max_retries or billed > self.max_invalid_retries or sends >= MAX_SENDS_PER_REPORT:
+                return failure[0], f"{failure[1]} after {sends} attempts"
+            self.counts["retries"] += 1
+            self.counts["invalid_retries" if paid else "free_retries"] += 1
+            if not paid:  # waiting cannot change a reply at temperature 0, only a busy server
+                await self._sleep(free - 1, reply.retry_after)
 
-    async def _sleep(self, attempt: int, retry_after: str | None = None) -> None:
-        if attempt >= self.max_retries:
-            return
-        try:
-            delay = min(float(retry_after), 60.0) if retry_after else None
-        except ValueError:
-            delay = None
+    async def _sleep(self, attempt: int, retry_after: float | None = None) -> None:
+        delay = min(retry_after, 60.0) if retry_after is not None else None
         if delay is None:  # full jitter keeps 16 workers that failed together from retrying together
             delay = random.uniform(0.5, 1.0) * min(self.backoff * 2**attempt, 60.0)
         await asyncio.sleep(delay)
@@ -280,10 +270,12 @@ class LLMGenerator:
             "model": self.model,
             "prompt_version": PROMPT_VERSION,
             "requests": self.counts["requests"],
-            "retries": self.counts["retries"],
+            "retries": self.counts["retries"],  # all of them: free_retries + invalid_retries
+            "free_retries": self.counts["free_retries"],  # 429, 5xx, timeouts, connections: nothing billed
+            "invalid_retries": self.counts["invalid_retries"],  # after a billed, invalid reply
             "batch_requests": self.counts["batch_requests"],
             "cache_hits": self.counts["cache_hits"],
-            "invalid_outputs": {k.split(":", 1)[1]: v for k, v in self.counts.items() if k.startswith("invalid_")},
+            "invalid_outputs": dict(self.invalid_outputs),
             "filtered_pairs": dict(filtered),
             "prompt_tokens": self.ledger.prompt_tokens,
             "completion_tokens": self.ledger.completion_tokens,

@@ -4,6 +4,7 @@
         client = openai.AsyncOpenAI(base_url=server.url, api_key="test")
         server.fail("429", times=2)                        # the next two chat requests get HTTP 429
         server.fail("malformed", match="pneumothorax")     # the next request whose report contains the text
+        server.fail(["500", "malformed"], times=None)      # every request from now on, 500 and malformed in turn
         ...
         server.count["chat"], server.reports               # requests made, report text of each request
 
@@ -93,7 +94,7 @@ class OpenAIServer:
         self.answered: list[str] = []  # reports that got a 200
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
-        self._failures: list[list] = []  # [mode, times left, match]
+        self._failures: list[list] = []  # [modes, times left (None: forever), match, requests failed]
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
@@ -107,17 +108,18 @@ class OpenAIServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def fail(self, mode: str, times: int = 1, match: str | None = None) -> None:
+    def fail(self, mode: str | list[str], times: int | None = 1, match: str | None = None) -> None:
+        """Fail the next `times` matching requests (None: all of them); a list of modes is used in turn."""
         with self._lock:
-            self._failures.append([mode, times, match])
+            self._failures.append([[mode] if isinstance(mode, str) else list(mode), times, match, 0])
 
     def _take_failure(self, report: str) -> str | None:
         with self._lock:
             for failure in self._failures:
-                mode, times, match = failure
-                if times > 0 and (match is None or match in report):
-                    failure[1] -= 1
-                    return mode
+                modes, times, match, used = failure
+                if (times is None or times > used) and (match is None or match in report):
+                    failure[3] += 1
+                    return modes[used % len(modes)]
         return None
 
     def respond(self, body: dict) -> tuple[int, dict]:

@@ -20,7 +20,9 @@ from dataprep.__main__ import main
 from dataprep.cache import cache_key
 from dataprep.chexpert import read_release
 from dataprep.clean import cites_text, mentions_prior
+from dataprep.config import Config
 from dataprep.llm_prompt import PROMPT_VERSION
+from dataprep.llm_retry import MAX_SENDS_PER_REPORT
 from dataprep.qa_llm import LLMGenerator, LLMSetupError
 from dataprep.synthetic import write_release
 
@@ -86,6 +88,69 @@ def test_malformed_json_is_retried_and_a_study_that_stays_invalid_is_rejected(se
     assert rejected.pairs is None and rejected.reason == "llm_invalid_output" and "3 attempts" in rejected.detail
     assert generator.stats["invalid_outputs"] == {"malformed_json": 4}
     assert server.count["chat"] == 2 + 3 + 1
+
+
+@pytest.mark.parametrize(
+    ("options", "sends"), [({}, 3), ({"max_invalid_retries": 0}, 1), ({"max_invalid_retries": 4}, 5)]
+)
+def test_a_report_answered_malformed_forever_is_sent_1_plus_max_invalid_retries_times(
+    server, studies, tmp_path, options, sends
+):
+    server.fail("malformed", times=None, match=studies[0].report)
+    generator = make_generator(server, tmp_path / "cache", price=(1.0, 1.0), **options)  # default: 2 billed retries
+    results = generator.generate(studies[:4])
+    assert server.reports.count(studies[0].report) == sends
+    rejected = results[studies[0].study_id]
+    assert rejected.pairs is None and rejected.reason == "llm_invalid_output"
+    assert rejected.detail.startswith("malformed JSON at character ") and rejected.detail.endswith(
+        f"after {sends} attempts"
+    )
+    assert all(results[s.study_id].pairs for s in studies[1:4])
+    stats = generator.stats
+    assert stats["invalid_retries"] == stats["retries"] == sends - 1 and stats["free_retries"] == 0
+    assert stats["requests"] == sends + 3 and stats["invalid_outputs"] == {"malformed_json": sends}
+    assert stats["cost_usd"] > stats["dataset_cost_usd"] > 0  # the invalid replies were billed
+
+
+def test_a_report_answered_429_twice_is_sent_three_times_and_kept(server, studies, tmp_path):
+    server.fail("429", times=2, match=studies[0].report)
+    generator = make_generator(server, tmp_path / "cache")
+    results = generator.generate(studies[:3])
+    assert server.reports.count(studies[0].report) == 3 and all(r.pairs for r in results.values())
+    stats = generator.stats
+    assert stats["free_retries"] == stats["retries"] == 2 and stats["invalid_retries"] == 0
+    assert stats["requests"] == 5 and stats["invalid_outputs"] == {}
+
+
+@pytest.mark.parametrize(
+    ("modes", "times", "options", "reason"),
+    [
+        ("500", None, {}, "llm_unavailable"),  # 1 + max_retries (4)
+        (["500", "malformed"], None, {"max_retries": 4, "max_invalid_retries": 4}, "llm_unavailable"),  # ceiling
+        (["malformed", "500"], None, {}, "llm_invalid_output"),  # the third billed retry is not sent
+        (["429", "malformed"], 4, {}, None),  # 2 free + 2 billed retries: the fifth send is allowed and valid
+    ],
+)
+def test_mixed_faults_never_send_a_report_more_than_five_times(
+    server, studies, tmp_path, modes, times, options, reason
+):
+    server.fail(modes, times=times, match=studies[0].report)
+    results = make_generator(server, tmp_path / "cache", **options).generate(studies[:3])
+    assert server.reports.count(studies[0].report) == MAX_SENDS_PER_REPORT == 5
+    result = results[studies[0].study_id]
+    assert result.reason == (reason or "") and bool(result.pairs) == (reason is None)
+    if reason:
+        assert result.detail.endswith("after 5 attempts")
+    assert all(results[s.study_id].pairs for s in studies[1:3])
+
+
+@pytest.mark.parametrize("option", ["max_retries", "max_invalid_retries"])
+def test_retry_options_that_could_pass_the_ceiling_are_rejected(server, tmp_path, option):
+    with pytest.raises(ValueError, match="between 0 and 4"):
+        make_generator(server, tmp_path / "cache", **{option: MAX_SENDS_PER_REPORT})
+    with pytest.raises(ValueError, match="between 0 and 4"):
+        Config(chexpert_root="R", out="D", **{option: -1})
+    assert Config(chexpert_root="R", out="D", max_retries=4, max_invalid_retries=4).max_invalid_retries == 4
 
 
 def test_leaky_prior_duplicate_and_schema_pairs_are_filtered_and_counted(server, studies, tmp_path):
@@ -178,6 +243,23 @@ def test_batch_api_resumes_a_submitted_batch_instead_of_paying_twice(studies, tm
         rerun = make_generator(server, tmp_path / "cache", batch_api=True)
         rerun.generate(studies)
         assert server.count["batch_create"] == 1 and rerun.stats["cache_hits"] == len(studies)
+
+
+def test_batch_api_rejects_and_counts_an_invalid_reply_and_the_next_run_resubmits_it(server, studies, tmp_path):
+    server.fail("malformed", match=studies[0].report)
+    server.fail("500", match=studies[1].report)
+    generator = make_generator(server, tmp_path / "cache", batch_api=True, price=(1.0, 1.0))
+    results = generator.generate(studies[:4])
+    invalid, failed = results[studies[0].study_id], results[studies[1].study_id]
+    assert invalid.pairs is None and invalid.reason == "llm_invalid_output" and invalid.detail.startswith("malformed")
+    assert failed.pairs is None and (failed.reason, failed.detail) == ("llm_batch_failed", "HTTP 500")
+    assert all(results[s.study_id].pairs for s in studies[2:4])
+    stats = generator.stats
+    assert stats["batch_requests"] == 4 and stats["requests"] == stats["retries"] == 0
+    assert stats["invalid_outputs"] == {"malformed_json": 1} and stats["cost_usd"] > stats["dataset_cost_usd"] > 0
+    rerun = make_generator(server, tmp_path / "cache", batch_api=True)  # one batch round a run: this is the retry
+    assert all(r.pairs for r in rerun.generate(studies[:4]).values())
+    assert rerun.stats["batch_requests"] == 2 and rerun.stats["cache_hits"] == 2 and server.count["batch_create"] == 2
 
 
 def _rows(out: Path) -> dict:

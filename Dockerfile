@@ -28,9 +28,10 @@ WORKDIR /home/app/src
 COPY requirements.txt .
 RUN pip install -r requirements.txt
 
-# Only what the app imports: the UI, the model core, the shared image loader, and the example films.
+# The UI, the core it calls, the example films, and the pipelines (`--demo` builds its tiny models with them).
 COPY app.py ./
 COPY app_lib/ app_lib/
+COPY cxr_vqa/ cxr_vqa/
 COPY finetune/ finetune/
 COPY dataprep/ dataprep/
 COPY assets/ assets/

@@ -4,7 +4,7 @@
 
 Runs the same distinct reports (from a synthetic release) at concurrency 1 and at 16, each with an empty cache,
 then once more at 16 over the warm cache. The concurrent run lasts ~1 s, so one busy moment on a shared machine
-skews it: it is repeated (--repeats, fresh caches) and the median taken. The server (tests/openai_server.py) runs
+skews it: it is repeated (--repeats, fresh caches) and the median taken. The server (dataprep/fake_llm_server.py) runs
 in its own process, as a real endpoint would, so its work does not count against the client.
 Goals: speedup >= 12x, 0 requests on the rerun.
 Last line:
@@ -22,10 +22,10 @@ from pathlib import Path
 import httpx
 import openai
 
-from dataprep.chexpert import read_release  # noqa: E402
-from dataprep.qa_llm import LLMGenerator  # noqa: E402
-from dataprep.synthetic import write_release  # noqa: E402
-from tests.openai_server import OpenAIServer  # noqa: E402
+from dataprep.chexpert import read_release
+from dataprep.fake_llm_server import OpenAIServer
+from dataprep.qa_llm import LLMGenerator
+from dataprep.synthetic import write_release
 
 
 def serve(latency: float, conn) -> None:

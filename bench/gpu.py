@@ -26,7 +26,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
 IMAGE_TOKEN = 32000  # llava-1.5-7b-hf's <image> id; 32001 is <pad>
 GIB = 1024**3

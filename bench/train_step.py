@@ -22,12 +22,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+import torch
+from PIL import Image, ImageDraw
 
-from cxr_vqa.model import load_processor  # noqa: E402
-from cxr_vqa.template import conversation_from_qa  # noqa: E402
-from finetune.collator import AnswerOnlyCollator  # noqa: E402
+from cxr_vqa.model import load_processor
+from cxr_vqa.template import conversation_from_qa
+from finetune.collator import AnswerOnlyCollator
 
 # A study's QA pairs, in the shape dataprep writes (closed questions answered Yes/No, one open question).
 QA_BANK = [

@@ -1,4 +1,4 @@
-"""The llm generator against a real OpenAI-compatible HTTP server on 127.0.0.1 (tests/openai_server.py).
+"""The llm generator against a real OpenAI-compatible HTTP server on 127.0.0.1 (dataprep/fake_llm_server.py).
 
 No mocks of the client: a real `openai.AsyncOpenAI(base_url=...)` talks HTTP to a scripted server.
 """
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import openai
 import pytest
-from openai_server import OpenAIServer
 
 from dataprep.__main__ import main
 from dataprep.cache import cache_key
 from dataprep.chexpert import read_release
 from dataprep.clean import cites_text, mentions_prior
 from dataprep.config import Config
+from dataprep.fake_llm_server import OpenAIServer
 from dataprep.llm_prompt import PROMPT_VERSION
 from dataprep.llm_retry import MAX_SENDS_PER_REPORT
 from dataprep.qa_llm import LLMGenerator, LLMSetupError

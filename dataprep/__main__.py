@@ -26,6 +26,14 @@ from dataprep.config import Config, parse_config
 from dataprep.qa_labels import LabelsGenerator
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
+# options passed on under their own names
+LLM_OPTIONS = ("qa_per_study", "concurrency", "max_retries", "max_invalid_retries", "timeout", "max_cost", "batch_api",
+               "poll_interval", "progress")  # fmt: skip
+BUILD_OPTIONS = ("image_size", "seed", "workers", "progress")
+
+
+def options(cfg: Config, names: tuple[str, ...]) -> dict:
+    return {name: getattr(cfg, name) for name in names}
 
 
 def make_generator(cfg: Config):
@@ -48,21 +56,8 @@ def make_generator(cfg: Config):
     price = None
     if cfg.price_input is not None or cfg.price_output is not None:
         price = (cfg.price_input or 0.0, cfg.price_output or 0.0)
-    return LLMGenerator(
-        client,
-        cfg.model,
-        Path(cfg.cache_dir or Path(cfg.out) / "cache"),
-        qa_per_study=cfg.qa_per_study,
-        concurrency=cfg.concurrency,
-        max_retries=cfg.max_retries,
-        max_invalid_retries=cfg.max_invalid_retries,
-        timeout=cfg.timeout,
-        max_cost=cfg.max_cost,
-        price=price,
-        batch_api=cfg.batch_api,
-        poll_interval=cfg.poll_interval,
-        progress=cfg.progress,
-    )
+    cache = Path(cfg.cache_dir or Path(cfg.out) / "cache")
+    return LLMGenerator(client, cfg.model, cache, price=price, **options(cfg, LLM_OPTIONS))
 
 
 def _counts(counts: dict) -> str:
@@ -122,18 +117,10 @@ def run(cfg: Config) -> int:
 
     try:
         dataset, stats = build_dataset(
-            studies,
-            rejects,
-            generator,
-            root=cfg.chexpert_root,
-            out=cfg.out,
-            image_size=cfg.image_size,
-            seed=cfg.seed,
-            fractions=cfg.fractions,
-            workers=cfg.workers,
-            progress=cfg.progress,
+            studies, rejects, generator, root=cfg.chexpert_root, out=cfg.out, fractions=cfg.fractions,
             config=dataclasses.asdict(cfg),  # holds the key's variable name, never the key
-        )
+            **options(cfg, BUILD_OPTIONS),
+        )  # fmt: skip
     except openai.APIError as exc:  # the endpoint failed in a way no retry fixed; an LLMSetupError exits 2
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -209,16 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("widths must be >= 64 (4-bit blocks) and the vision tower needs >= 2 layers")
     if args.patch_size < 1 or IMAGE_SIZE % args.patch_size:
         parser.error(f"--patch-size must divide {IMAGE_SIZE} (e.g. 14, 28, 56), got {args.patch_size}")
-    out = build_tiny_llava(
-        args.out,
-        hidden=args.hidden,
-        layers=args.layers,
-        vision_hidden=args.vision_hidden,
-        vision_layers=args.vision_layers,
-        patch_size=args.patch_size,
-        sincos_positions=args.sincos_positions,
-        seed=args.seed,
-    )
+    out = build_tiny_llava(**vars(args))  # the flags are build_tiny_llava's keyword arguments
     n_files = sum(1 for _ in itertools.islice(out.iterdir(), 100))
     print(f"wrote a tiny LLaVA-1.5 checkpoint ({n_files} files) to {out}")
 

@@ -47,17 +47,21 @@ def _save_state(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def batch_lines(bodies: dict[str, dict]) -> Iterator[list[str]]:
-    """JSONL request lines, chunked to the per-file limits; custom_id is the cache key."""
+def batch_lines(
+    bodies: dict[str, dict], max_requests: int = MAX_REQUESTS_PER_FILE, max_bytes: int = MAX_BYTES_PER_FILE
+) -> Iterator[list[str]]:
+    """JSONL request lines, chunked to the per-file limits (counted in UTF-8 bytes, newline included, since reports
+    are not ASCII); custom_id is the cache key."""
     chunk: list[str] = []
     size = 0
     for key, body in bodies.items():
         line = json.dumps({"custom_id": key, "method": "POST", "url": ENDPOINT, "body": body}, ensure_ascii=False)
-        if chunk and (len(chunk) >= MAX_REQUESTS_PER_FILE or size + len(line) + 1 > MAX_BYTES_PER_FILE):
+        n_bytes = len(line.encode("utf-8")) + 1
+        if chunk and (len(chunk) >= max_requests or size + n_bytes > max_bytes):
             yield chunk
             chunk, size = [], 0
         chunk.append(line)
-        size += len(line.encode("utf-8")) + 1
+        size += n_bytes
     if chunk:
         yield chunk
 

@@ -20,21 +20,17 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-from tqdm import tqdm
-
 from cxr_vqa.cli import parse_config, user_errors
 from cxr_vqa.contract import check_split, open_splits
 from cxr_vqa.errors import UserError
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.model import DEFAULT_BASE, load_model
-from cxr_vqa.template import add_question
-from cxr_vqa.vqa import BASE, TUNED
 from finetune import metrics as M
+from finetune.predictions import PREDICTIONS, answer_all, list_questions, resume, variants
 
 logger = logging.getLogger(__name__)
 
-PREDICTIONS, RUN, METRICS = "predictions.jsonl", "run.json", "metrics.json"
+METRICS = "metrics.json"
 
 
 @dataclass
@@ -73,101 +69,9 @@ class EvalConfig:
         GenerationSettings(max_new_tokens=self.max_new_tokens)  # same range checks as the app
 
 
-def variants(has_adapter: bool, ablation: bool) -> list[tuple[str, str, bool]]:
-    """(name, adapter, blank image?) for every answer a question gets."""
-    models = [("base", BASE)] + ([("tuned", TUNED)] if has_adapter else [])
-    with_image = [(name, adapter, False) for name, adapter in models]
-    return with_image + ([(f"{name}_blank", adapter, True) for name, adapter in models] if ablation else [])
-
-
 def load_split(path: str, split: str, limit: int | None):
     rows = check_split(open_splits(path), path, split, "evaluate")
     return rows.select(range(min(limit, len(rows)))) if limit else rows
-
-
-def list_questions(rows) -> list[dict]:
-    """One entry per QA pair, in dataset order; `row` points back at the study's image."""
-    meta = rows.select_columns(["qa", "study_id", "patient_id"])
-    out = []
-    for i, row in enumerate(meta):
-        for j, qa in enumerate(row["qa"]):
-            out.append({
-                "id": f"{row['study_id']}#{j}", "row": i, "study_id": row["study_id"],
-                "patient_id": row["patient_id"], "question": qa["question"], "reference": qa["answer"],
-                "kind": qa["kind"], "finding": qa.get("finding"), "label": qa.get("label"),
-            })  # fmt: skip
-    return out
-
-
-def resume(out: Path, run: dict) -> dict[str, dict]:
-    """Finished records of an earlier run of the same settings in `out`, by question id."""
-    out.mkdir(parents=True, exist_ok=True)
-    run_file, pred_file = out / RUN, out / PREDICTIONS
-    if run_file.is_file() and pred_file.is_file():
-        earlier = json.loads(run_file.read_text())
-        if earlier != run:
-            changed = sorted(k for k in run.keys() | earlier.keys() if run.get(k) != earlier.get(k))
-            raise UserError(f"{out} holds a run with other settings ({', '.join(changed)}): pick a new --out")
-    else:
-        pred_file.unlink(missing_ok=True)
-    run_file.write_text(json.dumps(run, indent=2) + "\n")
-    done: dict[str, dict] = {}
-    if pred_file.is_file():
-        lines = pred_file.read_text().splitlines()
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # the last line of a killed run may be cut short
-                continue
-            done[record["id"]] = record
-        pred_file.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
-    return done
-
-
-def answer_all(vqa, rows, todo: list[dict], kinds, settings: GenerationSettings, batch_size: int, sink) -> None:
-    """Answer `todo` questions under every variant, a batch of rows per generate call, appending records to `sink`."""
-    per_call = max(1, batch_size // len(kinds))
-    images: dict[int, Image.Image] = {}
-    with tqdm(total=len(todo), desc="questions", unit="q") as bar:
-        for start in range(0, len(todo), per_call):
-            batch = todo[start : start + per_call]
-            for q in batch:
-                if q["row"] not in images:
-                    if len(images) > 64:  # a study's questions are adjacent: old images are not needed again
-                        images.clear()
-                    images[q["row"]] = rows[q["row"]]["images"][0].convert("RGB")
-            pics, convs, adapters = [], [], []
-            for q in batch:
-                image = images[q["row"]]
-                for _, adapter, blank in kinds:
-                    pics.append(Image.new("RGB", image.size) if blank else image)
-                    convs.append(add_question(None, q["question"]))
-                    adapters.append(adapter)
-            answers = iter(_generate(vqa, pics, convs, adapters, settings))
-            for q in batch:
-                record = {k: v for k, v in q.items() if k != "row"}
-                record["answers"] = {name: next(answers) for name, _, _ in kinds}
-                record["scores"] = {
-                    name: M.score_answer(text, kind=q["kind"], reference=q["reference"], label=q["label"])
-                    for name, text in record["answers"].items()
-                }
-                sink.write(json.dumps(record) + "\n")
-            sink.flush()
-            bar.update(len(batch))
-
-
-def _generate(vqa, pics, convs, adapters, settings) -> list[str]:
-    try:
-        return vqa.generate(pics, convs, adapters, settings)
-    except (TypeError, ValueError) as err:
-        # PEFT serves base and adapter rows in one batch only through Linear/Embedding/Conv layers: an adapter that
-        # saved a whole module (e.g. `multi_modal_projector`) or a batch-shared one (position embeddings) cannot.
-        if "Mixed batching" in str(err) or "adapter_names" in str(err):
-            raise UserError(
-                f"this adapter cannot answer base and fine-tuned rows in one batch ({str(err).splitlines()[0]}): "
-                "retrain with modules_to_save naming Linear layers, e.g. multi_modal_projector.linear_1 and linear_2"
-            ) from None
-        raise
 
 
 def build_metrics(records: list[dict], cfg: EvalConfig, names: list[str]) -> dict:
@@ -223,15 +127,15 @@ def evaluate(cfg: EvalConfig) -> dict:
     names = [name for name, _, _ in kinds]
     out = Path(cfg.out)
     run = {"dataset": str(Path(cfg.dataset).resolve()), "split": cfg.split, "base": cfg.base, "adapter": cfg.adapter,
-           "variants": names, "max_new_tokens": cfg.max_new_tokens, "4bit": cfg.load_in_4bit}  # fmt: skip
+           "variants": names, "max_new_tokens": cfg.max_new_tokens, "4bit": cfg.load_in_4bit,
+           "batch_size": cfg.batch_size}  # fmt: skip
     done = resume(out, run)
-    todo = [q for q in questions if q["id"] not in done]
-    if todo:
-        logger.info("%d of %d questions left to answer", len(todo), len(questions))
+    if len(done) < len(questions):
+        logger.info("%d of %d questions left to answer", len(questions) - len(done), len(questions))
         vqa = load_model(cfg.base, cfg.adapter, load_in_4bit=cfg.load_in_4bit, device=cfg.device)
         settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens)
         with open(out / PREDICTIONS, "a") as sink:
-            answer_all(vqa, rows, todo, kinds, settings, cfg.batch_size, sink)
+            answer_all(vqa, rows, questions, done, kinds, settings, cfg.batch_size, sink)
         done = resume(out, run)
     records = [done[q["id"]] for q in questions]
     result = build_metrics(records, cfg, names)

@@ -1,0 +1,140 @@
+"""Answering every question of a split, batch by batch, into `predictions.jsonl`; a killed run resumes exactly.
+
+    questions = list_questions(rows)                        # one entry per QA pair, in dataset order
+    done = resume(out, run)                                 # finished records of an earlier run of the same settings
+    answer_all(vqa, rows, questions, done, kinds, settings, batch_size, sink)
+
+The batches are fixed chunks of the whole question list, so a resumed run forms exactly the batches an uninterrupted
+run would: a batch that was answered in full is skipped, one that was cut short is answered again whole, and the
+final predictions are the same. Films are decoded per batch (carried over to the next batch when a study spans
+both), so memory stays at one batch's films for a split of any size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from cxr_vqa.errors import UserError
+from cxr_vqa.generation import GenerationSettings
+from cxr_vqa.template import add_question
+from cxr_vqa.vqa import BASE, TUNED
+from finetune import metrics as M
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS, RUN = "predictions.jsonl", "run.json"
+NOT_IDENTITY = ("batch_size",)  # recorded in run.json, but a resumed run may change them
+
+
+def variants(has_adapter: bool, ablation: bool) -> list[tuple[str, str, bool]]:
+    """(name, adapter, blank image?) for every answer a question gets."""
+    models = [("base", BASE)] + ([("tuned", TUNED)] if has_adapter else [])
+    with_image = [(name, adapter, False) for name, adapter in models]
+    return with_image + ([(f"{name}_blank", adapter, True) for name, adapter in models] if ablation else [])
+
+
+def list_questions(rows) -> list[dict]:
+    """One entry per QA pair, in dataset order; `row` points back at the study's image."""
+    meta = rows.select_columns(["qa", "study_id", "patient_id"])
+    out = []
+    for i, row in enumerate(meta):
+        for j, qa in enumerate(row["qa"]):
+            out.append({
+                "id": f"{row['study_id']}#{j}", "row": i, "study_id": row["study_id"],
+                "patient_id": row["patient_id"], "question": qa["question"], "reference": qa["answer"],
+                "kind": qa["kind"], "finding": qa.get("finding"), "label": qa.get("label"),
+            })  # fmt: skip
+    return out
+
+
+def resume(out: Path, run: dict) -> dict[str, dict]:
+    """Finished records of an earlier run of the same settings in `out`, by question id."""
+    out.mkdir(parents=True, exist_ok=True)
+    run_file, pred_file = out / RUN, out / PREDICTIONS
+    if run_file.is_file() and pred_file.is_file():
+        earlier = json.loads(run_file.read_text())
+        same = {k: v for k, v in earlier.items() if k not in NOT_IDENTITY}
+        wanted = {k: v for k, v in run.items() if k not in NOT_IDENTITY}
+        if same != wanted:
+            changed = sorted(k for k in wanted.keys() | same.keys() if wanted.get(k) != same.get(k))
+            raise UserError(f"{out} holds a run with other settings ({', '.join(changed)}): pick a new --out")
+        if earlier.get("batch_size") != run.get("batch_size"):
+            logger.warning(
+                "this run started with --batch-size %s and resumes with %s: the remaining answers may differ in "
+                "the last digits from an uninterrupted run", earlier.get("batch_size"), run.get("batch_size"),
+            )  # fmt: skip
+    else:
+        pred_file.unlink(missing_ok=True)
+    run_file.write_text(json.dumps(run, indent=2) + "\n")
+    done: dict[str, dict] = {}
+    if pred_file.is_file():
+        for line in pred_file.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # the last line of a killed run may be cut short
+                continue
+            done[record["id"]] = record
+        pred_file.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+    return done
+
+
+def batches(questions: Sequence[dict], per_call: int) -> Iterator[list[dict]]:
+    """Fixed chunks of the whole question list: the same for a fresh and a resumed run."""
+    for start in range(0, len(questions), per_call):
+        yield list(questions[start : start + per_call])
+
+
+def answer_all(vqa, rows, questions, done, kinds, settings: GenerationSettings, batch_size: int, sink) -> int:
+    """Answer every question not in `done` under every variant, a batch of rows per generate call, appending records
+    to `sink`; returns how many generate calls were made."""
+    per_call = max(1, batch_size // len(kinds))
+    films = rows.select_columns(["images"])
+    held: dict[int, Image.Image] = {}  # only the current batch's films
+    calls = 0
+    with tqdm(total=len(questions), initial=len(done), desc="questions", unit="q") as bar:
+        for batch in batches(questions, per_call):
+            if all(q["id"] in done for q in batch):
+                continue
+            held = {
+                r: held[r] if r in held else films[r]["images"][0].convert("RGB") for r in {q["row"] for q in batch}
+            }
+            pics, convs, adapters = [], [], []
+            for q in batch:
+                image = held[q["row"]]
+                for _, adapter, blank in kinds:
+                    pics.append(Image.new("RGB", image.size) if blank else image)
+                    convs.append(add_question(None, q["question"]))
+                    adapters.append(adapter)
+            answers = iter(_generate(vqa, pics, convs, adapters, settings))
+            calls += 1
+            for q in batch:
+                record = {k: v for k, v in q.items() if k != "row"}
+                record["answers"] = {name: next(answers) for name, _, _ in kinds}
+                record["scores"] = {
+                    name: M.score_answer(text, kind=q["kind"], reference=q["reference"], label=q["label"])
+                    for name, text in record["answers"].items()
+                }
+                sink.write(json.dumps(record) + "\n")
+            sink.flush()
+            bar.update(sum(q["id"] not in done for q in batch))
+    return calls
+
+
+def _generate(vqa, pics, convs, adapters, settings) -> list[str]:
+    try:
+        return vqa.generate(pics, convs, adapters, settings)
+    except (TypeError, ValueError) as err:
+        # PEFT serves base and adapter rows in one batch only through Linear/Embedding/Conv layers: an adapter that
+        # saved a whole module (e.g. `multi_modal_projector`) or a batch-shared one (position embeddings) cannot.
+        if "Mixed batching" in str(err) or "adapter_names" in str(err):
+            raise UserError(
+                f"this adapter cannot answer base and fine-tuned rows in one batch ({str(err).splitlines()[0]}): "
+                "retrain with modules_to_save naming Linear layers, e.g. multi_modal_projector.linear_1 and linear_2"
+            ) from None
+        raise

@@ -146,7 +146,8 @@ def test_resume_answers_only_the_missing_questions(
 
     monkeypatch.setattr(ev, "load_model", counting_load_model)
     ev.main(_args(dataset_dir, report, tiny_model_dir, random_adapter_dir))
-    assert len(asked) == 2 * 4  # 2 questions × (base, tuned) × (film, blank)
+    # batches of 2 questions (8 rows / 4 variants): the cut batch (questions 2-3) again whole, then question 4
+    assert len(asked) == 3 * 4  # × (base, tuned) × (film, blank)
     after = (report / "predictions.jsonl").read_text().splitlines()
     assert sorted(after) == sorted(before)  # deterministic greedy answers: the same records again
 

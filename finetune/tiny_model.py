@@ -118,6 +118,8 @@ def build_tiny_llava(
     vision_layers: int = 2,
     patch_size: int = 14,
     sincos_positions: bool = False,
+    position_scale: float = 0.7,
+    image_mean: float | None = None,
     seed: int = 0,
 ) -> Path:
     """Write model + processor to `out` and return the path. Widths >= 64 so bitsandbytes 4-bit works on CPU."""
@@ -166,7 +168,7 @@ def build_tiny_llava(
         model.lm_head.weight.normal_(0.0, 0.5)
         if sincos_positions:
             positions = model.model.vision_tower.embeddings.position_embedding.weight
-            positions.copy_(sincos_position_embeddings(IMAGE_SIZE // patch_size, vision_hidden))
+            positions.copy_(sincos_position_embeddings(IMAGE_SIZE // patch_size, vision_hidden, position_scale))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
@@ -175,7 +177,7 @@ def build_tiny_llava(
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": 336},
         crop_size={"height": 336, "width": 336},
-        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_mean=[0.48145466, 0.4578275, 0.40821073] if image_mean is None else [image_mean] * 3,
         image_std=[0.26862954, 0.26130258, 0.27577711],
     )
     processor = LlavaProcessor(
@@ -202,6 +204,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--sincos-positions", action="store_true", help="fixed 2-D sine-cosine vision positions instead of random"
+    )
+    parser.add_argument(
+        "--position-scale",
+        type=float,
+        default=0.7,
+        help="sine-cosine position size: a row's norm is scale * sqrt(width / 2)",
+    )
+    parser.add_argument(
+        "--image-mean",
+        type=float,
+        default=None,
+        help="the processor's pixel mean, one for all channels (default CLIP's)",
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

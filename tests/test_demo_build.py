@@ -1,0 +1,149 @@
+"""The demo builder (`python -m finetune.demo`): finished stages are skipped, a complete build is recognised and
+nothing runs again, examples come from held-out test studies showing one finding each; and, once, the whole build
+on a handful of patients."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cxr_vqa.contract import SPLITS, features, open_splits
+from cxr_vqa.errors import UserError
+from cxr_vqa.template import conversation_from_qa
+from finetune import demo
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _json_stage(src: Path, dst: Path) -> demo.Stage:
+    """A real, fast command line: `python -m json.tool SRC DST` (fails on a file that is not JSON)."""
+    return demo.Stage("copy", "json.tool", [src, dst])
+
+
+def test_a_finished_stage_is_skipped_and_other_settings_stop_the_run(tmp_path):
+    src, dst = tmp_path / "in.json", tmp_path / "out.json"
+    src.write_text('{"a": 1}')
+    assert demo.run_stage(tmp_path, _json_stage(src, dst)) is not None
+    assert json.loads(dst.read_text()) == {"a": 1}
+    dst.unlink()
+    assert demo.run_stage(tmp_path, _json_stage(src, dst)) is None  # reused: the command did not run again
+    assert not dst.exists()
+    with pytest.raises(UserError, match="built with other settings"):
+        demo.run_stage(tmp_path, _json_stage(src, tmp_path / "elsewhere.json"))
+
+
+def test_a_failing_stage_names_itself_and_records_nothing(tmp_path):
+    src = tmp_path / "in.json"
+    src.write_text("not json")
+    log = tmp_path / "logs" / "copy.log"
+    with pytest.raises(UserError, match=r"\[copy\] failed with exit code 1"):
+        demo.run_stage(tmp_path, _json_stage(src, tmp_path / "out.json"), log=log)
+    assert log.is_file() and not demo.finished(tmp_path, _json_stage(src, tmp_path / "out.json"))
+
+
+def test_training_resumes_only_from_a_complete_checkpoint(tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.setattr(
+        demo.subprocess, "run", lambda cmd, **kw: commands.append(cmd) or subprocess.CompletedProcess(cmd, 0)
+    )
+    adapter = tmp_path / "adapter"
+    (adapter / "checkpoint-4").mkdir(parents=True)  # killed while saving: no trainer_state.json
+    demo.run_stage(tmp_path, demo.train_stage(tmp_path, adapter, trainer_seed=3))
+    (adapter / "checkpoint-2").mkdir()
+    (adapter / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    demo.run_stage(tmp_path, demo.train_stage(tmp_path, adapter, trainer_seed=4))
+    assert "--resume_from_checkpoint" not in commands[0] and commands[1][-1] == "--resume_from_checkpoint"
+    assert commands[0][commands[0].index("--seed") + 1] == "3"
+
+
+def _prepared_build(out: Path) -> None:
+    """What a finished build leaves (empty stand-ins for the model files)."""
+    for name in ("tiny-llava", "adapter-seed0", "examples"):
+        (out / name).mkdir(parents=True)
+    (out / "examples" / "examples.json").write_text("[]")
+    stages = [s.identity for s in demo.demo_stages(out.resolve())]
+    marker = {"format": demo.FORMAT, "base": "tiny-llava", "adapter": "adapter-seed0",
+              "examples": "examples/examples.json", "stages": stages}  # fmt: skip
+    (out / demo.MARKER).write_text(json.dumps(marker))
+
+
+def test_a_complete_build_is_detected_and_nothing_runs(tmp_path, monkeypatch, capsys):
+    _prepared_build(tmp_path / "demo")
+    monkeypatch.setattr(demo.subprocess, "run", lambda *a, **k: pytest.fail("a stage ran on a complete build"))
+    demo.main([str(tmp_path / "demo")])
+    assert "already built" in capsys.readouterr().out
+    assert demo.complete(tmp_path / "demo")["adapter"] == "adapter-seed0"
+
+
+def test_an_incomplete_or_other_build_is_built_again(tmp_path, monkeypatch):
+    _prepared_build(tmp_path / "demo")
+    built = []
+    monkeypatch.setattr(demo, "build", lambda out, stages, **kw: built.append(stages[-1].identity))
+    demo.main([str(tmp_path / "demo"), "--seed", "1"])  # another trainer seed: its own adapter
+    assert built and built[0][built[0].index("--seed") + 1] == "1"
+    assert not (tmp_path / "demo" / demo.MARKER).exists()  # gone until that build completes
+    _prepared_build(tmp_path / "other")
+    (tmp_path / "other" / "adapter-seed0").rmdir()
+    assert demo.complete(tmp_path / "other") is None and demo.complete(tmp_path / "empty") is None
+
+
+def _row(study: str, view: str, findings: dict[str, str], shade: int) -> dict:
+    qa = [{"question": f"Is there {name}?", "answer": f"{label.capitalize()}, {name}.", "kind": "closed",
+           "finding": name, "label": label} for name, label in findings.items()]  # fmt: skip
+    qa.append({"question": "What abnormalities are seen?", "answer": "x.", "kind": "open", "finding": None,
+               "label": None})  # fmt: skip
+    return {
+        "messages": conversation_from_qa([(p["question"], p["answer"]) for p in qa]),
+        "images": [Image.new("RGB", (16, 16), (shade,) * 3)], "qa": qa, "patient_id": study.split("/")[0],
+        "study_id": study, "image_path": f"{study}.png", "view": view, "source": "labels",
+    }  # fmt: skip
+
+
+def test_examples_are_held_out_films_showing_one_finding_each(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    test = [
+        _row("p1/s1", "PA", {"Cardiomegaly": "yes", "Pneumothorax": "yes", "No Finding": "no"}, 10),  # two findings
+        _row("p2/s1", "lateral", {"Cardiomegaly": "yes", "No Finding": "no"}, 20),  # not frontal
+        _row("p3/s1", "AP", {"Cardiomegaly": "yes", "Consolidation": "no", "No Finding": "no"}, 30),
+        _row("p4/s1", "PA", {"Support Devices": "yes", "No Finding": "yes", "Pneumothorax": "no"}, 40),  # device only
+        _row("p5/s1", "PA", {"No Finding": "yes", "Cardiomegaly": "no"}, 50),
+        _row("p6/s1", "PA", {"Cardiomegaly": "yes", "No Finding": "no"}, 60),  # a second one: the first is kept
+    ]
+    train = [_row("p9/s1", "PA", {"Pneumothorax": "yes", "No Finding": "no"}, 90)]  # trained on: never an example
+    splits = {"train": train, "validation": train, "test": test}
+    data = DatasetDict({name: Dataset.from_list(splits[name], features=features()) for name in SPLITS})
+    data.save_to_disk(str(tmp_path / "data"))
+
+    index = demo.pick_examples(tmp_path / "data", tmp_path / "examples")
+    assert [(e["file"], e["findings"], e["study_id"]) for e in index] == [
+        ("normal.png", [], "p5/s1"),
+        ("cardiomegaly.png", ["Cardiomegaly"], "p3/s1"),
+        ("support_devices.png", ["Support Devices"], "p4/s1"),
+    ]
+    assert index[1]["question"] == "Is there Cardiomegaly?" and index[1]["answer"] == "Yes, Cardiomegaly."
+    assert Image.open(tmp_path / "examples" / "cardiomegaly.png").getpixel((0, 0)) == (30, 30, 30)
+    assert json.loads((tmp_path / "examples" / "examples.json").read_text()) == index
+
+
+def test_the_whole_build_on_a_handful_of_patients(tmp_path):
+    """The real command line end to end, small: every stage runs once, demo.json comes last, a rerun does nothing."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "finetune.demo", str(tmp_path / "demo"), "--patients", "30", "--epochs", "0.3"]
+    first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    assert [line for line in first.stdout.splitlines() if line.startswith("stage ")] == [
+        "stage 1/4: tiny model", "stage 2/4: release", "stage 3/4: dataprep", "stage 4/4: train (seed 0)"]  # fmt: skip
+    marker = demo.complete(tmp_path / "demo")
+    assert marker and (tmp_path / "demo" / marker["adapter"] / "adapter_config.json").is_file()
+    examples = json.loads((tmp_path / "demo" / marker["examples"]).read_text())
+    test_studies = set(open_splits(tmp_path / "demo" / "data")["test"]["study_id"])
+    assert examples and all(e["study_id"] in test_studies for e in examples)
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "already built" in again.stdout

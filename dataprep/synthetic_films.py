@@ -20,6 +20,10 @@ from PIL import Image, ImageDraw, ImageFilter
 DRAWN = ("Cardiomegaly", "Pleural Effusion", "Consolidation", "Pneumothorax", "Support Devices")
 ASPECT = 1.15  # films are taller than wide; the builder letterboxes them
 DEVICES = ("endotracheal tube", "central line", "pacemaker")
+# Aerated lung: a mid grey, so that a pneumothorax (black) differs from it by more than a random CLIP tower keeps of
+# "darker than dark" (its LayerNorm maps black and dark grey to nearly one vector). Lungs at 0.15 left the tiny
+# model's pneumothorax answers at their prior (0.56); at 0.28 it learned them (0.90, bench/learn_synthetic.py).
+LUNG = 0.28
 
 
 def _ellipse(xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, ax: float, ay: float, edge: float = 0.04):
@@ -81,7 +85,7 @@ def draw_film(findings: dict[str, dict], view: str, size: int, rng: np.random.Ge
     masks = {}
     for side, (cx, cy) in lungs.items():
         masks[side] = _ellipse(xx, yy, cx, cy, *axes, edge=0.06)
-        img = _paint(img, masks[side], 0.15) + masks[side] * markings
+        img = _paint(img, masks[side], LUNG) + masks[side] * markings
     spine_x = 0.82 if lateral else 0.5
     img = _paint(img, np.clip((0.045 - np.abs(xx - spine_x)) / 0.01, 0, 1), 0.5)
     big = "Cardiomegaly" in findings

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -197,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     if argv and not argv[0].startswith("-"):
         argv = ["--out", *argv]  # OUT may come first, without its flag
     (cfg,) = parse_config([DemoConfig], argv, prog="python -m finetune.demo", description=__doc__)
+    # terminated (e.g. by the app): unwind, so subprocess.run kills the running stage instead of orphaning it
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     out = Path(cfg.out).resolve()
     with user_errors():
         if cfg.fresh and out.exists():

@@ -119,7 +119,7 @@ def build_tiny_llava(
     patch_size: int = 14,
     sincos_positions: bool = False,
     position_scale: float = 0.7,
-    image_mean: float | None = None,
+    image_mean: tuple[float, float, float] | None = None,
     seed: int = 0,
 ) -> Path:
     """Write model + processor to `out` and return the path. Widths >= 64 so bitsandbytes 4-bit works on CPU."""
@@ -177,7 +177,7 @@ def build_tiny_llava(
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": 336},
         crop_size={"height": 336, "width": 336},
-        image_mean=[0.48145466, 0.4578275, 0.40821073] if image_mean is None else [image_mean] * 3,
+        image_mean=[0.48145466, 0.4578275, 0.40821073] if image_mean is None else list(image_mean),
         image_std=[0.26862954, 0.26130258, 0.27577711],
     )
     processor = LlavaProcessor(
@@ -190,6 +190,13 @@ def build_tiny_llava(
     )
     processor.save_pretrained(out)
     return out
+
+
+def _three_floats(text: str) -> tuple[float, float, float]:
+    values = tuple(float(v) for v in text.split(","))
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}")
+    return values
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -213,9 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--image-mean",
-        type=float,
+        type=_three_floats,
         default=None,
-        help="the processor's pixel mean, one for all channels (default CLIP's)",
+        help="the processor's pixel means R,G,B (default CLIP's 0.48,0.46,0.41)",
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -135,7 +135,7 @@ def test_examples_are_held_out_films_showing_one_finding_each(tmp_path):
 def test_the_whole_build_on_a_handful_of_patients(tmp_path):
     """The real command line end to end, small: every stage runs once, demo.json comes last, a rerun does nothing."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "finetune.demo", str(tmp_path / "demo"), "--patients", "30", "--epochs", "0.3"]
+    command = [sys.executable, "-m", "finetune.demo", str(tmp_path / "demo"), "--patients", "60", "--epochs", "0.2"]
     first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     assert [line for line in first.stdout.splitlines() if line.startswith("stage ")] == [

@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from cxr_vqa.errors import UserError
 from cxr_vqa.template import CHAT_TEMPLATE
-from cxr_vqa.vqa import TUNED, VQAModel
+from cxr_vqa.vqa import BASE, TUNED, VQAModel
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ DEFAULT_BASE = "llava-hf/llava-1.5-7b-hf"
 KEEP_UNQUANTIZED = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 # The seed recipe's LoRA targets: attention and MLP projections of the language model, not of the CLIP tower.
 LANGUAGE_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class ModelLoadError(UserError):
@@ -147,8 +150,27 @@ def load_base_model(
     return model
 
 
-def attach_adapter(model, adapter: str, *, trainable: bool = False):
-    """Wrap `model` in a PeftModel holding `adapter` (a local directory or a Hub id) under the name TUNED."""
+def adapter_specs(adapters: str | Sequence[str] | None) -> dict[str, str]:
+    """Model name -> adapter source, from `--adapter` values: `NAME=PATH`, or a bare path or Hub id, named after its
+    last part (a lone bare one is named TUNED, the fine-tuned model)."""
+    items = [adapters] if isinstance(adapters, str) else list(adapters or [])
+    specs: dict[str, str] = {}
+    for item in items:
+        name, sep, source = item.partition("=")
+        if not (sep and ADAPTER_NAME.fullmatch(name)):  # "runs/lr=1e-4" is a path, not NAME=PATH
+            name, source = (TUNED if len(items) == 1 else Path(item.rstrip("/")).name), item
+        if not source or not ADAPTER_NAME.fullmatch(name):
+            raise ModelLoadError(f"--adapter {item!r}: give NAME=PATH (a name of letters, digits, . _ -) or a path")
+        if name == BASE or name in specs:
+            taken = "is the base model's name" if name == BASE else "is given twice"
+            raise ModelLoadError(f"--adapter {item!r}: the name {name!r} {taken}; name it with NAME=PATH")
+        specs[name] = source
+    return specs
+
+
+def attach_adapter(model, adapter: str, *, name: str = TUNED, trainable: bool = False):
+    """Attach `adapter` (a local directory or a Hub id) under `name`: wraps `model` in a PeftModel, or adds to the
+    adapters of one (every adapter shares the one copy of the base weights)."""
     from peft import PeftModel
 
     config_file = Path(adapter) / "adapter_config.json"
@@ -157,7 +179,10 @@ def attach_adapter(model, adapter: str, *, trainable: bool = False):
             f"{adapter} has no adapter_config.json: pass the directory that `python -m finetune` wrote"
         )
     try:
-        return PeftModel.from_pretrained(model, adapter, adapter_name=TUNED, is_trainable=trainable)
+        if isinstance(model, PeftModel):
+            model.load_adapter(adapter, adapter_name=name, is_trainable=trainable)
+            return model
+        return PeftModel.from_pretrained(model, adapter, adapter_name=name, is_trainable=trainable)
     except (RuntimeError, ValueError, KeyError) as err:
         trained_on = ""
         if config_file.is_file():
@@ -173,23 +198,25 @@ def attach_adapter(model, adapter: str, *, trainable: bool = False):
 
 def load_model(
     base: str = DEFAULT_BASE,
-    adapter: str | None = None,
+    adapter: str | Sequence[str] | None = None,
     *,
     load_in_4bit: bool = True,
     device: str | None = None,
 ) -> VQAModel:
-    """Load the base (4-bit nf4 by default) and, if given, attach the LoRA adapter: one copy of the weights serves
-    both the base and the fine-tuned answers."""
+    """Load the base (4-bit nf4 by default) and attach every adapter (`adapter_specs`: a path, or NAME=PATH values):
+    one copy of the weights serves the base and every fine-tuned model."""
+    specs = adapter_specs(adapter)
     dev = pick_device(device)
     if load_in_4bit:
         _check_bitsandbytes(dev)
     processor = load_processor(base)
     model = load_base_model(base, load_in_4bit=load_in_4bit, device=str(dev))
-    if adapter:
-        model = attach_adapter(model, adapter)
-        model.eval()
-    logger.info("loaded %s%s (%s)", base, f" + {adapter}" if adapter else "", "4-bit" if load_in_4bit else "full")
-    return VQAModel(model, processor, base_name=base, adapter_name=adapter)
+    for name, source in specs.items():
+        model = attach_adapter(model, source, name=name)
+    model.eval()
+    loaded = "".join(f" + {name}={source}" for name, source in specs.items())
+    logger.info("loaded %s%s (%s)", base, loaded, "4-bit" if load_in_4bit else "full")
+    return VQAModel(model, processor, base_name=base, adapters=specs)
 
 
 def _check_bitsandbytes(device: torch.device) -> None:

@@ -138,9 +138,9 @@ def test_resume_answers_only_the_missing_questions(
 
     def counting_load_model(*args, **kwargs):
         vqa = load_model(*args, **kwargs)
-        generate = vqa.generate
-        vqa.generate = lambda images, convs, adapters, settings: (
-            asked.extend(c[-1] for c in convs) or generate(images, convs, adapters, settings)
+        answer = vqa.answer
+        vqa.answer = lambda images, convs, models, settings: (
+            asked.extend(c[-1] for c in convs) or answer(images, convs, models, settings)
         )
         return vqa
 

@@ -30,7 +30,8 @@ PIECES, MERGES = 32_000, 61_249
 IMAGE_TOKEN_ID, PAD_TOKEN_ID = 32_000, 32_001
 SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
 EMBEDDING_ROWS = 32_064  # llava-1.5-7b-hf's text vocab_size: its embeddings have rows past the tokenizer's 32,002
-# A chat template in the Hub's style (no </s> after answers): the project's loader must replace it.
+# A chat template in the Hub's style (no </s> after answers), so that nothing can lean on the file's template: the
+# project renders every prompt with its own (cxr_vqa/template.py), and load_processor sets that one.
 HUB_STYLE_TEMPLATE = (
     "{% for message in messages %}{{ message['role'].upper() + ': ' }}"
     "{% for c in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"

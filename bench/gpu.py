@@ -8,14 +8,18 @@ activation checkpointing, bf16/fp16) and 4-bit decoding.
     python bench/gpu.py --seq-len 700 --steps 5 --new-tokens 64 --batch 2
 
 Random weights give meaningless text but real shapes, so memory and time are those of the real model. Inputs are
-token ids drawn at random around 576 image tokens (a multi-turn row is ~700 tokens). Needs one CUDA GPU with
->= 16 GB free. Last line: `RESULT qlora_step_s=<s> peak_train_gib=<GiB> decode_tok_s=<tokens/s>`.
+real: the 7B model's own tokenizer and processor files beside the weights (from the npm package, as the tests build
+them: `finetune/llama_tokenizer.py`), an example film, and a multi-turn QA conversation through the training
+collator (576 image tokens, labels on the answers only), with turns added until `--seq-len` tokens and cut there.
+Needs one CUDA GPU with >= 16 GB free, and npm. Last line:
+`RESULT qlora_step_s=<s> peak_train_gib=<GiB> decode_tok_s=<tokens/s>`.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import os
 import shutil
 import statistics
@@ -30,6 +34,12 @@ import torch
 
 IMAGE_TOKEN = 32000  # llava-1.5-7b-hf's <image> id; 32001 is <pad>
 GIB = 1024**3
+FILM = Path(__file__).resolve().parents[1] / "assets" / "examples" / "cardiomegaly.png"
+QA = [
+    ("Is there cardiomegaly?", "Yes."),
+    ("Is there a pleural effusion?", "No."),
+    ("What abnormalities are seen?", "The cardiac silhouette is enlarged; the lungs are clear."),
+]
 
 
 def llava_7b_config():
@@ -74,37 +84,46 @@ def llava_7b_config():
 
 
 def build_random_checkpoint(out: Path, dtype: torch.dtype) -> Path:
-    """Random 16-bit weights, initialised on the GPU (fast) and saved, so the 4-bit load below is the real one."""
+    """Random 16-bit weights, initialised on the GPU (fast) and saved, so the 4-bit load below is the real one; the
+    7B model's tokenizer and processor files beside them."""
     from transformers import LlavaForConditionalGeneration
+
+    from finetune.llama_tokenizer import fetch_package, write_processor_files
 
     if (out / "config.json").is_file():
         print(f"reusing the random checkpoint in {out}")
-        return out
-    start = time.perf_counter()
-    with torch.device("cuda"):
-        model = LlavaForConditionalGeneration._from_config(llava_7b_config(), dtype=dtype)
-    model.save_pretrained(out)
-    del model
-    gc.collect()
-    torch.cuda.empty_cache()
-    print(f"built and saved a random llava-1.5-7b checkpoint in {time.perf_counter() - start:.0f} s")
+    else:
+        start = time.perf_counter()
+        with torch.device("cuda"):
+            model = LlavaForConditionalGeneration._from_config(llava_7b_config(), dtype=dtype)
+        model.save_pretrained(out)
+        del model
+        gc.collect()
+        torch.cuda.empty_cache()
+        print(f"built and saved a random llava-1.5-7b checkpoint in {time.perf_counter() - start:.0f} s")
+    if not (out / "tokenizer.json").is_file():
+        write_processor_files(out, fetch_package(out / "npm"))
     return out
 
 
-def fake_batch(batch: int, seq_len: int, dtype: torch.dtype, answer_tokens: int = 48) -> dict:
-    """Token ids with one image (576 <image> ids after BOS) per row; labels on the last `answer_tokens` positions."""
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, 32000, (batch, seq_len), generator=gen)
-    ids[:, 0] = 1
-    ids[:, 4 : 4 + 576] = IMAGE_TOKEN
-    labels = torch.full_like(ids, -100)
-    labels[:, -answer_tokens:] = ids[:, -answer_tokens:]
-    return {
-        "input_ids": ids.cuda(),
-        "attention_mask": torch.ones_like(ids).cuda(),
-        "pixel_values": torch.randn(batch, 3, 336, 336, generator=gen).to("cuda", dtype),
-        "labels": labels.cuda(),
-    }
+def real_batch(model_dir: str | Path, batch: int, seq_len: int) -> dict:
+    """`batch` copies of a training row of exactly `seq_len` tokens (CPU tensors): QA turns about an example film
+    through the model core's processor and the answer-only collator, more turns until long enough, then cut."""
+    from cxr_vqa.images import load_film
+    from cxr_vqa.model import load_processor
+    from cxr_vqa.template import conversation_from_qa
+    from finetune.collator import AnswerOnlyCollator
+
+    collate, film = AnswerOnlyCollator(load_processor(str(model_dir))), load_film(FILM, 336).image
+    for repeats in itertools.count(1):
+        row = collate([{"messages": conversation_from_qa(QA * repeats), "images": [film]}])
+        if row["input_ids"].size(1) >= seq_len:
+            break
+    return {k: v[:, :seq_len].repeat(batch, 1) if v.dim() == 2 else v.repeat(batch, 1, 1, 1) for k, v in row.items()}
+
+
+def on_gpu(batch: dict, dtype: torch.dtype) -> dict:
+    return {k: v.to("cuda", dtype) if v.is_floating_point() else v.cuda() for k, v in batch.items()}
 
 
 def qlora_step(model_dir: Path, dtype: torch.dtype, args) -> tuple[float, float, float]:
@@ -128,7 +147,7 @@ def qlora_step(model_dir: Path, dtype: torch.dtype, args) -> tuple[float, float,
     for p in params:  # as SFTTrainer does for QLoRA: adapters in the compute dtype
         p.data = p.data.to(dtype)
     optimizer = bnb.optim.PagedAdamW8bit(params, lr=2e-4)
-    batch = fake_batch(1, args.seq_len, dtype)
+    batch = on_gpu(real_batch(model_dir, 1, args.seq_len), dtype)
     times = []
     model.train()
     for step in range(args.warmup + args.steps):
@@ -153,7 +172,7 @@ def decode_speed(model_dir: Path, dtype: torch.dtype, args) -> tuple[float, floa
     from cxr_vqa.model import load_base_model
 
     model = load_base_model(str(model_dir), load_in_4bit=True, device="cuda:0", dtype=dtype)
-    batch = fake_batch(args.batch, args.seq_len, dtype)
+    batch = on_gpu(real_batch(model_dir, args.batch, args.seq_len), dtype)
     batch.pop("labels")
 
     def timed(new_tokens: int) -> float:
@@ -173,14 +192,14 @@ def decode_speed(model_dir: Path, dtype: torch.dtype, args) -> tuple[float, floa
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", help="where the random checkpoint is kept (default: a temp dir, deleted)")
-    parser.add_argument("--seq-len", type=int, default=700, help="tokens per row, 576 of them image tokens")
+    parser.add_argument("--seq-len", type=int, default=700, help="tokens per row, 576 of them image tokens (>= 640)")
     parser.add_argument("--steps", type=int, default=5, help="timed QLoRA steps (after --warmup)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed QLoRA steps first")
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens decoded per row")
     parser.add_argument("--batch", type=int, default=2, help="rows decoded at once (2 = the app's base | tuned)")
     args = parser.parse_args(argv)
-    if min(args.steps, args.new_tokens - 1, args.batch) < 1 or args.seq_len < 600:
-        parser.error("--steps and --batch must be >= 1, --new-tokens >= 2, --seq-len >= 600 (576 image tokens)")
+    if min(args.steps, args.new_tokens - 1, args.batch) < 1 or args.seq_len < 640:
+        parser.error("--steps and --batch must be >= 1, --new-tokens >= 2, --seq-len >= 640 (576 image tokens + QA)")
 
     if not torch.cuda.is_available():
         sys.exit(

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from cxr_vqa.errors import UserError
 from cxr_vqa.template import CHAT_TEMPLATE
@@ -109,7 +110,60 @@ def load_processor(name: str):
     processor.tokenizer.padding_side = "left"
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.unk_token or processor.tokenizer.eos_token
+    _match_image_tokens(processor, _read_config(name), name)
     return processor
+
+
+def vision_features(config) -> int:
+    """Features the vision tower gives the language model per image: one per patch plus CLIP's CLS, less the first
+    one under the "default" strategy (as `LlavaModel.get_image_features` selects them)."""
+    vision = config.vision_config
+    count = (vision.image_size // vision.patch_size) ** 2 + (vision.model_type == "clip_vision_model")
+    return count - 1 if config.vision_feature_select_strategy == "default" else count
+
+
+def image_tokens(processor) -> int:
+    """`<image>` tokens the processor expands one film to, counted on a blank film of the model's input size."""
+    size = processor.image_processor.crop_size
+    blank = Image.new("RGB", (size["width"], size["height"]))
+    ids = processor(images=[blank], text=[processor.image_token])["input_ids"][0]
+    return list(ids).count(processor.image_token_id)
+
+
+def _match_image_tokens(processor, config, name: str) -> None:
+    """Tokens and features must match, or the first forward fails with "Image features and image tokens do not
+    match". Hub snapshots from before 2025 lack `num_additional_image_tokens`; transformers then counts no CLS and a
+    336 px film becomes 575 tokens against 576 features: repaired here, anything else refused."""
+    features, tokens = vision_features(config), image_tokens(processor)
+    if tokens + 1 == features and processor.num_additional_image_tokens == 0:
+        processor.num_additional_image_tokens = 1
+        tokens = image_tokens(processor)
+        logger.warning(
+            "%s: processor_config.json has no num_additional_image_tokens (an older snapshot); counting CLIP's CLS "
+            "token, so a film is %d image tokens as the vision tower gives %d features. Update the snapshot, or add "
+            '"num_additional_image_tokens": 1 to its processor_config.json, to silence this.',
+            name, tokens, features,
+        )  # fmt: skip
+    if tokens != features:
+        raise ModelLoadError(
+            f"the processor of {name!r} expands a film to {tokens} image tokens, but its vision tower gives "
+            f"{features} features: make patch_size, num_additional_image_tokens and vision_feature_select_strategy in "
+            "processor_config.json agree with config.json"
+        )
+
+
+def _read_config(name: str):
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"cannot read the config of {name!r}{_offline_hint()}: {str(err).splitlines()[0]}"
+        ) from None
+    if config.model_type != "llava":
+        raise ModelLoadError(f"{name!r} is a {config.model_type!r} model, not LLaVA: pass a LLaVA-1.5 checkpoint")
+    return config
 
 
 def load_base_model(
@@ -120,20 +174,12 @@ def load_base_model(
     dtype: torch.dtype | None = None,
 ):
     """`LlavaForConditionalGeneration` from a Hub id or a local directory, 4-bit nf4 by default."""
-    from transformers import AutoConfig, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
     _check_model_source(name)
     dev = pick_device(device)
     dtype = dtype or pick_dtype(dev)
-    try:
-        config = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(
-            f"cannot read the config of {name!r}{_offline_hint()}: {str(err).splitlines()[0]}"
-        ) from None
-    if config.model_type != "llava":
-        raise ModelLoadError(f"{name!r} is a {config.model_type!r} model, not LLaVA: pass a LLaVA-1.5 checkpoint")
-
+    _read_config(name)
     kwargs: dict = {"dtype": dtype}
     if load_in_4bit:
         kwargs["quantization_config"] = quantization_config(dtype)

@@ -41,6 +41,16 @@ def encode(processor, images: Sequence[Image.Image], texts: Sequence[str]):
     return processor(images=list(images), text=list(texts), padding=True, truncation=False, return_tensors="pt")
 
 
+def special_texts(processor) -> list[str]:
+    """Every text the tokenizer turns into a control token, longest first: the processor's image token and the
+    BOS/EOS/pad/unk tokens by what they are, not only `all_special_tokens`, which in older Hub snapshots (no
+    `extra_special_tokens`) leaves out `<image>`, so a typed one would ask for a second image."""
+    tok = processor.tokenizer
+    found = {processor.image_token, tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token}
+    found |= set(tok.all_special_tokens) | {t.content for t in tok.added_tokens_decoder.values() if t.special}
+    return sorted((t for t in found if t), key=lambda t: (-len(t), t))
+
+
 class VQAModel:
     """A LLaVA model, its processor, and LoRA adapters by name (one copy of the base serves them all), answering
     batches of (image, conversation, model name) rows in one generate call."""
@@ -54,6 +64,7 @@ class VQAModel:
         config = model.config
         self.budget = TokenBudget(config.text_config.max_position_embeddings, config.image_seq_length)
         self.yes_no = YesNoIds.from_tokenizer(processor.tokenizer)
+        self._special_texts = special_texts(processor)
 
     # -- what the model is ---------------------------------------------------------------------------------------
 
@@ -93,7 +104,7 @@ class VQAModel:
 
     def clean_question(self, text: str | None) -> tuple[str, list[str]]:
         """(the question as it will be asked, notes on what was removed or is risky)."""
-        return clean_question(text, list(self.processor.tokenizer.all_special_tokens))
+        return clean_question(text, self._special_texts)
 
     def count_tokens(self, text: str) -> int:
         return len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])

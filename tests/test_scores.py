@@ -23,8 +23,9 @@ def film(shade: int) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def vqa(tiny_model_dir, random_adapter_dir):
-    return load_model(tiny_model_dir, random_adapter_dir, load_in_4bit=False, device="cpu")
+def vqa(checkpoint):
+    """Once with the tiny byte-level tokenizer, once with llava-1.5-7b-hf's Llama tokenizer."""
+    return load_model(*checkpoint, load_in_4bit=False, device="cpu")
 
 
 def single_row_p_yes(vqa, image, conversation, model) -> float:

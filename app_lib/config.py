@@ -11,7 +11,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cxr_vqa.cli import REPEATABLE
 from cxr_vqa.cli import parse_config as parse
+from cxr_vqa.model import adapter_specs
 
 
 @dataclass
@@ -20,10 +22,12 @@ class AppConfig:
         default_factory=lambda: os.environ.get("BASE_MODEL", "llava-hf/llava-1.5-7b-hf"),
         metadata={"help": "base LLaVA-1.5 checkpoint: Hub id or directory (env BASE_MODEL)"},
     )
-    adapter: str | None = field(
-        default_factory=lambda: os.environ.get("ADAPTER_MODEL") or None,
-        metadata={"help": "LoRA adapter directory or Hub id (env ADAPTER_MODEL); without it only the base answers"},
-    )
+    adapter: list[str] | None = field(
+        default_factory=lambda: [a.strip() for a in os.environ.get("ADAPTER_MODEL", "").split(",") if a.strip()]
+        or None,
+        metadata={"help": "LoRA adapter: a directory or Hub id, or NAME=PATH; again for several, one pane each (env "
+                  "ADAPTER_MODEL, comma-separated); without one only the base answers", **REPEATABLE},
+    )  # fmt: skip
     load_in_4bit: bool = field(default=True, metadata={"help": "4-bit nf4 base; --no-4bit for full precision"})
     device: str | None = field(default=None, metadata={"help": "cuda, cuda:1 or cpu (default: cuda if present)"})
     host: str = field(
@@ -49,6 +53,7 @@ class AppConfig:
             raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
         if not 1 <= self.max_new_tokens <= 4096:
             raise ValueError(f"max_new_tokens must be in 1..4096, got {self.max_new_tokens}")
+        adapter_specs(self.adapter)  # names checked before any model is loaded
         if self.report is not None and not Path(self.report).is_dir():
             raise ValueError(f"report directory {self.report} not found: pass the --out of finetune.evaluate")
 

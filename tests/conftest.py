@@ -38,16 +38,16 @@ def tiny_model_dir(tmp_path_factory):
     return str(build_tiny_llava(tmp_path_factory.mktemp("tiny-llava")))
 
 
-def _random_adapter(model_dir: str, out) -> str:
+def _random_adapter(model_dir: str, out, seed: int = 1, rank: int = 8) -> str:
     """A LoRA adapter with random (non-zero) weights: its answers differ from the base model's."""
     import torch
     from peft import LoraConfig, get_peft_model
 
     from cxr_vqa.model import LANGUAGE_LORA_TARGETS, load_base_model
 
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     model = load_base_model(model_dir, load_in_4bit=False, device="cpu")
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=LANGUAGE_LORA_TARGETS, init_lora_weights=False)
+    config = LoraConfig(r=rank, lora_alpha=16, target_modules=LANGUAGE_LORA_TARGETS, init_lora_weights=False)
     get_peft_model(model, config).save_pretrained(out)
     return str(out)
 
@@ -55,6 +55,12 @@ def _random_adapter(model_dir: str, out) -> str:
 @pytest.fixture(scope="session")
 def random_adapter_dir(tiny_model_dir, tmp_path_factory):
     return _random_adapter(tiny_model_dir, tmp_path_factory.mktemp("random-adapter"))
+
+
+@pytest.fixture(scope="session")
+def second_adapter_dir(tiny_model_dir, tmp_path_factory):
+    """Another adapter for the tiny model (other seed, rank 4): for several adapters served from one base."""
+    return _random_adapter(tiny_model_dir, tmp_path_factory.mktemp("second-adapter"), seed=2, rank=4)
 
 
 @pytest.fixture(scope="session")

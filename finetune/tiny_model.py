@@ -34,6 +34,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from cxr_vqa.files import share
 from cxr_vqa.template import CHAT_TEMPLATE
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
@@ -187,7 +188,7 @@ def build_tiny_llava(
         chat_template=CHAT_TEMPLATE,
     )
     processor.save_pretrained(out)
-    return out
+    return share(out)  # safetensors saves 0600
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from functools import partial
 from pathlib import Path
 
@@ -216,19 +217,37 @@ def serve(demo: gr.Blocks, *, host: str, port: int, queue_size: int, max_file_si
     )
 
 
+def stop_on_sigterm() -> None:
+    """`docker stop`, Kubernetes and systemd stop with SIGTERM. Python has no handler for it, and as a container's
+    PID 1 the kernel gives it no default action either: the signal is dropped and the container is killed after its
+    stop timeout. Treated as Ctrl-C, Gradio closes the server (votes need no flush: each is committed when cast)."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(argv, description=__doc__)
+    stop_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own startup requests, one line each
     from cxr_vqa.model import load_model
 
     print(f"loading {config.base}" + (f" + {', '.join(config.adapter)}" if config.adapter else " (no adapter)"))
-    with user_errors():
-        vqa = load_model(config.base, config.adapter, load_in_4bit=config.load_in_4bit, device=config.device)
-        settings = GenerationSettings(max_new_tokens=config.max_new_tokens)
-        demo = create_demo(vqa, votes_db=config.votes_db, report_dir=config.report, settings=settings)
-    print(f"serving on http://{config.host}:{config.port} (votes: {config.votes_db})")
-    serve(demo, host=config.host, port=config.port, queue_size=config.queue_size, max_file_size=config.max_file_size)
+    demo = None
+    try:
+        with user_errors():
+            vqa = load_model(config.base, config.adapter, load_in_4bit=config.load_in_4bit, device=config.device)
+            settings = GenerationSettings(max_new_tokens=config.max_new_tokens)
+            demo = create_demo(vqa, votes_db=config.votes_db, report_dir=config.report, settings=settings)
+        print(f"serving on http://{config.host}:{config.port} (votes: {config.votes_db})")
+        serve(
+            demo, host=config.host, port=config.port, queue_size=config.queue_size, max_file_size=config.max_file_size
+        )
+    except KeyboardInterrupt:  # stopped while loading or starting up (once serving, Gradio handles it): no traceback
+        if demo is not None:
+            demo.close()
+        print("stopped before serving")
+        return
+    print("server closed")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import torch
 from PIL import Image
 
 from cxr_vqa.errors import UserError
+from cxr_vqa.files import unreadable, unreadable_message
+from cxr_vqa.hub import hub_problem
 from cxr_vqa.template import CHAT_TEMPLATE
 from cxr_vqa.vqa import BASE, TUNED, VQAModel
 
@@ -68,9 +70,10 @@ def quantization_config(compute_dtype: torch.dtype):
 
 
 def _check_model_source(name: str) -> None:
-    """Fail early, in one line, on paths that cannot be a LLaVA checkpoint."""
+    """Fail early, in one line, on paths that cannot be a LLaVA checkpoint, and on a Hub that cannot be reached."""
     path = Path(name)
     if path.exists():
+        _check_readable(path)
         if not (path / "config.json").is_file():
             raise ModelLoadError(
                 f"{name} has no config.json: point --base at a LLaVA-1.5 checkpoint directory "
@@ -80,6 +83,25 @@ def _check_model_source(name: str) -> None:
     looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1
     if looks_local:
         raise ModelLoadError(f"model {name!r} not found: no such directory, and it is not a Hub id (owner/name)")
+    if problem := hub_problem(name, "config.json"):
+        raise ModelLoadError(problem)
+
+
+def _check_adapter_source(adapter: str) -> None:
+    if Path(adapter).exists():
+        _check_readable(Path(adapter))
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise ModelLoadError(
+                f"{adapter} has no adapter_config.json: pass the directory that `python -m finetune` wrote"
+            )
+    elif adapter.count("/") == 1 and (problem := hub_problem(adapter, "adapter_config.json")):
+        raise ModelLoadError(problem)
+
+
+def _check_readable(path: Path) -> None:
+    """transformers reports an unreadable weights file as "No such file or directory": name the real problem."""
+    if path.is_dir() and (denied := unreadable(path)):
+        raise ModelLoadError(unreadable_message(denied[0]))
 
 
 def _offline_hint() -> str:
@@ -220,10 +242,7 @@ def attach_adapter(model, adapter: str, *, name: str = TUNED, trainable: bool = 
     from peft import PeftModel
 
     config_file = Path(adapter) / "adapter_config.json"
-    if Path(adapter).exists() and not config_file.is_file():
-        raise ModelLoadError(
-            f"{adapter} has no adapter_config.json: pass the directory that `python -m finetune` wrote"
-        )
+    _check_adapter_source(adapter)
     try:
         if isinstance(model, PeftModel):
             model.load_adapter(adapter, adapter_name=name, is_trainable=trainable)
@@ -252,6 +271,10 @@ def load_model(
     """Load the base (4-bit nf4 by default) and attach every adapter (`adapter_specs`: a path, or NAME=PATH values):
     one copy of the weights serves the base and every fine-tuned model."""
     specs = adapter_specs(adapter)
+    # before transformers is imported and the base loads for minutes: a bad source or an unreachable Hub in seconds
+    _check_model_source(base)
+    for source in specs.values():
+        _check_adapter_source(source)
     dev = pick_device(device)
     if load_in_4bit:
         _check_bitsandbytes(dev)

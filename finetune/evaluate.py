@@ -27,6 +27,7 @@ from pathlib import Path
 from cxr_vqa.cli import REPEATABLE, parse_config, user_errors
 from cxr_vqa.contract import check_split, open_splits
 from cxr_vqa.errors import UserError
+from cxr_vqa.files import share
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.images import load_film
 from cxr_vqa.model import DEFAULT_BASE, adapter_specs, load_model
@@ -136,6 +137,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         result["extra"] = {"radeval": radeval_scores(records, names)}
     (out / METRICS).write_text(json.dumps(result, indent=2) + "\n")
     write_report(out, result)
+    share(out)  # the app shows the report, perhaps as another user
     return result
 
 

@@ -39,6 +39,7 @@ from transformers import (
 )
 
 from cxr_vqa.cli import user_errors
+from cxr_vqa.files import share
 from cxr_vqa.template import CHAT_TEMPLATE
 from finetune import llama_tokenizer as llama
 
@@ -202,7 +203,7 @@ def build_tiny_llava(
         chat_template=CHAT_TEMPLATE,
     )
     processor.save_pretrained(out)
-    return out
+    return share(out)  # safetensors saves 0600
 
 
 def main(argv: list[str] | None = None) -> None:

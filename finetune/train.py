@@ -15,6 +15,7 @@ from trl import SFTTrainer
 
 from cxr_vqa.contract import check_split, open_splits
 from cxr_vqa.errors import UserError
+from cxr_vqa.files import share
 from cxr_vqa.model import load_base_model, load_processor
 from finetune.collator import IGNORE_INDEX, AnswerOnlyCollator
 from finetune.config import ScriptArguments, TrainConfig, check_device, resolve_checkpoint
@@ -215,4 +216,5 @@ def train(script_args: ScriptArguments, train_args: TrainConfig, callbacks=None)
             merge_adapter(
                 script_args.model_name_or_path, train_args.output_dir, Path(train_args.output_dir) / "merged"
             )
+        share(train_args.output_dir)  # safetensors saves 0600: the app's container runs as another user
     return trainer

@@ -1,6 +1,7 @@
 """Side-by-side chest X-ray VQA demo: the base LLaVA-1.5 and the fine-tuned adapter answer the same question, from
 one 4-bit model in one batched generate. A research demo, not a medical device.
 
+    python app.py --demo                 # offline: tiny demo models trained on synthetic phantoms (built on first use)
     python app.py --base llava-hf/llava-1.5-7b-hf --adapter runs/llava-cxr               # http://127.0.0.1:7860
     python app.py --base runs/tiny --adapter runs/tiny-adapter --no-4bit --port 7861     # CPU smoke run
     python app.py --adapter runs/llava-cxr --report reports/test --votes-db votes.sqlite
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from app_lib import demo as demo_models
 from app_lib.blind import NO_BLIND, Blind
 from app_lib.config import parse_config
 from app_lib.handlers import NO_ADAPTER, Handlers, pane_label
@@ -231,13 +233,18 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own startup requests, one line each
     from cxr_vqa.model import load_model
 
-    print(f"loading {config.base}" + (f" + {', '.join(config.adapter)}" if config.adapter else " (no adapter)"))
     demo = None
     try:
         with user_errors():
-            vqa = load_model(config.base, config.adapter, load_in_4bit=config.load_in_4bit, device=config.device)
+            base, adapters, four_bit, extra = config.base, config.adapter, config.load_in_4bit, {}
+            if config.demo:  # tiny models: full precision (4-bit on a CPU only slows them down)
+                built = demo_models.prepare(config.demo_dir)
+                base, adapters, four_bit = built.base, [built.adapter], False
+                extra = {"header": demo_models.HEADER, "examples": built.examples}
+            print(f"loading {base}" + (f" + {', '.join(adapters)}" if adapters else " (no adapter)"))
+            vqa = load_model(base, adapters, load_in_4bit=four_bit, device=config.device)
             settings = GenerationSettings(max_new_tokens=config.max_new_tokens)
-            demo = create_demo(vqa, votes_db=config.votes_db, report_dir=config.report, settings=settings)
+            demo = create_demo(vqa, votes_db=config.votes_db, report_dir=config.report, settings=settings, **extra)
         print(f"serving on http://{config.host}:{config.port} (votes: {config.votes_db})")
         serve(
             demo, host=config.host, port=config.port, queue_size=config.queue_size, max_file_size=config.max_file_size

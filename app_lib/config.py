@@ -13,13 +13,13 @@ from pathlib import Path
 
 from cxr_vqa.cli import REPEATABLE
 from cxr_vqa.cli import parse_config as parse
-from cxr_vqa.model import adapter_specs
+from cxr_vqa.model import DEFAULT_BASE, adapter_specs
 
 
 @dataclass
 class AppConfig:
     base: str = field(
-        default_factory=lambda: os.environ.get("BASE_MODEL", "llava-hf/llava-1.5-7b-hf"),
+        default_factory=lambda: os.environ.get("BASE_MODEL", DEFAULT_BASE),
         metadata={"help": "base LLaVA-1.5 checkpoint: Hub id or directory (env BASE_MODEL)"},
     )
     adapter: list[str] | None = field(
@@ -45,6 +45,14 @@ class AppConfig:
     queue_size: int = field(default=16, metadata={"help": "requests waiting beyond this are told the queue is full"})
     max_new_tokens: int = field(default=128, metadata={"help": "answer length for /compare; the UI slider's start"})
     max_file_size: str = field(default="20mb", metadata={"help": "largest upload accepted, e.g. 20mb"})
+    demo: bool = field(
+        default=False,
+        metadata={
+            "help": "offline demo: tiny models trained on synthetic phantoms, built in --demo-dir on first use "
+            "(replaces --base and --adapter)"
+        },
+    )
+    demo_dir: str = field(default="runs/demo", metadata={"help": "where --demo builds and finds its models"})
 
     def __post_init__(self):
         if not 1 <= self.port <= 65535:

@@ -1,7 +1,7 @@
 """Every model's answer side by side: one mixed-adapter batched `generate` for the base + N adapters (N+1 rows,
 same film and question) vs N+1 sequential single-row calls on the same model, and, for N=1, vs two separate model
 copies. CPU, offline, on a small-but-not-trivial LLaVA-1.5-shaped model with random LoRA r=64 adapters (seed i for
-the i-th, so they answer differently).
+the i-th, so their weights differ).
 
     python bench/side_by_side.py                     # base + 1 adapter; hidden 512, 4 layers, 64 new tokens, fp32
     python bench/side_by_side.py --adapters 4        # base + 4 adapters in one generate vs 5 sequential calls
@@ -34,8 +34,8 @@ METHOD_NAMES = ["one_model", "batched", "sequential", "two_copies"]
 
 
 def methods(adapters: int) -> dict[str, str]:
-    """The methods compared for base + `adapters` adapters, described. Two copies only for one adapter: N+1 copies of
-    the base is not what anyone would serve, and one copy per adapter is what mixed batches replace."""
+    """The methods compared for base + `adapters` adapters, described. Two model copies only for one adapter: the
+    base-vs-tuned pair that served two panes before mixed-adapter batches."""
     if adapters == 1:
         return {
             "one_model": "one model + adapter, one question (memory reference: the model the app serves)",
@@ -65,8 +65,8 @@ def reset_peak() -> None:
         f.write("5")
 
 
-def setup(model_dir: str, adapters: list[str], new_tokens: int, four_bit: bool, methods: list[str]):
-    """Load the models `methods` need (`adapters`: NAME=PATH values) and return ({method: run()}, [models held])."""
+def setup(model_dir: str, adapters: list[str], new_tokens: int, four_bit: bool, wanted: list[str]):
+    """Load what the `wanted` methods need (`adapters`: NAME=PATH values); return ({method: run()}, [models held])."""
     import torch
     from PIL import Image
 
@@ -79,9 +79,9 @@ def setup(model_dir: str, adapters: list[str], new_tokens: int, four_bit: bool, 
     settings = GenerationSettings(max_new_tokens=new_tokens)
     image = Image.new("RGB", (336, 336), (90, 90, 90))
     conv = add_question(None, "Is there cardiomegaly?")
-    base = load_model(model_dir, load_in_4bit=four_bit, device="cpu") if "two_copies" in methods else None
+    base = load_model(model_dir, load_in_4bit=four_bit, device="cpu") if "two_copies" in wanted else None
     # the reference holds one adapter, the model the app serves; every other method holds all of them
-    held = adapters[:1] if methods == ["one_model"] else adapters
+    held = adapters[:1] if wanted == ["one_model"] else adapters
     tuned = load_model(model_dir, held, load_in_4bit=four_bit, device="cpu")
     names = tuned.model_names  # the base first, then every adapter in load order
 
@@ -94,7 +94,7 @@ def setup(model_dir: str, adapters: list[str], new_tokens: int, four_bit: bool, 
         "sequential": lambda: [answer for name in names for answer in ask(tuned, [name])],
         "two_copies": lambda: ask(base, [BASE]) + ask(tuned, names[1:]),
     }
-    return {m: runs[m] for m in methods}, [m for m in (base, tuned) if m is not None]
+    return {m: runs[m] for m in wanted}, [m for m in (base, tuned) if m is not None]
 
 
 def measure_memory(method: str, model_dir: str, adapters: list[str], new_tokens: int, four_bit: bool) -> dict:

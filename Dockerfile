@@ -7,6 +7,7 @@
 #       python app.py --adapter /home/app/runs/llava-cxr --votes-db /home/app/data/votes.sqlite
 #
 # The base image brings CUDA and a CUDA build of torch; requirements.txt's torch range accepts it, so pip keeps it.
+# `python scripts/docker_check.py --base IMAGE` builds, serves a tiny model, calls /compare, stops and times it all.
 ARG BASE_IMAGE=pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
 FROM ${BASE_IMAGE}
 
@@ -41,4 +42,6 @@ EXPOSE 7860
 # Loading a 7B model (and downloading it on first start) takes minutes: a long start period before failures count.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=900s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('GRADIO_SERVER_PORT', '7860') + '/', timeout=4)"
+# app.py stops on SIGTERM (`docker stop`) although it runs as PID 1; another command run here as PID 1 ignores
+# SIGTERM and is killed after the stop timeout: give it `docker run --init`.
 CMD ["python", "app.py", "--votes-db", "/home/app/data/votes.sqlite"]

@@ -1,32 +1,39 @@
 """Side-by-side chest X-ray VQA demo: the base LLaVA-1.5 and the fine-tuned adapter answer the same question, from
 one 4-bit model in one batched generate. A research demo, not a medical device.
 
+    python app.py --demo                 # offline: tiny demo models trained on synthetic phantoms (built on first use)
     python app.py --base llava-hf/llava-1.5-7b-hf --adapter runs/llava-cxr               # http://127.0.0.1:7860
     python app.py --base runs/tiny --adapter runs/tiny-adapter --no-4bit --port 7861     # CPU smoke run
     python app.py --adapter runs/llava-cxr --report reports/test --votes-db votes.sqlite
+    python app.py --adapter labels=runs/a --adapter llm=runs/b       # several adapters: one pane each, one generate
     BASE_MODEL=llava-hf/llava-1.5-7b-hf ADAPTER_MODEL=user/llava-cxr python app.py         # Hugging Face Spaces
     python app.py --config app.yaml --port 8080                                           # YAML gives defaults
 
 Programmatic use: `gradio_client.Client(url).predict(handle_file("film.png"), "Is there cardiomegaly?",
-api_name="/compare")` returns (base answer, fine-tuned answer); the second is "" without an adapter.
+api_name="/compare")` returns (base answer, first adapter's answer; "" without an adapter); "/compare_scores" adds
+P(yes) to each; "/compare_all" returns {model name: answer} for every loaded model.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import signal
 from functools import partial
 from pathlib import Path
 
 import gradio as gr
 
+from app_lib import demo as demo_models
+from app_lib.blind import NO_BLIND, Blind
 from app_lib.config import parse_config
-from app_lib.handlers import NO_ADAPTER, NO_BLIND, Handlers
+from app_lib.handlers import NO_ADAPTER, Handlers, pane_label
 from app_lib.results import load_report
 from app_lib.votes import VoteStore
 from cxr_vqa.cli import user_errors
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.questions import MAX_QUESTION_CHARS
+from cxr_vqa.vqa import BASE, TUNED
 
 try:  # ZeroGPU on Hugging Face Spaces: a GPU is attached only while a decorated function runs
     import spaces
@@ -78,19 +85,27 @@ def create_demo(
     report_dir: str | Path | None = None,
     settings: GenerationSettings = GenerationSettings(),
     rng=None,
+    header: str | None = None,
+    examples: list[tuple[str, str, str]] | None = None,
 ) -> gr.Blocks:
-    """The Blocks app around an already loaded `VQAModel`; nothing is loaded here. `settings` are the defaults of
-    the sliders and what `/compare` uses."""
-    h = Handlers(vqa, VoteStore(votes_db), settings=settings, rng=rng)
+    """The Blocks app around an already loaded `VQAModel`; nothing is loaded here. One pane per model (base first);
+    `settings` are the defaults of the sliders and what the API uses; `header` and `examples` replace the standard
+    ones (the demo's)."""
+    votes = VoteStore(votes_db)
+    h = Handlers(vqa, votes, settings=settings, rng=rng)
+    blind = Blind(vqa, votes, settings=settings, rng=rng)
     report = load_report(report_dir)
-    adapter = f"`{vqa.adapter_name}`" if vqa.has_adapter else "none (fine-tuned pane disabled)"
+    adapters = ", ".join(f"`{name}` = `{source}`" for name, source in vqa.adapters.items())
     quantized = "4-bit nf4" if vqa.is_4bit else "full precision"
 
     # delete_cache: uploaded films leave the server's disk after an hour or so, and all of them when it stops
     with gr.Blocks(title="Chest X-ray VQA: base vs fine-tuned", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# Chest X-ray VQA: base vs fine-tuned LLaVA-1.5")
         gr.Markdown(NOTICE, elem_id="notice")
-        gr.Markdown(f"Base model: `{vqa.base_name}` ({quantized}) · Adapter: {adapter}", elem_id="models")
+        if header:
+            gr.Markdown(header, elem_id="demo-header")
+        models_line = f"Base model: `{vqa.base_name}` ({quantized}) · Adapters: {adapters or 'none'}"
+        gr.Markdown(models_line, elem_id="models")
         film, chats, trial = gr.State(None), gr.State(None), gr.State(None)
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
@@ -109,16 +124,14 @@ def create_demo(
                         with gr.Row():
                             ask_btn = gr.Button("Ask", variant="primary", elem_id="ask")
                             clear_btn = gr.Button("Clear conversation", elem_id="clear")
+                        panes, stats = [], []
                         with gr.Row():
-                            with gr.Column():
-                                base_chat = gr.Chatbot(label="Base", elem_id="base-chat", **PANE)
-                                base_stats = gr.Markdown(elem_id="base-stats")
-                            with gr.Column():
-                                tuned_chat = gr.Chatbot(
-                                    label="Fine-tuned", elem_id="tuned-chat", **PANE,
-                                    placeholder=None if vqa.has_adapter else NO_ADAPTER,
-                                )  # fmt: skip
-                                tuned_stats = gr.Markdown(elem_id="tuned-stats")
+                            for model in h.panes:
+                                with gr.Column():
+                                    placeholder = NO_ADAPTER if model not in vqa.model_names else None
+                                    panes.append(gr.Chatbot(label=pane_label(model), elem_id=f"{pane_id(model)}-chat",
+                                                            placeholder=placeholder, **PANE))  # fmt: skip
+                                    stats.append(gr.Markdown(elem_id=f"{pane_id(model)}-stats"))
                     with gr.Tab("Blind A/B"):
                         gr.Markdown(BLIND_HELP + ("" if vqa.has_adapter else f"\n\n**Unavailable:** {NO_BLIND}."))
                         blind_btn = gr.Button(
@@ -128,7 +141,7 @@ def create_demo(
                             answer_a = gr.Textbox(label="A", interactive=False, lines=4, elem_id="answer-a")
                             answer_b = gr.Textbox(label="B", interactive=False, lines=4, elem_id="answer-b")
                         with gr.Row():
-                            votes = {
+                            vote_buttons = {
                                 "A": gr.Button("A is better", elem_id="vote-a"),
                                 "B": gr.Button("B is better", elem_id="vote-b"),
                                 "tie": gr.Button("Tie", elem_id="vote-tie"),
@@ -137,7 +150,9 @@ def create_demo(
                         reveal = gr.Markdown(elem_id="reveal")
                     with gr.Tab("Results"):
                         results = gr.Markdown(elem_id="results")
-                        refresh_btn = gr.Button("Refresh", size="sm")
+                        with gr.Row():
+                            refresh_btn = gr.Button("Refresh", size="sm")
+                            export_btn = gr.DownloadButton("Export all votes (CSV)", size="sm", elem_id="export")
                         gr.Markdown(report.note)
                         if report.metrics is not None:
                             gr.JSON(report.metrics, label="metrics.json")
@@ -149,17 +164,15 @@ def create_demo(
                         0.0, 1.5, value=settings.temperature, step=0.05, label="Temperature (0 = greedy)"
                     )
                     top_p = gr.Slider(0.05, 1.0, value=settings.top_p, step=0.05, label="Top-p")
-        examples = film_examples()
+        examples = film_examples() if examples is None else examples
         if examples:
             gr.Examples(
                 [[path, q] for path, q, _ in examples], inputs=[film_file, question],
                 example_labels=[label for *_, label in examples], cache_examples=False,
                 label="Examples: synthetic phantoms drawn by dataprep.synthetic, not patients",
             )  # fmt: skip
-        # the API endpoint: two hidden boxes give gradio_client a (base, fine-tuned) pair of strings
-        api_base, api_tuned = gr.Textbox(visible=False), gr.Textbox(visible=False)
 
-        chat_outputs = [base_chat, tuned_chat, base_stats, tuned_stats, chats]
+        chat_outputs = [*panes, *stats, chats]
         private = {"api_visibility": "private"}
         film_file.change(
             h.load_film, [film_file], [film_view, film, film_status, *chat_outputs], concurrency_limit=4, **private
@@ -168,20 +181,34 @@ def create_demo(
         ask = on_gpu(h.ask)
         for trigger in (ask_btn.click, question.submit):
             trigger(ask, [film, question, chats, *sliders], [*chat_outputs, question], **GPU_EVENT, **private)
-        for clear in (clear_btn.click, base_chat.clear, tuned_chat.clear):  # a pane's trash icon clears both
+        for clear in (clear_btn.click, *[pane.clear for pane in panes]):  # a pane's trash icon clears them all
             clear(h.clear, None, chat_outputs, queue=False, **private)
         blind_outputs = [answer_a, answer_b, trial, reveal]
-        blind_btn.click(on_gpu(h.blind_answer), [film, question, *sliders], blind_outputs, **GPU_EVENT, **private)
-        for choice, button in votes.items():
-            button.click(partial(h.vote, choice), [trial], [reveal, trial], concurrency_limit=4, **private)
-        refresh_btn.click(h.results, None, [results], queue=False, **private)
-        demo.load(h.results, None, [results], queue=False, **private)
-        api_btn = gr.Button(visible=False)
-        api_btn.click(
-            on_gpu(h.compare), [film_file, question], [api_base, api_tuned], api_name="compare", **GPU_EVENT,
-            api_description="(film file, question) → (base answer, fine-tuned answer; \"\" without an adapter)",
-        )  # fmt: skip
+        blind_btn.click(on_gpu(blind.answer), [film, question, *sliders], blind_outputs, **GPU_EVENT, **private)
+        for choice, button in vote_buttons.items():
+            button.click(partial(blind.vote, choice), [trial], [reveal, trial], concurrency_limit=4, **private)
+        refresh_btn.click(blind.results, None, [results], queue=False, **private)
+        export_btn.click(blind.export, None, [export_btn], queue=False, **private)
+        demo.load(blind.results, None, [results], queue=False, **private)
+        # the API: hidden components give gradio_client plain strings and dicts
+        inputs = [film_file, question]
+        for name, fn, outputs, about in (
+            ("compare", h.compare, [gr.Textbox(visible=False), gr.Textbox(visible=False)],
+             '(film file, question) → (base answer, first adapter\'s answer; "" without an adapter)'),
+            ("compare_scores", h.compare_scores, [gr.JSON(visible=False)],
+             '(film file, question) → {"base": {"answer", "p_yes"}, "tuned": {...}}; p_yes null for open answers'),
+            ("compare_all", h.compare_all, [gr.JSON(visible=False)],
+             "(film file, question) → {model name: answer} for every loaded model"),
+        ):  # fmt: skip
+            gr.Button(visible=False).click(
+                on_gpu(fn), inputs, outputs, api_name=name, api_description=about, **GPU_EVENT
+            )
     return demo
+
+
+def pane_id(model: str) -> str:
+    """The pane's element id: base-chat, tuned-chat, or model-<name>-chat."""
+    return model if model in (BASE, TUNED) else f"model-{model}"
 
 
 def serve(demo: gr.Blocks, *, host: str, port: int, queue_size: int, max_file_size: str, **launch_kwargs):
@@ -192,19 +219,42 @@ def serve(demo: gr.Blocks, *, host: str, port: int, queue_size: int, max_file_si
     )
 
 
+def stop_on_sigterm() -> None:
+    """`docker stop`, Kubernetes and systemd stop with SIGTERM. Python has no handler for it, and as a container's
+    PID 1 the kernel gives it no default action either: the signal is dropped and the container is killed after its
+    stop timeout. Treated as Ctrl-C, Gradio closes the server (votes need no flush: each is committed when cast)."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(argv, description=__doc__)
+    stop_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own startup requests, one line each
     from cxr_vqa.model import load_model
 
-    print(f"loading {config.base}" + (f" + {config.adapter}" if config.adapter else " (no adapter)"))
-    with user_errors():
-        vqa = load_model(config.base, config.adapter, load_in_4bit=config.load_in_4bit, device=config.device)
-        settings = GenerationSettings(max_new_tokens=config.max_new_tokens)
-        demo = create_demo(vqa, votes_db=config.votes_db, report_dir=config.report, settings=settings)
-    print(f"serving on http://{config.host}:{config.port} (votes: {config.votes_db})")
-    serve(demo, host=config.host, port=config.port, queue_size=config.queue_size, max_file_size=config.max_file_size)
+    demo = None
+    try:
+        with user_errors():
+            base, adapters, four_bit, extra = config.base, config.adapter, config.load_in_4bit, {}
+            if config.demo:  # tiny models: full precision (4-bit on a CPU only slows them down)
+                built = demo_models.prepare(config.demo_dir)
+                base, adapters, four_bit = built.base, [built.adapter], False
+                extra = {"header": demo_models.HEADER, "examples": built.examples}
+            print(f"loading {base}" + (f" + {', '.join(adapters)}" if adapters else " (no adapter)"))
+            vqa = load_model(base, adapters, load_in_4bit=four_bit, device=config.device)
+            settings = GenerationSettings(max_new_tokens=config.max_new_tokens)
+            demo = create_demo(vqa, votes_db=config.votes_db, report_dir=config.report, settings=settings, **extra)
+        print(f"serving on http://{config.host}:{config.port} (votes: {config.votes_db})")
+        serve(
+            demo, host=config.host, port=config.port, queue_size=config.queue_size, max_file_size=config.max_file_size
+        )
+    except KeyboardInterrupt:  # stopped while loading or starting up (once serving, Gradio handles it): no traceback
+        if demo is not None:
+            demo.close()
+        print("stopped before serving")
+        return
+    print("server closed")
 
 
 if __name__ == "__main__":

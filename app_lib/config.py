@@ -11,19 +11,23 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cxr_vqa.cli import REPEATABLE
 from cxr_vqa.cli import parse_config as parse
+from cxr_vqa.model import DEFAULT_BASE, adapter_specs
 
 
 @dataclass
 class AppConfig:
     base: str = field(
-        default_factory=lambda: os.environ.get("BASE_MODEL", "llava-hf/llava-1.5-7b-hf"),
+        default_factory=lambda: os.environ.get("BASE_MODEL", DEFAULT_BASE),
         metadata={"help": "base LLaVA-1.5 checkpoint: Hub id or directory (env BASE_MODEL)"},
     )
-    adapter: str | None = field(
-        default_factory=lambda: os.environ.get("ADAPTER_MODEL") or None,
-        metadata={"help": "LoRA adapter directory or Hub id (env ADAPTER_MODEL); without it only the base answers"},
-    )
+    adapter: list[str] | None = field(
+        default_factory=lambda: [a.strip() for a in os.environ.get("ADAPTER_MODEL", "").split(",") if a.strip()]
+        or None,
+        metadata={"help": "LoRA adapter: a directory or Hub id, or NAME=PATH; again for several, one pane each (env "
+                  "ADAPTER_MODEL, comma-separated); without one only the base answers", **REPEATABLE},
+    )  # fmt: skip
     load_in_4bit: bool = field(default=True, metadata={"help": "4-bit nf4 base; --no-4bit for full precision"})
     device: str | None = field(default=None, metadata={"help": "cuda, cuda:1 or cpu (default: cuda if present)"})
     host: str = field(
@@ -41,6 +45,14 @@ class AppConfig:
     queue_size: int = field(default=16, metadata={"help": "requests waiting beyond this are told the queue is full"})
     max_new_tokens: int = field(default=128, metadata={"help": "answer length for /compare; the UI slider's start"})
     max_file_size: str = field(default="20mb", metadata={"help": "largest upload accepted, e.g. 20mb"})
+    demo: bool = field(
+        default=False,
+        metadata={
+            "help": "offline demo: tiny models trained on synthetic phantoms, built in --demo-dir on first use "
+            "(replaces --base and --adapter)"
+        },
+    )
+    demo_dir: str = field(default="runs/demo", metadata={"help": "where --demo builds and finds its models"})
 
     def __post_init__(self):
         if not 1 <= self.port <= 65535:
@@ -49,6 +61,7 @@ class AppConfig:
             raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
         if not 1 <= self.max_new_tokens <= 4096:
             raise ValueError(f"max_new_tokens must be in 1..4096, got {self.max_new_tokens}")
+        adapter_specs(self.adapter)  # names checked before any model is loaded
         if self.report is not None and not Path(self.report).is_dir():
             raise ValueError(f"report directory {self.report} not found: pass the --out of finetune.evaluate")
 

@@ -1,23 +1,23 @@
 """The app's event handlers as plain methods over a `VQAModel`: testable without a browser or a server.
 
-Every model call goes through the core's `VQAModel` (`prepare_film`, `clean_question`, `conversation`, then `stream`
-for the panes and `compare` for the API and blind trials), so the app asks exactly the prompt the model was trained
-on and never touches the processor, tokenizer or config itself. User mistakes raise `gr.Error` with a one-line message;
-risky-but-allowed input (control characters removed, another script) raises `gr.Warning` and carries on.
+Every model call goes through the core's `VQAModel` (`prepare_film`, `clean_question`, `conversation`, then
+`stream_answers` for the panes and `compare_all` for the API and blind trials), so the app asks exactly the prompt
+the model was trained on and never touches the processor, tokenizer or config itself. The panes are the loaded
+models, base first; every pane is filled by ONE batched generate. User mistakes raise `gr.Error` with a one-line
+message; risky-but-allowed input (control characters removed, another script) raises `gr.Warning` and carries on.
 """
 
 from __future__ import annotations
 
 import random
-import sqlite3
 import time
 from contextlib import contextmanager
 
 import gradio as gr
 import torch
 
-from app_lib.results import results_markdown
-from app_lib.votes import Trial, VoteStore
+from app_lib.votes import VoteStore
+from cxr_vqa.answers import Answer
 from cxr_vqa.errors import UserError
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.images import Film
@@ -28,8 +28,6 @@ NO_ADAPTER = (
     "No fine-tuned adapter is loaded, so this pane stays empty: start the app with `--adapter DIR` "
     "(or set `ADAPTER_MODEL`) to compare."
 )
-NO_BLIND = "blind A/B needs a fine-tuned adapter: start the app with --adapter DIR (or set ADAPTER_MODEL)"
-VOTE_FIRST = "no pair to vote on: press “Answer blind” first (each pair takes one vote)"
 NO_IMAGE = "no image: upload a chest X-ray (PNG, JPEG or DICOM) or pick an example first"
 
 
@@ -53,13 +51,26 @@ def chat_messages(conversation: list[dict] | None) -> list[dict]:
     return messages
 
 
-def pane_stats(seconds: float, tokens: int) -> str:
+def pane_stats(seconds: float, tokens: int, answer: Answer | None = None) -> str:
     rate = tokens / seconds if seconds > 0 else 0.0
-    return f"{seconds:.2f} s · {tokens} tokens · {rate:.1f} tokens/s"
+    confidence = f" · P(yes) {answer.p_yes:.2f}" if answer and answer.is_closed and answer.p_yes is not None else ""
+    return f"{seconds:.2f} s · {tokens} tokens · {rate:.1f} tokens/s{confidence}"
 
 
-class Handlers:
-    """State lives in Gradio (per browser tab); this object holds only the model, the vote store and settings."""
+def pane_label(model: str) -> str:
+    return "Base" if model == BASE else "Fine-tuned" if model == TUNED else f"Fine-tuned: {model}"
+
+
+def scores(answer: Answer | None) -> dict | None:
+    """`/compare_scores`' shape of one answer; P(yes) only for a yes/no answer."""
+    if answer is None:
+        return None
+    return {"answer": answer.text, "p_yes": answer.p_yes if answer.is_closed else None}
+
+
+class Inputs:
+    """What every tab does with a film and a question before the model sees them. State lives in Gradio (per
+    browser tab); handlers hold only the model, the vote store and the settings."""
 
     def __init__(
         self,
@@ -71,18 +82,41 @@ class Handlers:
     ):
         self.vqa = vqa
         self.votes = votes
-        self.settings = settings  # for `/compare`, which takes no settings; the UI sliders start from it
+        self.settings = settings  # for the API, which takes no settings; the UI sliders start from it
         self.rng = rng or random.SystemRandom()  # blind sides must not be predictable
 
-    @property
-    def adapter_label(self) -> str:
-        return self.vqa.adapter_name or "none"
+    def _clean(self, question: str | None) -> str:
+        """The question as it will be asked; each change or risk becomes a warning toast."""
+        question, notes = self.vqa.clean_question(question)
+        for note in notes:
+            gr.Warning(note)
+        return question
+
+    @staticmethod
+    def _settings(max_new_tokens, temperature, top_p) -> GenerationSettings:
+        try:
+            return GenerationSettings(int(max_new_tokens), float(temperature), float(top_p))
+        except (TypeError, ValueError) as err:  # sliders keep the UI in range; API callers may not
+            raise UserError(f"generation settings: {err}") from None
+
+
+class Handlers(Inputs):
+    """The film, the side-by-side panes and the API."""
+
+    def __init__(self, vqa: VQAModel, votes: VoteStore, **kwargs):
+        super().__init__(vqa, votes, **kwargs)
+        # the panes: every loaded model, base first; without an adapter an empty fine-tuned pane says why
+        self.panes = vqa.model_names if vqa.has_adapter else [BASE, TUNED]
+
+    def _empty(self):
+        return [[] for _ in self.panes], ["" for _ in self.panes]
 
     # -- inputs ------------------------------------------------------------------------------------------------
 
     def load_film(self, path: str | None):
         """File picked → (film as the model sees it, Film state, status line); a new film starts new chats."""
-        reset = ([], [], "", "", None)
+        chats, stats = self._empty()
+        reset = (*chats, *stats, None)
         if not path:
             return None, None, "", *reset
         try:
@@ -94,120 +128,73 @@ class Handlers:
         status = f"Loaded a {width}×{height} film, letterboxed to {size}×{size} as the model sees it."
         return film.image, film, status, *reset
 
-    def _clean(self, question: str | None) -> str:
-        """The question as it will be asked; each change or risk becomes a warning toast."""
-        question, notes = self.vqa.clean_question(question)
-        for note in notes:
-            gr.Warning(note)
-        return question
-
-    def _conversation(self, history: list[dict] | None, question: str, settings: GenerationSettings) -> list[dict]:
-        """`history` plus `question`, checked against the question and context limits in tokens."""
-        return self.vqa.conversation(history, question, settings.max_new_tokens)
-
-    @staticmethod
-    def _settings(max_new_tokens, temperature, top_p) -> GenerationSettings:
-        try:
-            return GenerationSettings(int(max_new_tokens), float(temperature), float(top_p))
-        except (TypeError, ValueError) as err:  # sliders keep the UI in range; API callers may not
-            raise UserError(f"generation settings: {err}") from None
+    def _film(self, path: str | None) -> Film:
+        if not path:
+            raise UserError(NO_IMAGE)
+        return self.vqa.prepare_film(path)
 
     # -- side by side ------------------------------------------------------------------------------------------
 
     def ask(self, film: Film | None, question: str, chats: dict | None, max_new_tokens, temperature, top_p):
-        """Stream both answers; yields (base chat, tuned chat, base stats, tuned stats, chats state, question box)."""
-        chats = chats or {"base": [], "tuned": []}
+        """Stream every model's answer; yields (one chat per pane, one stats line per pane, chats state, question)."""
+        models = self.vqa.model_names
+        chats = chats or {m: [] for m in models}
         with user_errors():
             if film is None:
                 raise UserError(NO_IMAGE)
             settings = self._settings(max_new_tokens, temperature, top_p)
             question = self._clean(question)
-            base_conv = self._conversation(chats["base"], question, settings)
-            tuned_conv = self._conversation(chats["tuned"], question, settings) if self.vqa.has_adapter else None
-        rows = [base_conv] + ([tuned_conv] if tuned_conv else [])
-        adapters = [BASE, TUNED][: len(rows)]
-        texts, done_at, tokens = [""] * len(rows), [0.0] * len(rows), [0] * len(rows)
+            convs = {m: self.vqa.conversation(chats.get(m), question, settings.max_new_tokens) for m in models}
+        texts, done_at, tokens = dict.fromkeys(models, ""), dict.fromkeys(models, 0.0), dict.fromkeys(models, 0)
         start = time.perf_counter()
 
-        def frame(stats: list[str]):
-            base_chat = chat_messages(base_conv) + [{"role": "assistant", "content": texts[0]}]
-            tuned_chat = chat_messages(tuned_conv) + [{"role": "assistant", "content": texts[1]}] if tuned_conv else []
-            return base_chat, tuned_chat, stats[0], stats[1]
+        def frame(stats: dict[str, str]):
+            panes = [chat_messages(convs[m]) + [{"role": "assistant", "content": texts[m]}] if m in convs else []
+                     for m in self.panes]  # fmt: skip
+            return *panes, *[stats.get(m, NO_ADAPTER) for m in self.panes]
 
-        waiting = ["…", "…" if tuned_conv else NO_ADAPTER]
+        waiting = dict.fromkeys(models, "…")
         yield *frame(waiting), chats, ""
+        final: list[Answer] = []
         with user_errors():
             # one streamed step = one new token per unfinished row; a row's latency and token count run to the step
             # where its text last grew, since each row stops at its own EOS while the batch runs to the last one
-            for n_step, step in enumerate(self.vqa.stream([film.image] * len(rows), rows, adapters, settings), 1):
+            stream = self.vqa.stream_answers([film.image] * len(models), list(convs.values()), models, settings)
+            for n_step, step in enumerate(stream, 1):
                 now = time.perf_counter()
-                for i, text in enumerate(step):
-                    if text != texts[i]:
-                        texts[i], done_at[i], tokens[i] = text, now - start, n_step
+                for m, answer in zip(models, step, strict=True):
+                    if answer.text != texts[m]:
+                        texts[m], done_at[m], tokens[m] = answer.text, now - start, n_step
+                final = step
                 yield *frame(waiting), chats, ""
-        stats = [pane_stats(done_at[i], tokens[i]) for i in range(len(rows))] + [NO_ADAPTER]
-        chats = {
-            "base": base_conv + [assistant_turn(texts[0])],
-            "tuned": tuned_conv + [assistant_turn(texts[1])] if tuned_conv else [],
-        }
+        answers = dict(zip(models, final, strict=True))
+        stats = {m: pane_stats(done_at[m], tokens[m], answers.get(m)) for m in models}
+        chats = {m: convs[m] + [assistant_turn(texts[m])] for m in models}
         yield *frame(stats), chats, ""
 
-    @staticmethod
-    def clear():
-        """(base chat, tuned chat, base stats, tuned stats, chats state): a fresh conversation, same film."""
-        return [], [], "", "", None
+    def clear(self):
+        """(one empty chat per pane, empty stats, chats state): a fresh conversation, same film."""
+        chats, stats = self._empty()
+        return *chats, *stats, None
 
     # -- API -----------------------------------------------------------------------------------------------------
 
+    def _answers(self, path: str | None, question: str) -> dict[str, Answer]:
+        with user_errors():
+            film = self._film(path)
+            conversation = self.vqa.conversation(None, self._clean(question), self.settings.max_new_tokens)
+            return self.vqa.compare_all(film.image, conversation, self.settings)
+
     def compare(self, path: str | None, question: str) -> tuple[str, str]:
-        """`/compare`: (base answer, fine-tuned answer) for one question, with the app's settings, in one batched
-        generate. The fine-tuned answer is "" when no adapter is loaded."""
-        with user_errors():
-            if not path:
-                raise UserError(NO_IMAGE)
-            film = self.vqa.prepare_film(path)
-            settings = self.settings
-            conversation = self._conversation(None, self._clean(question), settings)
-            base, tuned = self.vqa.compare(film.image, conversation, settings=settings)
-        return base, tuned or ""
+        """`/compare`: (base answer, first adapter's answer; "" without an adapter), one batched generate."""
+        answers = list(self._answers(path, question).values())
+        return answers[0].text, answers[1].text if len(answers) > 1 else ""
 
-    # -- blind A/B -------------------------------------------------------------------------------------------------
+    def compare_scores(self, path: str | None, question: str) -> dict:
+        """`/compare_scores`: {"base": {"answer", "p_yes"}, "tuned": {...} or None}; p_yes null for open answers."""
+        answers = list(self._answers(path, question).values())
+        return {"base": scores(answers[0]), "tuned": scores(answers[1] if len(answers) > 1 else None)}
 
-    def blind_answer(self, film: Film | None, question: str, max_new_tokens, temperature, top_p):
-        """(answer A, answer B, Trial state, reveal line): both answers from one call, sides drawn at random."""
-        with user_errors():
-            if not self.vqa.has_adapter:
-                raise UserError(NO_BLIND)
-            if film is None:
-                raise UserError(NO_IMAGE)
-            settings = self._settings(max_new_tokens, temperature, top_p)
-            question = self._clean(question)
-            conversation = self._conversation(None, question, settings)
-            base, tuned = self.vqa.compare(film.image, conversation, settings=settings)
-        trial = Trial(
-            question=question,
-            base_answer=base,
-            tuned_answer=tuned or "",
-            a_model=self.rng.choice(["base", "tuned"]),
-            image_sha256=film.sha256,
-        )
-        answer_a, answer_b = trial.answers
-        return answer_a, answer_b, trial, "Which answer is better? Vote to reveal which model wrote which."
-
-    def vote(self, choice: str, trial: Trial | None):
-        """(reveal line, Trial state): store the vote in SQLite, then say which side was which."""
-        if trial is None:
-            raise gr.Error(VOTE_FIRST)
-        try:
-            self.votes.add(trial, choice, base_model=self.vqa.base_name, adapter=self.adapter_label)
-        except (OSError, sqlite3.Error, ValueError) as err:
-            raise gr.Error(f"could not store the vote: {err}") from None
-        names = {"base": "the **base** model", "tuned": "the **fine-tuned** model"}
-        b_model = "tuned" if trial.a_model == "base" else "base"
-        shown = {"A": "A", "B": "B", "tie": "a tie", "both_wrong": "both wrong"}[choice]
-        reveal = f"You voted {shown}. **A** was {names[trial.a_model]}, **B** was {names[b_model]}. Vote stored."
-        return reveal, None
-
-    def results(self) -> str:
-        counts = self.votes.counts(base_model=self.vqa.base_name, adapter=self.adapter_label)
-        return results_markdown(counts)
+    def compare_all(self, path: str | None, question: str) -> dict[str, str]:
+        """`/compare_all`: {model name: answer} for every loaded model, one batched generate."""
+        return {name: answer.text for name, answer in self._answers(path, question).items()}

@@ -1,7 +1,7 @@
-"""The results tab: blind-vote win rates with confidence intervals, and the offline evaluation report.
+"""The results tab's pieces: the Wilson interval of a win rate, and the offline evaluation report.
 
-Intervals are Wilson score intervals: unlike the normal approximation they stay inside [0, 1] and behave with the
-handful of votes a demo collects (0 of 3 gives [0, 0.56], not [0, 0]).
+Wilson score intervals, unlike the normal approximation, stay inside [0, 1] and behave with the handful of votes a
+demo collects (0 of 3 gives [0, 0.56], not [0, 0]).
 """
 
 from __future__ import annotations
@@ -9,13 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-
-OUTCOME_LABELS = {
-    "tuned": "fine-tuned better",
-    "base": "base better",
-    "tie": "tie",
-    "both_wrong": "both wrong",
-}
 
 
 def wilson_interval(successes: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -28,28 +21,6 @@ def wilson_interval(successes: int, total: int, confidence: float = 0.95) -> tup
         return 0.0, 1.0
     ci = binomtest(successes, total).proportion_ci(confidence_level=confidence, method="wilson")
     return float(ci.low), float(ci.high)
-
-
-def results_markdown(counts: dict[str, int]) -> str:
-    """A table of outcome shares with 95% intervals, and the fine-tuned win rate among decisive votes."""
-    total = sum(counts.values())
-    if total == 0:
-        return "No blind votes yet for these models: use the **Blind A/B** tab."
-    lines = ["| outcome | votes | share | 95% CI |", "|---|---:|---:|---:|"]
-    for outcome, label in OUTCOME_LABELS.items():
-        k = counts.get(outcome, 0)
-        low, high = wilson_interval(k, total)
-        lines.append(f"| {label} | {k} | {k / total:.0%} | {low:.0%} – {high:.0%} |")
-    decisive = counts.get("tuned", 0) + counts.get("base", 0)
-    if decisive:
-        low, high = wilson_interval(counts.get("tuned", 0), decisive)
-        summary = (
-            f"**Fine-tuned win rate** (ties and both-wrong left out): {counts.get('tuned', 0) / decisive:.0%} "
-            f"of {decisive} decisive votes, 95% CI {low:.0%} – {high:.0%}."
-        )
-    else:
-        summary = "No decisive votes yet (only ties or both wrong)."
-    return "\n".join([summary, "", *lines, "", f"{total} votes in all."])
 
 
 @dataclass(frozen=True)

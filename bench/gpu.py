@@ -1,35 +1,70 @@
-"""GPU numbers for the real LLaVA-1.5-7B architecture without downloading it: random weights built from the
-llava-hf/llava-1.5-7b-hf config, saved once, loaded back in 4-bit nf4 through the model core (the training and
-serving path), then a QLoRA training step (the 7B recipe: LoRA r=64 on the language model, paged 8-bit AdamW,
-activation checkpointing, bf16/fp16) and 4-bit decoding.
+"""What users wait for, on one GPU, for the real LLaVA-1.5-7B architecture without downloading it: random weights
+built from the llava-hf/llava-1.5-7b-hf config with the 7B model's own tokenizer and processor files (from the npm
+package, as the tests build them: `finetune/llama_tokenizer.py`), loaded in 4-bit nf4 exactly as the app, the
+evaluation and the trainer load them. Three parts, one `RESULT` line each (the parts are in `bench/gpu_parts.py`):
 
-    python bench/gpu.py                                     # random checkpoint in a temp dir (~14 GB of disk)
-    python bench/gpu.py --workdir /scratch/llava7b-random   # keep the checkpoint there and reuse it next time
-    python bench/gpu.py --seq-len 700 --steps 5 --new-tokens 64 --batch 2
+- compare: one mixed base/adapter `generate` (the app's two panes) vs two sequential single-row calls vs the base
+  alone on one row; 128 new tokens forced, the same film (576 image tokens) and question.
+- eval: questions/s of `finetune.evaluate`'s batched answering (`finetune.predictions.answer_all`) at batch 8 and 32.
+- train: QLoRA steps of the shipped 7B config at micro-batch 1, 2, 4, 8 on rows of 750 tokens (a film + 5 QA turns),
+  stopping at the first over 22 GiB or failing; MFU = 6 x (trainable + frozen params) x tokens/s / dense bf16 peak.
 
-Random weights give meaningless text but real shapes, so memory and time are those of the real model. Inputs are
-token ids drawn at random around 576 image tokens (a multi-turn row is ~700 tokens). Needs one CUDA GPU with
->= 16 GB free. Last line: `RESULT qlora_step_s=<s> peak_train_gib=<GiB> decode_tok_s=<tokens/s>`.
+    python bench/gpu.py                        # one CUDA GPU with >= 16 GB free, ~15 GB of disk, npm
+    python bench/gpu.py --workdir /scratch/l7  # keep the random checkpoint there and reuse it next time
+    python bench/gpu.py --npm-dir tmp/npm      # no npm registry: a folder holding the tarball that
+                                               # `npm pack llama-tokenizer-js@1.2.2` wrote where npm works
+    python bench/gpu.py --smoke                # every part on the tiny checkpoint, on CPU, in under a minute
+
+On a GPU machine without network whose image has torch, accelerate and huggingface_hub but not this project's other
+pins, carry the wheels of bitsandbytes, transformers, peft, trl, datasets (+ dill, multiprocess) and pydicom in .whl
+and the tarball in tmp/npm, then (the sizes are planned for ~8 minutes of one H100/H200; not yet run on one):
+
+    set -o pipefail; pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
+        PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 python3 bench/gpu.py --npm-dir tmp/npm 2>&1 | tee $OUT/gpu.log
+
+Random weights give meaningless text but real shapes, so memory and time are those of the real model; every generate
+call is forced to its full length (random weights may emit EOS anywhere). Prints the GPU and library versions first.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would crowd the figures out of a short log
 
 import torch
+from gpu_parts import GIB, compare_part, eval_part, free_memory, random_adapter, train_part
 
 IMAGE_TOKEN = 32000  # llava-1.5-7b-hf's <image> id; 32001 is <pad>
-GIB = 1024**3
+LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes")
+# Dense bf16 tensor-core peaks (TFLOP/s, NVIDIA datasheets, sparsity not counted; the T4 has fp16 only), by a pattern
+# of torch's device name, first match wins: "NVIDIA H100 80GB HBM3" is the SXM part.
+PEAK_TFLOPS = [
+    (r"\bH[12]00 NVL\b", 835),
+    (r"\bH100 PCIe\b", 756),
+    (r"\bH[12]00\b", 989),
+    (r"\bA100\b", 312),
+    (r"\bA10G?\b", 125),
+    (r"\bL4\b", 121),
+    (r"\bT4\b", 65),
+]
+# option: (full run, --smoke, what it sets); the full run's are planned for ~8 minutes of one H100, build included
+SIZES = {
+    "new_tokens": (128, 32, "compare: tokens decoded a row"),
+    "repeats": (3, 3, "compare: timed runs of each method"),
+    "warmup": (1, 1, "train: untimed steps a micro-batch"),
+    "steps": (3, 1, "train: timed steps a micro-batch"),
+    "eval_questions": (16, 8, "eval: questions answered at each batch size"),
+    "eval_tokens": (64, 8, "eval: tokens an answer"),
+}
 
 
 def llava_7b_config():
@@ -73,148 +108,135 @@ def llava_7b_config():
     )
 
 
-def build_random_checkpoint(out: Path, dtype: torch.dtype) -> Path:
-    """Random 16-bit weights, initialised on the GPU (fast) and saved, so the 4-bit load below is the real one."""
+def build_random_checkpoint(out: Path, dtype: torch.dtype, npm_dir: Path) -> Path:
+    """Random 16-bit weights, initialised on the GPU (fast) and saved, so the 4-bit loads that follow are the real
+    ones; the 7B model's tokenizer and processor files beside them."""
     from transformers import LlavaForConditionalGeneration
+
+    from finetune.llama_tokenizer import fetch_package, write_processor_files
 
     if (out / "config.json").is_file():
         print(f"reusing the random checkpoint in {out}")
-        return out
-    start = time.perf_counter()
-    with torch.device("cuda"):
-        model = LlavaForConditionalGeneration._from_config(llava_7b_config(), dtype=dtype)
-    model.save_pretrained(out)
-    del model
-    gc.collect()
-    torch.cuda.empty_cache()
-    print(f"built and saved a random llava-1.5-7b checkpoint in {time.perf_counter() - start:.0f} s")
+    else:
+        start = time.perf_counter()
+        with torch.device("cuda"):
+            model = LlavaForConditionalGeneration._from_config(llava_7b_config(), dtype=dtype)
+        model.save_pretrained(out)
+        del model
+        free_memory()
+        print(f"built and saved a random llava-1.5-7b checkpoint in {time.perf_counter() - start:.0f} s")
+    if not (out / "tokenizer.json").is_file():
+        write_processor_files(out, fetch_package(npm_dir))
     return out
 
 
-def fake_batch(batch: int, seq_len: int, dtype: torch.dtype, answer_tokens: int = 48) -> dict:
-    """Token ids with one image (576 <image> ids after BOS) per row; labels on the last `answer_tokens` positions."""
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, 32000, (batch, seq_len), generator=gen)
-    ids[:, 0] = 1
-    ids[:, 4 : 4 + 576] = IMAGE_TOKEN
-    labels = torch.full_like(ids, -100)
-    labels[:, -answer_tokens:] = ids[:, -answer_tokens:]
-    return {
-        "input_ids": ids.cuda(),
-        "attention_mask": torch.ones_like(ids).cuda(),
-        "pixel_values": torch.randn(batch, 3, 336, 336, generator=gen).to("cuda", dtype),
-        "labels": labels.cuda(),
-    }
+def peak_tflops(name: str, given: float | None) -> float | None:
+    import re
+
+    if given:
+        return given
+    return next((tflops for pattern, tflops in PEAK_TFLOPS if re.search(pattern, name)), None)
 
 
-def qlora_step(model_dir: Path, dtype: torch.dtype, args) -> tuple[float, float, float]:
-    """(median step seconds, peak GiB allocated, trainable millions) of the 7B QLoRA recipe at batch 1."""
-    import bitsandbytes as bnb
-    from peft import get_peft_model, prepare_model_for_kbit_training
+def describe_machine(smoke: bool) -> str:
+    """One line for the machine, one for the libraries; returns the device name."""
+    if smoke or not torch.cuda.is_available():
+        name = "CPU (smoke run: tiny checkpoint)" if smoke else "CPU"
+    else:
+        name = torch.cuda.get_device_name()
+        name += f" ({torch.cuda.get_device_properties(0).total_memory / GIB:.0f} GiB)"
+    print(f"device: {name}")
 
-    from cxr_vqa.model import load_base_model
-    from finetune.config import ScriptArguments
-    from finetune.train import lora_config
+    def installed(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "absent"
 
-    torch.cuda.reset_peak_memory_stats()
-    model = load_base_model(str(model_dir), load_in_4bit=True, device="cuda:0", dtype=dtype)
-    print(f"4-bit model loaded: {torch.cuda.memory_allocated() / GIB:.1f} GiB on the GPU")
-    model = prepare_model_for_kbit_training(
-        model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
-    )
-    model.config.use_cache = False
-    model = get_peft_model(model, lora_config(ScriptArguments()))  # the 7B config's LoRA: r=64, alpha=16
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:  # as SFTTrainer does for QLoRA: adapters in the compute dtype
-        p.data = p.data.to(dtype)
-    optimizer = bnb.optim.PagedAdamW8bit(params, lr=2e-4)
-    batch = fake_batch(1, args.seq_len, dtype)
-    times = []
-    model.train()
-    for step in range(args.warmup + args.steps):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.autocast("cuda", dtype=dtype):
-            loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
-    trainable = sum(p.numel() for p in params) / 1e6
-    peak = torch.cuda.max_memory_allocated() / GIB
-    return statistics.median(times), peak, trainable
+    print("versions: " + ", ".join(f"{p} {installed(p)}" for p in LIBRARIES))
+    return name
 
 
-@torch.inference_mode()
-def decode_speed(model_dir: Path, dtype: torch.dtype, args) -> tuple[float, float]:
-    """(prefill seconds, decode tokens/s) of greedy 4-bit generation, `--batch` rows at once."""
-    from cxr_vqa.model import load_base_model
-
-    model = load_base_model(str(model_dir), load_in_4bit=True, device="cuda:0", dtype=dtype)
-    batch = fake_batch(args.batch, args.seq_len, dtype)
-    batch.pop("labels")
-
-    def timed(new_tokens: int) -> float:
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        # min_new_tokens: random weights may emit EOS at any point; every run must decode the same length.
-        model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-        torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    timed(4)  # warm-up: kernels, cache allocation
-    prefill = statistics.median(timed(1) for _ in range(3))
-    full = statistics.median(timed(args.new_tokens) for _ in range(3))
-    return prefill, args.batch * (args.new_tokens - 1) / (full - prefill)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", help="where the random checkpoint is kept (default: a temp dir, deleted)")
-    parser.add_argument("--seq-len", type=int, default=700, help="tokens per row, 576 of them image tokens")
-    parser.add_argument("--steps", type=int, default=5, help="timed QLoRA steps (after --warmup)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed QLoRA steps first")
-    parser.add_argument("--new-tokens", type=int, default=64, help="tokens decoded per row")
-    parser.add_argument("--batch", type=int, default=2, help="rows decoded at once (2 = the app's base | tuned)")
-    args = parser.parse_args(argv)
-    if min(args.steps, args.new_tokens - 1, args.batch) < 1 or args.seq_len < 600:
-        parser.error("--steps and --batch must be >= 1, --new-tokens >= 2, --seq-len >= 600 (576 image tokens)")
-
+def check_gpu_machine(workdir: Path) -> None:
+    """What the full run needs, each missing piece in one line, before minutes of building."""
     if not torch.cuda.is_available():
-        sys.exit(
-            "error: bench/gpu.py needs a CUDA GPU and this machine has none (the CPU benchmark is bench/train_step.py)"
-        )
+        sys.exit("error: bench/gpu.py needs a CUDA GPU and this machine has none: run it with --smoke on a CPU")
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
         sys.exit("error: bench/gpu.py needs bitsandbytes for 4-bit: pip install bitsandbytes")
-    free, total = torch.cuda.mem_get_info()
-    if free < 16 * GIB:
-        sys.exit(f"error: {free / GIB:.1f} GiB free on the GPU; the 7B QLoRA step needs about 16 GiB")
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="llava7b-random-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    if (free := torch.cuda.mem_get_info()[0]) < 16 * GIB:
+        sys.exit(f"error: {free / GIB:.1f} GiB free on the GPU; the 7B QLoRA steps need about 16 GiB")
     if not (workdir / "config.json").is_file() and shutil.disk_usage(workdir).free < 16 * GIB:
         sys.exit(f"error: {workdir} has under 16 GB free for the random 16-bit checkpoint: pass --workdir elsewhere")
 
-    print(
-        f"{torch.cuda.get_device_name()} ({total / GIB:.0f} GiB), {str(dtype).removeprefix('torch.')}, "
-        f"seq {args.seq_len} tokens"
-    )
+
+def parse_args(argv: list[str] | None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="the tiny checkpoint on CPU: tests the plumbing only")
+    parser.add_argument("--workdir", help="where the random checkpoint is kept (default: a temp dir, deleted)")
+    parser.add_argument("--npm-dir", help="folder with the llama-tokenizer-js tarball, or where npm puts it")
+    parser.add_argument("--seq-len", type=int, default=750, help="training row tokens, 576 of them image tokens")
+    parser.add_argument("--micro-batches", default="1,2,4,8", help="training micro-batches to try, in order")
+    parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, for a GPU not in the table")
+    for name, (full, smoke, what) in SIZES.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=int, help=f"{what} (default {full}; --smoke {smoke})")
+    args = parser.parse_args(argv)
+    for name, (full, smoke, _) in SIZES.items():
+        if getattr(args, name) is None:
+            setattr(args, name, smoke if args.smoke else full)
     try:
-        build_random_checkpoint(workdir, dtype)
-        step_s, peak, trainable = qlora_step(workdir, dtype, args)
-        gc.collect()  # the training model goes out of scope; free its GPU memory before loading the next one
-        torch.cuda.empty_cache()
-        print(f"QLoRA step (batch 1, {trainable:.0f}M trainable): {step_s:.3f} s, peak {peak:.1f} GiB allocated")
-        prefill_s, tok_s = decode_speed(workdir, dtype, args)
-        print(f"4-bit generate, {args.batch} rows: prefill {prefill_s:.3f} s, decode {tok_s:.1f} tokens/s")
+        args.micro_batches = [int(m) for m in args.micro_batches.split(",")]
+    except ValueError:
+        parser.error(f"--micro-batches takes comma-separated integers, got {args.micro_batches!r}")
+    if min(args.micro_batches + [args.repeats, args.steps, args.eval_questions, args.eval_tokens]) < 1:
+        parser.error("--micro-batches, --repeats, --steps, --eval-questions and --eval-tokens must be >= 1")
+    if args.warmup < 0 or args.new_tokens < 2 or args.seq_len < 640:
+        parser.error("--warmup must be >= 0, --new-tokens >= 2, --seq-len >= 640 (576 image tokens + QA)")
+    return args
+
+
+def run_part(part: str, measure, *args) -> None:
+    start = time.perf_counter()
+    result = measure(*args)
+    print(f"{part} took {time.perf_counter() - start:.0f} s")
+    print(f"RESULT part={part} " + " ".join(f"{key}={value}" for key, value in result.items()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.smoke:  # as the test suite runs: no GPU even where one is present
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    from cxr_vqa.cli import user_errors
+    from cxr_vqa.model import load_model
+    from finetune.tiny_model import build_tiny_llava
+
+    device = describe_machine(args.smoke)
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="llava7b-random-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        with user_errors():
+            if args.smoke:
+                model_dir = build_tiny_llava(workdir / "tiny")
+            else:
+                check_gpu_machine(workdir)
+                dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+                model_dir = build_random_checkpoint(workdir, dtype, Path(args.npm_dir or workdir / "npm"))
+            adapter = random_adapter(model_dir, workdir / "random-adapter")
+            start = time.perf_counter()
+            vqa = load_model(str(model_dir), adapter=str(adapter), load_in_4bit=True)
+            print(f"load_model: 4-bit base + LoRA r=64 on {vqa.device} in {time.perf_counter() - start:.0f} s")
+            run_part("compare", compare_part, vqa, args)
+            run_part("eval", eval_part, vqa, args)
+            del vqa
+            free_memory()
+            if args.smoke and not args.peak_tflops:
+                args.peak_tflops = 1.0
+                print("train: MFU against a nominal 1 TFLOP/s (a CPU has no entry in the table): plumbing only")
+            run_part("train", train_part, model_dir, args, peak_tflops(device, args.peak_tflops))
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(f"RESULT qlora_step_s={step_s:.3f} peak_train_gib={peak:.2f} decode_tok_s={tok_s:.1f}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,20 @@ from cxr_vqa.errors import UserError
 FOUR_BIT = "load_in_4bit"
 
 
+class Repeat(argparse.Action):
+    """`--adapter A --adapter B` (or `--adapter A B`) gives [A, B], replacing the default or YAML list rather than
+    extending it (argparse's own "extend" would add the flags to the defaults)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen = namespace.__dict__.setdefault("_repeated", set())
+        items = list(getattr(namespace, self.dest) or []) if self.dest in seen else []
+        seen.add(self.dest)
+        setattr(namespace, self.dest, items + (list(values) if isinstance(values, list) else [values]))
+
+
+REPEATABLE = {"action": Repeat}  # field metadata of a list option that may be given several times
+
+
 def parse_config(
     types: Sequence[type], argv: Sequence[str] | None = None, *, prog: str, description: str | None = None
 ):

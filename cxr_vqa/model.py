@@ -10,13 +10,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from cxr_vqa.errors import UserError
+from cxr_vqa.files import unreadable, unreadable_message
+from cxr_vqa.hub import hub_problem
 from cxr_vqa.template import CHAT_TEMPLATE
-from cxr_vqa.vqa import TUNED, VQAModel
+from cxr_vqa.vqa import BASE, TUNED, VQAModel
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +32,7 @@ DEFAULT_BASE = "llava-hf/llava-1.5-7b-hf"
 KEEP_UNQUANTIZED = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 # The seed recipe's LoRA targets: attention and MLP projections of the language model, not of the CLIP tower.
 LANGUAGE_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class ModelLoadError(UserError):
@@ -64,9 +70,10 @@ def quantization_config(compute_dtype: torch.dtype):
 
 
 def _check_model_source(name: str) -> None:
-    """Fail early, in one line, on paths that cannot be a LLaVA checkpoint."""
+    """Fail early, in one line, on paths that cannot be a LLaVA checkpoint, and on a Hub that cannot be reached."""
     path = Path(name)
     if path.exists():
+        _check_readable(path)
         if not (path / "config.json").is_file():
             raise ModelLoadError(
                 f"{name} has no config.json: point --base at a LLaVA-1.5 checkpoint directory "
@@ -76,6 +83,25 @@ def _check_model_source(name: str) -> None:
     looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1
     if looks_local:
         raise ModelLoadError(f"model {name!r} not found: no such directory, and it is not a Hub id (owner/name)")
+    if problem := hub_problem(name, "config.json"):
+        raise ModelLoadError(problem)
+
+
+def _check_adapter_source(adapter: str) -> None:
+    if Path(adapter).exists():
+        _check_readable(Path(adapter))
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise ModelLoadError(
+                f"{adapter} has no adapter_config.json: pass the directory that `python -m finetune` wrote"
+            )
+    elif adapter.count("/") == 1 and (problem := hub_problem(adapter, "adapter_config.json")):
+        raise ModelLoadError(problem)
+
+
+def _check_readable(path: Path) -> None:
+    """transformers reports an unreadable weights file as "No such file or directory": name the real problem."""
+    if path.is_dir() and (denied := unreadable(path)):
+        raise ModelLoadError(unreadable_message(denied[0]))
 
 
 def _offline_hint() -> str:
@@ -106,7 +132,60 @@ def load_processor(name: str):
     processor.tokenizer.padding_side = "left"
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.unk_token or processor.tokenizer.eos_token
+    _match_image_tokens(processor, _read_config(name), name)
     return processor
+
+
+def vision_features(config) -> int:
+    """Features the vision tower gives the language model per image: one per patch plus CLIP's CLS, less the first
+    one under the "default" strategy (as `LlavaModel.get_image_features` selects them)."""
+    vision = config.vision_config
+    count = (vision.image_size // vision.patch_size) ** 2 + (vision.model_type == "clip_vision_model")
+    return count - 1 if config.vision_feature_select_strategy == "default" else count
+
+
+def image_tokens(processor) -> int:
+    """`<image>` tokens the processor expands one film to, counted on a blank film of the model's input size."""
+    size = processor.image_processor.crop_size
+    blank = Image.new("RGB", (size["width"], size["height"]))
+    ids = processor(images=[blank], text=[processor.image_token])["input_ids"][0]
+    return list(ids).count(processor.image_token_id)
+
+
+def _match_image_tokens(processor, config, name: str) -> None:
+    """Tokens and features must match, or the first forward fails with "Image features and image tokens do not
+    match". Hub snapshots from before 2025 lack `num_additional_image_tokens`; transformers then counts no CLS and a
+    336 px film becomes 575 tokens against 576 features: repaired here, anything else refused."""
+    features, tokens = vision_features(config), image_tokens(processor)
+    if tokens + 1 == features and processor.num_additional_image_tokens == 0:
+        processor.num_additional_image_tokens = 1
+        tokens = image_tokens(processor)
+        logger.warning(
+            "%s: processor_config.json has no num_additional_image_tokens (an older snapshot); counting CLIP's CLS "
+            "token, so a film is %d image tokens as the vision tower gives %d features. Update the snapshot, or add "
+            '"num_additional_image_tokens": 1 to its processor_config.json, to silence this.',
+            name, tokens, features,
+        )  # fmt: skip
+    if tokens != features:
+        raise ModelLoadError(
+            f"the processor of {name!r} expands a film to {tokens} image tokens, but its vision tower gives "
+            f"{features} features: make patch_size, num_additional_image_tokens and vision_feature_select_strategy in "
+            "processor_config.json agree with config.json"
+        )
+
+
+def _read_config(name: str):
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"cannot read the config of {name!r}{_offline_hint()}: {str(err).splitlines()[0]}"
+        ) from None
+    if config.model_type != "llava":
+        raise ModelLoadError(f"{name!r} is a {config.model_type!r} model, not LLaVA: pass a LLaVA-1.5 checkpoint")
+    return config
 
 
 def load_base_model(
@@ -117,20 +196,12 @@ def load_base_model(
     dtype: torch.dtype | None = None,
 ):
     """`LlavaForConditionalGeneration` from a Hub id or a local directory, 4-bit nf4 by default."""
-    from transformers import AutoConfig, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
     _check_model_source(name)
     dev = pick_device(device)
     dtype = dtype or pick_dtype(dev)
-    try:
-        config = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(
-            f"cannot read the config of {name!r}{_offline_hint()}: {str(err).splitlines()[0]}"
-        ) from None
-    if config.model_type != "llava":
-        raise ModelLoadError(f"{name!r} is a {config.model_type!r} model, not LLaVA: pass a LLaVA-1.5 checkpoint")
-
+    _read_config(name)
     kwargs: dict = {"dtype": dtype}
     if load_in_4bit:
         kwargs["quantization_config"] = quantization_config(dtype)
@@ -147,17 +218,36 @@ def load_base_model(
     return model
 
 
-def attach_adapter(model, adapter: str, *, trainable: bool = False):
-    """Wrap `model` in a PeftModel holding `adapter` (a local directory or a Hub id) under the name TUNED."""
+def adapter_specs(adapters: str | Sequence[str] | None) -> dict[str, str]:
+    """Model name -> adapter source, from `--adapter` values: `NAME=PATH`, or a bare path or Hub id, named after its
+    last part (a lone bare one is named TUNED, the fine-tuned model)."""
+    items = [adapters] if isinstance(adapters, str) else list(adapters or [])
+    specs: dict[str, str] = {}
+    for item in items:
+        name, sep, source = item.partition("=")
+        if not (sep and ADAPTER_NAME.fullmatch(name)):  # "runs/lr=1e-4" is a path, not NAME=PATH
+            name, source = (TUNED if len(items) == 1 else Path(item.rstrip("/")).name), item
+        if not source or not ADAPTER_NAME.fullmatch(name):
+            raise ModelLoadError(f"--adapter {item!r}: give NAME=PATH (a name of letters, digits, . _ -) or a path")
+        if name == BASE or name in specs:
+            taken = "is the base model's name" if name == BASE else "is given twice"
+            raise ModelLoadError(f"--adapter {item!r}: the name {name!r} {taken}; name it with NAME=PATH")
+        specs[name] = source
+    return specs
+
+
+def attach_adapter(model, adapter: str, *, name: str = TUNED, trainable: bool = False):
+    """Attach `adapter` (a local directory or a Hub id) under `name`: wraps `model` in a PeftModel, or adds to the
+    adapters of one (every adapter shares the one copy of the base weights)."""
     from peft import PeftModel
 
     config_file = Path(adapter) / "adapter_config.json"
-    if Path(adapter).exists() and not config_file.is_file():
-        raise ModelLoadError(
-            f"{adapter} has no adapter_config.json: pass the directory that `python -m finetune` wrote"
-        )
+    _check_adapter_source(adapter)
     try:
-        return PeftModel.from_pretrained(model, adapter, adapter_name=TUNED, is_trainable=trainable)
+        if isinstance(model, PeftModel):
+            model.load_adapter(adapter, adapter_name=name, is_trainable=trainable)
+            return model
+        return PeftModel.from_pretrained(model, adapter, adapter_name=name, is_trainable=trainable)
     except (RuntimeError, ValueError, KeyError) as err:
         trained_on = ""
         if config_file.is_file():
@@ -173,23 +263,29 @@ def attach_adapter(model, adapter: str, *, trainable: bool = False):
 
 def load_model(
     base: str = DEFAULT_BASE,
-    adapter: str | None = None,
+    adapter: str | Sequence[str] | None = None,
     *,
     load_in_4bit: bool = True,
     device: str | None = None,
 ) -> VQAModel:
-    """Load the base (4-bit nf4 by default) and, if given, attach the LoRA adapter: one copy of the weights serves
-    both the base and the fine-tuned answers."""
+    """Load the base (4-bit nf4 by default) and attach every adapter (`adapter_specs`: a path, or NAME=PATH values):
+    one copy of the weights serves the base and every fine-tuned model."""
+    specs = adapter_specs(adapter)
+    # before transformers is imported and the base loads for minutes: a bad source or an unreachable Hub in seconds
+    _check_model_source(base)
+    for source in specs.values():
+        _check_adapter_source(source)
     dev = pick_device(device)
     if load_in_4bit:
         _check_bitsandbytes(dev)
     processor = load_processor(base)
     model = load_base_model(base, load_in_4bit=load_in_4bit, device=str(dev))
-    if adapter:
-        model = attach_adapter(model, adapter)
-        model.eval()
-    logger.info("loaded %s%s (%s)", base, f" + {adapter}" if adapter else "", "4-bit" if load_in_4bit else "full")
-    return VQAModel(model, processor, base_name=base, adapter_name=adapter)
+    for name, source in specs.items():
+        model = attach_adapter(model, source, name=name)
+    model.eval()
+    loaded = "".join(f" + {name}={source}" for name, source in specs.items())
+    logger.info("loaded %s%s (%s)", base, loaded, "4-bit" if load_in_4bit else "full")
+    return VQAModel(model, processor, base_name=base, adapters=specs)
 
 
 def _check_bitsandbytes(device: torch.device) -> None:

@@ -13,6 +13,10 @@ with parts ``{"type": "image"|"text", "text": str|None, "index": int|None}``. Pl
 
 from __future__ import annotations
 
+# Texts that are control tokens to LLaVA-1.5's tokenizer or markers of this template: inside a question or answer
+# they would ask for a second image or end a turn early, so data and typed questions must not carry them.
+CONTROL_TEXTS = ("<image>", "<s>", "</s>", "<pad>", "<unk>")
+
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['content'] is string -%}"

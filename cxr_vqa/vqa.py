@@ -17,13 +17,15 @@ from collections.abc import Iterator, Sequence
 import torch
 from PIL import Image
 
+from cxr_vqa.answers import Answer, YesNoIds, p_yes
 from cxr_vqa.generation import BatchStreamer, GenerationSettings
 from cxr_vqa.images import Film, ImageSource, load_film
 from cxr_vqa.questions import TokenBudget, clean_question
 from cxr_vqa.template import CHAT_TEMPLATE, add_question
 
-BASE = "__base__"  # PEFT's adapter name for "no adapter" in a mixed batch
-TUNED = "default"  # the name the fine-tuned adapter is attached under
+BASE = "base"  # the model name of the base; every loaded adapter answers under its own name
+TUNED = "tuned"  # the name of a lone adapter given without one
+PEFT_BASE = "__base__"  # PEFT's adapter name for "no adapter" in a mixed batch
 
 
 def render(processor, messages: Sequence[dict], *, add_generation_prompt: bool) -> str:
@@ -39,23 +41,46 @@ def encode(processor, images: Sequence[Image.Image], texts: Sequence[str]):
     return processor(images=list(images), text=list(texts), padding=True, truncation=False, return_tensors="pt")
 
 
-class VQAModel:
-    """A LLaVA model, its processor, and optionally a LoRA adapter, answering batches of (image, conversation)."""
+def special_texts(processor) -> list[str]:
+    """Every text the tokenizer turns into a control token, longest first: the processor's image token and the
+    BOS/EOS/pad/unk tokens by what they are, not only `all_special_tokens`, which in older Hub snapshots (no
+    `extra_special_tokens`) leaves out `<image>`, so a typed one would ask for a second image."""
+    tok = processor.tokenizer
+    found = {processor.image_token, tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token}
+    found |= set(tok.all_special_tokens) | {t.content for t in tok.added_tokens_decoder.values() if t.special}
+    return sorted((t for t in found if t), key=lambda t: (-len(t), t))
 
-    def __init__(self, model, processor, *, base_name: str, adapter_name: str | None = None):
+
+class VQAModel:
+    """A LLaVA model, its processor, and LoRA adapters by name (one copy of the base serves them all), answering
+    batches of (image, conversation, model name) rows in one generate call."""
+
+    def __init__(self, model, processor, *, base_name: str, adapters: dict[str, str] | None = None):
         self.model = model
         self.processor = processor
         self.base_name = base_name
-        self.adapter_name = adapter_name
+        self.adapters = dict(adapters or {})  # model name -> where the adapter came from, in load order
         self._lock = threading.Lock()  # one generate at a time: PEFT's adapter routing is per-call global state
         config = model.config
         self.budget = TokenBudget(config.text_config.max_position_embeddings, config.image_seq_length)
+        self.yes_no = YesNoIds.from_tokenizer(processor.tokenizer)
+        self._special_texts = special_texts(processor)
 
     # -- what the model is ---------------------------------------------------------------------------------------
 
     @property
     def has_adapter(self) -> bool:
-        return self.adapter_name is not None
+        return bool(self.adapters)
+
+    @property
+    def model_names(self) -> list[str]:
+        """The base first, then every adapter: the panes of the app, the models of an evaluation."""
+        return [BASE, *self.adapters]
+
+    @property
+    def adapter_name(self) -> str | None:
+        """Where the first adapter came from (what `--adapter` named), or None."""
+        return next(iter(self.adapters.values()), None)
 
     @property
     def is_4bit(self) -> bool:
@@ -79,7 +104,7 @@ class VQAModel:
 
     def clean_question(self, text: str | None) -> tuple[str, list[str]]:
         """(the question as it will be asked, notes on what was removed or is risky)."""
-        return clean_question(text, list(self.processor.tokenizer.all_special_tokens))
+        return clean_question(text, self._special_texts)
 
     def count_tokens(self, text: str) -> int:
         return len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -95,64 +120,103 @@ class VQAModel:
 
     # -- answers ------------------------------------------------------------------------------------------------
 
-    def _inputs(self, images, conversations, adapters):
-        if len(images) != len(conversations) or (adapters is not None and len(adapters) != len(images)):
-            raise ValueError("images, conversations and adapters must have the same length")
-        if adapters and not self.has_adapter and any(a != BASE for a in adapters):
+    def _inputs(self, images, conversations, models):
+        """Model inputs for rows answered by `models[i]` (a model name; None: every row on the first adapter)."""
+        if len(images) != len(conversations) or (models is not None and len(models) != len(images)):
+            raise ValueError("images, conversations and models must have the same length")
+        models = list(models or [next(iter(self.adapters), BASE)] * len(images))
+        if not self.has_adapter and any(m != BASE for m in models):
             raise ValueError("no adapter is loaded: every row must use the base model")
+        unknown = sorted(set(models) - set(self.model_names))
+        if unknown:
+            raise ValueError(f"unknown model(s) {', '.join(unknown)}: loaded are {', '.join(self.model_names)}")
         texts = [render(self.processor, c, add_generation_prompt=True) for c in conversations]
         batch = encode(self.processor, images, texts).to(self.device)
         batch["pixel_values"] = batch["pixel_values"].to(self.model.dtype)
         kwargs = dict(batch)
         if self.has_adapter:
-            kwargs["adapter_names"] = list(adapters or [TUNED] * len(images))
+            kwargs["adapter_names"] = [PEFT_BASE if m == BASE else m for m in models]
         return kwargs
 
     def _generate_kwargs(self, settings: GenerationSettings) -> dict:
         tok = self.processor.tokenizer
         return {**settings.generate_kwargs(), "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id}
 
-    @torch.inference_mode()
-    def generate(
-        self,
-        images: Sequence[Image.Image],
-        conversations: Sequence[Sequence[dict]],
-        adapters: Sequence[str] | None = None,
-        settings: GenerationSettings = GenerationSettings(),
-    ) -> list[str]:
-        """Answer each row's last question, all rows in ONE generate call; `adapters[i]` is BASE or TUNED."""
-        kwargs = self._inputs(images, conversations, adapters)
-        prompt_len = kwargs["input_ids"].shape[1]
-        with self._lock:
-            out = self.model.generate(**kwargs, **self._generate_kwargs(settings))
-        return [t.strip() for t in self.processor.batch_decode(out[:, prompt_len:], skip_special_tokens=True)]
+    def _generate(self, kwargs: dict, settings: GenerationSettings, streamer=None):
+        # the first step's logits give P(yes): the same forward that chose the answer's first token
+        with self._lock, torch.inference_mode():
+            return self.model.generate(
+                **kwargs, **self._generate_kwargs(settings), return_dict_in_generate=True, output_logits=True,
+                streamer=streamer,
+            )  # fmt: skip
 
-    def stream(
+    def _answers(self, out, prompt_len: int) -> list[Answer]:
+        texts = self.processor.batch_decode(out.sequences[:, prompt_len:], skip_special_tokens=True)
+        return [Answer(t.strip(), p) for t, p in zip(texts, p_yes(out.logits[0], self.yes_no), strict=True)]
+
+    @torch.inference_mode()
+    def answer(
         self,
         images: Sequence[Image.Image],
         conversations: Sequence[Sequence[dict]],
-        adapters: Sequence[str] | None = None,
+        models: Sequence[str] | None = None,
         settings: GenerationSettings = GenerationSettings(),
-    ) -> Iterator[list[str]]:
-        """Like `generate`, yielding every row's text so far after each decoding step (one batched call)."""
-        kwargs = self._inputs(images, conversations, adapters)
+    ) -> list[Answer]:
+        """Answer each row's last question with its model, all rows in ONE generate call: text and P(yes)."""
+        kwargs = self._inputs(images, conversations, models)
+        return self._answers(self._generate(kwargs, settings), kwargs["input_ids"].shape[1])
+
+    def generate(self, images, conversations, models=None, settings: GenerationSettings = GenerationSettings()):
+        """Like `answer`, the texts only."""
+        return [a.text for a in self.answer(images, conversations, models, settings)]
+
+    def stream_answers(
+        self,
+        images: Sequence[Image.Image],
+        conversations: Sequence[Sequence[dict]],
+        models: Sequence[str] | None = None,
+        settings: GenerationSettings = GenerationSettings(),
+    ) -> Iterator[list[Answer]]:
+        """Like `answer`, yielding every row's text so far after each decoding step (one batched call); the last
+        item holds the final answers with their P(yes)."""
+        kwargs = self._inputs(images, conversations, models)
         streamer = BatchStreamer(self.processor.tokenizer, len(images))
-        errors: list[BaseException] = []
+        result: list = []
 
         def run():
             try:
-                with self._lock, torch.inference_mode():
-                    self.model.generate(**kwargs, **self._generate_kwargs(settings), streamer=streamer)
+                result.append(self._generate(kwargs, settings, streamer))
             except BaseException as err:  # surfaced in the caller's thread below
-                errors.append(err)
+                result.append(err)
                 streamer.end()
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        yield from streamer
+        for texts in streamer:
+            yield [Answer(t) for t in texts]
         thread.join()
-        if errors:
-            raise errors[0]
+        if isinstance(result[0], BaseException):
+            raise result[0]
+        yield self._answers(result[0], kwargs["input_ids"].shape[1])
+
+    def stream(self, images, conversations, models=None, settings: GenerationSettings = GenerationSettings()):
+        """Like `stream_answers`, the texts only."""
+        for step in self.stream_answers(images, conversations, models, settings):
+            yield [a.text for a in step]
+
+    def compare_all(
+        self,
+        image: Image.Image,
+        conversations: dict[str, Sequence[dict]] | Sequence[dict],
+        settings: GenerationSettings = GenerationSettings(),
+    ) -> dict[str, Answer]:
+        """Every loaded model's answer to the same film, from one batched call; `conversations` is one conversation
+        for all or one per model name (follow-ups continue each model's own conversation)."""
+        if not isinstance(conversations, dict):
+            conversations = dict.fromkeys(self.model_names, conversations)
+        names = list(conversations)
+        answers = self.answer([image] * len(names), [conversations[n] for n in names], names, settings)
+        return dict(zip(names, answers, strict=True))
 
     def compare(
         self,
@@ -161,10 +225,8 @@ class VQAModel:
         tuned_conversation: Sequence[dict] | None = None,
         settings: GenerationSettings = GenerationSettings(),
     ) -> tuple[str, str | None]:
-        """(base answer, fine-tuned answer) from one batched call; the tuned answer is None without an adapter."""
-        if not self.has_adapter:
-            return self.generate([image], [base_conversation], [BASE], settings)[0], None
-        base, tuned = self.generate(
-            [image, image], [base_conversation, tuned_conversation or base_conversation], [BASE, TUNED], settings
-        )
-        return base, tuned
+        """(base answer, first adapter's answer) from one batched call; the second is None without an adapter."""
+        names = self.model_names[:2]
+        conversations = dict(zip(names, [base_conversation, tuned_conversation or base_conversation], strict=False))
+        answers = self.compare_all(image, conversations, settings)
+        return answers[BASE].text, answers[names[1]].text if len(names) > 1 else None

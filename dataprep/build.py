@@ -24,6 +24,7 @@ from datasets import Dataset, DatasetDict, load_from_disk
 from tqdm.auto import tqdm
 
 from cxr_vqa.contract import SPLITS, features
+from cxr_vqa.files import share
 from cxr_vqa.images import ImageLoadError, letterbox, load_image
 from cxr_vqa.template import conversation_from_qa
 from dataprep.chexpert import Study, reject
@@ -162,6 +163,7 @@ def build_dataset(
     with open(out / "rejects.jsonl", "w", encoding="utf-8") as file:
         file.writelines(json.dumps(r) + "\n" for r in rejects)
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    share(out)  # readable by the trainer's or the app's user, as far as the umask allows
     return load_from_disk(str(out)), stats  # the saved copy: the staged arrow files are gone
 
 

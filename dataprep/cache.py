@@ -16,6 +16,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from cxr_vqa.files import share
+
 
 def cache_key(*, model: str, prompt_version: str, qa_per_study: int, report: str) -> str:
     payload = json.dumps([model, prompt_version, qa_per_study, report], ensure_ascii=False)
@@ -49,6 +51,7 @@ class DiskCache:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as file:
                 json.dump(value, file, ensure_ascii=False)
+            share(tmp)  # mkstemp creates 0600
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

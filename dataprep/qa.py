@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from cxr_vqa.template import CONTROL_TEXTS
 from dataprep.chexpert import LABELS, Study
 from dataprep.clean import cites_text, mentions_prior
 
@@ -58,6 +59,8 @@ def check_pair(pair: object) -> str | None:
         return "schema"
     if kind == "closed" and label_of(answer) is None:
         return "closed_not_yes_no"
+    if any(token in text for token in CONTROL_TEXTS for text in (question, answer)):
+        return "control_token"
     if cites_text(question) or cites_text(answer):
         return "cites_text"
     if mentions_prior(question) or mentions_prior(answer):

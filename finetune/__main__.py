@@ -13,6 +13,9 @@
     accelerate launch --config_file finetune/configs/accelerate-multi-gpu.yaml \\
         -m finetune --config finetune/configs/llava-1.5-7b-qlora.yaml --dataset data/chexpert-qa
 
+    # several processes on CPU (DDP over gloo, as tests/test_ddp.py runs it)
+    torchrun --nproc_per_node 2 -m finetune --config finetune/configs/tiny-cpu.yaml --per_device_train_batch_size 2
+
     # overrides, resume, merge
     python -m finetune --config CONFIG [--dataset DATA] [--model_name_or_path M] [--output_dir O] [--max_steps N]
         [--resume_from_checkpoint [PATH]] [--merge]

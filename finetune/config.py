@@ -7,6 +7,7 @@ output_dir (what to resume).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,6 +116,15 @@ class TrainConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        # Without CUDA, accelerate sets up DDP only when told use_cpu. Otherwise a launch of several processes gets
+        # a process group but no DDP: every process trains its own copy, and TRL, rescaling the loss for a gradient
+        # average that never happens, multiplies each copy's loss and gradients by the number of processes.
+        if not torch.cuda.is_available():
+            self.use_cpu = True
+        if self.use_cpu and launched_processes() > 1:
+            if self.ddp_backend not in (None, "gloo", "mpi"):
+                raise UserError(f"ddp_backend: {self.ddp_backend} needs GPUs: remove it (DDP on CPU runs on gloo)")
+            self.ddp_backend = self.ddp_backend or "gloo"
         cuda = torch.cuda.is_available() and not self.use_cpu
         if not cuda and (self.bf16 or self.fp16):
             which = "bf16" if self.bf16 else "fp16"
@@ -139,6 +149,11 @@ class TrainConfig(SFTConfig):
         if isinstance(self.dataset_kwargs, dict) and not self.dataset_kwargs.get("skip_prepare_dataset", True):
             raise UserError("dataset_kwargs.skip_prepare_dataset must stay true: the collator tokenizes each batch")
         super().__post_init__()
+
+
+def launched_processes() -> int:
+    """How many processes `torchrun` or `accelerate launch` started (1 for a plain `python -m finetune`)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def parse_config(argv: list[str] | None = None, description: str | None = None) -> tuple[ScriptArguments, TrainConfig]:

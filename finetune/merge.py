@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from cxr_vqa.cli import user_errors
+from cxr_vqa.files import share
 from cxr_vqa.model import ModelLoadError, attach_adapter, load_base_model, load_processor
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ def merge_adapter(base: str, adapter: str | Path, out: str | Path, dtype: torch.
     merged = attach_adapter(model, str(adapter)).merge_and_unload()
     merged.save_pretrained(out)
     processor.save_pretrained(out)
+    share(out)  # safetensors saves 0600
     logger.info("merged %s + %s into %s (%s)", base, adapter, out, dtype)
     return out
 

@@ -23,7 +23,6 @@ from tqdm import tqdm
 from cxr_vqa.errors import UserError
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.template import add_question
-from cxr_vqa.vqa import BASE, TUNED
 from finetune import metrics as M
 
 logger = logging.getLogger(__name__)
@@ -32,11 +31,11 @@ PREDICTIONS, RUN = "predictions.jsonl", "run.json"
 NOT_IDENTITY = ("batch_size",)  # recorded in run.json, but a resumed run may change them
 
 
-def variants(has_adapter: bool, ablation: bool) -> list[tuple[str, str, bool]]:
-    """(name, adapter, blank image?) for every answer a question gets."""
-    models = [("base", BASE)] + ([("tuned", TUNED)] if has_adapter else [])
-    with_image = [(name, adapter, False) for name, adapter in models]
-    return with_image + ([(f"{name}_blank", adapter, True) for name, adapter in models] if ablation else [])
+def variants(models: Sequence[str], ablation: bool) -> list[tuple[str, str, bool]]:
+    """(variant name, model, blank image?) for every answer a question gets: each model with the film, then each
+    with a blank image ("tuned_blank")."""
+    with_image = [(model, model, False) for model in models]
+    return with_image + ([(f"{model}_blank", model, True) for model in models] if ablation else [])
 
 
 def list_questions(rows) -> list[dict]:
@@ -90,20 +89,18 @@ def batches(questions: Sequence[dict], per_call: int) -> Iterator[list[dict]]:
         yield list(questions[start : start + per_call])
 
 
-def answer_all(vqa, rows, questions, done, kinds, settings: GenerationSettings, batch_size: int, sink) -> int:
+def answer_all(vqa, films, questions, done, kinds, settings: GenerationSettings, batch_size: int, sink) -> int:
     """Answer every question not in `done` under every variant, a batch of rows per generate call, appending records
-    to `sink`; returns how many generate calls were made."""
+    to `sink`; `films(row)` gives a question's film. Returns how many generate calls were made."""
     per_call = max(1, batch_size // len(kinds))
-    films = rows.select_columns(["images"])
     held: dict[int, Image.Image] = {}  # only the current batch's films
     calls = 0
     with tqdm(total=len(questions), initial=len(done), desc="questions", unit="q") as bar:
         for batch in batches(questions, per_call):
             if all(q["id"] in done for q in batch):
                 continue
-            held = {
-                r: held[r] if r in held else films[r]["images"][0].convert("RGB") for r in {q["row"] for q in batch}
-            }
+            needed = {q["row"] for q in batch}
+            held = {r: held[r] if r in held else films(r) for r in needed}
             pics, convs, adapters = [], [], []
             for q in batch:
                 image = held[q["row"]]
@@ -111,11 +108,13 @@ def answer_all(vqa, rows, questions, done, kinds, settings: GenerationSettings, 
                     pics.append(Image.new("RGB", image.size) if blank else image)
                     convs.append(add_question(None, q["question"]))
                     adapters.append(adapter)
-            answers = iter(_generate(vqa, pics, convs, adapters, settings))
+            answers = iter(_answer(vqa, pics, convs, adapters, settings))
             calls += 1
             for q in batch:
                 record = {k: v for k, v in q.items() if k != "row"}
-                record["answers"] = {name: next(answers) for name, _, _ in kinds}
+                answered = {name: next(answers) for name, _, _ in kinds}
+                record["answers"] = {name: a.text for name, a in answered.items()}
+                record["p_yes"] = {name: a.p_yes for name, a in answered.items()}
                 record["scores"] = {
                     name: M.score_answer(text, kind=q["kind"], reference=q["reference"], label=q["label"])
                     for name, text in record["answers"].items()
@@ -126,9 +125,9 @@ def answer_all(vqa, rows, questions, done, kinds, settings: GenerationSettings, 
     return calls
 
 
-def _generate(vqa, pics, convs, adapters, settings) -> list[str]:
+def _answer(vqa, pics, convs, models, settings) -> list:
     try:
-        return vqa.generate(pics, convs, adapters, settings)
+        return vqa.answer(pics, convs, models, settings)
     except (TypeError, ValueError) as err:
         # PEFT serves base and adapter rows in one batch only through Linear/Embedding/Conv layers: an adapter that
         # saved a whole module (e.g. `multi_modal_projector`) or a batch-shared one (position embeddings) cannot.

@@ -3,11 +3,14 @@
     python -m finetune.tiny_model OUT                          # tests and smoke runs (hidden 64, 2 layers)
     python -m finetune.tiny_model OUT --hidden 512 --layers 4  # benchmarks: small enough for CPU, not trivial
     python -m finetune.tiny_model OUT --patch-size 28 --sincos-positions --layers 4  # learn_synthetic: 144 tokens
+    python -m finetune.tiny_model OUT --llama-tokenizer        # the 7B model's real tokenizer and processor files
 
 The checkpoint has the real LLaVA-1.5 geometry where it matters: a CLIP vision tower at 336 px with 14 px patches
 (576 image tokens, `vision_feature_layer=-2`), a GELU projector and a Llama language model, plus a processor
 (CLIP image processor + a byte-level BPE tokenizer trained here with `tokenizers`, holding `<image>`, `<s>`, `</s>`,
 `<pad>`). It loads with `from_pretrained` exactly like `llava-hf/llava-1.5-7b-hf`, so tests exercise the real path.
+With `--llama-tokenizer` it gets the 7B model's own tokenizer and processor files instead (fetched with npm, see
+`finetune/llama_tokenizer.py`) and its vocabulary ids: 32,064 embedding rows, `<image>` 32000, `<pad>` 32001.
 
 A model that must learn to see in minutes on a CPU (bench/learn_synthetic.py) can take larger patches (fewer image
 tokens, same 336 px input) and fixed 2-D sine-cosine position embeddings: CLIP's random init gives position
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import random
+import tempfile
 from pathlib import Path
 
 import torch
@@ -34,7 +38,10 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from cxr_vqa.cli import user_errors
+from cxr_vqa.files import share
 from cxr_vqa.template import CHAT_TEMPLATE
+from finetune import llama_tokenizer as llama
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 IMAGE_SIZE = 336
@@ -121,14 +128,21 @@ def build_tiny_llava(
     position_scale: float = 0.7,
     image_mean: tuple[float, float, float] | None = None,
     seed: int = 0,
+    llama_package: str | Path | None = None,
 ) -> Path:
-    """Write model + processor to `out` and return the path. Widths >= 64 so bitsandbytes 4-bit works on CPU."""
+    """Write model + processor to `out` and return the path. Widths >= 64 so bitsandbytes 4-bit works on CPU.
+    `llama_package`: the tarball of `llama_tokenizer.fetch_package`, for the 7B model's tokenizer and ids."""
     if IMAGE_SIZE % patch_size:
         raise ValueError(f"patch_size must divide {IMAGE_SIZE}, got {patch_size}")
     out = Path(out)
     torch.manual_seed(seed)
-    tokenizer = train_tokenizer(seed=seed)
-    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    if llama_package:
+        vocab_size, image_token_id, pad = llama.EMBEDDING_ROWS, llama.IMAGE_TOKEN_ID, llama.PAD_TOKEN_ID
+        bos, eos = 1, 2
+    else:
+        tokenizer = train_tokenizer(seed=seed)
+        vocab_size, image_token_id = len(tokenizer), tokenizer.convert_tokens_to_ids("<image>")
+        bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
 
     vision = CLIPVisionConfig(
         image_size=IMAGE_SIZE,
@@ -140,16 +154,16 @@ def build_tiny_llava(
         projection_dim=vision_hidden,
     )
     text = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size,
         hidden_size=hidden,
         intermediate_size=hidden * 2,
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
         tie_word_embeddings=False,
     )
     config = LlavaConfig(
@@ -169,10 +183,12 @@ def build_tiny_llava(
         if sincos_positions:
             positions = model.model.vision_tower.embeddings.position_embedding.weight
             positions.copy_(sincos_position_embeddings(IMAGE_SIZE // patch_size, vision_hidden, position_scale))
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    model.save_pretrained(out)
+    model.generation_config.pad_token_id = pad
+    model.generation_config.eos_token_id = eos
+    model.generation_config.bos_token_id = bos
+    model.save_pretrained(out)  # config.json first: it tells transformers how to read the tokenizer files
+    if llama_package:
+        return llama.write_processor_files(out, llama_package, patch_size=patch_size)
 
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": 336},
@@ -189,7 +205,7 @@ def build_tiny_llava(
         chat_template=CHAT_TEMPLATE,
     )
     processor.save_pretrained(out)
-    return out
+    return share(out)  # safetensors saves 0600
 
 
 def _three_floats(text: str) -> tuple[float, float, float]:
@@ -225,12 +241,20 @@ def main(argv: list[str] | None = None) -> None:
         help="the processor's pixel means R,G,B (default CLIP's 0.48,0.46,0.41)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--llama-tokenizer", action="store_true", help=f"the 7B model's tokenizer (from npm {llama.NPM_PACKAGE})"
+    )
     args = parser.parse_args(argv)
     if min(args.hidden, args.vision_hidden) < 64 or args.vision_layers < 2:
         parser.error("widths must be >= 64 (4-bit blocks) and the vision tower needs >= 2 layers")
     if args.patch_size < 1 or IMAGE_SIZE % args.patch_size:
         parser.error(f"--patch-size must divide {IMAGE_SIZE} (e.g. 14, 28, 56), got {args.patch_size}")
-    out = build_tiny_llava(**vars(args))  # the flags are build_tiny_llava's keyword arguments
+    if args.image_mean and args.llama_tokenizer:
+        parser.error("--image-mean applies to the tiny tokenizer's processor; --llama-tokenizer writes the 7B one")
+    options = vars(args)  # the other flags are build_tiny_llava's keyword arguments
+    with user_errors(), tempfile.TemporaryDirectory() as npm_dir:
+        package = llama.fetch_package(npm_dir) if options.pop("llama_tokenizer") else None
+        out = build_tiny_llava(**options, llama_package=package)
     n_files = sum(1 for _ in itertools.islice(out.iterdir(), 100))
     print(f"wrote a tiny LLaVA-1.5 checkpoint ({n_files} files) to {out}")
 

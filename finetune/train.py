@@ -11,11 +11,13 @@ import logging
 from pathlib import Path
 
 import torch
+from trl import SFTTrainer
 
 from cxr_vqa.contract import check_split, open_splits
 from cxr_vqa.errors import UserError
+from cxr_vqa.files import share
 from cxr_vqa.model import load_base_model, load_processor
-from finetune.collator import AnswerOnlyCollator
+from finetune.collator import IGNORE_INDEX, AnswerOnlyCollator
 from finetune.config import ScriptArguments, TrainConfig, check_device, resolve_checkpoint
 from finetune.model_card import write_model_card
 
@@ -130,15 +132,51 @@ def check_lora_targets(script_args: ScriptArguments) -> None:
                 )
 
 
+class AnswerTokenSFTTrainer(SFTTrainer):
+    """TRL's trainer, with eval loss and token accuracy taken over every answer token of the split, the way the
+    training loss is taken over every answer token of the global batch.
+
+    Transformers' eval loss is a mean of per-batch means weighted by rows: it moves with the eval batch size, and so
+    with the number of processes, and under DDP it counts the rows repeated to even out the shards. Per-row sums
+    gathered with `gather_for_metrics` (which drops those repeats) make it one figure for any batching."""
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        self._answer_rows = []
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self._answer_rows:
+            nll, hits, tokens = torch.cat(self._answer_rows).double().sum(0).tolist()
+            output.metrics[f"{metric_key_prefix}_loss"] = nll / max(tokens, 1)
+            output.metrics[f"{metric_key_prefix}_mean_token_accuracy"] = hits / max(tokens, 1)
+        return output
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if not prediction_loss_only:  # logits wanted for compute_metrics: TRL's path
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs["labels"][:, 1:]  # position i predicts token i + 1
+        with torch.no_grad(), self.compute_loss_context_manager():
+            logits = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False).logits[:, :-1]
+        answer = labels != IGNORE_INDEX
+        picked, target = logits[answer].float(), labels[answer]  # only the answer positions: no [B, L, vocab] copy
+        row = answer.nonzero()[:, 0]
+        per_row = torch.zeros(len(labels), 3, device=picked.device)
+        per_row[:, 0].index_add_(0, row, torch.nn.functional.cross_entropy(picked, target, reduction="none"))
+        per_row[:, 1].index_add_(0, row, (picked.argmax(-1) == target).float())
+        per_row[:, 2] = answer.sum(-1)
+        self._answer_rows.append(self.accelerator.gather_for_metrics(per_row))
+        loss = per_row[:, 0].sum() / per_row[:, 2].sum().clamp(min=1)  # this batch's; the loop's mean is replaced
+        return loss.detach(), None, None
+
+
 def build_trainer(script_args: ScriptArguments, train_args: TrainConfig, callbacks=None):
     """Check the inputs, load the model; (a ready SFTTrainer, the dataset's counts for the model card)."""
-    from trl import SFTTrainer
-
     train_ds, eval_ds, stats = load_splits(script_args, train_args)
     check_device(script_args, train_args)
     check_lora_targets(script_args)
     model, processor = build_model(script_args, train_args)
-    trainer = SFTTrainer(
+    trainer = AnswerTokenSFTTrainer(
         model=model,
         args=train_args,
         # TRL's own VLM collator labels every non-padding token; ours trains the answers only.
@@ -178,4 +216,5 @@ def train(script_args: ScriptArguments, train_args: TrainConfig, callbacks=None)
             merge_adapter(
                 script_args.model_name_or_path, train_args.output_dir, Path(train_args.output_dir) / "merged"
             )
+        share(train_args.output_dir)  # safetensors saves 0600: the app's container runs as another user
     return trainer

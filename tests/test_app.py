@@ -25,9 +25,11 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 import app
+from app_lib.blind import NO_BLIND, VOTE_FIRST, Blind
 from app_lib.config import parse_config
-from app_lib.handlers import NO_ADAPTER, NO_BLIND, NO_IMAGE, VOTE_FIRST, Handlers
-from app_lib.results import load_report, results_markdown, wilson_interval
+from app_lib.handlers import NO_ADAPTER, NO_IMAGE, Handlers
+from app_lib.ratings import results_markdown
+from app_lib.results import load_report, wilson_interval
 from app_lib.votes import VoteStore
 from cxr_vqa.errors import UserError
 from cxr_vqa.generation import GenerationSettings
@@ -56,6 +58,11 @@ def vqa_base_only(tiny_model_dir):
 @pytest.fixture
 def handlers(vqa, tmp_path):
     return Handlers(vqa, VoteStore(tmp_path / "votes.sqlite"), settings=APP_SETTINGS, rng=random.Random(0))
+
+
+@pytest.fixture
+def blind(vqa, tmp_path):
+    return Blind(vqa, VoteStore(tmp_path / "votes.sqlite"), settings=APP_SETTINGS, rng=random.Random(0))
 
 
 def write(path: Path, data: bytes) -> str:
@@ -108,13 +115,18 @@ def test_config_env_yaml_and_flags(tmp_path, monkeypatch):
     monkeypatch.setenv("ADAPTER_MODEL", "env/adapter")
     assert (parse_config([]).base, parse_config([]).adapter, parse_config([]).load_in_4bit) == (
         "env/base",
-        "env/adapter",
+        ["env/adapter"],
         True,
     )
     config = tmp_path / "app.yaml"
     config.write_text("base: yaml/base\nport: 8000\nload_in_4bit: false\n")
     parsed = parse_config(["--config", str(config), "--port", "9000", "--max-new-tokens", "64"])
-    assert (parsed.base, parsed.port, parsed.load_in_4bit, parsed.adapter) == ("yaml/base", 9000, False, "env/adapter")
+    assert (parsed.base, parsed.port, parsed.load_in_4bit, parsed.adapter) == (
+        "yaml/base",
+        9000,
+        False,
+        ["env/adapter"],
+    )
     assert parsed.max_new_tokens == 64
     assert parse_config(["--no-4bit"]).load_in_4bit is False
     config.write_text("base: yaml/base\nportt: 8000\n")
@@ -144,10 +156,11 @@ def test_demo_has_compare_endpoint_examples_notice_report_and_zero_gpu(vqa, tmp_
     (tmp_path / "metrics.json").write_text(json.dumps({"tuned": {"closed_accuracy_marker": 0.75}}))
     Image.new("RGB", (8, 8)).save(tmp_path / "comparison.png")
     demo = app.create_demo(vqa, votes_db=tmp_path / "v.sqlite", report_dir=tmp_path)
-    assert sorted(wrapped) == ["ask", "blind_answer", "compare"]
+    assert sorted(wrapped) == ["answer", "ask", "compare", "compare_all", "compare_scores"]
     api = [fn for fn in demo.fns.values() if fn.api_name == "compare"]
     assert len(api) == 1 and api[0].api_visibility == "public"
-    assert [fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"] == ["compare"]
+    public = [fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"]
+    assert public == ["compare", "compare_scores", "compare_all"]
     config = json.dumps(demo.get_config_file(), default=str)
     assert "not a medical device" in config and "Not for diagnosis" in config
     assert vqa.adapter_name in config and "Synthetic phantom: cardiomegaly" in config
@@ -267,6 +280,7 @@ def test_settings_out_of_range_are_refused(handlers):
 
 def test_without_adapter_the_tuned_pane_says_why(vqa_base_only, tmp_path):
     handlers = Handlers(vqa_base_only, VoteStore(tmp_path / "votes.sqlite"), settings=APP_SETTINGS)
+    blind = Blind(vqa_base_only, handlers.votes, settings=APP_SETTINGS)
     film = load_film(FILM, 336)
     base_chat, tuned_chat, base_stats, tuned_stats, chats, _ = run(
         handlers.ask(film, "Is it normal?", None, *SETTINGS)
@@ -274,8 +288,9 @@ def test_without_adapter_the_tuned_pane_says_why(vqa_base_only, tmp_path):
     assert base_chat[-1]["content"] and tuned_chat == [] and tuned_stats == NO_ADAPTER
     base, tuned = handlers.compare(str(FILM), "Is it normal?")
     assert base and tuned == ""
+    assert handlers.compare_scores(str(FILM), "Is it normal?")["tuned"] is None
     with pytest.raises(gr.Error, match=NO_BLIND.split(":")[0]):
-        handlers.blind_answer(film, "Is it normal?", *SETTINGS)
+        blind.answer(film, "Is it normal?", *SETTINGS)
 
 
 def test_compare_endpoint_matches_core_and_refuses_bad_input(handlers, vqa):
@@ -293,34 +308,60 @@ def test_compare_endpoint_matches_core_and_refuses_bad_input(handlers, vqa):
 # --- blind A/B and results ------------------------------------------------------------------------------------------
 
 
-def test_blind_vote_is_stored_with_sides_and_hash_not_image(handlers, vqa, tmp_path):
+def test_compare_scores_gives_p_yes_for_closed_answers_only(handlers, vqa):
     film = load_film(FILM, 336)
-    answer_a, answer_b, trial, _ = handlers.blind_answer(film, "Is there cardiomegaly?", *SETTINGS)
+    conversation = add_question(None, "Is there cardiomegaly?")
+    answers = vqa.compare_all(film.image, conversation, APP_SETTINGS)
+    result = handlers.compare_scores(str(FILM), "Is there cardiomegaly?")
+    for side, model in (("base", BASE), ("tuned", TUNED)):
+        assert result[side]["answer"] == answers[model].text
+        expected = answers[model].p_yes if answers[model].is_closed else None
+        assert result[side]["p_yes"] == (pytest.approx(expected) if expected is not None else None)
+    assert handlers.compare_all(str(FILM), "Is there cardiomegaly?") == {m: a.text for m, a in answers.items()}
+
+
+def test_a_closed_answer_shows_its_p_yes_under_the_pane():
+    from app_lib.handlers import pane_stats
+    from cxr_vqa.answers import Answer
+
+    assert pane_stats(0.5, 4, Answer("Yes, there is.", 0.934)).endswith("· P(yes) 0.93")
+    assert "P(yes)" not in pane_stats(0.5, 4, Answer("An enlarged heart.", 0.934))  # open answers: nothing extra
+
+
+# --- blind A/B and results ------------------------------------------------------------------------------------------
+
+
+def test_blind_vote_is_stored_with_both_models_and_hash_not_image(blind, vqa, tmp_path):
+    film = load_film(FILM, 336)
+    answer_a, answer_b, trial, _ = blind.answer(film, "Is there cardiomegaly?", *SETTINGS)
     conversation = add_question(None, "Is there cardiomegaly?")
     base, tuned = vqa.generate([film.image] * 2, [conversation] * 2, [BASE, TUNED], APP_SETTINGS)
     assert {answer_a, answer_b} == {base, tuned} and base != tuned
-    assert answer_a == (base if trial.a_model == "base" else tuned)
-    reveal, pending = handlers.vote("A", trial)
-    assert pending is None and "Vote stored" in reveal
-    assert f"**A** was the **{'base' if trial.a_model == 'base' else 'fine-tuned'}** model" in reveal
+    assert {trial.model_a, trial.model_b} == {BASE, TUNED}
+    assert answer_a == (base if trial.model_a == BASE else tuned)
+    reveal, pending = blind.vote("A", trial)
+    assert pending is None and "Vote stored" in reveal and f"**A** was **{trial.model_a}**" in reveal
     with pytest.raises(gr.Error, match=VOTE_FIRST.split(":")[0]):  # one vote per pair
-        handlers.vote("B", pending)
-    with sqlite3.connect(handlers.votes.path) as con:
+        blind.vote("B", pending)
+    with sqlite3.connect(blind.votes.path) as con:
         con.row_factory = sqlite3.Row
-        rows = [dict(r) for r in con.execute("SELECT * FROM votes")]
+        rows = [dict(r) for r in con.execute("SELECT * FROM ab_votes")]
     assert len(rows) == 1
     row = rows[0]
-    assert (row["question"], row["base_answer"], row["tuned_answer"]) == ("Is there cardiomegaly?", base, tuned)
-    assert (row["a_model"], row["vote"], row["winner"]) == (trial.a_model, "A", trial.a_model)
-    assert row["image_sha256"] == image_sha256(FILM) and row["adapter"] == vqa.adapter_name
+    assert (row["question"], row["answer_a"], row["answer_b"]) == ("Is there cardiomegaly?", answer_a, answer_b)
+    assert (row["model_a"], row["model_b"], row["vote"], row["winner"]) == (trial.model_a, trial.model_b, "A",
+                                                                             trial.model_a)  # fmt: skip
+    sources = {row["model_a"]: row["source_a"], row["model_b"]: row["source_b"]}
+    assert sources == {BASE: vqa.base_name, TUNED: vqa.adapter_name}
+    assert row["image_sha256"] == image_sha256(FILM)
     assert not any(isinstance(v, bytes) for v in row.values())  # no image bytes anywhere
-    assert "1 votes in all" in handlers.results()
+    assert "1 votes in all" in blind.results()
 
 
-def test_blind_sides_are_drawn_at_random(handlers):
+def test_blind_sides_are_drawn_at_random(blind):
     film = load_film(FILM, 336)
-    sides = {handlers.blind_answer(film, "Is there cardiomegaly?", 1, 0.0, 1.0)[2].a_model for _ in range(4)}
-    assert sides == {"base", "tuned"}
+    sides = {blind.answer(film, "Is there cardiomegaly?", 1, 0.0, 1.0)[2].model_a for _ in range(6)}
+    assert sides == {BASE, TUNED}
 
 
 @pytest.mark.parametrize(
@@ -333,10 +374,7 @@ def test_wilson_interval_known_values(successes, total, expected):
 
 
 def test_results_table_and_report(tmp_path):
-    assert "No blind votes yet" in results_markdown({"tuned": 0, "base": 0, "tie": 0, "both_wrong": 0})
-    text = results_markdown({"tuned": 7, "base": 3, "tie": 1, "both_wrong": 1})
-    low, high = wilson_interval(7, 10)
-    assert f"70% of 10 decisive votes, 95% CI {low:.0%} – {high:.0%}" in text and "12 votes in all" in text
+    assert "No blind votes yet" in results_markdown([])
     assert "No evaluation report" in load_report(None).note
     (tmp_path / "metrics.json").write_text(json.dumps({"base": {"closed_accuracy": 0.5}}))
     Image.new("RGB", (8, 8)).save(tmp_path / "comparison.png")

@@ -33,9 +33,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_dir, random_adapter_dir, tmp_path_factory):
-    vqa = load_model(tiny_model_dir, random_adapter_dir, device="cpu")
+def serve(vqa, tmp_path_factory):
     votes_db = tmp_path_factory.mktemp("votes") / "votes.sqlite"
     demo = app.create_demo(vqa, votes_db=votes_db, settings=GenerationSettings(max_new_tokens=16))
     _, url, _ = app.serve(
@@ -47,12 +45,25 @@ def server(tiny_model_dir, random_adapter_dir, tmp_path_factory):
         prevent_thread_lock=True,
         quiet=True,
     )
-    yield {"url": url, "votes_db": votes_db}
+    return demo, {"url": url, "votes_db": votes_db}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, random_adapter_dir, tmp_path_factory):
+    demo, served = serve(load_model(tiny_model_dir, random_adapter_dir, device="cpu"), tmp_path_factory)
+    yield served
     demo.close()
 
 
-@pytest.fixture
-def page(server):
+@pytest.fixture(scope="module")
+def server_two_adapters(tiny_model_dir, random_adapter_dir, second_adapter_dir, tmp_path_factory):
+    adapters = [f"rank8={random_adapter_dir}", f"rank4={second_adapter_dir}"]
+    demo, served = serve(load_model(tiny_model_dir, adapters, device="cpu"), tmp_path_factory)
+    yield served
+    demo.close()
+
+
+def open_page(url):
     from playwright.sync_api import sync_playwright
 
     args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
@@ -60,9 +71,14 @@ def page(server):
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[*args, "--disable-sync"])
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.set_default_timeout(TIMEOUT_MS)
-        page.goto(server["url"])
+        page.goto(url)
         yield page
         browser.close()
+
+
+@pytest.fixture
+def page(server):
+    yield from open_page(server["url"])
 
 
 def upload(page, path: Path) -> None:
@@ -105,6 +121,24 @@ def test_ask_bad_upload_and_blind_vote_in_a_browser(page, server, tmp_path):
     expect(page.locator("#reveal")).to_contain_text("Vote stored")
     page.screenshot(path=str(tmp_path / "blind.png"), full_page=True)
     with sqlite3.connect(server["votes_db"]) as con:
-        rows = con.execute("SELECT vote, a_model, winner, question FROM votes").fetchall()
+        rows = con.execute("SELECT vote, model_a, winner, question FROM ab_votes").fetchall()
     assert len(rows) == 1 and rows[0][0] == "A" and rows[0][1] == rows[0][2] and rows[0][3] == "Is there cardiomegaly?"
     print(f"screenshots in {tmp_path}")
+
+
+def test_two_adapters_fill_three_panes_in_a_browser(server_two_adapters, tmp_path):
+    from playwright.sync_api import expect
+
+    for page in open_page(server_two_adapters["url"]):
+        upload(page, FILM)
+        expect(page.locator("#film-status")).to_contain_text("letterboxed to 336×336")
+        page.locator("#question textarea").fill("Is there cardiomegaly?")
+        page.locator("#ask").click()
+        texts = []
+        for pane in ("base", "model-rank8", "model-rank4"):
+            expect(page.locator(f"#{pane}-stats")).to_contain_text("tokens/s")
+            texts.append(page.locator(f"#{pane}-chat [data-testid=bot]").last.inner_text().strip())
+        assert all(texts) and len(set(texts)) == 3
+        expect(page.locator("#models")).to_contain_text("rank4")
+        page.screenshot(path=str(tmp_path / "three_panes.png"), full_page=True)
+        print(f"screenshot: {tmp_path / 'three_panes.png'}")

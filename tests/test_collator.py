@@ -1,5 +1,9 @@
-"""The answer-only collator on the tiny checkpoint's processor: exact label positions, padding, image tokens, and
-that the tokens it trains on are the tokens the model core serves."""
+"""The answer-only collator on both tokenizers (the tiny checkpoint's and llava-1.5-7b-hf's real one): exact label
+positions, padding, image tokens, and that the tokens it trains on are the tokens the model core serves.
+
+Expected positions come from tokenizing prefixes of the whole rendered text, never pieces on their own: a real
+Llama tokenizer puts "▁" in front of every text it is given alone, so `" Yes.</s>"` alone is 4 ids and 3 in context.
+"""
 
 from __future__ import annotations
 
@@ -28,43 +32,52 @@ def row(pairs, shade=60) -> dict:
 
 
 @pytest.fixture(scope="module")
-def processor(tiny_model_dir):
-    return load_processor(tiny_model_dir)
+def processor(checkpoint):
+    return load_processor(checkpoint[0])
 
 
-def tokens(processor, text: str) -> list[int]:
-    return processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+def answer_spans(processor, image, pairs) -> list[tuple[int, int]]:
+    """[start, end) token positions of each ` {answer}</s>` in the rendered row: the ids of the text before the
+    answer, and of the text up to its `</s>`, counted in the whole row's encoding."""
+    text = render(processor, conversation_from_qa(pairs), add_generation_prompt=False)
+    full = encode(processor, [image], [text])["input_ids"][0].tolist()
+    spans, searched = [], 0
+    for _, answer in pairs:
+        start = text.index(f"ASSISTANT: {answer}</s>", searched) + len("ASSISTANT:")
+        searched = start + len(f" {answer}</s>")
+        cuts = [encode(processor, [image], [text[:cut]])["input_ids"][0].tolist() for cut in (start, searched)]
+        assert all(full[: len(ids)] == ids for ids in cuts), "an answer's edge is not a token boundary"
+        spans.append((len(cuts[0]), len(cuts[1])))
+    return spans
 
 
 def test_two_turn_row_trains_exactly_the_answers_and_their_eos(processor):
-    batch = AnswerOnlyCollator(processor)([row(TWO_TURNS)])
-    (q1, a1), (q2, a2) = TWO_TURNS
-    image = [processor.tokenizer.convert_tokens_to_ids("<image>")] * IMAGE_TOKENS
-    # The expected sequence, built piece by piece: (tokens, trained?) in the template's order.
-    pieces = [
-        ([processor.tokenizer.bos_token_id], False),
-        (tokens(processor, "USER: "), False),
-        (image, False),
-        (tokens(processor, f"\n{q1} ASSISTANT:"), False),
-        (tokens(processor, f" {a1}</s>"), True),
-        (tokens(processor, f"USER: {q2} ASSISTANT:"), False),
-        (tokens(processor, f" {a2}</s>"), True),
-    ]
-    expected_ids = [t for ids, _ in pieces for t in ids]
-    expected_labels = [t if trained else IGNORE_INDEX for ids, trained in pieces for t in ids]
+    image = film(60)
+    batch = AnswerOnlyCollator(processor)([{**row(TWO_TURNS), "images": [image]}])
+    (s1, e1), (s2, e2) = answer_spans(processor, image, TWO_TURNS)
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
 
-    assert batch["input_ids"][0].tolist() == expected_ids
-    assert batch["labels"][0].tolist() == expected_labels
-    # Spelled out: positions 0 .. (BOS + "USER: " + 576 image tokens + first question) are masked, then the first
-    # answer and its </s>, then the second question masked, then the second answer and its </s>.
-    start1 = sum(len(ids) for ids, _ in pieces[:4])
-    start2 = start1 + len(pieces[4][0]) + len(pieces[5][0])
-    trained = (batch["labels"][0] != IGNORE_INDEX).nonzero().flatten().tolist()
-    assert trained == list(range(start1, start1 + len(pieces[4][0]))) + list(range(start2, len(expected_ids)))
-    assert start1 > IMAGE_TOKENS
-    ids = batch["input_ids"][0]
-    answers = [ids[start1 : start1 + len(pieces[4][0])], ids[start2:]]
-    assert [processor.tokenizer.decode(a) for a in answers] == [" Yes.</s>", " Left lower lobe consolidation.</s>"]
+    # BOS, "USER: ", the 576 image tokens and the first question are masked, then the first answer and its </s>,
+    # then "USER: {q2} ASSISTANT:" masked, then the second answer and its </s> (the row's last token).
+    trained = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
+    assert trained == list(range(s1, e1)) + list(range(s2, e2))
+    assert e2 == len(ids) and s1 > ids.index(processor.image_token_id) + IMAGE_TOKENS - 1
+    assert [labels[i] for i in trained] == [ids[i] for i in trained]
+    eos = processor.tokenizer.eos_token_id
+    assert ids[e1 - 1] == ids[e2 - 1] == eos and ids[s1:e1].count(eos) == ids[s2:e2].count(eos) == 1
+    answers = [processor.tokenizer.decode(ids[s:e], skip_special_tokens=True).strip() for s, e in ((s1, e1), (s2, e2))]
+    assert answers == [a for _, a in TWO_TURNS]
+
+
+def test_real_tokenizer_trains_yes_as_one_piece_then_eos(llama_model_dir):
+    """llava-1.5-7b-hf's ids: after `ASSISTANT:` (... 13566, 29901) the answer starts with "▁Yes" (3869), with no
+    separate space token, and ends with </s> (2)."""
+    processor = load_processor(llama_model_dir)
+    batch = AnswerOnlyCollator(processor)([row(TWO_TURNS)])
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    first = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
+    assert ids[first - 2 : first + 3] == [13566, 29901, 3869, 29889, 2]  # "ANT", ":", "▁Yes", ".", "</s>"
+    assert labels[first : first + 4] == [3869, 29889, 2, IGNORE_INDEX]
 
 
 def test_batch_pads_right_masks_padding_and_image_tokens(processor):

@@ -3,7 +3,7 @@ keys fail in one line. Also the 7B architecture the GPU benchmark builds. No mod
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from pathlib import Path
 
 import pytest
@@ -118,13 +118,17 @@ def test_help_lists_the_contract_flags(capsys):
     assert "--resume_from_checkpoint" in out
 
 
-def test_gpu_bench_builds_the_real_7b_architecture_on_the_meta_device():
+@pytest.fixture
+def gpu_bench(monkeypatch):
+    """bench/gpu.py's modules, found the way `python bench/gpu.py` finds them: bench/ first on the path."""
+    monkeypatch.syspath_prepend(str(Path("bench").resolve()))
+    return importlib.import_module("gpu"), importlib.import_module("gpu_parts")
+
+
+def test_gpu_bench_builds_the_real_7b_architecture_on_the_meta_device(gpu_bench):
     from transformers import LlavaForConditionalGeneration
 
-    spec = importlib.util.spec_from_file_location("bench_gpu", "bench/gpu.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    config = bench.llava_7b_config()
+    config = gpu_bench[0].llava_7b_config()
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(config)
     params = {n: p.numel() for n, p in model.named_parameters()}
@@ -132,3 +136,17 @@ def test_gpu_bench_builds_the_real_7b_architecture_on_the_meta_device():
     assert 3.0e8 < sum(v for n, v in params.items() if "vision_tower" in n) < 3.1e8  # CLIP ViT-L/14
     assert (config.vision_config.image_size // config.vision_config.patch_size) ** 2 == config.image_seq_length == 576
     assert config.vision_feature_layer == -2 and config.text_config.vocab_size == 32064
+
+
+def test_gpu_bench_feeds_the_7b_tokenizers_real_training_rows(gpu_bench, llama_model_dir):
+    from cxr_vqa.model import load_processor
+
+    batch = gpu_bench[1].real_batch(llama_model_dir, 2, 700)
+    ids, labels = batch["input_ids"], batch["labels"]
+    assert ids.shape == labels.shape == (2, 700) and batch["pixel_values"].shape == (2, 3, 336, 336)
+    assert (ids == 32000).sum(dim=1).tolist() == [576, 576] and torch.equal(ids[0], ids[1])
+    trained = labels[0] != -100
+    assert 0 < trained.sum() < 100 and torch.equal(labels[0][trained], ids[0][trained])
+    text = load_processor(llama_model_dir).tokenizer.decode(ids[0][trained])
+    # the study's answers, each with its </s>
+    assert text.startswith("Yes, the cardiac silhouette is enlarged.</s>") and "No.</s>" in text

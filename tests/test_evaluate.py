@@ -1,5 +1,6 @@
 """`python -m finetune.evaluate` end to end on the tiny checkpoint and a random adapter, with a 3-study dataset in the
-dataprep contract format built here."""
+dataprep contract format built here. The report is made once per tokenizer (the `checkpoint` fixture: the tiny one
+and llava-1.5-7b-hf's real one), so answers are decoded and parsed as a 7B run decodes them."""
 
 from __future__ import annotations
 
@@ -68,9 +69,9 @@ def _args(dataset, out, base, adapter=None, *extra):
 
 
 @pytest.fixture(scope="module")
-def report(dataset_dir, tiny_model_dir, random_adapter_dir, tmp_path_factory):
+def report(dataset_dir, checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    ev.main(_args(dataset_dir, out, tiny_model_dir, random_adapter_dir))
+    ev.main(_args(dataset_dir, out, *checkpoint))
     return out
 
 
@@ -109,13 +110,13 @@ def test_metrics_follow_from_the_predictions(report):
         assert metrics["models"][name]["answer_length"]["value"] == pytest.approx(sum(lengths) / len(lengths))
 
 
-def test_predictions_are_the_model_cores_per_row_answers(report, dataset_dir, tiny_model_dir, random_adapter_dir):
+def test_predictions_are_the_model_cores_per_row_answers(report, dataset_dir, checkpoint):
     from datasets import load_from_disk
 
     records = _records(report)
     assert [r["id"] for r in records] == [f"{s}#{j}" for _, s, pairs in STUDIES for j in range(len(pairs))]
     assert records[3]["question"] == "Is there cardiomegaly?" and records[3]["reference"] == "No."
-    vqa = load_model(tiny_model_dir, random_adapter_dir, load_in_4bit=False, device="cpu")
+    vqa = load_model(*checkpoint, load_in_4bit=False, device="cpu")
     settings = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS)
     test = load_from_disk(dataset_dir)["test"]
     row_of = {s: i for i, (_, s, _) in enumerate(STUDIES)}
@@ -128,9 +129,7 @@ def test_predictions_are_the_model_cores_per_row_answers(report, dataset_dir, ti
     assert any(r["answers"]["base"] != r["answers"]["tuned"] for r in records)  # the adapter is really applied
 
 
-def test_resume_answers_only_the_missing_questions(
-    report, dataset_dir, tiny_model_dir, random_adapter_dir, monkeypatch
-):
+def test_resume_answers_only_the_missing_questions(report, dataset_dir, checkpoint, monkeypatch):
     before = (report / "predictions.jsonl").read_text().splitlines()
     # a run killed mid-write: two questions missing, the last line cut short
     (report / "predictions.jsonl").write_text("\n".join(before[:3]) + "\n" + before[3][:25])
@@ -138,14 +137,14 @@ def test_resume_answers_only_the_missing_questions(
 
     def counting_load_model(*args, **kwargs):
         vqa = load_model(*args, **kwargs)
-        generate = vqa.generate
-        vqa.generate = lambda images, convs, adapters, settings: (
-            asked.extend(c[-1] for c in convs) or generate(images, convs, adapters, settings)
+        answer = vqa.answer
+        vqa.answer = lambda images, convs, models, settings: (
+            asked.extend(c[-1] for c in convs) or answer(images, convs, models, settings)
         )
         return vqa
 
     monkeypatch.setattr(ev, "load_model", counting_load_model)
-    ev.main(_args(dataset_dir, report, tiny_model_dir, random_adapter_dir))
+    ev.main(_args(dataset_dir, report, *checkpoint))
     # batches of 2 questions (8 rows / 4 variants): the cut batch (questions 2-3) again whole, then question 4
     assert len(asked) == 3 * 4  # × (base, tuned) × (film, blank)
     after = (report / "predictions.jsonl").read_text().splitlines()
@@ -180,8 +179,8 @@ def test_bad_input_is_one_line(change, message, dataset_dir, tmp_path, run_cli):
     assert code == 2 and message in line
 
 
-def test_changed_settings_do_not_mix_into_an_old_report(report, dataset_dir, tiny_model_dir, run_cli):
-    code, line = run_cli(ev.main, _args(dataset_dir, report, tiny_model_dir))  # same --out, no adapter this time
+def test_changed_settings_do_not_mix_into_an_old_report(report, dataset_dir, checkpoint, run_cli):
+    code, line = run_cli(ev.main, _args(dataset_dir, report, checkpoint[0]))  # same --out, no adapter this time
     assert code == 2 and "other settings" in line
 
 
@@ -192,3 +191,40 @@ def test_missing_radeval_fails_before_generating(dataset_dir, tmp_path, run_cli)
         pytest.skip("RadEval is installed here")
     code, line = run_cli(ev.main, _args(dataset_dir, tmp_path, "unused", None, "--extra-metrics", "radeval"))
     assert code == 2 and "pip install RadEval" in line
+
+
+@pytest.mark.parametrize(("answer", "verdict"), [("Yes.", "yes"), ("No, the lungs are clear.", "no")])
+def test_trained_answer_ids_decode_to_what_the_evaluation_parses(checkpoint, answer, verdict, monkeypatch):
+    """The ids a row trains on for an answer, emitted by the model, come back through the serving path (generate and
+    stream) as that answer's text, which the evaluation parses: no stray space, `</s>` or piece of the prompt."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from cxr_vqa.answers import parse_yes_no
+    from finetune.collator import IGNORE_INDEX, AnswerOnlyCollator
+
+    vqa = load_model(*checkpoint, load_in_4bit=False, device="cpu")
+    row = {"messages": conversation_from_qa([("Is there edema?", answer)]), "images": [_film(0)]}
+    labels = AnswerOnlyCollator(vqa.processor)([row])["labels"][0]
+    emitted = labels[labels != IGNORE_INDEX].tolist()
+    assert emitted[-1] == vqa.processor.tokenizer.eos_token_id
+
+    def emit(input_ids, streamer=None, **_):  # a model that answers exactly what it was trained on
+        steps = [input_ids] + [torch.full((len(input_ids), 1), token) for token in emitted]
+        for step in steps if streamer else []:
+            streamer.put(step)  # as generate does: the prompt first, then each step's new tokens
+        if streamer:
+            streamer.end()
+        first_step = torch.zeros(len(input_ids), vqa.model.config.text_config.vocab_size)
+        first_step[:, emitted[0]] = 10.0
+        return SimpleNamespace(sequences=torch.cat(steps, dim=1), logits=(first_step,))
+
+    monkeypatch.setattr(vqa.model, "generate", emit)
+    conv = add_question(None, "Is there edema?")
+    served = vqa.generate([_film(0)] * 2, [conv] * 2, [BASE, TUNED], GenerationSettings(max_new_tokens=8))
+    streamed = list(vqa.stream([_film(0)], [conv], [TUNED], GenerationSettings(max_new_tokens=8)))[-1]
+    assert served == [answer, answer] and streamed == [answer]
+    assert parse_yes_no(served[0]) == verdict
+    [answered] = vqa.answer([_film(0)], [conv], [TUNED], GenerationSettings(max_new_tokens=8))
+    assert answered.p_yes == pytest.approx(1.0 if verdict == "yes" else 0.0, abs=1e-3)  # the first piece is yes/no

@@ -6,18 +6,9 @@ import math
 
 import pytest
 
-from finetune.metrics import (
-    bootstrap_ci,
-    compare,
-    majority_rate,
-    mcnemar_exact,
-    paired_bootstrap,
-    parse_yes_no,
-    rouge_l,
-    score_answer,
-    summarize,
-    token_f1,
-)
+from cxr_vqa.answers import parse_yes_no
+from finetune.metrics import compare, majority_rate, rouge_l, score_answer, summarize, token_f1
+from finetune.stats import bootstrap_ci, mcnemar_exact, paired_bootstrap
 
 
 @pytest.mark.parametrize(
@@ -63,7 +54,7 @@ def test_rouge_l_uses_longest_common_subsequence():
 
 def test_score_answer_closed_and_open():
     closed = score_answer("Normal.", kind="closed", reference="No.", label="no")
-    assert closed == {"length": 1, "parsed": None, "correct": False}
+    assert closed == {"length": 1, "yes_no": True, "parsed": None, "correct": False}
     assert score_answer("No, clear.", kind="closed", reference="No.", label="no")["correct"] is True
     assert score_answer("Yes", kind="closed", reference="No, there is none.")["correct"] is False  # label from text
     opened = score_answer("left effusion", kind="open", reference="small left effusion")

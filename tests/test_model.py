@@ -1,5 +1,6 @@
 """The model core on the tiny checkpoint: 4-bit loading, one template for training and serving, mixed-adapter
-batches, streaming, and one-line errors for unusable models and adapters."""
+batches, streaming, and one-line errors for unusable models and adapters. The template and batch tests run on both
+tokenizers (the `checkpoint` fixture): the tiny one and llava-1.5-7b-hf's real one."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ def film(shade: int) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def vqa(tiny_model_dir, random_adapter_dir):
-    return load_model(tiny_model_dir, adapter=random_adapter_dir, load_in_4bit=True, device="cpu")
+def vqa(checkpoint):
+    return load_model(checkpoint[0], adapter=checkpoint[1], load_in_4bit=True, device="cpu")
 
 
 def test_4bit_quantizes_the_language_model_only(tiny_model_dir):
@@ -45,8 +46,8 @@ def test_unquantized_load_has_no_4bit_layers(tiny_model_dir):
     assert model.dtype == torch.float32
 
 
-def test_training_text_and_inference_prompt_agree(tiny_model_dir):
-    processor = load_processor(tiny_model_dir)
+def test_training_text_and_inference_prompt_agree(checkpoint):
+    processor = load_processor(checkpoint[0])
     qa = [("Is there cardiomegaly?", "Yes."), ("What abnormalities are seen?", "Enlarged heart.")]
     full = render(processor, conversation_from_qa(qa), add_generation_prompt=False)
     assert full == (

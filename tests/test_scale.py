@@ -11,6 +11,7 @@ import pytest
 from datasets import Dataset, Features, Image, List, Value
 from PIL import Image as PILImage
 
+from cxr_vqa.answers import Answer
 from cxr_vqa.generation import GenerationSettings
 from dataprep.batch_api import batch_lines
 from finetune import evaluate as ev
@@ -53,25 +54,26 @@ class Stub:
     def __init__(self, fail_after: int | None = None):
         self.calls, self.fail_after, self.films_per_call = 0, fail_after, []
 
-    def generate(self, images, conversations, adapters, settings):
+    def answer(self, images, conversations, adapters, settings):
         if self.fail_after is not None and self.calls >= self.fail_after:
             raise KeyboardInterrupt  # the run is killed here
         self.calls += 1
         self.films_per_call.append(len({id(image) for image in images if image.getpixel((0, 0)) != (0, 0, 0)}))
         first = conversations[0][-1]["content"][-1]["text"]
         return [
-            f"Yes {image.getpixel((0, 0))} {conv[-1]['content'][-1]['text']} {adapter} first={first}"
+            Answer(f"Yes {image.getpixel((0, 0))} {conv[-1]['content'][-1]['text']} {adapter} first={first}", 0.5)
             for image, conv, adapter in zip(images, conversations, adapters, strict=True)
         ]
 
 
 def run_stub(rows, out, stub, batch_size=8, ablation=True):
-    kinds = variants(True, ablation)
+    kinds = variants(["base", "tuned"], ablation)
     run = {"variants": [k[0] for k in kinds], "batch_size": batch_size}
     done = resume(out, run)
     questions = list_questions(rows)
+    images = rows.select_columns(["images"])
     with open(out / "predictions.jsonl", "a") as sink:
-        answer_all(stub, rows, questions, done, kinds, SETTINGS, batch_size, sink)
+        answer_all(stub, lambda r: images[r]["images"][0], questions, done, kinds, SETTINGS, batch_size, sink)
     return questions, resume(out, run)
 
 
@@ -83,8 +85,8 @@ def test_300_studies_each_answer_reads_its_own_film_and_memory_holds_one_batch(t
     for q in questions:
         record = done[q["id"]]
         i = int(q["study_id"][1:].split("/")[0])
-        assert record["answers"]["base"].startswith(f"Yes {colour(i)} {q['question']} __base__")
-        assert record["answers"]["tuned_blank"].startswith(f"Yes (0, 0, 0) {q['question']} default")
+        assert record["answers"]["base"].startswith(f"Yes {colour(i)} {q['question']} base")
+        assert record["answers"]["tuned_blank"].startswith(f"Yes (0, 0, 0) {q['question']} tuned")
     assert stub.calls == 200 and max(stub.films_per_call) <= 3  # the films of a call's 3 questions, no more
 
 

@@ -1,0 +1,69 @@
+"""The Blind A/B tab: two models drawn at random from those loaded (base included), sides at random, one vote per
+pair; and the Results tab's ratings and CSV export of every vote."""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from app_lib.handlers import NO_IMAGE, Inputs, user_errors
+from app_lib.ratings import results_markdown
+from app_lib.votes import COLUMNS, Trial
+from cxr_vqa.errors import UserError
+from cxr_vqa.images import Film
+from cxr_vqa.vqa import BASE
+
+NO_BLIND = "blind A/B needs a fine-tuned adapter: start the app with --adapter DIR (or set ADAPTER_MODEL)"
+VOTE_FIRST = "no pair to vote on: press “Answer blind” first (each pair takes one vote)"
+CHOICES = {"A": "A", "B": "B", "tie": "a tie", "both_wrong": "both wrong"}
+
+
+class Blind(Inputs):
+    @property
+    def sources(self) -> dict[str, str]:
+        """Where each loaded model came from: the base model's id, each adapter's path or Hub id."""
+        return {BASE: self.vqa.base_name, **self.vqa.adapters}
+
+    def answer(self, film: Film | None, question: str, max_new_tokens, temperature, top_p):
+        """(answer A, answer B, Trial state, reveal line): both answers from one call, pair and sides at random."""
+        with user_errors():
+            if not self.vqa.has_adapter:
+                raise UserError(NO_BLIND)
+            if film is None:
+                raise UserError(NO_IMAGE)
+            settings = self._settings(max_new_tokens, temperature, top_p)
+            question = self._clean(question)
+            conversation = self.vqa.conversation(None, question, settings.max_new_tokens)
+            model_a, model_b = self.rng.sample(self.vqa.model_names, 2)
+            answers = self.vqa.compare_all(film.image, {model_a: conversation, model_b: conversation}, settings)
+        trial = Trial(question=question, model_a=model_a, model_b=model_b, answer_a=answers[model_a].text,
+                      answer_b=answers[model_b].text, image_sha256=film.sha256)  # fmt: skip
+        return trial.answer_a, trial.answer_b, trial, "Which answer is better? Vote to reveal which model wrote which."
+
+    def vote(self, choice: str, trial: Trial | None):
+        """(reveal line, Trial state): store the vote in SQLite, then say which side was which."""
+        if trial is None:
+            raise gr.Error(VOTE_FIRST)
+        try:
+            self.votes.add(trial, choice, sources=self.sources, base_model=self.vqa.base_name)
+        except (OSError, sqlite3.Error, ValueError) as err:
+            raise gr.Error(f"could not store the vote: {err}") from None
+        reveal = (f"You voted {CHOICES[choice]}. **A** was **{trial.model_a}**, **B** was **{trial.model_b}**. "
+                  "Vote stored.")  # fmt: skip
+        return reveal, None
+
+    def results(self) -> str:
+        return results_markdown(self.votes.all(base_model=self.vqa.base_name))
+
+    def export(self) -> str:
+        """Every stored vote (all base models) as a CSV file, for the Results tab's download button."""
+        path = Path(tempfile.mkdtemp(prefix="votes-")) / "votes.csv"
+        with open(path, "w", newline="", encoding="utf-8") as file:
+            writer = csv.DictWriter(file, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.votes.all())
+        return str(path)

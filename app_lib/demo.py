@@ -1,0 +1,70 @@
+"""`python app.py --demo`: the offline default. A tiny random LLaVA and an adapter trained on synthetic phantoms,
+built on first use by `python -m finetune.demo DIR` (the learning bench's recipe, trainer seed 0, through the real
+command lines; progress on the console; a killed build continues), then reused: later starts serve in seconds.
+
+The app does not import the pipelines: it runs their command and reads what it leaves, DIR/demo.json (written last,
+so it exists only for a complete build): {"format": 1, "base": "tiny-llava", "adapter": "adapter-seed0",
+"examples": "examples/examples.json", ...}, paths relative to DIR. The examples are films of held-out test patients.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxr_vqa.errors import UserError
+from cxr_vqa.vqa import TUNED
+
+MARKER, FORMAT = "demo.json", 1
+HEADER = (
+    "🧪 **Demo models.** Both answers come from *tiny demo models* built on this machine: a random 4-layer LLaVA "
+    "(the base, whose answers are noise) and a LoRA adapter trained for minutes on **synthetic phantoms** drawn by "
+    "`dataprep.synthetic`, never on patients. They show how the pipeline works; they know nothing about real chest "
+    "X-rays. For the real models: `python app.py --base llava-hf/llava-1.5-7b-hf --adapter YOUR_ADAPTER`."
+)
+
+
+@dataclass(frozen=True)
+class Demo:
+    base: str
+    adapter: str
+    examples: list[tuple[str, str, str]]  # (film, question, label) as app.create_demo takes them
+
+
+def read(out: Path) -> Demo | None:
+    """The complete build in `out`, or None (no marker yet, another format, or a file it names is gone)."""
+    try:
+        marker = json.loads((out / MARKER).read_text())
+        paths = {key: out / marker[key] for key in ("base", "adapter", "examples")}
+        index = json.loads(paths["examples"].read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if marker.get("format") != FORMAT or not all(p.exists() for p in paths.values()):
+        return None
+    examples = []
+    for item in index:
+        name = ", ".join(item["findings"]).lower() or "no finding"
+        label = f"Held-out phantom: {name} (expected: {item.get('answer', '?')})"
+        examples.append((str(paths["examples"].parent / item["file"]), item["question"], label))
+    return Demo(str(paths["base"]), f"{TUNED}={paths['adapter']}", examples)
+
+
+def prepare(out: str | Path) -> Demo:
+    """The demo in `out`, built first if it is not there yet."""
+    out = Path(out)
+    found = read(out)
+    if found is not None:
+        print(f"demo models from {out}")
+        return found
+    print(f"building the demo models in {out}: first start only, a few minutes on a CPU (progress below)", flush=True)
+    result = subprocess.run([sys.executable, "-m", "finetune.demo", str(out)])
+    found = read(out)
+    if result.returncode != 0 or found is None:
+        raise UserError(
+            f"building the demo in {out} failed (exit {result.returncode}; see above); run it again to "
+            "continue where it stopped, or `python -m finetune.demo --fresh --out DIR` to start over"
+        )
+    return found

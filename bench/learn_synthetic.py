@@ -3,7 +3,7 @@
 blank-image ablation; one adapter per trainer seed, on the same data.
 
     python bench/learn_synthetic.py                        # trainer seeds 0,1,2; work dir runs/learn-synthetic
-    python bench/learn_synthetic.py --seed 3               # other data (a new work dir: stages record settings)
+    python bench/learn_synthetic.py --seed 3               # other data, in runs/learn-synthetic-seed3
     python bench/learn_synthetic.py --fresh                # start over instead of reusing finished stages
     python bench/learn_synthetic.py --patients 60 --epochs 0.3 --trainer-seeds 0 --work /tmp/smoke  # plumbing only
 
@@ -70,7 +70,9 @@ def summarize(seed: int, metrics: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", default="runs/learn-synthetic", help="working directory for every stage's output")
+    parser.add_argument(
+        "--work", help="working directory for every stage's output (runs/learn-synthetic, -seedN for --seed N != 0)"
+    )
     parser.add_argument("--patients", type=int, default=PATIENTS, help="synthetic patients (1-3 studies each)")
     parser.add_argument("--seed", type=int, default=0, help="data seed: the release, the QA pairs and the splits")
     parser.add_argument("--trainer-seeds", default="0,1,2", help="one adapter per trainer seed, comma-separated")
@@ -97,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--jobs and --threads must be >= 1")
 
     start = time.time()
-    work = Path(args.work).resolve()
+    # a finished stage with other settings stops the bench, so other data gets its own directory
+    work = Path(args.work or "runs/learn-synthetic" + (f"-seed{args.seed}" if args.seed else "")).resolve()
     if args.fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)

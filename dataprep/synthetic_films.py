@@ -22,7 +22,8 @@ ASPECT = 1.15  # films are taller than wide; the builder letterboxes them
 DEVICES = ("endotracheal tube", "central line", "pacemaker")
 # Aerated lung: a mid grey, so that a pneumothorax (black) differs from it by more than a random CLIP tower keeps of
 # "darker than dark" (its LayerNorm maps black and dark grey to nearly one vector). Lungs at 0.15 left the tiny
-# model's pneumothorax answers at their prior (0.56); at 0.28 it learned them (0.90, bench/learn_synthetic.py).
+# model's pneumothorax answers at their prior (0.56); at 0.28 it learns them (0.99-1.00 over three trainer seeds,
+# bench/learn_synthetic.py).
 LUNG = 0.28
 
 

@@ -1,6 +1,6 @@
 """Build the app's offline demo: a random tiny LLaVA taught to read synthetic films, through the real pipeline.
 
-    python -m finetune.demo runs/demo             # a few minutes on 2 CPU cores; a killed build continues
+    python -m finetune.demo runs/demo             # 9.5 minutes on 2 CPU cores; a killed build continues
     python -m finetune.demo runs/demo --seed 1    # another trainer seed on the same data
     python -m finetune.demo --out runs/demo --fresh   # start over
 
@@ -117,7 +117,7 @@ def run_stage(work: Path, stage: Stage, *, threads: int = 1, log: Path | None = 
         raise UserError(f"[{stage.name}] failed with exit code {code}: {tail}")
     seconds = time.time() - start
     if not stage.always:
-        _record(work, stage).parent.mkdir(exist_ok=True)
+        _record(work, stage).parent.mkdir(parents=True, exist_ok=True)
         _record(work, stage).write_text(json.dumps({"command": stage.identity, "seconds": round(seconds)}) + "\n")
     print(f"[{stage.name}] done in {seconds:.0f} s", flush=True)
     return seconds

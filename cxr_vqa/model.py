@@ -42,11 +42,16 @@ class ModelLoadError(UserError):
 def pick_device(device: str | None = None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ModelLoadError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(
             f"device {device!r} asked for, but this machine has no CUDA GPU: drop --device or use cpu"
         )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
     return dev
 
 
@@ -94,7 +99,9 @@ def _check_adapter_source(adapter: str) -> None:
             raise ModelLoadError(
                 f"{adapter} has no adapter_config.json: pass the directory that `python -m finetune` wrote"
             )
-    elif adapter.count("/") == 1 and (problem := hub_problem(adapter, "adapter_config.json")):
+    elif adapter.startswith((".", "/", "~")) or adapter.count("/") != 1:
+        raise ModelLoadError(f"adapter {adapter!r} not found: no such directory, and it is not a Hub id (owner/name)")
+    elif problem := hub_problem(adapter, "adapter_config.json"):
         raise ModelLoadError(problem)
 
 
@@ -249,6 +256,11 @@ def attach_adapter(model, adapter: str, *, name: str = TUNED, trainable: bool = 
             return model
         return PeftModel.from_pretrained(model, adapter, adapter_name=name, is_trainable=trainable)
     except (RuntimeError, ValueError, KeyError) as err:
+        if not Path(adapter).exists():  # PEFT's "Can't find 'adapter_config.json'": a Hub id that is not there
+            raise ModelLoadError(
+                f"adapter {adapter!r} not found: no such directory, and no adapter of that name on the Hub"
+                f"{_offline_hint()}"
+            ) from None
         trained_on = ""
         if config_file.is_file():
             trained_on = json.loads(config_file.read_text()).get("base_model_name_or_path") or ""

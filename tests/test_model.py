@@ -4,6 +4,7 @@ tokenizers (the `checkpoint` fixture): the tiny one and llava-1.5-7b-hf's real o
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import bitsandbytes as bnb
@@ -12,7 +13,14 @@ import torch
 from PIL import Image
 
 from cxr_vqa.generation import GenerationSettings
-from cxr_vqa.model import LANGUAGE_LORA_TARGETS, ModelLoadError, load_base_model, load_model, load_processor
+from cxr_vqa.model import (
+    LANGUAGE_LORA_TARGETS,
+    ModelLoadError,
+    load_base_model,
+    load_model,
+    load_processor,
+    pick_device,
+)
 from cxr_vqa.template import add_question, assistant_turn, conversation_from_qa
 from cxr_vqa.vqa import BASE, TUNED, encode, render
 
@@ -164,6 +172,22 @@ def test_adapter_for_another_base_is_refused(tiny_model_dir, tmp_path):
 
     with pytest.raises(ModelLoadError, match="no adapter_config.json"):
         load_model(tiny_model_dir, adapter=str(tmp_path), load_in_4bit=False, device="cpu")
+
+
+@pytest.mark.parametrize("adapter", ["runs/typo/adapter", "no-such-adapter", "./runs/x"])
+def test_a_missing_adapter_is_named_before_the_base_loads(tiny_model_dir, adapter, monkeypatch):
+    import cxr_vqa.model as core
+
+    monkeypatch.setattr(core, "load_base_model", lambda *a, **k: pytest.fail("the base loaded first"))
+    with pytest.raises(ModelLoadError, match=f"adapter '{re.escape(adapter)}' not found: no such directory") as err:
+        load_model(tiny_model_dir, adapter=adapter, load_in_4bit=False, device="cpu")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x"])
+def test_an_unknown_device_is_one_line(device):
+    with pytest.raises(ModelLoadError, match="unknown device"):
+        pick_device(device)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a CPU-only machine gives")

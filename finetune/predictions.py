@@ -56,7 +56,7 @@ def resume(out: Path, run: dict) -> dict[str, dict]:
     """Finished records of an earlier run of the same settings in `out`, by question id."""
     out.mkdir(parents=True, exist_ok=True)
     run_file, pred_file = out / RUN, out / PREDICTIONS
-    if run_file.is_file() and pred_file.is_file():
+    if run_file.is_file() and pred_file.is_file() and pred_file.stat().st_size:  # an empty file answered nothing
         earlier = json.loads(run_file.read_text())
         same = {k: v for k, v in earlier.items() if k not in NOT_IDENTITY}
         wanted = {k: v for k, v in run.items() if k not in NOT_IDENTITY}
@@ -79,7 +79,10 @@ def resume(out: Path, run: dict) -> dict[str, dict]:
             except json.JSONDecodeError:  # the last line of a killed run may be cut short
                 continue
             done[record["id"]] = record
-        pred_file.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+        # without the cut-short line, whole or not at all: a kill here must not lose what was answered
+        partial = pred_file.with_name(pred_file.name + ".tmp")
+        partial.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+        partial.replace(pred_file)
     return done
 
 

@@ -105,6 +105,14 @@ def test_a_killed_run_resumes_with_only_the_rest_and_ends_as_an_uninterrupted_on
     assert resumed == whole
 
 
+def test_a_run_that_answered_nothing_does_not_block_other_settings(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        run_stub(split(4), tmp_path, Stub(fail_after=0))  # died before its first batch: an empty predictions file
+    assert (tmp_path / "predictions.jsonl").stat().st_size == 0
+    _, done = run_stub(split(4), tmp_path, Stub(), batch_size=4, ablation=False)  # other settings: a fresh run
+    assert len(done) == 7 and not (tmp_path / "predictions.jsonl.tmp").exists()
+
+
 def test_fixed_batches_do_not_depend_on_what_is_done():
     questions = [{"id": str(i)} for i in range(10)]
     assert [len(b) for b in batches(questions, 4)] == [4, 4, 2]

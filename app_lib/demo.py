@@ -10,6 +10,7 @@ so it exists only for a complete build): {"format": 1, "base": "tiny-llava", "ad
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from cxr_vqa.errors import UserError
 from cxr_vqa.vqa import TUNED
 
 MARKER, FORMAT = "demo.json", 1
+ROOT = Path(__file__).resolve().parents[1]  # where `python -m finetune.demo` runs
 HEADER = (
     "🧪 **Demo models.** Both answers come from *tiny demo models* built on this machine: a random 4-layer LLaVA "
     "(the base, whose answers are noise) and a LoRA adapter trained for minutes on **synthetic phantoms** drawn by "
@@ -60,11 +62,18 @@ def prepare(out: str | Path) -> Demo:
         print(f"demo models from {out}")
         return found
     print(f"building the demo models in {out}: first start only, a few minutes on a CPU (progress below)", flush=True)
-    result = subprocess.run([sys.executable, "-m", "finetune.demo", str(out)])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    builder = subprocess.Popen([sys.executable, "-m", "finetune.demo", str(out.resolve())], cwd=ROOT, env=env)
+    try:
+        code = builder.wait()
+    except BaseException:  # Ctrl-C or SIGTERM (the app turns it into KeyboardInterrupt): stop the running stage too
+        builder.terminate()  # the builder forwards it to its stage, which ends instead of training on, orphaned
+        builder.wait(timeout=60)
+        raise
     found = read(out)
-    if result.returncode != 0 or found is None:
+    if code != 0 or found is None:
         raise UserError(
-            f"building the demo in {out} failed (exit {result.returncode}; see above); run it again to "
+            f"building the demo in {out} failed (exit {code}; see above); run it again to "
             "continue where it stopped, or `python -m finetune.demo --fresh --out DIR` to start over"
         )
     return found

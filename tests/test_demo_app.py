@@ -33,7 +33,7 @@ def test_a_prepared_demo_serves_without_training(prepared, monkeypatch):
     def no_build(*args, **kwargs):
         raise AssertionError("the demo was built again")
 
-    monkeypatch.setattr(subprocess, "run", no_build)
+    monkeypatch.setattr(subprocess, "Popen", no_build)
     served = {}
     monkeypatch.setattr(app, "serve", lambda demo, **kw: served.update(demo=demo, **kw))
     app.main(["--demo", "--demo-dir", str(prepared), "--port", "7999", "--votes-db", str(prepared / "v.sqlite")])
@@ -48,7 +48,34 @@ def test_an_incomplete_build_is_not_served(prepared):
     assert demo_models.read(prepared) is None  # a file the marker names is gone: build again
 
 
+class Builder:
+    """Stands in for the `python -m finetune.demo` process: exits with `code`, or is interrupted while waited on."""
+
+    started: list = []
+
+    def __init__(self, command, *, code=3, interrupted=False, **kwargs):
+        self.command, self.kwargs, self.code, self.interrupted, self.terminated = command, kwargs, code, interrupted, 0
+        Builder.started.append(self)
+
+    def wait(self, timeout=None):
+        if self.interrupted and not self.terminated:
+            raise KeyboardInterrupt  # what the app turns SIGTERM into
+        return self.code
+
+    def terminate(self):
+        self.terminated += 1
+
+
 def test_a_failed_build_is_one_line(tmp_path, monkeypatch, run_cli):
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 3))
+    monkeypatch.setattr(subprocess, "Popen", Builder)
     code, line = run_cli(app.main, ["--demo", "--demo-dir", str(tmp_path / "nothing")])
     assert code == 2 and "building the demo" in line and "exit 3" in line
+    builder = Builder.started[-1]
+    assert builder.command[1:3] == ["-m", "finetune.demo"] and builder.kwargs["cwd"] == demo_models.ROOT
+
+
+def test_stopping_the_app_during_the_build_stops_the_builder(tmp_path, monkeypatch):
+    monkeypatch.setattr(subprocess, "Popen", lambda command, **kw: Builder(command, interrupted=True, **kw))
+    with pytest.raises(KeyboardInterrupt):
+        demo_models.prepare(tmp_path / "nothing")
+    assert Builder.started[-1].terminated == 1  # not left training on, orphaned

@@ -25,7 +25,8 @@ from cxr_vqa.errors import UserError
 
 VQA_RAD_JSON, VQA_RAD_IMAGES = "VQA_RAD Dataset Public.json", "VQA_RAD Image Folder"
 SLAKE_JSON, SLAKE_IMAGES = "test.json", "imgs"
-SLAKE_CHEST = {"chest", "lung"}
+# SLAKE's chest X-rays are located "Lung" or "Chest_heart", "Chest_lung", "Chest_mediastinal"
+SLAKE_CHEST = ("lung", "chest")
 BENCHMARKS = ("vqa-rad", "slake")
 
 
@@ -67,7 +68,7 @@ def read_benchmark(
             entries = [e for e in entries if e.get("q_lang") == "en"]
         if not all_organs:
             entries = [e for e in entries if e.get("modality") == "X-Ray"
-                       and str(e.get("location", "")).strip().lower() in SLAKE_CHEST]  # fmt: skip
+                       and str(e.get("location", "")).strip().lower().startswith(SLAKE_CHEST)]  # fmt: skip
         folder, picked = root / SLAKE_IMAGES, [(e, e["img_name"]) for e in entries]
     else:
         raise UserError(f"--benchmark must be one of {', '.join(BENCHMARKS)}, got {name!r}")

@@ -26,7 +26,7 @@ SLAKE = [
     (11, "xmlab1/source.jpg", "en", "X-Ray", "Lung", "CLOSED", "Is the lung healthy?", "No"),
     (12, "xmlab1/source.jpg", "en", "X-Ray", "Lung", "OPEN", "Where is the abnormality?", "Left Lung, Right"),
     (13, "xmlab1/source.jpg", "zh", "X-Ray", "Lung", "CLOSED", "肺部健康吗?", "否"),
-    (14, "xmlab2/source.jpg", "en", "X-Ray", "Chest", "CLOSED", "Does the picture contain a heart?", "Yes"),
+    (14, "xmlab2/source.jpg", "en", "X-Ray", "Chest_heart", "CLOSED", "Does the picture contain a heart?", "Yes"),
     (15, "xmlab3/source.jpg", "en", "CT", "Abdomen", "OPEN", "What organ is this?", "Liver"),
     (16, "xmlab4/source.jpg", "en", "MRI", "Brain_Tissue", "CLOSED", "Is this a T1 image?", "Yes"),
 ]

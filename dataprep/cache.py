@@ -39,7 +39,7 @@ class DiskCache:
             return None
 
     def __contains__(self, key: str) -> bool:
-        return self.path(key).is_file()
+        return self.get(key) is not None  # a file cut short is a miss, so its request is sent again
 
     def put(self, key: str, value: dict) -> None:
         path = self.path(key)

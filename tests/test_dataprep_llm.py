@@ -178,6 +178,15 @@ def test_rerun_is_served_from_cache_with_zero_requests(server, studies, tmp_path
     assert list((tmp_path / "cache").rglob(".tmp-*")) == []  # atomic writes leave no temporary files
 
 
+def test_a_reply_cut_short_on_disk_is_asked_again(server, studies, tmp_path):
+    first = make_generator(server, tmp_path / "cache").generate(studies[:2])
+    cut = sorted((tmp_path / "cache").rglob("*.json"))[0]
+    cut.write_text(cut.read_text()[:20])  # a power cut mid-write, past the atomic rename's protection
+    again = make_generator(server, tmp_path / "cache")
+    assert again.generate(studies[:2]) == first
+    assert again.stats["requests"] == 1 and server.count["chat"] == 3
+
+
 def test_auth_failure_stops_the_run_with_one_line(server, studies, tmp_path):
     server.fail("401", times=100)
     with pytest.raises(LLMSetupError, match="API key was refused"):

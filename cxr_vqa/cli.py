@@ -53,7 +53,7 @@ def parse_config(
         allow_abbrev=False,  # a misspelt flag must fail, not be guessed
     )
     parser.add_argument("--config", metavar="YAML", help="a YAML file of option: value; flags given here override it")
-    fields = {f.name for t in types for f in dataclasses.fields(t) if f.init}
+    fields = {f.name: f for t in types for f in dataclasses.fields(t) if f.init}
     if FOUR_BIT in fields:
         parser.add_argument("--no-4bit", dest=FOUR_BIT, action="store_false", help="full precision, not 4-bit nf4")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -71,7 +71,7 @@ def parse_config(
     return tuple(outputs)
 
 
-def _apply_yaml(parser: argparse.ArgumentParser, path: str, fields: set[str]) -> None:
+def _apply_yaml(parser: argparse.ArgumentParser, path: str, fields: dict[str, dataclasses.Field]) -> None:
     import yaml
 
     try:
@@ -83,9 +83,14 @@ def _apply_yaml(parser: argparse.ArgumentParser, path: str, fields: set[str]) ->
     if not isinstance(loaded, dict):
         parser.error(f"--config {path} must hold a mapping of option: value")
     values = {str(key).replace("-", "_"): value for key, value in loaded.items()}
-    unknown = sorted(set(values) - fields)
+    unknown = sorted(set(values) - fields.keys())
     if unknown:
         parser.error(f"unknown key(s) in {path}: {', '.join(unknown)} (`{parser.prog} --help` lists the options)")
+    for key, value in values.items():  # set_defaults skips argparse's checks: a YAML typo must not pass silently
+        allowed = fields[key].metadata.get("choices")
+        for item in value if isinstance(value, list) else [value]:
+            if allowed is not None and item is not None and item not in allowed:
+                parser.error(f"{key} in {path} must be one of {', '.join(map(str, allowed))}, got {item!r}")
     parser.set_defaults(**values)  # so flags still win; options therefore never are `required`
 
 

@@ -31,6 +31,22 @@ def test_an_unknown_yaml_key_exits_2_naming_it(name, run_cli, tmp_path):
     assert code == 2 and f"unknown key(s) in {path}: no_such_key" in line
 
 
+@pytest.mark.parametrize(
+    "name, yaml, key",
+    [
+        ("dataprep", "generator: lables", "generator"),
+        ("finetune", "attn_implementation: bogus", "attn_implementation"),
+        ("evaluate", "benchmark: nope", "benchmark"),
+        ("evaluate", "extra_metrics: [radeval, bogus]", "extra_metrics"),
+    ],
+)
+def test_a_yaml_value_outside_its_choices_exits_2(name, yaml, key, run_cli, tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml + "\n")
+    code, line = run_cli(COMMANDS[name], ["--config", str(path)])
+    assert code == 2 and f"{key} in {path} must be one of" in line
+
+
 @pytest.mark.parametrize("name", COMMANDS)
 def test_a_bad_value_exits_2_naming_the_option(name, run_cli):
     code, line = run_cli(COMMANDS[name], ["--load_in_4bit", "maybe"] if name != "dataprep" else ["--limit", "x"])

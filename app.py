@@ -159,7 +159,8 @@ def create_demo(
                         if report.plot is not None:
                             gr.Image(report.plot, label="comparison.png", interactive=False)
                 with gr.Accordion("Generation settings", open=False):
-                    max_new = gr.Slider(1, 512, value=settings.max_new_tokens, step=1, label="Max new tokens")
+                    longest = max(512, settings.max_new_tokens)  # --max-new-tokens may start it past 512
+                    max_new = gr.Slider(1, longest, value=settings.max_new_tokens, step=1, label="Max new tokens")
                     temperature = gr.Slider(
                         0.0, 1.5, value=settings.temperature, step=0.05, label="Temperature (0 = greedy)"
                     )

@@ -167,6 +167,14 @@ def test_demo_has_compare_endpoint_examples_notice_report_and_zero_gpu(vqa, tmp_
     assert "closed_accuracy_marker" in config and "comparison.png" in config  # the report is on the results tab
 
 
+def test_the_token_slider_reaches_a_longer_max_new_tokens(vqa, tmp_path):
+    from cxr_vqa.generation import GenerationSettings
+
+    demo = app.create_demo(vqa, votes_db=tmp_path / "v.sqlite", settings=GenerationSettings(max_new_tokens=600))
+    (slider,) = [c for c in demo.get_config_file()["components"] if c["props"].get("label") == "Max new tokens"]
+    assert slider["props"]["maximum"] == 600 and slider["props"]["value"] == 600
+
+
 # --- inputs ---------------------------------------------------------------------------------------------------------
 
 

@@ -36,6 +36,8 @@ COPY cxr_vqa/ cxr_vqa/
 COPY finetune/ finetune/
 COPY dataprep/ dataprep/
 COPY assets/ assets/
+# `--demo` builds in runs/demo: writable by the app user (a volume there keeps it across containers)
+RUN mkdir -p runs && chown app:app runs
 
 USER app
 EXPOSE 7860

@@ -87,6 +87,8 @@ def _apply_yaml(parser: argparse.ArgumentParser, path: str, fields: dict[str, da
     if unknown:
         parser.error(f"unknown key(s) in {path}: {', '.join(unknown)} (`{parser.prog} --help` lists the options)")
     for key, value in values.items():  # set_defaults skips argparse's checks: a YAML typo must not pass silently
+        if fields[key].metadata.get("action") is Repeat and isinstance(value, str):
+            values[key] = value = [value]  # `adapter: runs/a`, one item without the list around it
         allowed = fields[key].metadata.get("choices")
         for item in value if isinstance(value, list) else [value]:
             if allowed is not None and item is not None and item not in allowed:

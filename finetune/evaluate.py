@@ -29,7 +29,7 @@ from cxr_vqa.contract import check_split, open_splits
 from cxr_vqa.errors import UserError
 from cxr_vqa.files import share
 from cxr_vqa.generation import GenerationSettings
-from cxr_vqa.images import load_film
+from cxr_vqa.images import ImageLoadError, load_film
 from cxr_vqa.model import DEFAULT_BASE, adapter_specs, load_model
 from cxr_vqa.vqa import BASE
 from finetune import stats as S
@@ -90,6 +90,16 @@ class EvalConfig:
         self.models = [BASE, *adapter_specs(self.adapter)]  # names checked before any model is loaded
 
 
+def _benchmark_films(paths: list[Path], size: int):
+    def film(row: int):
+        try:
+            return load_film(paths[row], size).image
+        except ImageLoadError as err:  # the release has hundreds of films: say which one
+            raise ImageLoadError(f"{paths[row]}: {err}") from None
+
+    return film
+
+
 def load_questions(cfg: EvalConfig):
     """(questions, films: row -> its film, or the paths to letterbox) from the dataset contract or a benchmark."""
     if cfg.benchmark:
@@ -121,8 +131,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         logger.info("%d of %d questions left to answer", len(questions) - len(done), len(questions))
         vqa = load_model(cfg.base, cfg.adapter, load_in_4bit=cfg.load_in_4bit, device=cfg.device)
         if not callable(films):  # benchmark films are letterboxed to the model's own input, like every film
-            paths = films
-            films = lambda row: load_film(paths[row], vqa.input_size).image  # noqa: E731
+            films = _benchmark_films(films, vqa.input_size)
         settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens)
         with open(out / PREDICTIONS, "a") as sink:
             answer_all(vqa, films, questions, done, kinds, settings, cfg.batch_size, sink)

@@ -188,7 +188,7 @@ def build_tiny_llava(
     model.generation_config.bos_token_id = bos
     model.save_pretrained(out)  # config.json first: it tells transformers how to read the tokenizer files
     if llama_package:
-        return llama.write_processor_files(out, llama_package, patch_size=patch_size)
+        return share(llama.write_processor_files(out, llama_package, patch_size=patch_size))
 
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": 336},

@@ -4,6 +4,7 @@ to end through the CLI on the tiny model, with the exact counts of chest questio
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from PIL import Image
@@ -119,3 +120,13 @@ def test_a_missing_film_or_file_is_one_line(vqa_rad, tmp_path, run_cli):
         assert code == 2 and "1 of 2 films missing" in line and "synpic200.jpg" in line
     finally:
         (tmp_path / "moved.jpg").rename(vqa_rad / "VQA_RAD Image Folder" / "synpic200.jpg")
+
+
+def test_a_corrupt_film_names_its_file(slake, tiny_model_dir, tmp_path, run_cli):
+    broken = tmp_path / "slake"
+    shutil.copytree(slake, broken)
+    (broken / "imgs" / "xmlab2" / "source.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    code, line = run_cli(ev.main, ["--benchmark", "slake", "--dataset", str(broken), "--base", tiny_model_dir,
+                                   "--out", str(tmp_path / "o"), "--no-4bit", "--device", "cpu", "--no-ablation",
+                                   "--max-new-tokens", "2"])  # fmt: skip
+    assert code == 2 and "xmlab2/source.jpg: JPEG file is truncated or corrupt" in line

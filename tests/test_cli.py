@@ -60,3 +60,13 @@ def test_the_4bit_switch_is_spelt_one_way():
 
     for kind in (AppConfig, ScriptArguments, EvalConfig):
         assert kind.__dataclass_fields__["load_in_4bit"].default is True
+
+
+def test_a_single_yaml_adapter_needs_no_list(tmp_path):
+    from cxr_vqa.cli import parse_config
+
+    path = tmp_path / "eval.yaml"
+    path.write_text("adapter: runs/a\n")
+    (cfg,) = parse_config([finetune.evaluate.EvalConfig], ["--config", str(path), "--dataset", "d", "--out", "o"],
+                          prog="evaluate")  # fmt: skip
+    assert cfg.adapter == ["runs/a"] and cfg.models == ["base", "tuned"]

@@ -100,8 +100,17 @@ def run_stage(work: Path, stage: Stage, *, threads: int = 1, log: Path | None = 
         print(f"[{stage.name}] finished earlier, reused", flush=True)
         return None
     command = [sys.executable, "-m", stage.module, *stage.args]
+    started = _record(work, stage).with_suffix(".started")  # the settings of a run that may have been killed
     if stage.resume_dir and any(stage.resume_dir.glob("checkpoint-*/trainer_state.json")):  # written last
+        if started.is_file() and json.loads(started.read_text())["command"] != stage.identity:
+            raise UserError(
+                f"{stage.resume_dir} holds checkpoints of an unfinished '{stage.name}' with other settings: start "
+                "over with --fresh or pick another directory"
+            )
         command.append("--resume_from_checkpoint")  # the latest complete checkpoint, skipping a half-written one
+    if not stage.always:
+        started.parent.mkdir(parents=True, exist_ok=True)
+        started.write_text(json.dumps({"command": stage.identity}) + "\n")
     print(f"[{stage.name}] {' '.join(stage.identity)}" + (f"  (output: {log})" if log else ""), flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}  # fmt: skip

@@ -62,6 +62,21 @@ def test_training_resumes_only_from_a_complete_checkpoint(tmp_path, monkeypatch)
     assert commands[0][commands[0].index("--seed") + 1] == "3"
 
 
+def test_a_killed_training_does_not_resume_under_other_settings(tmp_path, monkeypatch):
+    def killed(cmd, **kw):
+        (adapter / "checkpoint-2").mkdir(parents=True)
+        (adapter / "checkpoint-2" / "trainer_state.json").write_text("{}")
+        return subprocess.CompletedProcess(cmd, -9)
+
+    adapter = tmp_path / "adapter"
+    monkeypatch.setattr(demo.subprocess, "run", killed)
+    with pytest.raises(UserError, match="failed"):
+        demo.run_stage(tmp_path, demo.train_stage(tmp_path, adapter, extra=("--num_train_epochs", 0.3)))
+    monkeypatch.setattr(demo.subprocess, "run", lambda *a, **k: pytest.fail("resumed a 0.3-epoch run as another"))
+    with pytest.raises(UserError, match="unfinished 'train \\(seed 0\\)' with other settings"):
+        demo.run_stage(tmp_path, demo.train_stage(tmp_path, adapter))
+
+
 def _prepared_build(out: Path) -> None:
     """What a finished build leaves (empty stand-ins for the model files)."""
     for name in ("tiny-llava", "adapter-seed0", "examples"):

@@ -108,4 +108,9 @@ def user_errors() -> Iterator[None]:
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    if not text:
+        return type(err).__name__
+    lines = text.splitlines()
+    if lines[0].startswith("Caught ") and "Original Traceback" in text:  # torch re-raising a DataLoader worker's error
+        return lines[-1].split(": ", 1)[-1]  # its last line, "package.SomeError: message"
+    return lines[0]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import app
 import dataprep.__main__
 import finetune.__main__
 import finetune.evaluate
+from cxr_vqa.errors import UserError
 
 COMMANDS = {
     "dataprep": dataprep.__main__.main,
@@ -70,3 +72,21 @@ def test_a_single_yaml_adapter_needs_no_list(tmp_path):
     (cfg,) = parse_config([finetune.evaluate.EvalConfig], ["--config", str(path), "--dataset", "d", "--out", "o"],
                           prog="evaluate")  # fmt: skip
     assert cfg.adapter == ["runs/a"] and cfg.models == ["base", "tuned"]
+
+
+class _BadFilm(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        raise UserError("film p1/s1.png is truncated or corrupt; export it again")
+
+
+def test_a_user_error_in_a_dataloader_worker_keeps_its_message(capsys):
+    from cxr_vqa.cli import user_errors
+
+    loader = torch.utils.data.DataLoader(_BadFilm(), num_workers=1)
+    with pytest.raises(SystemExit) as stop, user_errors():
+        next(iter(loader))
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and line == "error: film p1/s1.png is truncated or corrupt; export it again"

@@ -4,6 +4,7 @@ pair; and the Results tab's ratings and CSV export of every vote."""
 from __future__ import annotations
 
 import csv
+import functools
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -61,9 +62,15 @@ class Blind(Inputs):
 
     def export(self) -> str:
         """Every stored vote (all base models) as a CSV file, for the Results tab's download button."""
-        path = Path(tempfile.mkdtemp(prefix="votes-")) / "votes.csv"
+        path = _export_dir() / "votes.csv"  # one file, rewritten: Gradio serves its own copy of it
         with open(path, "w", newline="", encoding="utf-8") as file:
             writer = csv.DictWriter(file, fieldnames=COLUMNS)
             writer.writeheader()
             writer.writerows(self.votes.all())
         return str(path)
+
+
+@functools.cache
+def _export_dir() -> Path:
+    """This process's private folder for the export (a new one per click would pile up every vote in /tmp)."""
+    return Path(tempfile.mkdtemp(prefix="votes-"))

@@ -8,6 +8,7 @@ YAML `--config` < command-line flags. Unknown flags or YAML keys and out-of-rang
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,5 +68,9 @@ class AppConfig:
 
 
 def parse_config(argv: list[str] | None = None, description: str | None = None) -> AppConfig:
+    port = os.environ.get("GRADIO_SERVER_PORT", "7860")
+    if not port.strip().isdigit():  # read by a default, before the parser could say it in one line
+        print(f"python app.py: error: GRADIO_SERVER_PORT must be a port number, got {port!r}", file=sys.stderr)
+        sys.exit(2)
     (config,) = parse([AppConfig], argv, prog="python app.py", description=description)
     return config

@@ -90,3 +90,9 @@ def test_a_user_error_in_a_dataloader_worker_keeps_its_message(capsys):
         next(iter(loader))
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert stop.value.code == 2 and line == "error: film p1/s1.png is truncated or corrupt; export it again"
+
+
+def test_a_bad_port_in_the_environment_exits_2(run_cli, monkeypatch):
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "abc")
+    code, line = run_cli(app.main, [])
+    assert code == 2 and line.endswith("GRADIO_SERVER_PORT must be a port number, got 'abc'")

@@ -66,6 +66,11 @@ def test_export_has_every_column_and_vote(tmp_path):
     with open(path, newline="") as file:
         rows = list(csv.DictReader(file))
     assert list(rows[0]) == list(COLUMNS) and rows[0]["winner"] == "labels" and rows[0]["source_b"] == "runs/labels"
+    store.add(trial, "tie", sources={"base": "m", "labels": "runs/labels"}, base_model="m")
+    again = Blind(FakeVQA(), store).export()
+    with open(again, newline="") as file:
+        assert len(list(csv.DictReader(file))) == 2
+    assert again == path  # rewritten in place: clicks do not leave a copy of every vote each
 
 
 def test_votes_of_the_first_schema_stay_readable(tmp_path):

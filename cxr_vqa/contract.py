@@ -16,6 +16,9 @@ from cxr_vqa.errors import UserError
 
 SPLITS = ("train", "validation", "test")
 COLUMNS = ("messages", "images", "qa", "patient_id", "study_id", "image_path", "view", "source")
+# stats.json beside the splits has "synthetic": true when the release was `python -m dataprep.synthetic`'s; what
+# is trained on such a dataset says so with these words
+SYNTHETIC_NOTE = "synthetic phantoms drawn by dataprep.synthetic, not patients"
 
 
 def features():

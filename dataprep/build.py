@@ -27,7 +27,7 @@ from cxr_vqa.contract import SPLITS, features
 from cxr_vqa.files import share
 from cxr_vqa.images import ImageLoadError, letterbox, load_image
 from cxr_vqa.template import conversation_from_qa
-from dataprep.chexpert import Study, reject
+from dataprep.chexpert import SYNTHETIC_MARKER, Study, reject
 from dataprep.qa import QAGenerator
 
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
@@ -157,6 +157,7 @@ def build_dataset(
             row = make_row(study, rel, view, result.pairs, generator.source)
             rows[splits[study.patient_id]].append({**row, "_staged": staged_file})
         stats = summarise(rows, rejects, generator, config)
+        stats["synthetic"] = (root / SYNTHETIC_MARKER).is_file()
         _save(DatasetDict({name: _to_dataset(rows[name], name, staging / "hf") for name in SPLITS}), out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

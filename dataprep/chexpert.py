@@ -25,6 +25,9 @@ from dataprep.clean import clean_report, report_text, word_count
 logger = logging.getLogger(__name__)
 
 CSV_NAME = "df_chexpert_plus_240401.csv"
+# Not in the real release: `python -m dataprep.synthetic` leaves it in its miniature ones, so that a dataset built
+# from one, and a model trained on that, say they come from synthetic phantoms (stats.json "synthetic", model card)
+SYNTHETIC_MARKER = "SYNTHETIC.json"
 COLUMNS = tuple(
     "path_to_image path_to_dcm frontal_lateral ap_pa deid_patient_id patient_report_date_order report "
     "section_narrative section_clinical_history section_history section_comparison section_technique "

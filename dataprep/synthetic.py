@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dataprep.chexpert import COLUMNS, CSV_NAME, LABEL_DIR, LABEL_FILES, LABELS
+from cxr_vqa.contract import SYNTHETIC_NOTE
+from dataprep.chexpert import COLUMNS, CSV_NAME, LABEL_DIR, LABEL_FILES, LABELS, SYNTHETIC_MARKER
 from dataprep.synthetic_films import DEVICES, DRAWN, draw_film
 
 PREVALENCE = 0.4
@@ -207,6 +208,9 @@ def write_release(
     (out / LABEL_DIR).mkdir(exist_ok=True)
     for name, lines in label_lines.items():
         (out / LABEL_DIR / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    # read by dataprep into stats.json, and from there into the model card of whatever is trained on it
+    marker = {"generator": "dataprep.synthetic", "patients": patients, "seed": seed, "note": SYNTHETIC_NOTE}
+    (out / SYNTHETIC_MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
     return counts
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cxr_vqa.contract import SYNTHETIC_NOTE
 from finetune.config import ScriptArguments, TrainConfig
 
 
@@ -15,6 +16,14 @@ def final_losses(log_history: list[dict]) -> dict:
             if key in entry:
                 last[key] = entry[key]
     return last
+
+
+def _what_it_is(base: str, stats: dict) -> list[str]:
+    if stats.get("synthetic"):  # the demo's adapter: say so before anything else
+        return [f"A **demo** LoRA adapter for `{base}`, trained with `python -m finetune` on question-answer pairs",
+                f"about {SYNTHETIC_NOTE}. It knows nothing about real chest X-rays."]  # fmt: skip
+    return [f"A LoRA adapter for `{base}` answering questions about chest X-rays, trained with `python -m finetune`",
+            "on question-answer pairs built from CheXpert-Plus-style reports and labels."]  # fmt: skip
 
 
 def write_model_card(trainer, script_args: ScriptArguments, train_args: TrainConfig, stats: dict) -> Path:
@@ -46,8 +55,7 @@ def write_model_card(trainer, script_args: ScriptArguments, train_args: TrainCon
         "",
         f"# {Path(train_args.output_dir).name}",
         "",
-        f"A LoRA adapter for `{script_args.model_name_or_path}` answering questions about chest X-rays, trained with",
-        "`python -m finetune` on question-answer pairs built from CheXpert-Plus-style reports and labels.",
+        *_what_it_is(script_args.model_name_or_path, stats),
         "",
         "**Research demo, not for diagnosis.** Answers can be wrong, and the model has not been validated clinically.",
         "",

@@ -7,6 +7,7 @@ before any model is loaded, so a mistake costs seconds, not a 7B load. The comma
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -33,7 +34,12 @@ def load_splits(script_args: ScriptArguments, train_args: TrainConfig):
         if not script_args.eval_split:
             raise UserError("eval_strategy is set but eval_split is empty: name a split or set eval_strategy: no")
         eval_ds = check_split(splits, script_args.dataset, script_args.eval_split, "eval")
-    return train_ds, eval_ds, dataset_stats(splits)
+    stats = dataset_stats(splits)
+    try:  # dataprep's stats.json says whether the release was a synthetic one
+        stats["synthetic"] = bool(json.loads((Path(script_args.dataset) / "stats.json").read_text())["synthetic"])
+    except (OSError, ValueError, KeyError):
+        stats["synthetic"] = False
+    return train_ds, eval_ds, stats
 
 
 def dataset_stats(data) -> dict:

@@ -322,7 +322,7 @@ def test_cli_labels_end_to_end(tmp_path):
     assert set(rows) | {r["study_id"] for r in rejects} == in_csv and not set(rows) & {r["study_id"] for r in rejects}
     assert {r["reason"] for r in rejects} == {"no_report_text", "image_missing", "image_unreadable", "no_labels"}
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["rows"] == len(rows) and stats["studies"] == len(in_csv)
+    assert stats["rows"] == len(rows) and stats["studies"] == len(in_csv) and stats["synthetic"] is True
 
     train = dataset["train"]
     assert train.features == features()

@@ -157,6 +157,8 @@ def test_the_whole_build_on_a_handful_of_patients(tmp_path):
         "stage 1/4: tiny model", "stage 2/4: release", "stage 3/4: dataprep", "stage 4/4: train (seed 0)"]  # fmt: skip
     marker = demo.complete(tmp_path / "demo")
     assert marker and (tmp_path / "demo" / marker["adapter"] / "adapter_config.json").is_file()
+    card = (tmp_path / "demo" / marker["adapter"] / "README.md").read_text()
+    assert "A **demo** LoRA adapter" in card and "synthetic phantoms drawn by dataprep.synthetic, not patients" in card
     examples = json.loads((tmp_path / "demo" / marker["examples"]).read_text())
     test_studies = set(open_splits(tmp_path / "demo" / "data")["test"]["study_id"])
     assert examples and all(e["study_id"] in test_studies for e in examples)

@@ -123,7 +123,7 @@ def test_two_step_run_writes_adapter_processor_and_card(two_steps, dataset_dir, 
     card = (out / "README.md").read_text()
     last_loss = [e["loss"] for e in trainer.state.log_history if "loss" in e][-1]
     assert f"base_model: {tiny_model_dir}" in card
-    assert "not for diagnosis" in card
+    assert "not for diagnosis" in card and "synthetic" not in card  # dataset_dir is not from a synthetic release
     assert "train: 4 studies, 7 QA pairs" in card and "validation: 2 studies, 3 QA pairs" in card
     assert f"loss: {last_loss:.4f}" in card
     assert not any(a in card for pairs in STUDIES for _, a in pairs if len(a) > 4)  # counts, never the QA text

@@ -78,11 +78,6 @@ class VQAModel:
         return [BASE, *self.adapters]
 
     @property
-    def adapter_name(self) -> str | None:
-        """Where the first adapter came from (what `--adapter` named), or None."""
-        return next(iter(self.adapters.values()), None)
-
-    @property
     def is_4bit(self) -> bool:
         return bool(getattr(self.model, "is_loaded_in_4bit", False))
 
@@ -198,11 +193,6 @@ class VQAModel:
         if isinstance(result[0], BaseException):
             raise result[0]
         yield self._answers(result[0], kwargs["input_ids"].shape[1])
-
-    def stream(self, images, conversations, models=None, settings: GenerationSettings = GenerationSettings()):
-        """Like `stream_answers`, the texts only."""
-        for step in self.stream_answers(images, conversations, models, settings):
-            yield [a.text for a in step]
 
     def compare_all(
         self,

@@ -2,7 +2,7 @@
 
     questions = list_questions(rows)                        # one entry per QA pair, in dataset order
     done = resume(out, run)                                 # finished records of an earlier run of the same settings
-    answer_all(vqa, rows, questions, done, kinds, settings, batch_size, sink)
+    answer_all(vqa, films, questions, done, kinds, settings, batch_size, sink)  # films(row): that row's film
 
 The batches are fixed chunks of the whole question list, so a resumed run forms exactly the batches an uninterrupted
 run would: a batch that was answered in full is skipped, one that was cut short is answered again whole, and the

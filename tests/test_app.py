@@ -163,7 +163,7 @@ def test_demo_has_compare_endpoint_examples_notice_report_and_zero_gpu(vqa, tmp_
     assert public == ["compare", "compare_scores", "compare_all"]
     config = json.dumps(demo.get_config_file(), default=str)
     assert "not a medical device" in config and "Not for diagnosis" in config
-    assert vqa.adapter_name in config and "Synthetic phantom: cardiomegaly" in config
+    assert vqa.adapters[TUNED] in config and "Synthetic phantom: cardiomegaly" in config
     assert "closed_accuracy_marker" in config and "comparison.png" in config  # the report is on the results tab
 
 
@@ -360,7 +360,7 @@ def test_blind_vote_is_stored_with_both_models_and_hash_not_image(blind, vqa, tm
     assert (row["model_a"], row["model_b"], row["vote"], row["winner"]) == (trial.model_a, trial.model_b, "A",
                                                                              trial.model_a)  # fmt: skip
     sources = {row["model_a"]: row["source_a"], row["model_b"]: row["source_b"]}
-    assert sources == {BASE: vqa.base_name, TUNED: vqa.adapter_name}
+    assert sources == {BASE: vqa.base_name, TUNED: vqa.adapters[TUNED]}
     assert row["image_sha256"] == image_sha256(FILM)
     assert not any(isinstance(v, bytes) for v in row.values())  # no image bytes anywhere
     assert "1 votes in all" in blind.results()

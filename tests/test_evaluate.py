@@ -223,7 +223,9 @@ def test_trained_answer_ids_decode_to_what_the_evaluation_parses(checkpoint, ans
     monkeypatch.setattr(vqa.model, "generate", emit)
     conv = add_question(None, "Is there edema?")
     served = vqa.generate([_film(0)] * 2, [conv] * 2, [BASE, TUNED], GenerationSettings(max_new_tokens=8))
-    streamed = list(vqa.stream([_film(0)], [conv], [TUNED], GenerationSettings(max_new_tokens=8)))[-1]
+    streamed = [
+        a.text for a in list(vqa.stream_answers([_film(0)], [conv], [TUNED], GenerationSettings(max_new_tokens=8)))[-1]
+    ]
     assert served == [answer, answer] and streamed == [answer]
     assert parse_yes_no(served[0]) == verdict
     [answered] = vqa.answer([_film(0)], [conv], [TUNED], GenerationSettings(max_new_tokens=8))

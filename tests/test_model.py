@@ -108,7 +108,7 @@ def test_rows_of_different_lengths_batch_like_single_rows(vqa):
 
 def test_stream_ends_with_the_generated_answers(vqa):
     image, conv = film(80), add_question(None, "Is there a pneumothorax?")
-    steps = list(vqa.stream([image, image], [conv, conv], [BASE, TUNED], SETTINGS))
+    steps = [[a.text for a in step] for step in vqa.stream_answers([image] * 2, [conv] * 2, [BASE, TUNED], SETTINGS)]
     assert len(steps) >= 2
     assert steps[-1] == vqa.generate([image, image], [conv, conv], [BASE, TUNED], SETTINGS)
     assert all(len(a[0]) <= len(b[0]) for a, b in zip(steps, steps[1:], strict=False))

@@ -58,8 +58,10 @@ def summarize(seed: int, metrics: dict) -> dict:
     print(f"  blank-image drop    {drop['value']:+.3f} [{drop['ci'][0]:+.3f}, {drop['ci'][1]:+.3f}], "
           f"McNemar p={drop['p_value']:.2g}")  # fmt: skip
     if "macro_auroc" in models["tuned"]:  # only once the evaluation computes it
-        print(f"  macro AUROC         tuned {_est(models['tuned']['macro_auroc'])}, "
-              f"blank image {_est(models['tuned_blank']['macro_auroc'])}")  # fmt: skip
+        auroc = {name: _est(models[name]["macro_auroc"]) for name in ("tuned", "tuned_blank", "base")}
+        print(
+            f"  macro AUROC         tuned {auroc['tuned']}, blank image {auroc['tuned_blank']}, base {auroc['base']}"
+        )
     per = models["tuned"]["per_finding"]
     blank = models["tuned_blank"]["per_finding"]
     print("  per finding (tuned / blank image, n):")

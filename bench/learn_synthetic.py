@@ -9,7 +9,7 @@ blank-image ablation; one adapter per trainer seed, on the same data.
 
 The stages are finetune.demo's (the app's offline demo is the same recipe, trainer seed 0): each is the real
 command line in its own process, and a finished one is reused, so an interrupted bench resumes. Two seeds train
-at a time by default (--jobs), one core each: 22.8 minutes for the three seeds on a shared 2-core machine. The
+at a time by default (--jobs), one core each: about 23 minutes for the three seeds on a 2-core machine. The
 recipe: finetune/configs/tiny-synthetic.yaml, whose comments say what was tried and measured. Goal, every
 trainer seed and any data seed: tuned >= 0.85 closed accuracy on patients it never saw, tuned minus blank image
 >= 0.15 with McNemar p < 0.01, base <= 0.65. Last line, the worst case over the seeds:

@@ -15,6 +15,9 @@ import argparse
 import csv
 import io
 import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -154,10 +157,48 @@ def _row(path: str, view: str, patient: str, order: int, split: str, sections: d
     return row
 
 
+def _draw_study(job) -> tuple[list[dict], dict[str, list[str]], int]:
+    """One study of the release: its films written under `out`, its CSV rows and label lines, how many films."""
+    out, seed, p, s, split, image_size, defect = job
+    rng = np.random.default_rng([seed, 1, p, s])
+    patient = f"patient{p + 1:05d}"
+    found = sample_findings(rng)
+    sections, labels, impression_labels = write_report(found, rng)
+    if defect == "no_text":
+        sections = {"section_findings": "", "section_impression": ""}
+    frontal = "AP" if rng.random() < 0.4 else "PA"
+    views = [frontal, "lateral"] if rng.random() < 0.5 else [frontal]
+    if rng.random() < 0.03:
+        views = ["lateral"]
+    rows, label_lines, images = [], {name: [] for name in LABEL_FILES}, 0
+    by_file = {"report_fixed.json": labels, "findings_fixed.json": labels, "impression_fixed.json": impression_labels}
+    for k, view in enumerate(views, 1):
+        kind = "lateral" if view == "lateral" else "frontal"
+        path = f"{split}/{patient}/study{s + 1}/view{k}_{kind}.jpg"
+        if defect != "missing_image":
+            png = _png_bytes(draw_film(found, view, image_size, rng))
+            target = out / "PNG" / "PNG" / path.replace(".jpg", ".png")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(png[:100] if defect == "corrupt_image" else png)
+            images += 1
+        rows.append(_row(path, view, patient, s + 1, split, sections, rng))
+        if defect != "no_labels":
+            for name, values in by_file.items():
+                label_lines[name].append(json.dumps({"path_to_image": path, **values}))
+    return rows, label_lines, images
+
+
 def write_release(
-    out: str | Path, patients: int = 40, seed: int = 0, image_size: int = 384, defects: bool = True
+    out: str | Path,
+    patients: int = 40,
+    seed: int = 0,
+    image_size: int = 384,
+    defects: bool = True,
+    workers: int | None = None,
 ) -> dict:
-    """Write the release under `out`; return counts (patients, studies, images, defects by kind)."""
+    """Write the release under `out`; return counts (patients, studies, images, defects by kind). Studies are drawn
+    in `workers` processes (default: every core); each has its own generator, so the release is the same for any
+    number of them."""
     out = Path(out)
     plan_rng = np.random.default_rng([seed, 0])
     n_valid = max(1, patients // 10) if patients >= 5 else 0
@@ -167,39 +208,18 @@ def write_release(
     defect_of = {studies[i]: DEFECTS[k // n_each] for k, i in enumerate(picked)}
     rows, label_lines = [], {name: [] for name in LABEL_FILES}
     counts = {"patients": patients, "studies": len(studies), "images": 0, "defects": dict.fromkeys(DEFECTS, 0)}
-    for p, s in studies:
-        rng = np.random.default_rng([seed, 1, p, s])
-        split = "valid" if p >= patients - n_valid else "train"
-        patient = f"patient{p + 1:05d}"
-        found = sample_findings(rng)
-        sections, labels, impression_labels = write_report(found, rng)
-        defect = defect_of.get((p, s))
-        if defect:
-            counts["defects"][defect] += 1
-        if defect == "no_text":
-            sections = {"section_findings": "", "section_impression": ""}
-        frontal = "AP" if rng.random() < 0.4 else "PA"
-        views = [frontal, "lateral"] if rng.random() < 0.5 else [frontal]
-        if rng.random() < 0.03:
-            views = ["lateral"]
-        for k, view in enumerate(views, 1):
-            kind = "lateral" if view == "lateral" else "frontal"
-            path = f"{split}/{patient}/study{s + 1}/view{k}_{kind}.jpg"
-            if defect != "missing_image":
-                png = _png_bytes(draw_film(found, view, image_size, rng))
-                target = out / "PNG" / "PNG" / path.replace(".jpg", ".png")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(png[:100] if defect == "corrupt_image" else png)
-                counts["images"] += 1
-            rows.append(_row(path, view, patient, s + 1, split, sections, rng))
-            if defect != "no_labels":
-                by_file = {
-                    "report_fixed.json": labels,
-                    "findings_fixed.json": labels,
-                    "impression_fixed.json": impression_labels,
-                }
-                for name, values in by_file.items():
-                    label_lines[name].append(json.dumps({"path_to_image": path, **values}))
+    jobs = [(out, seed, p, s, "valid" if p >= patients - n_valid else "train", image_size, defect_of.get((p, s)))
+            for p, s in studies]  # fmt: skip
+    workers = min(workers or os.cpu_count() or 1, max(1, len(jobs) // 50))  # a pool is not worth it for a few
+    with ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+        drawn = pool.map(_draw_study, jobs, chunksize=16) if pool else map(_draw_study, jobs)
+        for (*_, defect), (study_rows, study_labels, images) in zip(jobs, drawn, strict=True):
+            if defect:
+                counts["defects"][defect] += 1
+            counts["images"] += images
+            rows += study_rows
+            for name, lines in study_labels.items():
+                label_lines[name] += lines
     out.mkdir(parents=True, exist_ok=True)
     with open(out / CSV_NAME, "w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, fieldnames=COLUMNS)

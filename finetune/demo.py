@@ -1,6 +1,6 @@
 """Build the app's offline demo: a random tiny LLaVA taught to read synthetic films, through the real pipeline.
 
-    python -m finetune.demo runs/demo             # 9.5 minutes on 2 CPU cores; a killed build continues
+    python -m finetune.demo runs/demo             # about 9 minutes on 2 CPU cores; a killed build continues
     python -m finetune.demo runs/demo --seed 1    # another trainer seed on the same data
     python -m finetune.demo --out runs/demo --fresh   # start over
 

@@ -255,11 +255,12 @@ def test_patient_split_is_deterministic_and_follows_fractions():
 # --- synthetic release ----------------------------------------------------------------------------------------
 
 
-def test_synthetic_release_is_deterministic(tmp_path):
-    write_release(tmp_path / "a", patients=3, seed=5, image_size=64)
-    write_release(tmp_path / "b", patients=3, seed=5, image_size=64)
+def test_synthetic_release_is_deterministic_for_any_number_of_workers(tmp_path):
+    a = write_release(tmp_path / "a", patients=60, seed=5, image_size=64, workers=1)
+    b = write_release(tmp_path / "b", patients=60, seed=5, image_size=64, workers=2)  # drawn in 2 processes
+    assert a == b and a["studies"] >= 100  # enough studies for the pool to be used
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert any(str(f).endswith(".png") for f in files)
+    assert sum(str(f).endswith(".png") for f in files) == a["images"]
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
 

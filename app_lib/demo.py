@@ -3,8 +3,9 @@ built on first use by `python -m finetune.demo DIR` (the learning bench's recipe
 command lines; progress on the console; a killed build continues), then reused: later starts serve in seconds.
 
 The app does not import the pipelines: it runs their command and reads what it leaves, DIR/demo.json (written last,
-so it exists only for a complete build): {"format": 1, "base": "tiny-llava", "adapter": "adapter-seed0",
-"examples": "examples/examples.json", ...}, paths relative to DIR. The examples are films of held-out test patients.
+so it exists only for a complete build; `cxr_vqa.contract.demo_build` reads it for both): {"format": 1, "base":
+"tiny-llava", "adapter": "adapter-seed0", "examples": "examples/examples.json", ...}, paths relative to DIR. The
+examples are films of held-out test patients.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxr_vqa.contract import demo_build
 from cxr_vqa.errors import UserError
 from cxr_vqa.vqa import TUNED
 
-MARKER, FORMAT = "demo.json", 1
 ROOT = Path(__file__).resolve().parents[1]  # where `python -m finetune.demo` runs
 HEADER = (
     "🧪 **Demo models.** Both answers come from *tiny demo models* built on this machine: a random 4-layer LLaVA "
@@ -38,20 +39,18 @@ class Demo:
 
 def read(out: Path) -> Demo | None:
     """The complete build in `out`, or None (no marker yet, another format, or a file it names is gone)."""
+    marker = demo_build(out)
+    if marker is None:
+        return None
+    folder, examples = (out / marker["examples"]).parent, []
     try:
-        marker = json.loads((out / MARKER).read_text())
-        paths = {key: out / marker[key] for key in ("base", "adapter", "examples")}
-        index = json.loads(paths["examples"].read_text())
+        for item in json.loads((out / marker["examples"]).read_text()):
+            name = ", ".join(item["findings"]).lower() or "no finding"
+            label = f"Held-out phantom: {name} (expected: {item.get('answer', '?')})"
+            examples.append((str(folder / item["file"]), item["question"], label))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if marker.get("format") != FORMAT or not all(p.exists() for p in paths.values()):
-        return None
-    examples = []
-    for item in index:
-        name = ", ".join(item["findings"]).lower() or "no finding"
-        label = f"Held-out phantom: {name} (expected: {item.get('answer', '?')})"
-        examples.append((str(paths["examples"].parent / item["file"]), item["question"], label))
-    return Demo(str(paths["base"]), f"{TUNED}={paths['adapter']}", examples)
+    return Demo(str(out / marker["base"]), f"{TUNED}={out / marker['adapter']}", examples)
 
 
 def prepare(out: str | Path) -> Demo:

@@ -1,9 +1,11 @@
 """The dataset contract between `dataprep` (which writes it) and training and evaluation (which read it): a
 `datasets.DatasetDict` saved with `save_to_disk`, splits `train` / `validation` / `test` by patient, one row per
-study. Its schema, its one reader, and the check of one row.
+study. Its schema, its one reader, and the check of one row. Also the one other file two parts share: the marker of
+a demo build, written by `finetune.demo` and read by the app's `--demo`.
 
     splits = open_splits("data/cxr-vqa")                           # {name: Dataset}; raises UserError
     test = check_split(splits, "data/cxr-vqa", "test", "evaluate")  # present, non-empty, every column, row 0 valid
+    marker = demo_build("runs/demo")                                # demo.json of a complete build, or None
 """
 
 from __future__ import annotations
@@ -103,3 +105,20 @@ def check_row(row: dict) -> None:
     ]
     if image_parts != [0]:
         raise UserError("the image must appear exactly once in `messages`, in the first user turn")
+
+
+DEMO_MARKER, DEMO_FORMAT = "demo.json", 1  # {"format": 1, "base": DIR, "adapter": DIR, "examples": JSON, ...}
+
+
+def demo_build(out: str | Path) -> dict | None:
+    """demo.json of a finished demo build in `out`, or None: none yet (it is written last), another format, or a file
+    it names gone. Its base, adapter and examples paths are relative to `out`."""
+    out = Path(out)
+    try:
+        marker = json.loads((out / DEMO_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("format") != DEMO_FORMAT:
+        return None
+    paths = [marker.get(key) for key in ("base", "adapter", "examples")]
+    return marker if all(isinstance(p, str) and (out / p).exists() for p in paths) else None

@@ -1,6 +1,6 @@
 """Build the app's offline demo: a random tiny LLaVA taught to read synthetic films, through the real pipeline.
 
-    python -m finetune.demo runs/demo             # about 9 minutes on 2 CPU cores; a killed build continues
+    python -m finetune.demo runs/demo             # about 10 minutes on 2 CPU cores; a killed build continues
     python -m finetune.demo runs/demo --seed 1    # another trainer seed on the same data
     python -m finetune.demo --out runs/demo --fresh   # start over
 
@@ -10,7 +10,8 @@ them): the tiny checkpoint (`python -m finetune.tiny_model`), a synthetic releas
 the QA dataset (`python -m dataprep --generator labels`) and the adapter (`python -m finetune --config
 finetune/configs/tiny-synthetic.yaml`, which resumes from its last epoch). Then OUT/examples/ gets one film per
 finding and a normal one, all from held-out test patients, with examples.json; OUT/demo.json is written last and
-marks the build complete (see `complete`). bench/learn_synthetic.py runs the same stages and evaluates them.
+marks the build complete (`cxr_vqa.contract.demo_build` reads it). bench/learn_synthetic.py runs the same stages and
+evaluates them.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cxr_vqa.contract import DEMO_FORMAT, DEMO_MARKER, demo_build
 from cxr_vqa.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = Path(__file__).parent / "configs" / "tiny-synthetic.yaml"  # the training half of the recipe
-MARKER, FORMAT = "demo.json", 1
 # The data half of the recipe (why these values: the YAML's comments). The tiny model: a 4-layer, 64-wide random
 # LLaVA whose CLIP tower sees 28 px patches (144 image tokens) with fixed sine-cosine positions.
 TINY_ARGS = ("--hidden", "64", "--layers", "4", "--vision-hidden", "64", "--vision-layers", "2", "--patch-size", "28",
@@ -161,18 +162,6 @@ def pick_examples(dataset: Path, out: Path) -> list[dict]:
     return index
 
 
-def complete(out: Path) -> dict | None:
-    """demo.json of a finished build in `out` (paths in it are relative to `out`), or None."""
-    try:
-        marker = json.loads((out / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    paths = [marker.get("base"), marker.get("adapter"), marker.get("examples")]
-    if marker.get("format") != FORMAT or not all(p and (out / p).exists() for p in paths):
-        return None
-    return marker
-
-
 def demo_stages(out: Path, *, seed: int = 0, patients: int = PATIENTS, epochs: float | None = None) -> list[Stage]:
     """Every stage of the demo's build into `out`, the adapter trained with trainer seed `seed`."""
     extra = ("--num_train_epochs", epochs) if epochs is not None else ()
@@ -189,12 +178,12 @@ def build(out: Path, stages: list[Stage], *, threads: int = 1) -> dict:
     examples = pick_examples(out / "data", out / "examples")
     adapter = Path(stages[-1].resume_dir).name
     marker = {
-        "format": FORMAT, "base": "tiny-llava", "adapter": adapter, "examples": "examples/examples.json",
+        "format": DEMO_FORMAT, "base": "tiny-llava", "adapter": adapter, "examples": "examples/examples.json",
         "recipe": str(RECIPE.relative_to(ROOT)), "stages": [s.identity for s in stages],
         "example_files": [e["file"] for e in examples], "seconds": round(time.time() - start),
     }  # fmt: skip
-    (out / (MARKER + ".tmp")).write_text(json.dumps(marker, indent=1) + "\n")
-    (out / (MARKER + ".tmp")).replace(out / MARKER)  # whole or absent, never half-written
+    (out / (DEMO_MARKER + ".tmp")).write_text(json.dumps(marker, indent=1) + "\n")
+    (out / (DEMO_MARKER + ".tmp")).replace(out / DEMO_MARKER)  # whole or absent, never half-written
     print(f"demo ready in {out} ({time.time() - start:.0f} s): base {out / 'tiny-llava'}, adapter {out / adapter}, "
           f"{len(examples)} examples")  # fmt: skip
     return marker
@@ -214,11 +203,11 @@ def main(argv: list[str] | None = None) -> None:
         if cfg.fresh and out.exists():
             shutil.rmtree(out)
         stages = demo_stages(out, seed=cfg.seed, patients=cfg.patients, epochs=cfg.epochs)
-        marker = complete(out)
+        marker = demo_build(out)
         if marker and marker.get("stages") == [s.identity for s in stages]:
             print(f"demo already built in {out}: nothing to do")
             return
-        (out / MARKER).unlink(missing_ok=True)  # another seed or recipe: the marker must not outlive its build
+        (out / DEMO_MARKER).unlink(missing_ok=True)  # another seed or recipe: the marker must not outlive its build
         build(out, stages, threads=cfg.threads)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cxr_vqa.contract import SPLITS, features, open_splits
+from cxr_vqa.contract import DEMO_FORMAT, DEMO_MARKER, SPLITS, demo_build, features, open_splits
 from cxr_vqa.errors import UserError
 from cxr_vqa.template import conversation_from_qa
 from finetune import demo
@@ -83,9 +83,9 @@ def _prepared_build(out: Path) -> None:
         (out / name).mkdir(parents=True)
     (out / "examples" / "examples.json").write_text("[]")
     stages = [s.identity for s in demo.demo_stages(out.resolve())]
-    marker = {"format": demo.FORMAT, "base": "tiny-llava", "adapter": "adapter-seed0",
+    marker = {"format": DEMO_FORMAT, "base": "tiny-llava", "adapter": "adapter-seed0",
               "examples": "examples/examples.json", "stages": stages}  # fmt: skip
-    (out / demo.MARKER).write_text(json.dumps(marker))
+    (out / DEMO_MARKER).write_text(json.dumps(marker))
 
 
 def test_a_complete_build_is_detected_and_nothing_runs(tmp_path, monkeypatch, capsys):
@@ -93,7 +93,7 @@ def test_a_complete_build_is_detected_and_nothing_runs(tmp_path, monkeypatch, ca
     monkeypatch.setattr(demo.subprocess, "run", lambda *a, **k: pytest.fail("a stage ran on a complete build"))
     demo.main([str(tmp_path / "demo")])
     assert "already built" in capsys.readouterr().out
-    assert demo.complete(tmp_path / "demo")["adapter"] == "adapter-seed0"
+    assert demo_build(tmp_path / "demo")["adapter"] == "adapter-seed0"
 
 
 def test_an_incomplete_or_other_build_is_built_again(tmp_path, monkeypatch):
@@ -102,10 +102,12 @@ def test_an_incomplete_or_other_build_is_built_again(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "build", lambda out, stages, **kw: built.append(stages[-1].identity))
     demo.main([str(tmp_path / "demo"), "--seed", "1"])  # another trainer seed: its own adapter
     assert built and built[0][built[0].index("--seed") + 1] == "1"
-    assert not (tmp_path / "demo" / demo.MARKER).exists()  # gone until that build completes
+    assert not (tmp_path / "demo" / DEMO_MARKER).exists()  # gone until that build completes
     _prepared_build(tmp_path / "other")
     (tmp_path / "other" / "adapter-seed0").rmdir()
-    assert demo.complete(tmp_path / "other") is None and demo.complete(tmp_path / "empty") is None
+    assert demo_build(tmp_path / "other") is None and demo_build(tmp_path / "empty") is None
+    (tmp_path / "other" / DEMO_MARKER).write_text("[1, 2]")  # not a marker at all
+    assert demo_build(tmp_path / "other") is None
 
 
 def _row(study: str, view: str, findings: dict[str, str], shade: int) -> dict:
@@ -155,7 +157,7 @@ def test_the_whole_build_on_a_handful_of_patients(tmp_path):
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     assert [line for line in first.stdout.splitlines() if line.startswith("stage ")] == [
         "stage 1/4: tiny model", "stage 2/4: release", "stage 3/4: dataprep", "stage 4/4: train (seed 0)"]  # fmt: skip
-    marker = demo.complete(tmp_path / "demo")
+    marker = demo_build(tmp_path / "demo")
     assert marker and (tmp_path / "demo" / marker["adapter"] / "adapter_config.json").is_file()
     card = (tmp_path / "demo" / marker["adapter"] / "README.md").read_text()
     assert "A **demo** LoRA adapter" in card and "synthetic phantoms drawn by dataprep.synthetic, not patients" in card

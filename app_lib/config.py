@@ -8,13 +8,20 @@ YAML `--config` < command-line flags. Unknown flags or YAML keys and out-of-rang
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxr_vqa.cli import REPEATABLE
 from cxr_vqa.cli import parse_config as parse
+from cxr_vqa.errors import UserError
 from cxr_vqa.model import DEFAULT_BASE, adapter_specs
+
+
+def _env_port() -> int:
+    port = os.environ.get("GRADIO_SERVER_PORT", "7860")
+    if not port.strip().isdigit():
+        raise UserError(f"GRADIO_SERVER_PORT must be a port number, got {port!r}")
+    return int(port)
 
 
 @dataclass
@@ -36,7 +43,7 @@ class AppConfig:
         metadata={"help": "interface to listen on (env GRADIO_SERVER_NAME; 0.0.0.0 in Docker)"},
     )
     port: int = field(
-        default_factory=lambda: int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        default_factory=_env_port,
         metadata={"help": "port (env GRADIO_SERVER_PORT)"},
     )
     votes_db: str = field(default="votes.sqlite", metadata={"help": "SQLite file for blind A/B votes"})
@@ -68,9 +75,5 @@ class AppConfig:
 
 
 def parse_config(argv: list[str] | None = None, description: str | None = None) -> AppConfig:
-    port = os.environ.get("GRADIO_SERVER_PORT", "7860")
-    if not port.strip().isdigit():  # read by a default, before the parser could say it in one line
-        print(f"python app.py: error: GRADIO_SERVER_PORT must be a port number, got {port!r}", file=sys.stderr)
-        sys.exit(2)
     (config,) = parse([AppConfig], argv, prog="python app.py", description=description)
     return config

@@ -45,13 +45,17 @@ def parse_config(
     """Instances of `types` from `--config FILE` (YAML defaults) and the flags in `argv` (which win)."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(
-        list(types),
-        prog=prog,
-        description=description,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,  # a misspelt flag must fail, not be guessed
-    )
+    try:  # building it runs the defaults, some of which read the environment
+        parser = HfArgumentParser(
+            list(types),
+            prog=prog,
+            description=description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,  # a misspelt flag must fail, not be guessed
+        )
+    except UserError as err:
+        print(f"{prog}: error: {_first_line(err)}", file=sys.stderr)
+        sys.exit(2)
     parser.add_argument("--config", metavar="YAML", help="a YAML file of option: value; flags given here override it")
     fields = {f.name: f for t in types for f in dataclasses.fields(t) if f.init}
     if FOUR_BIT in fields:

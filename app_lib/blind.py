@@ -11,7 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from app_lib.handlers import NO_IMAGE, Inputs, user_errors
+from app_lib.handlers import NO_IMAGE, Inputs, ui_errors
 from app_lib.ratings import results_markdown
 from app_lib.votes import COLUMNS, Trial
 from cxr_vqa.errors import UserError
@@ -31,7 +31,7 @@ class Blind(Inputs):
 
     def answer(self, film: Film | None, question: str, max_new_tokens, temperature, top_p):
         """(answer A, answer B, Trial state, reveal line): both answers from one call, pair and sides at random."""
-        with user_errors():
+        with ui_errors():
             if not self.vqa.has_adapter:
                 raise UserError(NO_BLIND)
             if film is None:
@@ -40,7 +40,7 @@ class Blind(Inputs):
             question = self._clean(question)
             conversation = self.vqa.conversation(None, question, settings.max_new_tokens)
             model_a, model_b = self.rng.sample(self.vqa.model_names, 2)
-            answers = self.vqa.compare_all(film.image, {model_a: conversation, model_b: conversation}, settings)
+            answers = self.vqa.compare(film.image, {model_a: conversation, model_b: conversation}, settings)
         trial = Trial(question=question, model_a=model_a, model_b=model_b, answer_a=answers[model_a].text,
                       answer_b=answers[model_b].text, image_sha256=film.sha256)  # fmt: skip
         return trial.answer_a, trial.answer_b, trial, "Which answer is better? Vote to reveal which model wrote which."

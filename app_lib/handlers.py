@@ -1,7 +1,7 @@
 """The app's event handlers as plain methods over a `VQAModel`: testable without a browser or a server.
 
 Every model call goes through the core's `VQAModel` (`prepare_film`, `clean_question`, `conversation`, then
-`stream_answers` for the panes and `compare_all` for the API and blind trials), so the app asks exactly the prompt
+`compare`, streamed for the panes), so the app asks exactly the prompt
 the model was trained on and never touches the processor, tokenizer or config itself. The panes are the loaded
 models, base first; every pane is filled by ONE batched generate. User mistakes raise `gr.Error` with a one-line
 message; risky-but-allowed input (control characters removed, another script) raises `gr.Warning` and carries on.
@@ -10,8 +10,11 @@ message; risky-but-allowed input (control characters removed, another script) ra
 from __future__ import annotations
 
 import random
+import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from queue import Queue
 
 import gradio as gr
 import torch
@@ -32,8 +35,9 @@ NO_IMAGE = "no image: upload a chest X-ray (PNG, JPEG or DICOM) or pick an examp
 
 
 @contextmanager
-def user_errors():
-    """Turn the errors a person can act on into `gr.Error`, so the UI shows one line and the server carries on."""
+def ui_errors():
+    """Turn the errors a person can act on into `gr.Error`, so the UI shows one line and the server carries on (the
+    command-line counterpart, `cxr_vqa.cli.user_errors`, exits 2 instead)."""
     try:
         yield
     except UserError as err:
@@ -66,6 +70,28 @@ def scores(answer: Answer | None) -> dict | None:
     if answer is None:
         return None
     return {"answer": answer.text, "p_yes": answer.p_yes if answer.is_closed else None}
+
+
+def streamed(call: Callable[[Callable], dict]) -> Iterator[tuple[dict | None, dict | None]]:
+    """Run `call(on_text)` in a thread and yield (update, None) for each update it reports, then (None, its result);
+    an error it raises is raised here, in the caller's thread."""
+    updates: Queue = Queue()
+    result: list = []
+
+    def run():
+        try:
+            result.append(call(updates.put))
+        except BaseException as err:  # surfaced below
+            result.append(err)
+        finally:
+            updates.put(None)
+
+    threading.Thread(target=run, daemon=True).start()
+    while (update := updates.get()) is not None:
+        yield update, None
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    yield None, result[0]
 
 
 class Inputs:
@@ -139,7 +165,7 @@ class Handlers(Inputs):
         """Stream every model's answer; yields (one chat per pane, one stats line per pane, chats state, question)."""
         models = self.vqa.model_names
         chats = chats or {m: [] for m in models}
-        with user_errors():
+        with ui_errors():
             if film is None:
                 raise UserError(NO_IMAGE)
             settings = self._settings(max_new_tokens, temperature, top_p)
@@ -155,19 +181,21 @@ class Handlers(Inputs):
 
         waiting = dict.fromkeys(models, "…")
         yield *frame(waiting), chats, ""
-        final: list[Answer] = []
-        with user_errors():
+        answers: dict[str, Answer] = {}
+        with ui_errors():
             # one streamed step = one new token per unfinished row; a row's latency and token count run to the step
             # where its text last grew, since each row stops at its own EOS while the batch runs to the last one
-            stream = self.vqa.stream_answers([film.image] * len(models), list(convs.values()), models, settings)
-            for n_step, step in enumerate(stream, 1):
+            call = lambda on_text: self.vqa.compare(film.image, convs, settings, on_text=on_text)  # noqa: E731
+            for n_step, (step, done) in enumerate(streamed(call), 1):
+                if done is not None:  # the final texts, decoded whole
+                    answers = done
+                    texts.update({m: a.text for m, a in done.items()})
+                    break
                 now = time.perf_counter()
-                for m, answer in zip(models, step, strict=True):
-                    if answer.text != texts[m]:
-                        texts[m], done_at[m], tokens[m] = answer.text, now - start, n_step
-                final = step
+                for m, text in step.items():
+                    if text != texts[m]:
+                        texts[m], done_at[m], tokens[m] = text, now - start, n_step
                 yield *frame(waiting), chats, ""
-        answers = dict(zip(models, final, strict=True))
         stats = {m: pane_stats(done_at[m], tokens[m], answers.get(m)) for m in models}
         chats = {m: convs[m] + [assistant_turn(texts[m])] for m in models}
         yield *frame(stats), chats, ""
@@ -180,10 +208,10 @@ class Handlers(Inputs):
     # -- API -----------------------------------------------------------------------------------------------------
 
     def _answers(self, path: str | None, question: str) -> dict[str, Answer]:
-        with user_errors():
+        with ui_errors():
             film = self._film(path)
             conversation = self.vqa.conversation(None, self._clean(question), self.settings.max_new_tokens)
-            return self.vqa.compare_all(film.image, conversation, self.settings)
+            return self.vqa.compare(film.image, conversation, self.settings)
 
     def compare(self, path: str | None, question: str) -> tuple[str, str]:
         """`/compare`: (base answer, first adapter's answer; "" without an adapter), one batched generate."""

@@ -82,7 +82,7 @@ def main() -> None:
             conversation = add_question(None, QUESTION)
 
             def direct():
-                return vqa.compare(film.image, conversation, settings=settings)
+                return tuple(a.text for a in vqa.compare(film.image, conversation, settings=settings).values())
 
             def http():
                 return tuple(client.predict(handle_file(str(FILM)), QUESTION, api_name="/compare"))

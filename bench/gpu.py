@@ -5,7 +5,8 @@ evaluation and the trainer load them. Three parts, one `RESULT` line each (the p
 
 - compare: one mixed base/adapter `generate` (the app's two panes) vs two sequential single-row calls vs the base
   alone on one row; 128 new tokens forced, the same film (576 image tokens) and question.
-- eval: questions/s of `finetune.evaluate`'s batched answering (`finetune.predictions.answer_all`) at batch 8 and 32.
+- eval: questions/s of `python -m evaluation`'s batched answering (`evaluation.predictions.answer_all`) at batch 8
+  and 32.
 - train: QLoRA steps of the shipped 7B config at micro-batch 1, 2, 4, 8 on rows of 750 tokens (a film + 5 QA turns),
   stopping at the first over 22 GiB or failing; MFU = 6 x (trainable + frozen params) x tokens/s / dense bf16 peak.
 

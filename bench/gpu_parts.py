@@ -176,11 +176,11 @@ def compare_part(vqa, args) -> dict:
 
 
 def eval_part(vqa, args) -> dict:
-    """Questions/s of `finetune.evaluate`'s answering loop (`answer_all`, the CLI's own function, with its default
+    """Questions/s of `python -m evaluation`'s answering loop (`answer_all`, the CLI's own function, with its default
     variants: every model with the film and with a blank image, 4 rows a question) at batch 8 and 32. Each answer is
     forced to `eval_tokens` (evaluate's cap, 64): an upper bound, as real closed answers stop after a few tokens."""
     from cxr_vqa.generation import GenerationSettings
-    from finetune.predictions import answer_all, variants
+    from evaluation.predictions import answer_all, variants
 
     kinds = variants(vqa.model_names, ablation=True)
     questions = [

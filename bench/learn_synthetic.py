@@ -37,7 +37,7 @@ def evaluate_stage(work: Path, seed: int, limit: int | None, batch_size: int) ->
     args = ["--dataset", work / "data", "--split", "test", "--base", work / "tiny-llava", "--adapter",
             work / f"adapter-seed{seed}", "--out", work / f"report-seed{seed}", "--no-4bit", "--device", "cpu",
             "--batch-size", batch_size, "--max-new-tokens", 24] + (["--limit", limit] if limit else [])  # fmt: skip
-    return Stage(f"evaluate (seed {seed})", "finetune.evaluate", args, always=True)
+    return Stage(f"evaluate (seed {seed})", "evaluation", args, always=True)
 
 
 def _est(e: dict) -> str:

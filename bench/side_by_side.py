@@ -86,7 +86,7 @@ def setup(model_dir: str, adapters: list[str], new_tokens: int, four_bit: bool, 
     names = tuned.model_names  # the base first, then every adapter in load order
 
     def ask(vqa, models):
-        return vqa.generate([image] * len(models), [conv] * len(models), models, settings)
+        return vqa.answer([image] * len(models), [conv] * len(models), models, settings)
 
     runs = {
         "one_model": lambda: ask(tuned, names[1:2]),

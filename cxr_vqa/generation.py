@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from queue import Queue
 
 import torch
 
@@ -35,14 +34,14 @@ class GenerationSettings:
 
 
 class BatchStreamer:
-    """A `generate` streamer for batches: `put` gets each step's new tokens for all rows; iterating yields the
+    """A `generate` streamer for batches: `put` gets each step's new tokens for all rows and hands `on_text` the
     decoded text of every row so far. transformers' own streamers handle a single row only."""
 
-    def __init__(self, tokenizer, batch_size: int):
+    def __init__(self, tokenizer, batch_size: int, on_text: Callable[[list[str]], None]):
         self.tokenizer = tokenizer
+        self.on_text = on_text
         self.tokens: list[list[int]] = [[] for _ in range(batch_size)]
         self.done = [False] * batch_size
-        self.queue: Queue = Queue()
         self._seen_prompt = False
 
     def put(self, value: torch.Tensor) -> None:
@@ -56,11 +55,7 @@ class BatchStreamer:
                 self.done[row] = True
             else:
                 self.tokens[row].append(token)
-        self.queue.put([self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in self.tokens])
+        self.on_text([self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in self.tokens])
 
     def end(self) -> None:
-        self.queue.put(None)
-
-    def __iter__(self) -> Iterator[list[str]]:
-        while (texts := self.queue.get()) is not None:
-            yield texts
+        pass

@@ -7,9 +7,7 @@ template, and LoRA adapters. `load_model` returns the `VQAModel` that training, 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,9 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from cxr_vqa.errors import UserError
-from cxr_vqa.files import unreadable, unreadable_message
-from cxr_vqa.hub import hub_problem
+from cxr_vqa.sources import ADAPTER, ModelLoadError, Source, offline_hint, resolve
 from cxr_vqa.template import CHAT_TEMPLATE
 from cxr_vqa.vqa import BASE, TUNED, VQAModel
 
@@ -33,10 +29,6 @@ KEEP_UNQUANTIZED = ["model.vision_tower", "model.multi_modal_projector", "lm_hea
 # The seed recipe's LoRA targets: attention and MLP projections of the language model, not of the CLIP tower.
 LANGUAGE_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-class ModelLoadError(UserError):
-    """A model, processor or adapter that cannot be used; the message names the problem and the fix."""
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -74,54 +66,12 @@ def quantization_config(compute_dtype: torch.dtype):
     )
 
 
-def _check_model_source(name: str) -> None:
-    """Fail early, in one line, on paths that cannot be a LLaVA checkpoint, and on a Hub that cannot be reached."""
-    path = Path(name)
-    if path.exists():
-        _check_readable(path)
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(
-                f"{name} has no config.json: point --base at a LLaVA-1.5 checkpoint directory "
-                "(e.g. one written by `python -m finetune.tiny_model`) or a Hub id"
-            )
-        return
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1
-    if looks_local:
-        raise ModelLoadError(f"model {name!r} not found: no such directory, and it is not a Hub id (owner/name)")
-    if problem := hub_problem(name, "config.json"):
-        raise ModelLoadError(problem)
-
-
-def _check_adapter_source(adapter: str) -> None:
-    if Path(adapter).exists():
-        _check_readable(Path(adapter))
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise ModelLoadError(
-                f"{adapter} has no adapter_config.json: pass the directory that `python -m finetune` wrote"
-            )
-    elif adapter.startswith((".", "/", "~")) or adapter.count("/") != 1:
-        raise ModelLoadError(f"adapter {adapter!r} not found: no such directory, and it is not a Hub id (owner/name)")
-    elif problem := hub_problem(adapter, "adapter_config.json"):
-        raise ModelLoadError(problem)
-
-
-def _check_readable(path: Path) -> None:
-    """transformers reports an unreadable weights file as "No such file or directory": name the real problem."""
-    if path.is_dir() and (denied := unreadable(path)):
-        raise ModelLoadError(unreadable_message(denied[0]))
-
-
-def _offline_hint() -> str:
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return " (HF_HUB_OFFLINE=1 is set: download it once online, or pass a local directory)"
-    return " (check the name, your network, and `huggingface-cli login` for gated models)"
-
-
-def load_processor(name: str):
+def load_processor(base: str | Source):
     """The checkpoint's processor with the project's chat template and left padding for batched generation."""
     from transformers import AutoProcessor
 
-    _check_model_source(name)
+    base = resolve(base)
+    name = base.name
     try:
         processor = AutoProcessor.from_pretrained(name)
     except (OSError, ValueError, TypeError) as err:
@@ -131,7 +81,7 @@ def load_processor(name: str):
                 f"beside the weights, e.g. `AutoProcessor.from_pretrained('{DEFAULT_BASE}').save_pretrained('{name}')`"
             ) from None
         raise ModelLoadError(
-            f"cannot load the processor of {name!r}{_offline_hint()}: {str(err).splitlines()[0][:200]}"
+            f"cannot load the processor of {name!r}{offline_hint()}: {str(err).splitlines()[0][:200]}"
         ) from None
     if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
         raise ModelLoadError(f"{name!r} has no image processor: it is not a LLaVA (vision-language) checkpoint")
@@ -139,7 +89,7 @@ def load_processor(name: str):
     processor.tokenizer.padding_side = "left"
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.unk_token or processor.tokenizer.eos_token
-    _match_image_tokens(processor, _read_config(name), name)
+    _match_image_tokens(processor, base.config, name)
     return processor
 
 
@@ -181,22 +131,8 @@ def _match_image_tokens(processor, config, name: str) -> None:
         )
 
 
-def _read_config(name: str):
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(
-            f"cannot read the config of {name!r}{_offline_hint()}: {str(err).splitlines()[0]}"
-        ) from None
-    if config.model_type != "llava":
-        raise ModelLoadError(f"{name!r} is a {config.model_type!r} model, not LLaVA: pass a LLaVA-1.5 checkpoint")
-    return config
-
-
 def load_base_model(
-    name: str = DEFAULT_BASE,
+    base: str | Source = DEFAULT_BASE,
     *,
     load_in_4bit: bool = True,
     device: str | None = None,
@@ -205,11 +141,11 @@ def load_base_model(
     """`LlavaForConditionalGeneration` from a Hub id or a local directory, 4-bit nf4 by default."""
     from transformers import LlavaForConditionalGeneration
 
-    _check_model_source(name)
+    base = resolve(base)
+    name = base.name
     dev = pick_device(device)
     dtype = dtype or pick_dtype(dev)
-    _read_config(name)
-    kwargs: dict = {"dtype": dtype}
+    kwargs: dict = {"dtype": dtype, "config": base.config}
     if load_in_4bit:
         kwargs["quantization_config"] = quantization_config(dtype)
         kwargs["device_map"] = {"": str(dev) if dev.type != "cuda" else dev.index or 0}
@@ -217,7 +153,7 @@ def load_base_model(
         model = LlavaForConditionalGeneration.from_pretrained(name, **kwargs)
     except (OSError, ImportError) as err:
         raise ModelLoadError(
-            f"cannot load the weights of {name!r}{_offline_hint()}: {str(err).splitlines()[0]}"
+            f"cannot load the weights of {name!r}{offline_hint()}: {str(err).splitlines()[0]}"
         ) from None
     if not load_in_4bit:
         model.to(dev)
@@ -243,34 +179,27 @@ def adapter_specs(adapters: str | Sequence[str] | None) -> dict[str, str]:
     return specs
 
 
-def attach_adapter(model, adapter: str, *, name: str = TUNED, trainable: bool = False):
+def attach_adapter(model, adapter: str | Source, *, name: str = TUNED, trainable: bool = False):
     """Attach `adapter` (a local directory or a Hub id) under `name`: wraps `model` in a PeftModel, or adds to the
     adapters of one (every adapter shares the one copy of the base weights)."""
     from peft import PeftModel
 
-    config_file = Path(adapter) / "adapter_config.json"
-    _check_adapter_source(adapter)
+    source = resolve(adapter, ADAPTER)
+    adapter = source.name
     try:
         if isinstance(model, PeftModel):
             model.load_adapter(adapter, adapter_name=name, is_trainable=trainable)
             return model
         return PeftModel.from_pretrained(model, adapter, adapter_name=name, is_trainable=trainable)
     except (RuntimeError, ValueError, KeyError) as err:
-        if not Path(adapter).exists():  # PEFT's "Can't find 'adapter_config.json'": a Hub id that is not there
-            raise ModelLoadError(
-                f"adapter {adapter!r} not found: no such directory, and no adapter of that name on the Hub"
-                f"{_offline_hint()}"
-            ) from None
-        trained_on = ""
-        if config_file.is_file():
-            trained_on = json.loads(config_file.read_text()).get("base_model_name_or_path") or ""
+        trained_on = source.config.get("base_model_name_or_path") or ""
         raise ModelLoadError(
             f"adapter {adapter!r} does not fit base model {model.name_or_path!r}"
             + (f" (it was trained on {trained_on!r})" if trained_on else "")
             + f": pass the base it was trained on. Detail: {str(err).splitlines()[0][:200]}"
         ) from None
     except OSError as err:
-        raise ModelLoadError(f"cannot load adapter {adapter!r}{_offline_hint()}: {str(err).splitlines()[0]}") from None
+        raise ModelLoadError(f"cannot load adapter {adapter!r}{offline_hint()}: {str(err).splitlines()[0]}") from None
 
 
 def load_model(
@@ -283,16 +212,15 @@ def load_model(
     """Load the base (4-bit nf4 by default) and attach every adapter (`adapter_specs`: a path, or NAME=PATH values):
     one copy of the weights serves the base and every fine-tuned model."""
     specs = adapter_specs(adapter)
-    # before transformers is imported and the base loads for minutes: a bad source or an unreachable Hub in seconds
-    _check_model_source(base)
-    for source in specs.values():
-        _check_adapter_source(source)
+    # every source checked once, before the base loads for minutes: a bad path or an unreachable Hub in seconds
+    checked = resolve(base)
+    sources = {name: resolve(source, ADAPTER) for name, source in specs.items()}
     dev = pick_device(device)
     if load_in_4bit:
         _check_bitsandbytes(dev)
-    processor = load_processor(base)
-    model = load_base_model(base, load_in_4bit=load_in_4bit, device=str(dev))
-    for name, source in specs.items():
+    processor = load_processor(checked)
+    model = load_base_model(checked, load_in_4bit=load_in_4bit, device=str(dev))
+    for name, source in sources.items():
         model = attach_adapter(model, source, name=name)
     model.eval()
     loaded = "".join(f" + {name}={source}" for name, source in specs.items())

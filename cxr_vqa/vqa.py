@@ -6,13 +6,14 @@ the prompt a model is trained on is the prompt it is served with.
     film = vqa.prepare_film("upload.dcm")                          # decoded, letterboxed to the model's input
     question, notes = vqa.clean_question(typed)                    # special tokens and control characters removed
     conversation = vqa.conversation(None, question)                # checked against the context window
-    base, tuned = vqa.compare(film.image, conversation)            # one batched generate, two answers
+    answers = vqa.compare(film.image, conversation)                # {"base": Answer, "tuned": Answer}: one generate
+    answers = vqa.answer(images, conversations, models)            # any rows, each on its model: one generate
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -149,74 +150,33 @@ class VQAModel:
         texts = self.processor.batch_decode(out.sequences[:, prompt_len:], skip_special_tokens=True)
         return [Answer(t.strip(), p) for t, p in zip(texts, p_yes(out.logits[0], self.yes_no), strict=True)]
 
-    @torch.inference_mode()
     def answer(
         self,
         images: Sequence[Image.Image],
         conversations: Sequence[Sequence[dict]],
         models: Sequence[str] | None = None,
         settings: GenerationSettings = GenerationSettings(),
+        on_text: Callable[[list[str]], None] | None = None,
     ) -> list[Answer]:
-        """Answer each row's last question with its model, all rows in ONE generate call: text and P(yes)."""
+        """Answer each row's last question with its model (None: every row on the first adapter), all rows in ONE
+        generate call: text and P(yes). `on_text`, for streaming, gets every row's text so far after each step."""
         kwargs = self._inputs(images, conversations, models)
-        return self._answers(self._generate(kwargs, settings), kwargs["input_ids"].shape[1])
-
-    def generate(self, images, conversations, models=None, settings: GenerationSettings = GenerationSettings()):
-        """Like `answer`, the texts only."""
-        return [a.text for a in self.answer(images, conversations, models, settings)]
-
-    def stream_answers(
-        self,
-        images: Sequence[Image.Image],
-        conversations: Sequence[Sequence[dict]],
-        models: Sequence[str] | None = None,
-        settings: GenerationSettings = GenerationSettings(),
-    ) -> Iterator[list[Answer]]:
-        """Like `answer`, yielding every row's text so far after each decoding step (one batched call); the last
-        item holds the final answers with their P(yes)."""
-        kwargs = self._inputs(images, conversations, models)
-        streamer = BatchStreamer(self.processor.tokenizer, len(images))
-        result: list = []
-
-        def run():
-            try:
-                result.append(self._generate(kwargs, settings, streamer))
-            except BaseException as err:  # surfaced in the caller's thread below
-                result.append(err)
-                streamer.end()
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        for texts in streamer:
-            yield [Answer(t) for t in texts]
-        thread.join()
-        if isinstance(result[0], BaseException):
-            raise result[0]
-        yield self._answers(result[0], kwargs["input_ids"].shape[1])
-
-    def compare_all(
-        self,
-        image: Image.Image,
-        conversations: dict[str, Sequence[dict]] | Sequence[dict],
-        settings: GenerationSettings = GenerationSettings(),
-    ) -> dict[str, Answer]:
-        """Every loaded model's answer to the same film, from one batched call; `conversations` is one conversation
-        for all or one per model name (follow-ups continue each model's own conversation)."""
-        if not isinstance(conversations, dict):
-            conversations = dict.fromkeys(self.model_names, conversations)
-        names = list(conversations)
-        answers = self.answer([image] * len(names), [conversations[n] for n in names], names, settings)
-        return dict(zip(names, answers, strict=True))
+        streamer = BatchStreamer(self.processor.tokenizer, len(images), on_text) if on_text else None
+        return self._answers(self._generate(kwargs, settings, streamer), kwargs["input_ids"].shape[1])
 
     def compare(
         self,
         image: Image.Image,
-        base_conversation: Sequence[dict],
-        tuned_conversation: Sequence[dict] | None = None,
+        conversations: dict[str, Sequence[dict]] | Sequence[dict],
         settings: GenerationSettings = GenerationSettings(),
-    ) -> tuple[str, str | None]:
-        """(base answer, first adapter's answer) from one batched call; the second is None without an adapter."""
-        names = self.model_names[:2]
-        conversations = dict(zip(names, [base_conversation, tuned_conversation or base_conversation], strict=False))
-        answers = self.compare_all(image, conversations, settings)
-        return answers[BASE].text, answers[names[1]].text if len(names) > 1 else None
+        on_text: Callable[[dict[str, str]], None] | None = None,
+    ) -> dict[str, Answer]:
+        """Every model's answer to one film from one batched call, by model name: `conversations` is one conversation
+        for every loaded model, or one per model name to ask (follow-ups continue each model's own conversation).
+        `on_text`, for streaming, gets {model name: text so far} after each decoding step."""
+        if not isinstance(conversations, dict):
+            conversations = dict.fromkeys(self.model_names, conversations)
+        names = list(conversations)
+        relay = (lambda texts: on_text(dict(zip(names, texts, strict=True)))) if on_text else None
+        answers = self.answer([image] * len(names), [conversations[n] for n in names], names, settings, relay)
+        return dict(zip(names, answers, strict=True))

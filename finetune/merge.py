@@ -13,7 +13,6 @@ GPU memory.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -21,7 +20,8 @@ import torch
 
 from cxr_vqa.cli import user_errors
 from cxr_vqa.files import share
-from cxr_vqa.model import ModelLoadError, attach_adapter, load_base_model, load_processor
+from cxr_vqa.model import attach_adapter, load_base_model, load_processor
+from cxr_vqa.sources import ADAPTER, ModelLoadError, resolve
 
 logger = logging.getLogger(__name__)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -29,20 +29,16 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 def adapter_base(adapter: str | Path) -> str:
     """The base model an adapter was trained on, from its adapter_config.json."""
-    config = Path(adapter) / "adapter_config.json"
-    if not config.is_file():
-        raise ModelLoadError(
-            f"{adapter} has no adapter_config.json: pass the directory that `python -m finetune` wrote"
-        )
-    base = json.loads(config.read_text()).get("base_model_name_or_path")
+    base = resolve(str(adapter), ADAPTER).config.get("base_model_name_or_path")
     if not base:
-        raise ModelLoadError(f"{config} does not name its base model: pass --base")
+        raise ModelLoadError(f"{adapter}/adapter_config.json does not name its base model: pass --base")
     return base
 
 
 def merge_adapter(base: str, adapter: str | Path, out: str | Path, dtype: torch.dtype = torch.float16) -> Path:
     """Write base + adapter, merged, with the processor (and the project template), to `out`."""
     out = Path(out)
+    base = resolve(base)  # checked once for both loads
     processor = load_processor(base)
     model = load_base_model(base, load_in_4bit=False, device="cpu", dtype=dtype)
     merged = attach_adapter(model, str(adapter)).merge_and_unload()

@@ -18,6 +18,7 @@ from cxr_vqa.contract import check_split, open_splits
 from cxr_vqa.errors import UserError
 from cxr_vqa.files import share
 from cxr_vqa.model import load_base_model, load_processor
+from cxr_vqa.sources import Source, resolve
 from finetune.collator import IGNORE_INDEX, AnswerOnlyCollator
 from finetune.config import ScriptArguments, TrainConfig, check_device, resolve_checkpoint
 from finetune.model_card import write_model_card
@@ -57,15 +58,17 @@ def dataset_stats(data) -> dict:
     return stats
 
 
-def build_model(script_args: ScriptArguments, train_args: TrainConfig):
-    """The base model (4-bit through the model core) ready for k-bit training, and its processor."""
+def build_model(script_args: ScriptArguments, train_args: TrainConfig, base: Source | None = None):
+    """The base model (4-bit through the model core) ready for k-bit training, and its processor; `base` is the
+    checked source of script_args.model_name_or_path, when the caller has it already."""
     from peft import prepare_model_for_kbit_training
 
     cuda = torch.cuda.is_available() and not train_args.use_cpu
     # Under DDP each process holds its own copy on its own GPU: train_args.device is cuda:<local rank>.
     device = str(train_args.device) if cuda else "cpu"
-    processor = load_processor(script_args.model_name_or_path)
-    model = load_base_model(script_args.model_name_or_path, load_in_4bit=script_args.load_in_4bit, device=device)
+    base = base or resolve(script_args.model_name_or_path)
+    processor = load_processor(base)
+    model = load_base_model(base, load_in_4bit=script_args.load_in_4bit, device=device)
     if script_args.attn_implementation:
         model.set_attn_implementation(script_args.attn_implementation)
     if script_args.load_in_4bit:
@@ -104,19 +107,14 @@ def lora_config(script_args: ScriptArguments):
     )
 
 
-def check_lora_targets(script_args: ScriptArguments) -> None:
+def check_lora_targets(script_args: ScriptArguments, config) -> None:
     """LoRA targets and fully trained modules must exist, and the app must be able to serve them: checked on an empty
     (meta-device) copy of the architecture, so no weights are read. The app answers base and fine-tuned rows from one
-    PEFT mixed-adapter batch, which supports fully trained modules only when they are Linear/Embedding/Conv layers."""
+    PEFT mixed-adapter batch, which supports fully trained modules only when they are Linear/Embedding/Conv layers.
+    `config`: the base model's, as `cxr_vqa.model.resolve` read it."""
     from peft.tuners.tuners_utils import check_target_module_exists
-    from transformers import AutoConfig, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
-    try:
-        config = AutoConfig.from_pretrained(script_args.model_name_or_path)
-    except (OSError, ValueError):
-        return  # the model core reports an unreadable checkpoint, with the fix, when it loads it
-    if config.model_type != "llava":
-        return
     with torch.device("meta"):
         modules = dict(LlavaForConditionalGeneration(config).named_modules())
     if not any(check_target_module_exists(lora_config(script_args), name) for name in modules):
@@ -180,8 +178,9 @@ def build_trainer(script_args: ScriptArguments, train_args: TrainConfig, callbac
     """Check the inputs, load the model; (a ready SFTTrainer, the dataset's counts for the model card)."""
     train_ds, eval_ds, stats = load_splits(script_args, train_args)
     check_device(script_args, train_args)
-    check_lora_targets(script_args)
-    model, processor = build_model(script_args, train_args)
+    base = resolve(script_args.model_name_or_path)  # checked and its config read once, before anything loads
+    check_lora_targets(script_args, base.config)
+    model, processor = build_model(script_args, train_args, base)
     trainer = AnswerTokenSFTTrainer(
         model=model,
         args=train_args,

@@ -49,7 +49,7 @@ def test_each_pane_equals_that_adapters_single_row_answer(vqa, tmp_path):
     *panes, chats, _ = run(handlers.ask(film, "Is there cardiomegaly?", None, *SETTINGS))[-1]
     chat_panes, stats = panes[:3], panes[3:]
     conversation = add_question(None, "Is there cardiomegaly?")
-    alone = {m: vqa.generate([film.image], [conversation], [m], APP_SETTINGS)[0] for m in handlers.panes}
+    alone = {m: vqa.answer([film.image], [conversation], [m], APP_SETTINGS)[0].text for m in handlers.panes}
     assert [p[-1]["content"] for p in chat_panes] == [alone[m] for m in handlers.panes]
     assert len(set(alone.values())) == 3  # three different models, so the check above can fail
     assert all("tokens/s" in s for s in stats) and set(chats) == set(handlers.panes)
@@ -85,7 +85,7 @@ def test_compare_all_over_http_returns_every_model(vqa, tmp_path):
     finally:
         demo.close()
     film = load_film(FILM, 336)
-    direct = vqa.compare_all(film.image, add_question(None, "Is there cardiomegaly?"), APP_SETTINGS)
+    direct = vqa.compare(film.image, add_question(None, "Is there cardiomegaly?"), APP_SETTINGS)
     assert everyone == {m: a.text for m, a in direct.items()} and list(everyone) == [BASE, "rank8", "rank4"]
     assert (base, first) == (direct[BASE].text, direct["rank8"].text)
     assert scores["tuned"]["answer"] == direct["rank8"].text
@@ -104,7 +104,7 @@ def dataset(tmp_path_factory):
 
 def test_evaluation_compares_each_adapter_with_the_base(dataset, tiny_model_dir, random_adapter_dir,
                                                         second_adapter_dir, tmp_path):  # fmt: skip
-    from finetune import evaluate as ev
+    from evaluation import __main__ as ev
 
     out = tmp_path / "report"
     ev.main(["--dataset", dataset, "--out", str(out), "--base", tiny_model_dir, "--no-4bit", "--device", "cpu",
@@ -125,5 +125,5 @@ def test_evaluation_compares_each_adapter_with_the_base(dataset, tiny_model_dir,
     first = next(r for r in records if r["id"] == f"{study['study_id']}#0")
     for model in vqa.model_names:  # each model's record is that model's own single-row answer
         settings = GenerationSettings(max_new_tokens=4)
-        assert first["answers"][model] == vqa.generate([study["images"][0].convert("RGB")], [conversation], [model],
-                                                       settings)[0]  # fmt: skip
+        assert first["answers"][model] == vqa.answer([study["images"][0].convert("RGB")], [conversation], [model],
+                                                       settings)[0].text  # fmt: skip

@@ -252,8 +252,8 @@ def test_panes_stream_and_match_the_model_core(handlers, vqa):
     base_chat, tuned_chat, base_stats, tuned_stats, chats, box = frames[-1]
     conversation = add_question(None, "Is there cardiomegaly?")
     settings = APP_SETTINGS
-    assert base_chat[-1]["content"] == vqa.generate([film.image], [conversation], [BASE], settings)[0]
-    assert tuned_chat[-1]["content"] == vqa.generate([film.image], [conversation], [TUNED], settings)[0]
+    assert base_chat[-1]["content"] == vqa.answer([film.image], [conversation], [BASE], settings)[0].text
+    assert tuned_chat[-1]["content"] == vqa.answer([film.image], [conversation], [TUNED], settings)[0].text
     assert base_chat[-1]["content"] != tuned_chat[-1]["content"]
     assert base_chat[0] == {"role": "user", "content": "Is there cardiomegaly?"} and box == ""
     assert len(frames) > 3  # streamed: partial answers arrived before the end
@@ -275,7 +275,7 @@ def test_follow_up_continues_both_conversations_and_clear_resets(handlers, vqa):
     assert chats["tuned"][1]["content"][0]["text"] == first[1][-1]["content"]
     settings = APP_SETTINGS
     tuned_conv = chats["tuned"][:3]
-    assert second[1][-1]["content"] == vqa.generate([film.image], [tuned_conv], [TUNED], settings)[0]
+    assert second[1][-1]["content"] == vqa.answer([film.image], [tuned_conv], [TUNED], settings)[0].text
     assert len(second[0]) == 4  # user, answer, user, answer
     assert handlers.clear() == ([], [], "", "", None)
 
@@ -304,9 +304,8 @@ def test_without_adapter_the_tuned_pane_says_why(vqa_base_only, tmp_path):
 def test_compare_endpoint_matches_core_and_refuses_bad_input(handlers, vqa):
     base, tuned = handlers.compare(str(FILM), "Is there cardiomegaly?")
     film = load_film(FILM, 336)
-    assert (base, tuned) == vqa.compare(
-        film.image, add_question(None, "Is there cardiomegaly?"), settings=APP_SETTINGS
-    )
+    answers = vqa.compare(film.image, add_question(None, "Is there cardiomegaly?"), settings=APP_SETTINGS)
+    assert (base, tuned) == (answers[BASE].text, answers[TUNED].text)
     with pytest.raises(gr.Error, match="no image"):
         handlers.compare(None, "Is there cardiomegaly?")
     with pytest.raises(gr.Error, match="empty question"):
@@ -319,7 +318,7 @@ def test_compare_endpoint_matches_core_and_refuses_bad_input(handlers, vqa):
 def test_compare_scores_gives_p_yes_for_closed_answers_only(handlers, vqa):
     film = load_film(FILM, 336)
     conversation = add_question(None, "Is there cardiomegaly?")
-    answers = vqa.compare_all(film.image, conversation, APP_SETTINGS)
+    answers = vqa.compare(film.image, conversation, APP_SETTINGS)
     result = handlers.compare_scores(str(FILM), "Is there cardiomegaly?")
     for side, model in (("base", BASE), ("tuned", TUNED)):
         assert result[side]["answer"] == answers[model].text
@@ -343,7 +342,7 @@ def test_blind_vote_is_stored_with_both_models_and_hash_not_image(blind, vqa, tm
     film = load_film(FILM, 336)
     answer_a, answer_b, trial, _ = blind.answer(film, "Is there cardiomegaly?", *SETTINGS)
     conversation = add_question(None, "Is there cardiomegaly?")
-    base, tuned = vqa.generate([film.image] * 2, [conversation] * 2, [BASE, TUNED], APP_SETTINGS)
+    base, tuned = [a.text for a in vqa.answer([film.image] * 2, [conversation] * 2, [BASE, TUNED], APP_SETTINGS)]
     assert {answer_a, answer_b} == {base, tuned} and base != tuned
     assert {trial.model_a, trial.model_b} == {BASE, TUNED}
     assert answer_a == (base if trial.model_a == BASE else tuned)

@@ -9,8 +9,8 @@ import shutil
 import pytest
 from PIL import Image
 
-from finetune import evaluate as ev
-from finetune.benchmarks import read_benchmark
+from evaluation import __main__ as ev
+from evaluation.benchmarks import read_benchmark
 
 # (qid, image_name, image_organ, phrase_type, answer_type, question, answer)
 VQA_RAD = [

@@ -7,14 +7,14 @@ import torch
 
 import app
 import dataprep.__main__
+import evaluation.__main__
 import finetune.__main__
-import finetune.evaluate
 from cxr_vqa.errors import UserError
 
 COMMANDS = {
     "dataprep": dataprep.__main__.main,
     "finetune": finetune.__main__.main,
-    "evaluate": finetune.evaluate.main,
+    "evaluate": evaluation.__main__.main,
     "app": app.main,
 }
 
@@ -57,8 +57,8 @@ def test_a_bad_value_exits_2_naming_the_option(name, run_cli):
 
 def test_the_4bit_switch_is_spelt_one_way():
     from app_lib.config import AppConfig
+    from evaluation.config import EvalConfig
     from finetune.config import ScriptArguments
-    from finetune.evaluate import EvalConfig
 
     for kind in (AppConfig, ScriptArguments, EvalConfig):
         assert kind.__dataclass_fields__["load_in_4bit"].default is True
@@ -66,10 +66,11 @@ def test_the_4bit_switch_is_spelt_one_way():
 
 def test_a_single_yaml_adapter_needs_no_list(tmp_path):
     from cxr_vqa.cli import parse_config
+    from evaluation.config import EvalConfig
 
     path = tmp_path / "eval.yaml"
     path.write_text("adapter: runs/a\n")
-    (cfg,) = parse_config([finetune.evaluate.EvalConfig], ["--config", str(path), "--dataset", "d", "--out", "o"],
+    (cfg,) = parse_config([EvalConfig], ["--config", str(path), "--dataset", "d", "--out", "o"],
                           prog="evaluate")  # fmt: skip
     assert cfg.adapter == ["runs/a"] and cfg.models == ["base", "tuned"]
 

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from finetune.confidence import compare_confidence, summarize_confidence
-from finetune.metrics import score_answer
-from finetune.stats import auroc, brier, expected_calibration_error, holm, weighted_auroc
+from evaluation.confidence import compare_confidence, summarize_confidence
+from evaluation.scoring import score_answer
+from evaluation.stats import auroc, brier, expected_calibration_error, holm, weighted_auroc
 
 
 def test_auroc_counts_pairs_and_halves_ties():

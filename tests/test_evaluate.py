@@ -1,4 +1,4 @@
-"""`python -m finetune.evaluate` end to end on the tiny checkpoint and a random adapter, with a 3-study dataset in the
+"""`python -m evaluation` end to end on the tiny checkpoint and a random adapter, with a 3-study dataset in the
 dataprep contract format built here. The report is made once per tokenizer (the `checkpoint` fixture: the tiny one
 and llava-1.5-7b-hf's real one), so answers are decoded and parsed as a 7B run decodes them."""
 
@@ -13,7 +13,8 @@ from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.model import load_model
 from cxr_vqa.template import add_question, conversation_from_qa
 from cxr_vqa.vqa import BASE, TUNED
-from finetune import evaluate as ev
+from evaluation import __main__ as ev
+from evaluation import evaluate as evaluate_module
 
 MAX_NEW_TOKENS = 6
 STUDIES = [  # (patient, study, [(question, answer, kind, finding)])
@@ -125,7 +126,7 @@ def test_predictions_are_the_model_cores_per_row_answers(report, dataset_dir, ch
         conv = add_question(None, record["question"])
         for name, adapter, picture in (("base", BASE, image), ("tuned", TUNED, image),
                                        ("tuned_blank", TUNED, Image.new("RGB", image.size))):  # fmt: skip
-            assert record["answers"][name] == vqa.generate([picture], [conv], [adapter], settings)[0], name
+            assert record["answers"][name] == vqa.answer([picture], [conv], [adapter], settings)[0].text, name
     assert any(r["answers"]["base"] != r["answers"]["tuned"] for r in records)  # the adapter is really applied
 
 
@@ -138,12 +139,12 @@ def test_resume_answers_only_the_missing_questions(report, dataset_dir, checkpoi
     def counting_load_model(*args, **kwargs):
         vqa = load_model(*args, **kwargs)
         answer = vqa.answer
-        vqa.answer = lambda images, convs, models, settings: (
+        vqa.answer = lambda images, convs, models, settings, on_text=None: (
             asked.extend(c[-1] for c in convs) or answer(images, convs, models, settings)
         )
         return vqa
 
-    monkeypatch.setattr(ev, "load_model", counting_load_model)
+    monkeypatch.setattr(evaluate_module, "load_model", counting_load_model)
     ev.main(_args(dataset_dir, report, *checkpoint))
     # batches of 2 questions (8 rows / 4 variants): the cut batch (questions 2-3) again whole, then question 4
     assert len(asked) == 3 * 4  # × (base, tuned) × (film, blank)
@@ -222,11 +223,11 @@ def test_trained_answer_ids_decode_to_what_the_evaluation_parses(checkpoint, ans
 
     monkeypatch.setattr(vqa.model, "generate", emit)
     conv = add_question(None, "Is there edema?")
-    served = vqa.generate([_film(0)] * 2, [conv] * 2, [BASE, TUNED], GenerationSettings(max_new_tokens=8))
-    streamed = [
-        a.text for a in list(vqa.stream_answers([_film(0)], [conv], [TUNED], GenerationSettings(max_new_tokens=8)))[-1]
-    ]
-    assert served == [answer, answer] and streamed == [answer]
+    settings = GenerationSettings(max_new_tokens=8)
+    served = [a.text for a in vqa.answer([_film(0)] * 2, [conv] * 2, [BASE, TUNED], settings)]
+    steps: list[list[str]] = []
+    vqa.answer([_film(0)], [conv], [TUNED], GenerationSettings(max_new_tokens=8), on_text=steps.append)
+    assert served == [answer, answer] and steps[-1] == [answer]
     assert parse_yes_no(served[0]) == verdict
     [answered] = vqa.answer([_film(0)], [conv], [TUNED], GenerationSettings(max_new_tokens=8))
     assert answered.p_yes == pytest.approx(1.0 if verdict == "yes" else 0.0, abs=1e-3)  # the first piece is yes/no

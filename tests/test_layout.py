@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("cxr_vqa", "dataprep", "finetune", "app_lib")
-SOURCES = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).glob("*.py")) + [ROOT / "app.py"]
+PACKAGES = ("cxr_vqa", "dataprep", "finetune", "evaluation", "app_lib")
+SOURCES = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")) + [ROOT / "app.py"]
 # what each part may import of the project (itself always)
 ALLOWED = {
     "cxr_vqa": {"cxr_vqa"},
     "dataprep": {"cxr_vqa"},
     "finetune": {"cxr_vqa"},
+    "evaluation": {"cxr_vqa"},
     "app_lib": {"cxr_vqa"},
     "app": {"cxr_vqa", "app_lib"},
 }
@@ -77,7 +78,8 @@ def test_files_stay_small(path):
 
 def test_the_core_imports_without_gradio_or_trl_and_loads_nothing(tmp_path):
     code = (
-        "import sys, cxr_vqa.model, cxr_vqa.vqa, cxr_vqa.images, cxr_vqa.cli, cxr_vqa.contract, cxr_vqa.questions; "
+        "import sys, cxr_vqa.model, cxr_vqa.vqa, cxr_vqa.images, cxr_vqa.cli, cxr_vqa.contract, cxr_vqa.questions, "
+        "cxr_vqa.reports, cxr_vqa.sources; "
         "print(sorted(m for m in ('gradio', 'trl', 'datasets', 'peft', 'bitsandbytes') if m in sys.modules))"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -7,8 +7,9 @@ import math
 import pytest
 
 from cxr_vqa.answers import parse_yes_no
-from finetune.metrics import compare, majority_rate, rouge_l, score_answer, summarize, token_f1
-from finetune.stats import bootstrap_ci, mcnemar_exact, paired_bootstrap
+from evaluation.metrics import compare, summarize
+from evaluation.scoring import majority_rate, rouge_l, score_answer, token_f1
+from evaluation.stats import bootstrap_ci, mcnemar_exact, paired_bootstrap
 
 
 @pytest.mark.parametrize(

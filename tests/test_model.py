@@ -79,9 +79,9 @@ def test_training_text_and_inference_prompt_agree(checkpoint):
 def test_mixed_adapter_batch_equals_base_only_and_adapter_only_runs(vqa):
     images = [film(60), film(120), film(180)]
     convs = [add_question(None, q) for q in ("Is there cardiomegaly?", "Is there edema?", "What is seen?")]
-    mixed = vqa.generate(images, convs, [BASE, TUNED, BASE], SETTINGS)
-    base_only = vqa.generate(images, convs, [BASE] * 3, SETTINGS)
-    tuned_only = vqa.generate(images, convs, [TUNED] * 3, SETTINGS)
+    mixed = [a.text for a in vqa.answer(images, convs, [BASE, TUNED, BASE], SETTINGS)]
+    base_only = [a.text for a in vqa.answer(images, convs, [BASE] * 3, SETTINGS)]
+    tuned_only = [a.text for a in vqa.answer(images, convs, [TUNED] * 3, SETTINGS)]
     assert mixed == [base_only[0], tuned_only[1], base_only[2]]
     assert base_only != tuned_only  # the adapter really changes the answers, so the check above can fail
 
@@ -101,25 +101,31 @@ def test_rows_of_different_lengths_batch_like_single_rows(vqa):
     image = film(100)
     short = add_question(None, "Is there edema?")
     long = add_question(short + [assistant_turn("No, the lungs are clear and the heart is normal.")], "Any effusion?")
-    batched = vqa.generate([image, image], [short, long], [BASE, TUNED], SETTINGS)
-    alone = [vqa.generate([image], [short], [BASE], SETTINGS)[0], vqa.generate([image], [long], [TUNED], SETTINGS)[0]]
+    batched = [a.text for a in vqa.answer([image, image], [short, long], [BASE, TUNED], SETTINGS)]
+    alone = [
+        vqa.answer([image], [short], [BASE], SETTINGS)[0].text,
+        vqa.answer([image], [long], [TUNED], SETTINGS)[0].text,
+    ]
     assert batched == alone
 
 
 def test_stream_ends_with_the_generated_answers(vqa):
     image, conv = film(80), add_question(None, "Is there a pneumothorax?")
-    steps = [[a.text for a in step] for step in vqa.stream_answers([image] * 2, [conv] * 2, [BASE, TUNED], SETTINGS)]
-    assert len(steps) >= 2
-    assert steps[-1] == vqa.generate([image, image], [conv, conv], [BASE, TUNED], SETTINGS)
-    assert all(len(a[0]) <= len(b[0]) for a, b in zip(steps, steps[1:], strict=False))
+    steps: list[dict[str, str]] = []
+    answers = vqa.compare(image, conv, SETTINGS, on_text=steps.append)
+    assert len(steps) >= 2 and all(list(step) == [BASE, TUNED] for step in steps)
+    assert steps[-1] == {m: a.text for m, a in answers.items()}
+    direct = vqa.answer([image] * 2, [conv] * 2, [BASE, TUNED], SETTINGS)
+    assert [a.text for a in answers.values()] == [a.text for a in direct]
+    assert all(len(a[BASE]) <= len(b[BASE]) for a, b in zip(steps, steps[1:], strict=False))
 
 
 def test_compare_without_adapter_returns_no_tuned_answer(tiny_model_dir):
     vqa = load_model(tiny_model_dir, load_in_4bit=False, device="cpu")
-    base, tuned = vqa.compare(film(70), add_question(None, "Is the heart enlarged?"), settings=SETTINGS)
-    assert isinstance(base, str) and tuned is None
+    answers = vqa.compare(film(70), add_question(None, "Is the heart enlarged?"), settings=SETTINGS)
+    assert list(answers) == [BASE] and isinstance(answers[BASE].text, str)
     with pytest.raises(ValueError, match="no adapter is loaded"):
-        vqa.generate([film(70)], [add_question(None, "x")], [TUNED], SETTINGS)
+        vqa.answer([film(70)], [add_question(None, "x")], [TUNED], SETTINGS)
 
 
 def test_sampling_settings_are_validated():
@@ -220,7 +226,9 @@ def test_tiny_model_with_large_patches_and_sincos_positions(tmp_path):
     assert positions[1:].norm(dim=1).mean() > 3  # comparable to a patch embedding, unlike CLIP's random init
     distances = torch.cdist(positions[1:], positions[1:]) + torch.eye(36) * 1e3
     assert distances.min() > 0.3  # every patch position has its own embedding
-    answers = vqa.generate([film(90)], [add_question(None, "Is there cardiomegaly?")], settings=SETTINGS)
+    answers = [
+        a.text for a in vqa.answer([film(90)], [add_question(None, "Is there cardiomegaly?")], settings=SETTINGS)
+    ]
     assert len(answers) == 1 and isinstance(answers[0], str)  # answers through the app's path
     with pytest.raises(ValueError, match="must divide 336"):
         build_tiny_llava(tmp_path / "bad", patch_size=50)

@@ -105,7 +105,7 @@ def test_app_on_an_old_snapshot_answers_a_question_typed_with_image_and_eos(
     assert len(removed) == 2 and "'<image>'" in removed[0] and "'</s>'" in removed[1]
     conversation = add_question(None, "Is there cardiomegaly?")
     assert chats["base"][0] == conversation[0]
-    expected = vqa.generate([film.image] * 2, [conversation] * 2, [BASE, TUNED], SETTINGS)
+    expected = [a.text for a in vqa.answer([film.image] * 2, [conversation] * 2, [BASE, TUNED], SETTINGS)]
     assert [base_chat[-1]["content"], tuned_chat[-1]["content"]] == expected
     with pytest.warns(UserWarning, match="special token"):
         assert handlers.compare(str(FILM), typed) == tuple(expected)

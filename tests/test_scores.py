@@ -53,22 +53,23 @@ def test_batched_p_yes_equals_a_single_row_forward_row_by_row(vqa):
     alone = [single_row_p_yes(vqa, image, conv, model) for image, conv, model in rows]
     assert [a.p_yes for a in answers] == pytest.approx(alone, abs=1e-5)
     assert len({round(a.p_yes, 6) for a in answers}) > 1  # the rows really differ, so the check can fail
-    assert [a.text for a in answers] == vqa.generate(*map(list, zip(*rows, strict=True)), SETTINGS)
 
 
-def test_streaming_ends_with_the_same_answers_and_p_yes(vqa):
+def test_streaming_gives_the_same_answers_and_p_yes(vqa):
     image, conv = film(70), add_question(None, "Is there a pneumothorax?")
-    steps = list(vqa.stream_answers([image, image], [conv, conv], [BASE, TUNED], SETTINGS))
-    assert all(a.p_yes is None for step in steps[:-1] for a in step)
-    assert steps[-1] == vqa.answer([image, image], [conv, conv], [BASE, TUNED], SETTINGS)
+    steps: list[list[str]] = []
+    streamed = vqa.answer([image, image], [conv, conv], [BASE, TUNED], SETTINGS, on_text=steps.append)
+    assert len(steps) >= 2 and all(len(step) == 2 for step in steps)
+    assert streamed == vqa.answer([image, image], [conv, conv], [BASE, TUNED], SETTINGS)
+    assert steps[-1] == [a.text for a in streamed]
 
 
-def test_compare_all_answers_every_model_by_name(vqa):
+def test_compare_answers_every_model_by_name(vqa):
     image, conv = film(120), add_question(None, "Is there edema?")
-    answers = vqa.compare_all(image, conv, SETTINGS)
+    answers = vqa.compare(image, conv, SETTINGS)
     assert list(answers) == vqa.model_names == [BASE, TUNED]
     assert all(isinstance(a, Answer) and 0.0 <= a.p_yes <= 1.0 for a in answers.values())
-    assert answers[BASE].text == vqa.generate([image], [conv], [BASE], SETTINGS)[0]
+    assert answers[BASE].text == vqa.answer([image], [conv], [BASE], SETTINGS)[0].text
 
 
 def test_an_unknown_model_name_is_refused(vqa):

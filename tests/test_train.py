@@ -168,7 +168,7 @@ def test_overfit_answers_come_back_through_the_model_core(tiny_model_dir, tmp_pa
     answers = [a for _, a in OVERFIT]
     settings = GenerationSettings(max_new_tokens=12)
     vqa = load_model(tiny_model_dir, adapter=str(out))  # 4-bit base + the adapter from disk
-    both = vqa.generate(images + images, questions + questions, [TUNED] * 4 + [BASE] * 4, settings)
+    both = [a.text for a in vqa.answer(images + images, questions + questions, [TUNED] * 4 + [BASE] * 4, settings)]
     assert both[:4] == answers
     assert all(base != answer for base, answer in zip(both[4:], answers, strict=True))
 

@@ -1,10 +1,10 @@
 """Turn an evaluation's metrics (the content of metrics.json) into report.md, comparison.png, confidence.png and a
 console summary.
 
-    from finetune.report import write_report
+    from evaluation.report import write_report
     write_report(Path("reports/test"), json.loads(Path("reports/test/metrics.json").read_text()))
 
-`python -m finetune.evaluate` calls it; rerunning that on a finished report directory rewrites these files.
+`python -m evaluation` calls it; rerunning that on a finished report directory rewrites these files.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from finetune.plots import plot_comparison, plot_confidence
+from cxr_vqa.reports import COMPARISON_PNG, CONFIDENCE_PNG, REPORT_MD, variant_name, with_image
+from evaluation.plots import plot_comparison, plot_confidence
 
 NAMES = {
     "closed_accuracy": "closed accuracy",
@@ -84,7 +85,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _markdown(m: dict) -> str:
-    models = [n for n in m["models"] if not n.endswith("_blank")]
+    models = with_image(m["models"])
     diffs = list(m["difference"])
     q, boot = m["questions"], m["bootstrap"]
     adapter = ", ".join(m["adapter"]) if m["adapter"] else "no adapter"
@@ -111,7 +112,7 @@ def _markdown(m: dict) -> str:
                 "A model that reads the film must lose accuracy and AUROC without it.", ""]  # fmt: skip
         rows = []
         for name, d in m["ablation"].items():
-            film, blank = m["models"][name], m["models"][f"{name}_blank"]
+            film, blank = m["models"][name], m["models"][variant_name(name, blank=True)]
             acc = [_est(film["closed_accuracy"]), _est(blank["closed_accuracy"]), _diff(d["closed_accuracy"])]
             auroc = [_est(film["macro_auroc"]), _est(blank["macro_auroc"]), _diff(d["macro_auroc"])]
             rows.append([name, *acc, *auroc])
@@ -140,6 +141,6 @@ def _markdown(m: dict) -> str:
 
 
 def write_report(out: Path, m: dict) -> None:
-    (out / "report.md").write_text(_markdown(m))
-    plot_comparison(m, out / "comparison.png")
-    plot_confidence(m, out / "confidence.png")
+    (out / REPORT_MD).write_text(_markdown(m))
+    plot_comparison(m, out / COMPARISON_PNG)
+    plot_confidence(m, out / CONFIDENCE_PNG)

@@ -2,7 +2,7 @@
 
     questions = list_questions(rows)                        # one entry per QA pair, in dataset order
     done = resume(out, run)                                 # finished records of an earlier run of the same settings
-    answer_all(vqa, films, questions, done, kinds, settings, batch_size, sink)  # films(row): that row's film
+    answer_all(vqa, films, questions, done, variants, settings, batch_size, sink)  # films(row): that row's film
 
 The batches are fixed chunks of the whole question list, so a resumed run forms exactly the batches an uninterrupted
 run would: a batch that was answered in full is skipped, one that was cut short is answered again whole, and the
@@ -22,20 +22,20 @@ from tqdm import tqdm
 
 from cxr_vqa.errors import UserError
 from cxr_vqa.generation import GenerationSettings
+from cxr_vqa.reports import PREDICTIONS, RUN, iter_predictions, variant_name
 from cxr_vqa.template import add_question
-from finetune import metrics as M
+from evaluation.scoring import score_answer
 
 logger = logging.getLogger(__name__)
 
-PREDICTIONS, RUN = "predictions.jsonl", "run.json"
 NOT_IDENTITY = ("batch_size",)  # recorded in run.json, but a resumed run may change them
 
 
 def variants(models: Sequence[str], ablation: bool) -> list[tuple[str, str, bool]]:
     """(variant name, model, blank image?) for every answer a question gets: each model with the film, then each
     with a blank image ("tuned_blank")."""
-    with_image = [(model, model, False) for model in models]
-    return with_image + ([(f"{model}_blank", model, True) for model in models] if ablation else [])
+    conditions = [False, True] if ablation else [False]
+    return [(variant_name(model, blank), model, blank) for blank in conditions for model in models]
 
 
 def list_questions(rows) -> list[dict]:
@@ -73,12 +73,7 @@ def resume(out: Path, run: dict) -> dict[str, dict]:
     run_file.write_text(json.dumps(run, indent=2) + "\n")
     done: dict[str, dict] = {}
     if pred_file.is_file():
-        for line in pred_file.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # the last line of a killed run may be cut short
-                continue
-            done[record["id"]] = record
+        done = {record["id"]: record for record in iter_predictions(pred_file)}
         # without the cut-short line, whole or not at all: a kill here must not lose what was answered
         partial = pred_file.with_name(pred_file.name + ".tmp")
         partial.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
@@ -92,10 +87,10 @@ def batches(questions: Sequence[dict], per_call: int) -> Iterator[list[dict]]:
         yield list(questions[start : start + per_call])
 
 
-def answer_all(vqa, films, questions, done, kinds, settings: GenerationSettings, batch_size: int, sink) -> int:
+def answer_all(vqa, films, questions, done, variants, settings: GenerationSettings, batch_size: int, sink) -> int:
     """Answer every question not in `done` under every variant, a batch of rows per generate call, appending records
     to `sink`; `films(row)` gives a question's film. Returns how many generate calls were made."""
-    per_call = max(1, batch_size // len(kinds))
+    per_call = max(1, batch_size // len(variants))
     held: dict[int, Image.Image] = {}  # only the current batch's films
     calls = 0
     with tqdm(total=len(questions), initial=len(done), desc="questions", unit="q") as bar:
@@ -107,19 +102,19 @@ def answer_all(vqa, films, questions, done, kinds, settings: GenerationSettings,
             pics, convs, adapters = [], [], []
             for q in batch:
                 image = held[q["row"]]
-                for _, adapter, blank in kinds:
+                for _, adapter, blank in variants:
                     pics.append(Image.new("RGB", image.size) if blank else image)
                     convs.append(add_question(None, q["question"]))
                     adapters.append(adapter)
             answers = iter(_answer(vqa, pics, convs, adapters, settings))
             calls += 1
             for q in batch:
-                record = {k: v for k, v in q.items() if k != "row"}
-                answered = {name: next(answers) for name, _, _ in kinds}
+                record = dict(q)  # with its `row`, where the app's Explore tab finds the film
+                answered = {name: next(answers) for name, _, _ in variants}
                 record["answers"] = {name: a.text for name, a in answered.items()}
                 record["p_yes"] = {name: a.p_yes for name, a in answered.items()}
                 record["scores"] = {
-                    name: M.score_answer(text, kind=q["kind"], reference=q["reference"], label=q["label"])
+                    name: score_answer(text, kind=q["kind"], reference=q["reference"], label=q["label"])
                     for name, text in record["answers"].items()
                 }
                 sink.write(json.dumps(record) + "\n")

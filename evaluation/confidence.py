@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cxr_vqa.answers import YES, parse_yes_no
-from finetune import stats as S
+from evaluation import stats as S
 
 ALL = "all"  # the pooled group, for benchmarks whose questions name no finding
 

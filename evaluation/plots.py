@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from cxr_vqa.reports import split_variant, with_image
+
 PLOTTED = {"closed_accuracy": "closed accuracy", "unparseable_rate": "unparseable", "open_recall": "open recall",
            "open_f1": "open F1", "macro_auroc": "macro AUROC"}  # fmt: skip
 
@@ -29,7 +31,7 @@ def _bars(ax, groups: list[str], series: dict[str, list[dict | None]]) -> None:
         high = [max(0.0, e["ci"][1] - v) if e and not math.isnan(e["ci"][1]) else 0.0 for v, e in pairs]
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(groups))]
         ax.bar(
-            xs, values, width, yerr=[low, high], capsize=3, label=name, hatch="//" if name.endswith("_blank") else None
+            xs, values, width, yerr=[low, high], capsize=3, label=name, hatch="//" if split_variant(name)[1] else None
         )
     ax.set_xticks(range(len(groups)), groups, fontsize=8, rotation=20 if len(groups) > 5 else 0)
     ax.set_ylim(0, 1.05)
@@ -51,7 +53,7 @@ def plot_comparison(m: dict, path: Path) -> None:
 
 def plot_confidence(m: dict, path: Path) -> None:
     plt = _pyplot()
-    models = {n: s["confidence"] for n, s in m["models"].items() if not n.endswith("_blank")}
+    models = {n: m["models"][n]["confidence"] for n in with_image(m["models"])}
     findings = sorted({f for c in models.values() for f in c["per_finding"]})
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
     _bars(left, findings, {n: [c["per_finding"].get(f) for f in findings] for n, c in models.items()})

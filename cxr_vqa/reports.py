@@ -1,0 +1,52 @@
+"""The format of an evaluation report folder, shared by the part that writes it (`python -m evaluation --out R`) and
+the app that reads it (`python app.py --report R`): its file names, how a model and image condition are named (a
+"variant"), and the one reader of its predictions.
+
+    R/run.json            the settings of the run (dataset, split, models ...), so a rerun resumes or refuses
+    R/predictions.jsonl   one record a question: {"id", "study_id", "patient_id", "question", "reference", "kind",
+                          "finding", "label", "answers": {variant: text}, "p_yes": {variant: p or null},
+                          "scores": {variant: {...}}}
+    R/metrics.json, R/report.md, R/comparison.png, R/confidence.png
+
+    variant_name("tuned", blank=True)     # "tuned_blank": the tuned model asked with a blank image
+    split_variant("tuned_blank")          # ("tuned", True)
+    records = read_predictions(R / PREDICTIONS)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+RUN, PREDICTIONS, METRICS = "run.json", "predictions.jsonl", "metrics.json"
+REPORT_MD, COMPARISON_PNG, CONFIDENCE_PNG = "report.md", "comparison.png", "confidence.png"
+BLANK = "_blank"  # the image ablation: the same question with a blank film
+
+
+def variant_name(model: str, blank: bool = False) -> str:
+    return model + BLANK if blank else model
+
+
+def split_variant(name: str) -> tuple[str, bool]:
+    """(model name, asked with a blank image?) of a variant name."""
+    return (name[: -len(BLANK)], True) if name.endswith(BLANK) else (name, False)
+
+
+def with_image(names) -> list[str]:
+    """The variants asked with their film (the models), in order."""
+    return [n for n in names if not split_variant(n)[1]]
+
+
+def iter_predictions(path: str | Path) -> Iterator[dict]:
+    """The records of a predictions file in order; a last line cut short by a killed run is skipped."""
+    with open(path, encoding="utf-8") as file:
+        for line in file:
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+def read_predictions(path: str | Path) -> list[dict]:
+    return list(iter_predictions(path))

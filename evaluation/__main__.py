@@ -1,0 +1,42 @@
+"""Base vs fine-tuned on held-out patients, or on a public benchmark: every question answered by every model in
+mixed-adapter batches (greedy), scored strictly (yes/no by the first word, other closed answers by exact match, open
+answers by recall and token F1), with P(yes) from the same forward for per-finding AUROC and calibration, and asked
+again with a blank image.
+
+    python -m evaluation --dataset data/cxr --split test --base llava-hf/llava-1.5-7b-hf \\
+        --adapter runs/llava-cxr --out reports/test
+    python -m evaluation --dataset data/cxr --base M --adapter labels=runs/a --adapter llm=runs/b --out R
+    python -m evaluation --benchmark vqa-rad --dataset data/VQA_RAD --base M --adapter A --out R
+    python -m evaluation --benchmark slake --dataset data/Slake1.0 --base M --adapter A --out R --all-organs
+    python -m evaluation --dataset data/tiny --base runs/tiny-llava --adapter runs/tiny-lora --out R \\
+        --limit 20 --no-4bit --batch-size 16        # CPU smoke run
+    python -m evaluation --config eval.yaml   # YAML gives defaults, flags override
+
+Writes R/predictions.jsonl (appended batch by batch: a killed run resumes exactly), R/metrics.json, R/report.md,
+R/comparison.png and R/confidence.png. Each question is asked on its own with its film (single-turn): the
+dataset's multi-turn history would hand the model the previous answers. Research tool, not for diagnosis.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> None:
+    from cxr_vqa.cli import parse_config, user_errors
+    from cxr_vqa.reports import METRICS
+    from evaluation.config import EvalConfig
+    from evaluation.evaluate import evaluate
+    from evaluation.report import summary_lines
+
+    (cfg,) = parse_config([EvalConfig], argv, prog="python -m evaluation", description=__doc__)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with user_errors():
+        result = evaluate(cfg)
+    print("\n".join(summary_lines(result)))
+    print(f"wrote {Path(cfg.out) / METRICS}, report.md, predictions.jsonl, comparison.png, confidence.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""The options of `python -m evaluation`: a typed dataclass parsed the project's one way (`cxr_vqa.cli`: YAML gives
+defaults, flags override, unknown keys and bad values exit 2 with one line)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cxr_vqa.cli import REPEATABLE
+from cxr_vqa.errors import UserError
+from cxr_vqa.generation import GenerationSettings
+from cxr_vqa.model import DEFAULT_BASE, adapter_specs
+from cxr_vqa.vqa import BASE
+from evaluation import stats as S
+from evaluation.benchmarks import BENCHMARKS
+
+
+@dataclass
+class EvalConfig:
+    dataset: str = field(
+        default="", metadata={"help": "dataset of `python -m dataprep`, or a benchmark's release folder (required)"}
+    )
+    out: str = field(
+        default="", metadata={"help": "report directory, created; an unfinished run there resumes (required)"}
+    )
+    split: str = field(default="test", metadata={"help": "split to evaluate: test (held-out patients) or validation"})
+    base: str = field(default=DEFAULT_BASE, metadata={"help": "base checkpoint: Hub id or directory"})
+    adapter: list[str] | None = field(
+        default=None,
+        metadata={"help": "LoRA adapter: a directory or Hub id, or NAME=PATH; again for several; omit for the base "
+                  "only", **REPEATABLE},
+    )  # fmt: skip
+    benchmark: str | None = field(
+        default=None, metadata={"help": "a public benchmark instead of a dataprep dataset", "choices": BENCHMARKS}
+    )
+    all_organs: bool = field(default=False, metadata={"help": "benchmarks: every organ, not only chest X-ray"})
+    all_languages: bool = field(default=False, metadata={"help": "SLAKE: every language, not only English"})
+    limit: int | None = field(default=None, metadata={"help": "evaluate only the first N studies (films)"})
+    batch_size: int = field(default=8, metadata={"help": "rows per generate call (each question gives one row per "
+                                                         "model and image condition)"})  # fmt: skip
+    max_new_tokens: int = field(default=64, metadata={"help": "answer length cap in tokens"})
+    load_in_4bit: bool = field(
+        default=True, metadata={"help": "4-bit nf4 base; --no-4bit for full precision (CPU, tiny)"}
+    )
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda if present)"})
+    ablation: bool = field(default=True, metadata={"help": "also ask every question with a blank image"})
+    resamples: int = field(default=S.N_RESAMPLES, metadata={"help": "bootstrap resamples (over studies)"})
+    seed: int = field(default=0, metadata={"help": "bootstrap seed"})
+    extra_metrics: str | None = field(
+        default=None,
+        metadata={"help": "model-based metrics on open answers (needs the RadEval package and its weights)",
+                  "choices": ["radeval"]},
+    )  # fmt: skip
+
+    def __post_init__(self):
+        if not self.dataset or not self.out:
+            raise UserError("--dataset and --out are required")
+        if self.batch_size < 1 or (self.limit is not None and self.limit < 1):
+            raise UserError("--batch-size and --limit must be positive")
+        if self.resamples < 100:
+            raise UserError(f"--resamples must be >= 100 for a stable 95% interval, got {self.resamples}")
+        GenerationSettings(max_new_tokens=self.max_new_tokens)  # same range checks as the app
+        self.models = [BASE, *adapter_specs(self.adapter)]  # names checked before any model is loaded

@@ -1,0 +1,84 @@
+"""Run (or resume) one evaluation: read the questions (a dataprep split or a public benchmark), answer each with
+every model and image condition (`evaluation.predictions`), build metrics.json (`evaluation.metrics`) and write the
+report (`evaluation.report`). The command line is `evaluation/__main__.py`.
+
+    result = evaluate(EvalConfig(dataset="data/cxr", out="reports/test", adapter=["runs/llava-cxr"]))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from cxr_vqa.contract import check_split, open_splits
+from cxr_vqa.files import share
+from cxr_vqa.generation import GenerationSettings
+from cxr_vqa.images import ImageLoadError, load_film
+from cxr_vqa.model import load_model
+from cxr_vqa.reports import METRICS, PREDICTIONS
+from evaluation.benchmarks import read_benchmark
+from evaluation.config import EvalConfig
+from evaluation.metrics import build_metrics, radeval_scores
+from evaluation.predictions import answer_all, list_questions, resume, variants
+from evaluation.report import write_report
+
+logger = logging.getLogger(__name__)
+
+
+def _benchmark_films(paths: list[Path], size: int):
+    def film(row: int):
+        try:
+            return load_film(paths[row], size).image
+        except ImageLoadError as err:  # the release has hundreds of films: say which one
+            raise ImageLoadError(f"{paths[row]}: {err}") from None
+
+    return film
+
+
+def load_questions(cfg: EvalConfig):
+    """(questions, films: row -> its film, or the paths to letterbox) from the dataset contract or a benchmark."""
+    if cfg.benchmark:
+        questions, paths = read_benchmark(cfg.benchmark, cfg.dataset, all_organs=cfg.all_organs,
+                                          all_languages=cfg.all_languages)  # fmt: skip
+        return [q for q in questions if cfg.limit is None or q["row"] < cfg.limit], paths
+    rows = check_split(open_splits(cfg.dataset), cfg.dataset, cfg.split, "evaluate")
+    rows = rows.select(range(min(cfg.limit, len(rows)))) if cfg.limit else rows
+    images = rows.select_columns(["images"])  # dataprep letterboxed them already
+    return list_questions(rows), lambda row: images[row]["images"][0].convert("RGB")
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run (or resume) the evaluation described by `cfg`, write the report files, return metrics.json's content."""
+    if cfg.extra_metrics == "radeval":
+        radeval_scores([], [])  # fail on a missing package before hours of generation
+    questions, films = load_questions(cfg)
+    asked = variants(cfg.models, cfg.ablation)
+    names = [name for name, _, _ in asked]
+    out = Path(cfg.out)
+    source = {"benchmark": cfg.benchmark} if cfg.benchmark else {"split": cfg.split}
+    run = {"dataset": str(Path(cfg.dataset).resolve()), **source, "base": cfg.base, "adapter": cfg.adapter,
+           "variants": names, "max_new_tokens": cfg.max_new_tokens, "4bit": cfg.load_in_4bit,
+           "batch_size": cfg.batch_size}  # fmt: skip
+    done = resume(out, run)
+    if len(done) < len(questions):
+        logger.info("%d of %d questions left to answer", len(questions) - len(done), len(questions))
+        vqa = load_model(cfg.base, cfg.adapter, load_in_4bit=cfg.load_in_4bit, device=cfg.device)
+        if not callable(films):  # benchmark films are letterboxed to the model's own input, like every film
+            films = _benchmark_films(films, vqa.input_size)
+        settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens)
+        with open(out / PREDICTIONS, "a") as sink:
+            answer_all(vqa, films, questions, done, asked, settings, cfg.batch_size, sink)
+        done = resume(out, run)
+    records = [done[q["id"]] for q in questions]
+    info = {"dataset": cfg.dataset, **source, "base": cfg.base, "adapter": cfg.adapter,
+            "protocol": {"turns": "single", "decoding": "greedy", "max_new_tokens": cfg.max_new_tokens,
+                         "parsing": "strict first word yes/no", "4bit": cfg.load_in_4bit}}  # fmt: skip
+    result = build_metrics(records, models=cfg.models, ablation=cfg.ablation, info=info,
+                           n_resamples=cfg.resamples, seed=cfg.seed)  # fmt: skip
+    if cfg.extra_metrics == "radeval":
+        result["extra"] = {"radeval": radeval_scores(records, names)}
+    (out / METRICS).write_text(json.dumps(result, indent=2) + "\n")
+    write_report(out, result)
+    share(out)  # the app shows the report, perhaps as another user
+    return result

@@ -16,7 +16,6 @@ P(yes) to each; "/compare_all" returns {model name: answer} for every loaded mod
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 from functools import partial
@@ -31,6 +30,7 @@ from app_lib.handlers import NO_ADAPTER, Handlers, pane_label
 from app_lib.results import load_report
 from app_lib.votes import VoteStore
 from cxr_vqa.cli import user_errors
+from cxr_vqa.contract import Example, read_examples
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.questions import MAX_QUESTION_CHARS
 from cxr_vqa.vqa import BASE, TUNED
@@ -66,16 +66,9 @@ def on_gpu(fn):
     return spaces.GPU(fn) if spaces is not None else fn
 
 
-def film_examples() -> list[tuple[str, str, str]]:
-    """(film path, suggested question, label) for each synthetic phantom in assets/examples/examples.json."""
-    index_file = EXAMPLES_DIR / "examples.json"
-    if not index_file.is_file():
-        return []
-    found = []
-    for item in json.loads(index_file.read_text()):
-        name = ", ".join(item["findings"]).lower() or "no finding"
-        found.append((str(EXAMPLES_DIR / item["file"]), item["question"], f"Synthetic phantom: {name}"))
-    return found
+def film_examples() -> list[Example]:
+    """The example films of assets/examples/ (examples.json), with their suggested questions."""
+    return read_examples(EXAMPLES_DIR) or []
 
 
 def create_demo(
@@ -86,7 +79,7 @@ def create_demo(
     settings: GenerationSettings = GenerationSettings(),
     rng=None,
     header: str | None = None,
-    examples: list[tuple[str, str, str]] | None = None,
+    examples: list[Example] | None = None,
 ) -> gr.Blocks:
     """The Blocks app around an already loaded `VQAModel`; nothing is loaded here. One pane per model (base first);
     `settings` are the defaults of the sliders and what the API uses; `header` and `examples` replace the standard
@@ -168,8 +161,8 @@ def create_demo(
         examples = film_examples() if examples is None else examples
         if examples:
             gr.Examples(
-                [[path, q] for path, q, _ in examples], inputs=[film_file, question],
-                example_labels=[label for *_, label in examples], cache_examples=False,
+                [[e.film, e.question] for e in examples], inputs=[film_file, question],
+                example_labels=[e.label for e in examples], cache_examples=False,
                 label="Examples: synthetic phantoms drawn by dataprep.synthetic, not patients",
             )  # fmt: skip
 

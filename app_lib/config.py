@@ -71,7 +71,7 @@ class AppConfig:
             raise ValueError(f"max_new_tokens must be in 1..4096, got {self.max_new_tokens}")
         adapter_specs(self.adapter)  # names checked before any model is loaded
         if self.report is not None and not Path(self.report).is_dir():
-            raise ValueError(f"report directory {self.report} not found: pass the --out of finetune.evaluate")
+            raise ValueError(f"report directory {self.report} not found: pass the --out of `python -m evaluation`")
 
 
 def parse_config(argv: list[str] | None = None, description: str | None = None) -> AppConfig:

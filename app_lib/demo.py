@@ -10,14 +10,13 @@ examples are films of held-out test patients.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxr_vqa.contract import demo_build
+from cxr_vqa.contract import Example, demo_build, read_examples
 from cxr_vqa.errors import UserError
 from cxr_vqa.vqa import TUNED
 
@@ -34,7 +33,7 @@ HEADER = (
 class Demo:
     base: str
     adapter: str
-    examples: list[tuple[str, str, str]]  # (film, question, label) as app.create_demo takes them
+    examples: list[Example]
 
 
 def read(out: Path) -> Demo | None:
@@ -42,13 +41,8 @@ def read(out: Path) -> Demo | None:
     marker = demo_build(out)
     if marker is None:
         return None
-    folder, examples = (out / marker["examples"]).parent, []
-    try:
-        for item in json.loads((out / marker["examples"]).read_text()):
-            name = ", ".join(item["findings"]).lower() or "no finding"
-            label = f"Held-out phantom: {name} (expected: {item.get('answer', '?')})"
-            examples.append((str(folder / item["file"]), item["question"], label))
-    except (OSError, ValueError, KeyError, TypeError):
+    examples = read_examples((out / marker["examples"]).parent)
+    if examples is None:
         return None
     return Demo(str(out / marker["base"]), f"{TUNED}={out / marker['adapter']}", examples)
 

@@ -25,7 +25,7 @@ def wilson_interval(successes: int, total: int, confidence: float = 0.95) -> tup
 
 @dataclass(frozen=True)
 class Report:
-    """The offline evaluation report written by `python -m finetune.evaluate --out R`."""
+    """The offline evaluation report written by `python -m evaluation --out R`."""
 
     metrics: dict | None
     plot: str | None  # path of comparison.png

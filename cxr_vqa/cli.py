@@ -2,7 +2,7 @@
 file for defaults, flags to override. Built on transformers' `HfArgumentParser` (what TRL's `TrlParser` extends), so
 TRL's own `SFTConfig` parses the same way as our dataclasses.
 
-    (cfg,) = parse_config([EvalConfig], argv, prog="python -m finetune.evaluate", description=__doc__)
+    (cfg,) = parse_config([EvalConfig], argv, prog="python -m evaluation", description=__doc__)
     with user_errors():          # a UserError becomes one line on stderr and exit status 2
         run(cfg)
 

@@ -1,17 +1,20 @@
 """The dataset contract between `dataprep` (which writes it) and training and evaluation (which read it): a
 `datasets.DatasetDict` saved with `save_to_disk`, splits `train` / `validation` / `test` by patient, one row per
-study. Its schema, its one reader, and the check of one row. Also the one other file two parts share: the marker of
-a demo build, written by `finetune.demo` and read by the app's `--demo`.
+study. Its schema, its one reader, and the check of one row. Also the other files parts share: the marker of a
+demo build, written by `finetune.demo` and read by the app's `--demo`, and an examples index (examples.json: the
+films the app offers as examples, written by `dataprep.synthetic --examples` and `finetune.demo`).
 
     splits = open_splits("data/cxr-vqa")                           # {name: Dataset}; raises UserError
     test = check_split(splits, "data/cxr-vqa", "test", "evaluate")  # present, non-empty, every column, row 0 valid
     marker = demo_build("runs/demo")                                # demo.json of a complete build, or None
+    examples = read_examples("assets/examples")                     # [Example(film, question, answer, label)]
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from cxr_vqa.errors import UserError
@@ -122,3 +125,38 @@ def demo_build(out: str | Path) -> dict | None:
         return None
     paths = [marker.get(key) for key in ("base", "adapter", "examples")]
     return marker if all(isinstance(p, str) and (out / p).exists() for p in paths) else None
+
+
+EXAMPLES_INDEX = "examples.json"  # [{"file", "findings": [...], "question", "answer", "source", ...}, ...]
+
+
+@dataclass(frozen=True)
+class Example:
+    film: str  # the film's path
+    question: str  # the suggested question
+    answer: str | None  # the answer the film supports
+    label: str  # what the gallery calls it: where it comes from, what it shows, what to expect
+
+
+def write_examples(folder: str | Path, items: Sequence[dict]) -> None:
+    """Write `folder`/examples.json; each item names its `file` (in `folder`), `findings`, `question`, `answer` and
+    `source` (what the film is: "Synthetic phantom", "Held-out phantom", a real collection's name)."""
+    Path(folder, EXAMPLES_INDEX).write_text(json.dumps(list(items), indent=1) + "\n", encoding="utf-8")
+
+
+def read_examples(folder: str | Path) -> list[Example] | None:
+    """The examples in `folder`/examples.json, in order; None when there is no readable index or a film is gone."""
+    folder = Path(folder)
+    try:
+        found = []
+        for item in json.loads((folder / EXAMPLES_INDEX).read_text(encoding="utf-8")):
+            film = folder / item["file"]
+            if not film.is_file():
+                return None
+            shows = ", ".join(item["findings"]).lower() or "no finding"
+            expected = f" (expected: {item['answer']})" if item.get("answer") else ""
+            label = f"{item.get('source', 'Example')}: {shows}{expected}"
+            found.append(Example(str(film), item["question"], item.get("answer"), label))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return found

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_vqa.contract import SYNTHETIC_NOTE
+from cxr_vqa.contract import write_examples as write_examples_index
 from dataprep.chexpert import COLUMNS, CSV_NAME, LABEL_DIR, LABEL_FILES, LABELS, SYNTHETIC_MARKER
 from dataprep.synthetic_films import DEVICES, DRAWN, draw_film
 
@@ -256,8 +257,9 @@ def write_examples(out: str | Path, image_size: int = 384, seed: int = 0) -> lis
         label = next(iter(found), None)
         question = f"Is there {FINDINGS[label][0]}?" if label else "Is this chest X-ray normal?"
         answer = f"Yes, there is {FINDINGS[label][0]}." if label else "Yes, there is no acute abnormality."
-        index.append({"file": f"{name}.png", "findings": list(found), "question": question, "answer": answer})
-    (out / "examples.json").write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
+        index.append({"file": f"{name}.png", "findings": list(found), "question": question, "answer": answer,
+                      "source": "Synthetic phantom"})  # fmt: skip
+    write_examples_index(out, index)
     return index
 
 

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxr_vqa.contract import DEMO_FORMAT, DEMO_MARKER, demo_build
+from cxr_vqa.contract import DEMO_FORMAT, DEMO_MARKER, demo_build, write_examples
 from cxr_vqa.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,8 +157,8 @@ def pick_examples(dataset: Path, out: Path) -> list[dict]:
         row["images"][0].save(out / file)
         findings = [] if name == "No Finding" else [name]
         index.append({"file": file, "findings": findings, "question": qa["question"], "answer": qa["answer"],
-                      "study_id": row["study_id"]})  # fmt: skip
-    (out / "examples.json").write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
+                      "source": "Held-out phantom", "study_id": row["study_id"]})  # fmt: skip
+    write_examples(out, index)
     return index
 
 

@@ -22,7 +22,7 @@ def prepared(tmp_path, tiny_model_dir, random_adapter_dir):
     (out / "examples").mkdir()
     shutil.copy(app.EXAMPLES_DIR / "cardiomegaly.png", out / "examples" / "cardiomegaly.png")
     index = [{"file": "cardiomegaly.png", "findings": ["Cardiomegaly"], "question": "Is there cardiomegaly?",
-              "answer": "Yes.", "study_id": "patient7/study1"}]  # fmt: skip
+              "answer": "Yes.", "source": "Held-out phantom", "study_id": "patient7/study1"}]  # fmt: skip
     (out / "examples" / "examples.json").write_text(json.dumps(index))
     marker = {"format": 1, "base": "tiny-llava", "adapter": "adapter-seed0", "examples": "examples/examples.json"}
     (out / "demo.json").write_text(json.dumps(marker))

@@ -4,8 +4,8 @@
 
 Runs the same distinct reports (from a synthetic release) at concurrency 1 and at 16, each with an empty cache,
 then once more at 16 over the warm cache. The concurrent run lasts ~1 s, so one busy moment on a shared machine
-skews it: it is repeated (--repeats, fresh caches) and the median taken. The server (dataprep/fake_llm_server.py) runs
-in its own process, as a real endpoint would, so its work does not count against the client.
+skews it: it is repeated (--repeats, fresh caches) and the median taken. The server (tests/llm_server.py, the tests'
+loopback endpoint) runs in its own process, as a real endpoint would, so its work does not count against the client.
 Goals: speedup >= 12x, 0 requests on the rerun.
 Last line:
     RESULT speedup=<x> cached_requests=<n>
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,10 +23,12 @@ from pathlib import Path
 import httpx
 import openai
 
-from dataprep.chexpert import read_release
-from dataprep.fake_llm_server import OpenAIServer
-from dataprep.qa_llm import LLMGenerator
+from dataprep.llm.generator import LLMGenerator
 from dataprep.synthetic import write_release
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the loopback server is a test helper, not part of the packages
+from llm_server import OpenAIServer, distinct_studies  # noqa: E402
 
 
 def serve(latency: float, conn) -> None:
@@ -33,18 +36,6 @@ def serve(latency: float, conn) -> None:
     with OpenAIServer(latency=latency) as server:
         conn.send(server.url)
         conn.recv()
-
-
-def distinct_studies(root: Path, n: int) -> list:
-    """The first n studies whose reports differ (identical reports would share one request)."""
-    seen, picked = set(), []
-    for study in read_release(root)[0]:
-        if study.report not in seen:
-            seen.add(study.report)
-            picked.append(study)
-    if len(picked) < n:
-        raise SystemExit(f"only {len(picked)} distinct reports; raise --patients")
-    return picked[:n]
 
 
 def timed_run(url: str, studies: list, cache: Path, concurrency: int) -> tuple[float, int]:
@@ -76,6 +67,8 @@ def main() -> None:
             tmp = Path(tmp)
             write_release(tmp / "release", patients=args.patients, seed=0, image_size=64, defects=False)
             studies = distinct_studies(tmp / "release", args.reports)
+            if len(studies) < args.reports:
+                raise SystemExit(f"only {len(studies)} distinct reports; raise --patients")
             serial, n_serial = timed_run(url, studies, tmp / "cache-1", 1)
             runs = [timed_run(url, studies, tmp / f"cache-n{i}", args.concurrency) for i in range(args.repeats)]
             parallel, n_parallel = sorted(runs)[len(runs) // 2]

@@ -3,7 +3,7 @@
     python -m dataprep.synthetic S --patients 40                      # a miniature release to try it on
     python -m dataprep --chexpert-root S --out D --generator labels   # offline, free, deterministic
     OPENAI_API_KEY=... python -m dataprep --chexpert-root ROOT --out D --generator llm --model gpt-4o-mini \
-        --concurrency 16 --max-cost 20 [--dry-run] [--batch-api]
+        --concurrency 16 --max-cost 20 [--dry-run] [--batch-api] [--retry-rejected]
     python -m dataprep --chexpert-root ROOT --out D --generator llm --base-url http://localhost:8000/v1 --model M
 
 CheXpert Plus's research-use agreement may not allow sending reports to a third-party API: prefer a local
@@ -14,21 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import sys
 from pathlib import Path
-from urllib.parse import urlparse
 
 from cxr_vqa.cli import user_errors
-from cxr_vqa.errors import UserError
 from dataprep.chexpert import read_release
 from dataprep.config import Config, parse_config
 from dataprep.qa_labels import LabelsGenerator
 
-LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
 # options passed on under their own names
 LLM_OPTIONS = ("qa_per_study", "concurrency", "max_retries", "max_invalid_retries", "timeout", "max_cost", "batch_api",
-               "poll_interval", "progress")  # fmt: skip
+               "poll_interval", "retry_rejected", "progress")  # fmt: skip
 BUILD_OPTIONS = ("image_size", "seed", "workers", "progress")
 
 
@@ -39,20 +35,11 @@ def options(cfg: Config, names: tuple[str, ...]) -> dict:
 def make_generator(cfg: Config):
     if cfg.generator == "labels":
         return LabelsGenerator(qa_per_study=cfg.qa_per_study, seed=cfg.seed)
-    import openai  # only the llm generator needs the client
+    from cxr_vqa.endpoint import open_client  # only the llm generator needs the client
+    from dataprep.llm.generator import LLMGenerator
 
-    from dataprep.qa_llm import LLMGenerator
-
-    key = os.environ.get(cfg.api_key_env)
-    base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL")
-    local = urlparse(base_url or "").hostname in LOCAL_HOSTS
-    if not key and not local and not cfg.dry_run:
-        raise UserError(
-            f"${cfg.api_key_env} is not set: export the API key (it is read from the environment only), "
-            "or point --base-url at a local OpenAI-compatible server"
-        )
-    # local servers (vLLM, Ollama) accept any key; the client insists on one
-    client = openai.AsyncOpenAI(base_url=base_url, api_key=key or "unused", max_retries=0, timeout=cfg.timeout)
+    # a dry run sends nothing, so it needs no key
+    client = open_client(cfg.base_url, api_key_env=cfg.api_key_env, timeout=cfg.timeout, require_key=not cfg.dry_run)
     price = None
     if cfg.price_input is not None or cfg.price_output is not None:
         price = (cfg.price_input or 0.0, cfg.price_output or 0.0)
@@ -77,6 +64,9 @@ def print_summary(stats: dict, out: str) -> None:
         requests = f"{gen['requests']} requests ({gen['retries']} retries, {gen['batch_requests']} in batches)"
         tokens = f"{gen['prompt_tokens']} + {gen['completion_tokens']} tokens"
         print(f"  llm {gen['model']} (prompt {gen['prompt_version']}): {requests}, {gen['cache_hits']} from cache")
+        if gen["remembered_rejections"] or gen["retried_rejections"]:
+            print(f"  malformed before, remembered: {gen['remembered_rejections']} rejected without a request, "
+                  f"{gen['retried_rejections']} sent again (--retry-rejected)")  # fmt: skip
         print(f"  {tokens}, ${gen['cost_usd']:.4f} this run, ${gen['dataset_cost_usd']:.4f} for the whole dataset")
         print(f"  filtered pairs: {_counts(gen['filtered_pairs'])}")
         print(f"  invalid replies (retried): {_counts(gen['invalid_outputs'])}")
@@ -101,7 +91,8 @@ def run(cfg: Config) -> int:
             est = generator.estimate(studies)
             print(
                 f"dry run: {len(studies)} studies ({len(rejects)} rejected on reading); {est['requests']} "
-                f"requests to {est['model']} ({est['cached']} reports cached); ~{est['prompt_tokens']} input "
+                f"requests to {est['model']} ({est['cached']} reports cached, {est['remembered_rejections']} "
+                f"rejections remembered and not sent without --retry-rejected); ~{est['prompt_tokens']} input "
                 f"+ ~{est['completion_tokens']} output tokens; ~${est['cost_usd']:.2f} "
                 f"(~${est['batch_cost_usd']:.2f} with --batch-api). Nothing was sent or written."
             )
@@ -121,7 +112,7 @@ def run(cfg: Config) -> int:
             config=dataclasses.asdict(cfg),  # holds the key's variable name, never the key
             **options(cfg, BUILD_OPTIONS),
         )  # fmt: skip
-    except openai.APIError as exc:  # the endpoint failed in a way no retry fixed; an LLMSetupError exits 2
+    except openai.APIError as exc:  # the endpoint failed in a way no retry fixed; an EndpointSetupError exits 2
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print_summary(stats, cfg.out)

@@ -1,4 +1,5 @@
-"""Studies + a QA generator -> the DatasetDict of DESIGN.md on disk, with stats.json and rejects.jsonl beside it.
+"""Studies + a QA generator -> the dataset of the data contract (cxr_vqa.contract) on disk, with stats.json and
+rejects.jsonl beside it.
 
     stats = build_dataset(studies, rejects, LabelsGenerator(), root=ROOT, out=DATA, image_size=336)
     datasets.load_from_disk(DATA)["train"][0]   # messages, images, qa, patient_id, study_id, image_path, view, source

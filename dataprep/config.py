@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cxr_vqa.cli import parse_config as parse
-from dataprep.llm_retry import MAX_SENDS_PER_REPORT, check_retry_options
+from dataprep.llm.budget import MAX_SENDS_PER_REPORT, check_retry_options
 
 GENERATORS = ("labels", "llm")
 
@@ -54,6 +54,11 @@ class Config:
     batch_api: bool = _opt(False, "llm: use the OpenAI Batch API (half price, results within 24 h)")
     poll_interval: float = _opt(30.0, "llm --batch-api: seconds between polls")
     cache_dir: str | None = _opt(None, "llm: reply cache (default OUT/cache); reruns are free from it")
+    retry_rejected: bool = _opt(
+        False,
+        "llm: send again the reports whose replies stayed malformed after their billed retries; without it a rerun "
+        "rejects them from the cache without a request (429, 5xx, timeouts and --max-cost are always retried)",
+    )
     push_to_hub: str | None = _opt(None, "also push the DatasetDict to this Hub repo, private (HF_TOKEN from env)")
     progress: bool = _opt(True, "show progress bars")
 

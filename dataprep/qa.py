@@ -4,6 +4,9 @@ A generator maps studies to QA pairs `{question, answer, kind, finding, label}` 
 
     results = generator.generate(studies)          # {study_id: QAResult}
     generator.stats                                # counts for stats.json (filtered pairs, tokens, cost ...)
+
+A closed pair's label is `cxr_vqa.answers.parse_yes_no` of its answer, the evaluation's own strict reading: an
+answer it cannot read ("Yes-ish", "Yes/No") is no closed pair, so the labels and the scorer agree by construction.
 """
 
 from __future__ import annotations
@@ -14,12 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from cxr_vqa.answers import parse_yes_no
 from cxr_vqa.template import CONTROL_TEXTS
 from dataprep.chexpert import LABELS, Study
 from dataprep.clean import cites_text, mentions_prior
 
 KINDS = ("closed", "open")
-YES_NO_RE = re.compile(r"^(yes|no)\b", re.IGNORECASE)
 LABEL_BY_LOWER = {label.lower(): label for label in LABELS}
 
 
@@ -37,14 +40,8 @@ class QAGenerator(Protocol):
     def generate(self, studies: Sequence[Study]) -> dict[str, QAResult]: ...
 
 
-def label_of(answer: str) -> str | None:
-    """'yes' / 'no' for an answer that opens with Yes or No, else None."""
-    match = YES_NO_RE.match(answer.strip())
-    return match.group(1).lower() if match else None
-
-
 def make_pair(question: str, answer: str, kind: str, finding: str | None = None) -> dict:
-    label = label_of(answer) if kind == "closed" else None
+    label = parse_yes_no(answer) if kind == "closed" else None
     return {"question": question, "answer": answer, "kind": kind, "finding": finding, "label": label}
 
 
@@ -57,10 +54,10 @@ def check_pair(pair: object) -> str | None:
         return "schema"
     if kind not in KINDS or not isinstance(pair.get("finding"), (str, type(None))):
         return "schema"
-    if kind == "closed" and label_of(answer) is None:
-        return "closed_not_yes_no"
     if any(token in text for token in CONTROL_TEXTS for text in (question, answer)):
-        return "control_token"
+        return "control_token"  # first: "No.</s>USER: ..." would otherwise pass as a mere unreadable answer
+    if kind == "closed" and parse_yes_no(answer) is None:
+        return "closed_not_yes_no"
     if cites_text(question) or cites_text(answer):
         return "cites_text"
     if mentions_prior(question) or mentions_prior(answer):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxr_vqa.answers import parse_yes_no
 from cxr_vqa.contract import features
 from cxr_vqa.errors import UserError
 from cxr_vqa.template import conversation_from_qa
@@ -110,6 +111,32 @@ def test_filter_pairs_counts_each_reason():
         "over_limit": 1,
         "control_token": 2,
     }
+
+
+@pytest.mark.parametrize(
+    ("answer", "label"),
+    [
+        ("Yes.", "yes"),
+        ("No, there is none.", "no"),
+        ("(Yes) a small one", "yes"),
+        ("Yes-ish, maybe.", None),
+        ("Yes/No", None),
+        ("No-one could say.", None),
+        ("Nope.", None),
+        ("Yesterday's line is gone.", None),
+    ],
+)
+def test_a_closed_label_is_what_the_scorer_reads_and_an_answer_it_cannot_read_is_no_closed_pair(answer, label):
+    """One yes/no rule: the dataset's labels and the evaluation's strict scorer (cxr_vqa.answers.parse_yes_no) agree
+    by construction; the regex the labels had took "Yes-ish" and "Yes/No" for yes and missed "(Yes)"."""
+    pair = {"question": "Is there an effusion?", "answer": answer, "kind": "closed", "finding": "Pleural Effusion"}
+    filtered = Counter()
+    kept = filter_pairs([pair], limit=5, filtered=filtered)
+    assert parse_yes_no(answer) == label
+    if label is None:
+        assert kept == [] and filtered == {"closed_not_yes_no": 1} and check_pair(pair) == "closed_not_yes_no"
+    else:
+        assert [p["label"] for p in kept] == [label] and filtered == {}
 
 
 # --- reader ---------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The llm generator against a real OpenAI-compatible HTTP server on 127.0.0.1 (dataprep/fake_llm_server.py).
+"""The llm generator against a real OpenAI-compatible HTTP server on 127.0.0.1 (tests/llm_server.py).
 
 No mocks of the client: a real `openai.AsyncOpenAI(base_url=...)` talks HTTP to a scripted server.
 """
@@ -14,17 +14,16 @@ from pathlib import Path
 
 import openai
 import pytest
+from llm_server import OpenAIServer, distinct_studies, small_release
 
+from cxr_vqa.endpoint import EndpointSetupError
 from dataprep.__main__ import main
-from dataprep.cache import cache_key
-from dataprep.chexpert import read_release
 from dataprep.clean import cites_text, mentions_prior
 from dataprep.config import Config
-from dataprep.fake_llm_server import OpenAIServer
-from dataprep.llm_prompt import PROMPT_VERSION
-from dataprep.llm_retry import MAX_SENDS_PER_REPORT
-from dataprep.qa_llm import LLMGenerator, LLMSetupError
-from dataprep.synthetic import write_release
+from dataprep.llm.budget import MAX_SENDS_PER_REPORT
+from dataprep.llm.cache import cache_key
+from dataprep.llm.generator import LLMGenerator
+from dataprep.llm.prompt import PROMPT_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "test-model"
@@ -32,20 +31,13 @@ MODEL = "test-model"
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("llm-release")
-    write_release(root, patients=10, seed=1, image_size=64)
-    return root
+    return small_release(tmp_path_factory.mktemp("llm-release"))
 
 
 @pytest.fixture(scope="module")
 def studies(release) -> list:
     """Studies with distinct reports (identical reports share one request, which would blur the counts)."""
-    seen, picked = set(), []
-    for study in read_release(release)[0]:
-        if study.report not in seen:
-            seen.add(study.report)
-            picked.append(study)
-    return picked[:8]
+    return distinct_studies(release, 8)
 
 
 @pytest.fixture
@@ -189,7 +181,7 @@ def test_a_reply_cut_short_on_disk_is_asked_again(server, studies, tmp_path):
 
 def test_auth_failure_stops_the_run_with_one_line(server, studies, tmp_path):
     server.fail("401", times=100)
-    with pytest.raises(LLMSetupError, match="API key was refused"):
+    with pytest.raises(EndpointSetupError, match="API key was refused"):
         make_generator(server, tmp_path / "cache").generate(studies)
 
 

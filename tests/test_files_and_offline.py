@@ -24,7 +24,7 @@ import pytest
 
 from cxr_vqa.files import current_umask, share, unreadable, unreadable_message
 from dataprep.__main__ import main as dataprep_main
-from dataprep.cache import DiskCache
+from dataprep.llm.cache import DiskCache
 from dataprep.synthetic import write_release
 from finetune.config import parse_config
 from finetune.train import train

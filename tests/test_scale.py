@@ -13,7 +13,7 @@ from PIL import Image as PILImage
 
 from cxr_vqa.answers import Answer
 from cxr_vqa.generation import GenerationSettings
-from dataprep.batch_api import batch_lines
+from dataprep.llm.batch_api import batch_lines
 from evaluation import __main__ as ev
 from evaluation.predictions import answer_all, batches, list_questions, resume, variants
 

@@ -1,12 +1,26 @@
-"""What LLM requests cost: list prices, a rough token count, and the ledger that keeps a run within --max-cost.
+"""What one run may spend: dollars (list prices, a rough token count, the ledger behind --max-cost) and sends (two
+retry budgets under one hard ceiling per report).
 
     ledger = Ledger(PRICES_PER_MTOK["gpt-4o-mini"], max_cost=5.0)
     if ledger.reserve(estimate): ...send...; ledger.release(estimate); ledger.record(usage, tokens)
+    check_retry_options(max_retries=4, max_invalid_retries=2)     # ValueError past MAX_SENDS_PER_REPORT
 
 Reserving before each send is what keeps concurrent requests from overshooting the budget together.
+
+A free failure (429, 5xx, a timeout, a refused connection) bills nothing and often passes later, so it gets the
+larger budget, --max-retries. A reply that arrives but is malformed or fails the schema is billed, and at
+temperature 0 it usually comes back the same, so --max-invalid-retries is small. Whatever the mix of faults, no
+report is sent more than MAX_SENDS_PER_REPORT times in a run. A report still malformed after its billed sends is
+remembered as rejected in the cache and not paid for again (dataprep.llm.cache); what failed for free is retried by
+the next run.
 """
 
 from __future__ import annotations
+
+import json
+
+MAX_SENDS_PER_REPORT = 5
+OUTPUT_TOKENS_PER_PAIR = 40  # for estimates only
 
 # USD per million (input, output) tokens, list prices when written; --price-input/--price-output override.
 # Unknown models (a local vLLM or Ollama) cost 0.
@@ -24,6 +38,21 @@ PRICES_PER_MTOK = {
 
 def estimate_tokens(text: str) -> int:
     return len(text) // 4 + 1  # ~4 characters a token for English; good enough for a budget
+
+
+def request_tokens(body: dict, qa_per_study: int) -> tuple[int, int]:
+    """(input, output) tokens one chat request is expected to use, before it is sent."""
+    return estimate_tokens(json.dumps(body["messages"])), qa_per_study * OUTPUT_TOKENS_PER_PAIR
+
+
+def check_retry_options(max_retries: int, max_invalid_retries: int) -> None:
+    """Reject a budget the ceiling could never grant; the two together are capped by it, not rejected."""
+    for flag, value in (("--max-retries", max_retries), ("--max-invalid-retries", max_invalid_retries)):
+        if not 0 <= value < MAX_SENDS_PER_REPORT:
+            raise ValueError(
+                f"{flag} must be between 0 and {MAX_SENDS_PER_REPORT - 1} (no report is sent more than "
+                f"{MAX_SENDS_PER_REPORT} times), got {value}"
+            )
 
 
 class Ledger:

@@ -1,4 +1,5 @@
 """A loopback OpenAI-compatible HTTP server for tests and benchmarks: real HTTP, scripted failures, counted requests.
+It is no part of the installed packages: pytest finds it on `tests/`, bench/dataprep_llm.py adds `tests/` to its path.
 
     with OpenAIServer(latency=0.2) as server:
         client = openai.AsyncOpenAI(base_url=server.url, api_key="test")
@@ -7,11 +8,12 @@
         server.fail(["500", "malformed"], times=None)      # every request from now on, 500 and malformed in turn
         ...
         server.count["chat"], server.reports               # requests made, report text of each request
+    studies = distinct_studies(small_release(tmp), 8)     # studies whose reports differ: one request each
 
 Endpoints: POST /v1/chat/completions; for the Batch API POST /v1/files (multipart), POST /v1/batches,
 GET /v1/batches/{id}, GET /v1/files/{id}/content; and GET /v1/_count, the request counts. Replies are
 deterministic functions of the report, so two runs over the same reports build the same dataset. Failure modes:
-  429, 500, 400, 401   that HTTP status
+  429, 500, 404, ...   that HTTP status (any three digits); a 429 carries Retry-After: `retry_after` when set
   malformed            200 with truncated JSON content
   leaky                200 with the good pairs plus one citing the report, one needing a prior, one duplicate and
                        one that breaks the schema
@@ -30,6 +32,10 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from dataprep.chexpert import read_release
+from dataprep.synthetic import write_release
 
 KEYWORDS = {  # finding -> (question, words that make it positive in the report)
     "Cardiomegaly": ("Is the heart enlarged?", ("heart is enlarged", "cardiomegaly.", "enlargement of the cardiac")),
@@ -41,6 +47,22 @@ KEYWORDS = {  # finding -> (question, words that make it positive in the report)
     "Consolidation": ("Is there consolidation?", ("lung consolidation", "consolidation in the")),
     "Support Devices": ("Is a support device present?", ("endotracheal tube", "catheter", "pacemaker")),
 }
+
+
+def small_release(root: Path) -> Path:
+    """The synthetic release the LLM tests run on: 10 patients, 64 px films, a few defects to reject."""
+    write_release(root, patients=10, seed=1, image_size=64)
+    return root
+
+
+def distinct_studies(root: Path, n: int) -> list:
+    """The first n studies of a release whose reports differ (identical reports would share one request)."""
+    seen, picked = set(), []
+    for study in read_release(root)[0]:
+        if study.report not in seen:
+            seen.add(study.report)
+            picked.append(study)
+    return picked[:n]
 
 
 def reply_pairs(report: str, n: int) -> list[dict]:
@@ -89,6 +111,7 @@ class OpenAIServer:
         self.batch_polls = batch_polls  # polls a batch answers "in_progress" before it completes
         self.hold_batches = False  # batches never complete while True
         self.slow_seconds = 2.0
+        self.retry_after: str | None = None  # the Retry-After header of a scripted 429
         self.count: Counter = Counter()
         self.reports: list[str] = []  # the report of every chat request, in arrival order
         self.answered: list[str] = []  # reports that got a 200
@@ -133,7 +156,7 @@ class OpenAIServer:
             self.count["chat"] += 1
             self.reports.append(report)
         mode = self._take_failure(report)
-        if mode in ("429", "500", "400", "401"):
+        if mode and mode.isdigit():
             return int(mode), {"error": {"message": f"scripted {mode}", "type": "test", "code": mode}}
         if mode == "slow":
             time.sleep(self.slow_seconds)
@@ -192,6 +215,8 @@ class OpenAIServer:
             def _send(self, status: int, payload: dict | bytes) -> None:
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
+                if status == 429 and server.retry_after is not None:
+                    self.send_header("Retry-After", server.retry_after)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -1,7 +1,7 @@
 """The versioned prompt, the JSON schema of the answer, and its validation: everything the LLM is asked.
 
     body = request_body(model="gpt-4o-mini", report=study.report, qa_per_study=5)   # chat.completions kwargs
-    raw_pairs = parse_content(response.choices[0].message.content)                  # raises InvalidOutput
+    raw_pairs = validate_content(reply.content, qa_per_study=5)                     # raises InvalidOutput
 
 Bump PROMPT_VERSION whenever the prompt or schema changes: it is part of the cache key.
 """
@@ -9,8 +9,10 @@ Bump PROMPT_VERSION whenever the prompt or schema changes: it is part of the cac
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 from dataprep.chexpert import LABELS
+from dataprep.qa import filter_pairs
 
 PROMPT_VERSION = "v1"
 
@@ -83,7 +85,7 @@ def request_body(*, model: str, report: str, qa_per_study: int) -> dict:
 
 
 def parse_content(content: str | None) -> list:
-    """The list of raw pairs in a reply; the pairs themselves are checked one by one later (qa.filter_pairs)."""
+    """The list of raw pairs in a reply; the pairs themselves are checked one by one by `dataprep.qa.filter_pairs`."""
     if not content or not content.strip():
         raise InvalidOutput("empty", "empty reply")
     text = content.strip()
@@ -96,3 +98,11 @@ def parse_content(content: str | None) -> list:
     if not isinstance(data, dict) or not isinstance(data.get("pairs"), list):
         raise InvalidOutput("schema", 'expected an object with a "pairs" list')
     return data["pairs"]
+
+
+def validate_content(content: str | None, qa_per_study: int) -> list:
+    """Raw pairs of a reply that has at least one usable pair; raises InvalidOutput otherwise."""
+    raw = parse_content(content)
+    if not filter_pairs(raw, qa_per_study, Counter()):
+        raise InvalidOutput("no_usable_pair", "no usable pair (schema, citations or priors)")
+    return raw

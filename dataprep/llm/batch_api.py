@@ -4,11 +4,12 @@
 
     transport = BatchTransport(client, CACHE / "batches")
     await transport.submit({key: body, ...})          # keys in transport.in_flight() are already submitted
-    async for key, reply in transport.replies(): ...  # dataprep.llm_transport.Reply, as each batch ends
+    async for key, reply in transport.replies(): ...  # cxr_vqa.endpoint.Reply, as each batch ends
 
 Each submitted batch is recorded in CACHE/batches/state.json as soon as it exists, so a run killed while waiting
 polls its batches again instead of paying twice. The generator validates and caches the replies; what a batch
-could not answer is rejected for that run and submitted again by the next.
+could not answer is rejected for that run and submitted again by the next (a malformed reply, until it has had as
+many billed sends as an online run gives it; then it is remembered as rejected).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 import openai
 from tqdm.auto import tqdm
 
-from dataprep.llm_transport import Reply
+from cxr_vqa.endpoint import Reply
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def parse_line(record: dict) -> tuple[str, Reply]:
     status = response.get("status_code")
     if error or status != 200:
         code = (error or {}).get("code") or f"HTTP {status}"
-        return key, Reply(failure=("llm_batch_failed", str(code)))
+        return key, Reply(failure=("batch_failed", str(code)))
     reply = response.get("body") or {}
     choices = reply.get("choices") or [{}]
     return key, Reply((choices[0].get("message") or {}).get("content"), reply.get("usage"))

@@ -9,7 +9,7 @@ and time, and whether one mixed base/adapter answer fits in minutes. No GPU, no 
 It writes a random-weight checkpoint of the 7B model as the Hub ships it (16-bit safetensors shards, the 7B model's
 tokenizer and processor: `bench/llava_7b.py`, tensor by tensor, never the whole model in memory) and a random LoRA
 adapter of the shipped 7B recipe (r=64), then loads both in a fresh process through `cxr_vqa.model.load_model(path,
-adapter, load_in_4bit=True, device="cpu")`, as `python app.py --device cpu` does, and prints:
+adapter, load_in_4bit=True, device="cpu")`, as the app loads them on a machine without a GPU, and prints:
 
 - load time; the process's peak resident memory during the load (VmHWM), of which anonymous (RssAnon: what cannot be
   dropped, unlike the mmapped shards' file pages), and its resident memory after the load;

@@ -1,7 +1,7 @@
-"""bench/real_size.py without its 14 GB: the streamed checkpoint writer gives the shards `save_pretrained` gives (names,
-shard of each name, shapes, dtypes) with values of the init's scale, and `--smoke` runs the whole bench on a tiny twin
-of the 7B config (the 7B's vocabulary and tokenizer, 336 px / patch 14, 2 layers of width 64) in several shards:
-RESULT line, the loaded parts, a reused checkpoint, and the memory guards that stop it in one line."""
+"""bench/real_size.py without its 14 GB: the streamed checkpoint writer gives the shards `save_pretrained` gives
+(names, shard of each name, shapes, dtypes) with values of the init's scale, and `--smoke` runs the whole bench on a
+tiny twin of the 7B config (the 7B's vocabulary and tokenizer, 336 px / patch 14, 2 layers of width 64) in several
+shards: RESULT line, the loaded parts, a reused checkpoint, and the memory guards that stop it in one line."""
 
 from __future__ import annotations
 
@@ -42,8 +42,9 @@ def test_streamed_shards_hold_what_save_pretrained_writes(llava_7b, tmp_path):
     for file, tensors in layout.items():
         llava_7b.write_shard(tmp_path / "ours" / file, tensors, generator)
         with safe_open(tmp_path / "ours" / file, "pt") as ours, safe_open(tmp_path / "saved" / file, "pt") as saved:
-            assert ours.keys() == saved.keys() and ours.metadata() == saved.metadata() == {"format": "pt"}
-            for name in ours.keys():
+            names = ours.keys()
+            assert names == saved.keys() and ours.metadata() == saved.metadata() == {"format": "pt"}
+            for name in names:
                 mine, theirs = ours.get_tensor(name), saved.get_tensor(name)
                 assert (mine.shape, mine.dtype) == (theirs.shape, theirs.dtype), name
                 if name.endswith("bias"):

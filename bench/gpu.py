@@ -1,6 +1,7 @@
 """What users wait for, on one GPU, for the real LLaVA-1.5-7B architecture without downloading it: random weights
-built from the llava-hf/llava-1.5-7b-hf config with the 7B model's own tokenizer and processor files (from the npm
-package, as the tests build them: `finetune/llama_tokenizer.py`), loaded in 4-bit nf4 exactly as the app, the
+built from the llava-hf/llava-1.5-7b-hf config in 16-bit shards as the Hub ships them, with the 7B model's own
+tokenizer and processor files (from the npm package, as the tests build them): `bench/llava_7b.py`, shared with
+`bench/real_size.py` (the same model at full size on a CPU). They are loaded in 4-bit nf4 exactly as the app, the
 evaluation and the trainer load them. Three parts, one `RESULT` line each (the parts are in `bench/gpu_parts.py`):
 
 - compare: one mixed base/adapter `generate` (the app's two panes) vs two sequential single-row calls vs the base
@@ -43,8 +44,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would crowd the figu
 
 import torch
 from gpu_parts import GIB, compare_part, eval_part, free_memory, random_adapter, train_part
+from llava_7b import CHECKPOINT, checkpoint_complete, write_random_checkpoint
 
-IMAGE_TOKEN = 32000  # llava-1.5-7b-hf's <image> id; 32001 is <pad>
 LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes")
 # Dense bf16 tensor-core peaks (TFLOP/s, NVIDIA datasheets, sparsity not counted; the T4 has fp16 only), by a pattern
 # of torch's device name, first match wins: "NVIDIA H100 80GB HBM3" is the SXM part.
@@ -66,69 +67,6 @@ SIZES = {
     "eval_questions": (16, 8, "eval: questions answered at each batch size"),
     "eval_tokens": (64, 8, "eval: tokens an answer"),
 }
-
-
-def llava_7b_config():
-    """The architecture of llava-hf/llava-1.5-7b-hf: CLIP ViT-L/14 at 336 px, a 2-layer GELU projector, Vicuna-7B."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-
-    vision = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=336,
-        patch_size=14,
-        projection_dim=768,
-        hidden_act="quick_gelu",
-        layer_norm_eps=1e-5,
-    )
-    text = LlamaConfig(
-        vocab_size=32064,
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        max_position_embeddings=4096,
-        rms_norm_eps=1e-5,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=32001,
-        tie_word_embeddings=False,
-    )
-    return LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=IMAGE_TOKEN,
-        image_seq_length=576,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        projector_hidden_act="gelu",
-        tie_word_embeddings=False,
-    )
-
-
-def build_random_checkpoint(out: Path, dtype: torch.dtype, npm_dir: Path) -> Path:
-    """Random 16-bit weights, initialised on the GPU (fast) and saved, so the 4-bit loads that follow are the real
-    ones; the 7B model's tokenizer and processor files beside them."""
-    from transformers import LlavaForConditionalGeneration
-
-    from finetune.llama_tokenizer import fetch_package, write_processor_files
-
-    if (out / "config.json").is_file():
-        print(f"reusing the random checkpoint in {out}")
-    else:
-        start = time.perf_counter()
-        with torch.device("cuda"):
-            model = LlavaForConditionalGeneration._from_config(llava_7b_config(), dtype=dtype)
-        model.save_pretrained(out)
-        del model
-        free_memory()
-        print(f"built and saved a random llava-1.5-7b checkpoint in {time.perf_counter() - start:.0f} s")
-    if not (out / "tokenizer.json").is_file():
-        write_processor_files(out, fetch_package(npm_dir))
-    return out
 
 
 def peak_tflops(name: str, given: float | None) -> float | None:
@@ -168,7 +106,7 @@ def check_gpu_machine(workdir: Path) -> None:
         sys.exit("error: bench/gpu.py needs bitsandbytes for 4-bit: pip install bitsandbytes")
     if (free := torch.cuda.mem_get_info()[0]) < 16 * GIB:
         sys.exit(f"error: {free / GIB:.1f} GiB free on the GPU; the 7B QLoRA steps need about 16 GiB")
-    if not (workdir / "config.json").is_file() and shutil.disk_usage(workdir).free < 16 * GIB:
+    if not checkpoint_complete(workdir / CHECKPOINT) and shutil.disk_usage(workdir).free < 16 * GIB:
         sys.exit(f"error: {workdir} has under 16 GB free for the random 16-bit checkpoint: pass --workdir elsewhere")
 
 
@@ -221,8 +159,7 @@ def main(argv: list[str] | None = None) -> None:
                 model_dir = build_tiny_llava(workdir / "tiny")
             else:
                 check_gpu_machine(workdir)
-                dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-                model_dir = build_random_checkpoint(workdir, dtype, Path(args.npm_dir or workdir / "npm"))
+                model_dir = write_random_checkpoint(workdir / CHECKPOINT, args.npm_dir or workdir / "npm")
             adapter = random_adapter(model_dir, workdir / "random-adapter")
             start = time.perf_counter()
             vqa = load_model(str(model_dir), adapter=str(adapter), load_in_4bit=True)

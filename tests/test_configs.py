@@ -120,9 +120,10 @@ def test_help_lists_the_contract_flags(capsys):
 
 @pytest.fixture
 def gpu_bench(monkeypatch):
-    """bench/gpu.py's modules, found the way `python bench/gpu.py` finds them: bench/ first on the path."""
+    """bench/gpu.py's modules (the 7B architecture, the parts), found the way `python bench/gpu.py` finds them:
+    bench/ first on the path."""
     monkeypatch.syspath_prepend(str(Path("bench").resolve()))
-    return importlib.import_module("gpu"), importlib.import_module("gpu_parts")
+    return importlib.import_module("llava_7b"), importlib.import_module("gpu_parts")
 
 
 def test_gpu_bench_builds_the_real_7b_architecture_on_the_meta_device(gpu_bench):

@@ -53,7 +53,8 @@ def plot_comparison(m: dict, path: Path) -> None:
 
 def plot_confidence(m: dict, path: Path) -> None:
     plt = _pyplot()
-    models = {n: m["models"][n]["confidence"] for n in with_image(m["models"])}
+    models = {n: m["models"][n]["confidence"] for n in with_image(m["models"])
+              if not m["models"][n]["confidence"].get("unavailable")}  # fmt: skip
     findings = sorted({f for c in models.values() for f in c["per_finding"]})
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
     _bars(left, findings, {n: [c["per_finding"].get(f) for f in findings] for n, c in models.items()})

@@ -35,7 +35,8 @@ def _bars(ax, groups: list[str], series: dict[str, list[dict | None]]) -> None:
         )
     ax.set_xticks(range(len(groups)), groups, fontsize=8, rotation=20 if len(groups) > 5 else 0)
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=7)
+    if series:  # none: no model has a P(yes) (remote models without logprobs)
+        ax.legend(fontsize=7)
 
 
 def plot_comparison(m: dict, path: Path) -> None:
@@ -66,7 +67,8 @@ def plot_confidence(m: dict, path: Path) -> None:
         right.plot([b["confidence"] for b in bins], [b["frequency"] for b in bins], "o-", label=name)
     right.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean P(yes) in bin", ylabel="share of yes labels")
     right.set_title("reliability (dashed: perfect calibration)")
-    right.legend(fontsize=7)
+    if models:
+        right.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

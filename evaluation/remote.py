@@ -102,34 +102,35 @@ def _tokens(body: dict) -> tuple[int, int]:
 
 
 async def _ask(tasks: Iterator, cache: RemoteCache, concurrency: int, budget: Budget, bar) -> tuple[dict, dict]:
-    """Ask every task not in the cache: ({(question id, variant): cache key}, {(question id, variant): why it has no
-    answer})."""
+    """Ask every task not in the cache, each distinct request once: ({(question id, variant): cache key}, {cache key:
+    why it has no answer})."""
     clients: dict = {}
     keys: dict[tuple, str] = {}
-    missing: dict[tuple, str] = {}
+    seen: set[str] = set()  # requests sent or being sent: the same blank film and question is asked once
+    missing: dict[str, str] = {}
     fatal: list[RemoteError] = []
     sent: Counter = Counter()
 
     async def worker() -> None:
         for qid, variant, remote, body in tasks:  # one shared iterator: each task goes to exactly one worker
-            task = (qid, variant)
-            key = keys[task] = request_key(remote, body)
+            key = keys[(qid, variant)] = request_key(remote, body)
             bar.update()
-            if cache.get(key) is not None:
+            if key in seen or cache.get(key) is not None:
                 continue
+            seen.add(key)
             if fatal:  # a refused key or an unknown model: no later request can pass
-                missing[task] = str(fatal[0])
+                missing[key] = str(fatal[0])
                 continue
             tokens = _tokens(body)
             estimate = budget.reserve(remote.name, tokens)
             if estimate is None:
-                missing[task] = f"--max-cost {budget.max_cost:g} USD would be exceeded"
+                missing[key] = f"--max-cost {budget.max_cost:g} USD would be exceeded"
                 continue
             client = clients.get(remote.name) or clients.setdefault(remote.name, remote.client())
             try:
                 reply = await remote.send(client, body)
             except RemoteError as err:
-                missing[task] = str(err)
+                missing[key] = str(err)
                 fatal.extend([err] if err.fatal else [])
                 continue
             finally:
@@ -166,9 +167,10 @@ def answer_remote(
     tasks = _tasks(remotes, films, questions, variants, settings)
     with tqdm(total=total, desc="remote answers", unit="answer") as bar:
         keys, missing = asyncio.run(_ask(tasks, cache, concurrency, budget, bar))
-    if missing:
-        why = next(iter(missing.values()))
-        raise UserError(f"{len(missing)} of {total} remote answers missing ({why}): rerun the same command to ask "
+    absent = [key for key in keys.values() if cache.get(key) is None]
+    if absent:
+        why = next((missing[key] for key in absent if key in missing), "not asked")
+        raise UserError(f"{len(absent)} of {total} remote answers missing ({why}): rerun the same command to ask "
                         f"only those (the others are cached in {cache.path.name})")  # fmt: skip
     answered: dict[str, dict] = {variant: {} for variant, _, _ in variants}
     for (qid, variant), key in keys.items():
@@ -178,17 +180,23 @@ def answer_remote(
 
 
 def remote_usage(records: Sequence[dict], remotes: dict[str, RemoteModel], price: tuple[float, float] | None) -> dict:
-    """Per remote model, over every answer the records hold (whichever run asked it): its source, answers, tokens
-    (as its endpoint reported them) and their cost at the given or list prices."""
+    """Per remote model, over every answer the records hold (whichever run asked it): its source, answers, requests
+    (identical ones are asked once), tokens (as its endpoint reported them) and their cost at the given or list
+    prices."""
     out = {}
     for name, remote in remotes.items():
-        ledger, answers = Ledger(price_of(remote.spec.model, price)), 0
+        ledger, answers, requests = Ledger(price_of(remote.spec.model, price)), 0, set()
         for record in records:
             for variant, usage in record.get("usage", {}).items():
-                if split_variant(variant)[0] == name:
+                model, blank = split_variant(variant)
+                # what makes the request: the question, and the film unless blank (a blank film is any study's)
+                request = (variant, record["question"], None if blank else record["row"])
+                if model == name and request not in requests:
+                    requests.add(request)
                     ledger.record(usage, (0, 0))
-                    answers += 1
-        out[name] = {"source": remote.spec.source, "answers": answers, "prompt_tokens": ledger.prompt_tokens,
+                answers += model == name
+        out[name] = {"source": remote.spec.source, "answers": answers, "requests": len(requests),
+                     "prompt_tokens": ledger.prompt_tokens,
                      "completion_tokens": ledger.completion_tokens, "price_per_mtok": list(ledger.price),
                      "cost_usd": round(ledger.spent, 6)}  # fmt: skip
     return out

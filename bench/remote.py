@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from app_latency import free_port, timed  # bench/ is on the path of a script run from it
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the loopback vision server is a test helper, not part of the packages
@@ -32,22 +32,10 @@ FILM = ROOT / "assets" / "examples" / "cardiomegaly.png"
 QUESTION = "Is there cardiomegaly?"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def serve(app, demo) -> str:
     _, url, _ = app.serve(demo, host="127.0.0.1", port=free_port(), queue_size=4, max_file_size="20mb",
                           prevent_thread_lock=True, quiet=True)  # fmt: skip
     return url
-
-
-def timed(fn) -> tuple[float, object]:
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
 
 
 def main() -> None:

@@ -17,17 +17,6 @@ MODEL = "vision-test"
 MAX_NEW_TOKENS = 6
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from datasets import Dataset, DatasetDict, Image, List
-    from test_evaluate import STUDIES, _row
-
-    data = Dataset.from_list([_row(i, *study) for i, study in enumerate(STUDIES)]).cast_column("images", List(Image()))
-    out = tmp_path_factory.mktemp("qa-data")
-    DatasetDict({"train": data.select([0]), "validation": data.select([1]), "test": data}).save_to_disk(str(out))
-    return str(out)
-
-
 @pytest.fixture
 def server():
     with VisionServer({MODEL, "vision-b"}) as server:
@@ -52,19 +41,19 @@ def expected(image) -> str:
 
 
 @pytest.fixture(scope="module")
-def report(dataset, tiny_model_dir, random_adapter_dir, tmp_path_factory):
+def report(qa_dataset, tiny_model_dir, random_adapter_dir, tmp_path_factory):
     with VisionServer({MODEL}) as server:
         out = tmp_path_factory.mktemp("report")
-        ev.main(args(dataset, out, server, base=tiny_model_dir, adapter=random_adapter_dir))
+        ev.main(args(qa_dataset, out, server, base=tiny_model_dir, adapter=random_adapter_dir))
         assert server.violations == []
         return out, len(server.requests)
 
 
-def test_every_question_gets_every_models_answer_the_remote_one_from_its_own_film(report, dataset):
+def test_every_question_gets_every_models_answer_the_remote_one_from_its_own_film(report, qa_dataset):
     from datasets import load_from_disk
 
     out, asked = report
-    test = load_from_disk(dataset)["test"]
+    test = load_from_disk(qa_dataset)["test"]
     film_of = {row["study_id"]: row["images"][0].convert("RGB") for row in test}
     rows = records(out)
     # each question with its film, and with a blank one: 5 + 4, since two studies ask "Is there cardiomegaly?", and
@@ -94,9 +83,9 @@ def test_metrics_score_the_remote_model_and_test_it_against_base_and_adapter_wit
     assert "remote model `vis`" in text and "vis − tuned" in text
 
 
-def test_a_killed_run_resumes_and_asks_nothing_twice(dataset, tmp_path, server):
+def test_a_killed_run_resumes_and_asks_nothing_twice(qa_dataset, tmp_path, server):
     out = tmp_path / "r"
-    ev.main(args(dataset, out, server))  # remote model only (--base none)
+    ev.main(args(qa_dataset, out, server))  # remote model only (--base none)
     before, asked = records(out), len(server.requests)
     assert asked == 9 and list(json.loads((out / "metrics.json").read_text())["models"]) == ["vis", "vis_blank"]
     # killed twice over: the predictions lost their last records mid-line, the cache lost its last answers
@@ -104,17 +93,17 @@ def test_a_killed_run_resumes_and_asks_nothing_twice(dataset, tmp_path, server):
     (out / "predictions.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:30])
     cache = (out / "remote_cache.jsonl").read_text().splitlines()
     (out / "remote_cache.jsonl").write_text("\n".join(cache[:6]) + "\n" + cache[6][:20])
-    ev.main(args(dataset, out, server))
+    ev.main(args(qa_dataset, out, server))
     lost = {json.loads(line)["key"] for line in cache[6:]}
     assert len(server.requests) == asked + len(lost) == asked + 3  # exactly the answers the cache lost
     assert sorted(records(out), key=lambda r: r["id"]) == sorted(before, key=lambda r: r["id"])
-    ev.main(args(dataset, out, server))  # finished: nothing is asked
+    ev.main(args(qa_dataset, out, server))  # finished: nothing is asked
     assert len(server.requests) == asked + 3
 
 
-def test_without_logprobs_auroc_and_calibration_are_unavailable_not_guessed(dataset, tmp_path, server):
+def test_without_logprobs_auroc_and_calibration_are_unavailable_not_guessed(qa_dataset, tmp_path, server):
     server.fail("nologprobs", times=None)
-    ev.main(args(dataset, tmp_path, server, "--no-ablation"))
+    ev.main(args(qa_dataset, tmp_path, server, "--no-ablation"))
     vis = json.loads((tmp_path / "metrics.json").read_text())["models"]["vis"]
     assert vis["confidence"]["unavailable"] and vis["macro_auroc"]["unavailable"] and vis["brier"]["unavailable"]
     assert vis["closed_accuracy"]["n"] == 4  # still scored on its answers
@@ -122,13 +111,13 @@ def test_without_logprobs_auroc_and_calibration_are_unavailable_not_guessed(data
     assert "P(yes) unavailable for vis" in text and "| macro AUROC of P(yes) | unavailable |" in text
 
 
-def test_max_cost_stops_sending_and_a_rerun_with_more_budget_asks_only_the_rest(dataset, tmp_path, server, run_cli):
+def test_max_cost_stops_sending_and_a_rerun_with_more_budget_asks_only_the_rest(qa_dataset, tmp_path, server, run_cli):
     # 1,000 USD per million tokens: an answer is estimated at ~0.6 USD (a film is 576 tokens), 0.59 actually paid
     prices = ["--price-input", "1000", "--price-output", "1000", "--concurrency", "1"]
-    code, line = run_cli(ev.main, args(dataset, tmp_path, server, *prices, "--max-cost", "2"))
+    code, line = run_cli(ev.main, args(qa_dataset, tmp_path, server, *prices, "--max-cost", "2"))
     assert code == 2 and "--max-cost 2 USD would be exceeded" in line and "rerun the same command" in line
     assert len(server.requests) == 3
-    ev.main(args(dataset, tmp_path, server, *prices, "--max-cost", "10"))
+    ev.main(args(qa_dataset, tmp_path, server, *prices, "--max-cost", "10"))
     assert len(server.requests) == 9  # the three paid for were not asked again
     usage = json.loads((tmp_path / "metrics.json").read_text())["remote"]["vis"]
     assert usage["requests"] == 9 and usage["cost_usd"] == pytest.approx(
@@ -136,9 +125,9 @@ def test_max_cost_stops_sending_and_a_rerun_with_more_budget_asks_only_the_rest(
     )
 
 
-def test_a_remote_model_that_never_answers_stops_the_run_in_one_line(dataset, tmp_path, server, run_cli):
+def test_a_remote_model_that_never_answers_stops_the_run_in_one_line(qa_dataset, tmp_path, server, run_cli):
     server.fail("500", times=None)
-    code, line = run_cli(ev.main, args(dataset, tmp_path, server, "--no-ablation", "--remote-timeout", "5"))
+    code, line = run_cli(ev.main, args(qa_dataset, tmp_path, server, "--no-ablation", "--remote-timeout", "5"))
     assert code == 2 and "5 of 5 remote answers missing (vis did not answer: HTTP 500" in line
 
 

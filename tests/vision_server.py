@@ -32,10 +32,10 @@ import math
 import socket
 import threading
 import time
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
+from llm_server import OpenAIServer
 from PIL import Image
 
 FIELDS = {"model", "messages", "temperature", "top_p", "max_tokens", "logprobs", "top_logprobs", "stream",
@@ -71,55 +71,26 @@ def token_logprobs(tokens: list[str], p_yes: float, top: int) -> list[dict]:
     return out
 
 
-class _Server(ThreadingHTTPServer):
-    request_queue_size = 64
-    daemon_threads = True
+class VisionServer(OpenAIServer):
+    """tests/llm_server.py's loopback server (its thread, counts and scripted failures) with a vision chat route."""
 
-    def handle_error(self, request, client_address) -> None:
-        pass  # a client that timed out and hung up is part of the tests
-
-
-class VisionServer:
     def __init__(self, models=frozenset({"vision-test"}), *, api_key: str | None = None, film_size: int = 336,
                  top_logprobs: int = 20, latency: float = 0.0, hang_seconds: float = 30.0):  # fmt: skip
         self.models, self.api_key, self.film_size, self.top_logprobs = set(models), api_key, film_size, top_logprobs
-        self.latency, self.hang_seconds = latency, hang_seconds  # latency: seconds per answer, spread over tokens
-        self.count: Counter = Counter()
-        self.requests: list[dict] = []  # per chat request: model, film size and mean grey, questions, answers
+        self.hang_seconds = hang_seconds
+        self.requests: list[dict] = []  # per chat request: model, film size, mean grey and pixels, questions, answers
         self.violations: list[str] = []
-        self._failures: list[list] = []  # [mode, times left (None: for ever)]
-        self._lock = threading.Lock()
         self._release = threading.Event()
-        self._httpd = _Server(("127.0.0.1", 0), self._handler())
-        self.port = self._httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
-
-    def __enter__(self) -> VisionServer:
-        self._thread.start()
-        return self
+        super().__init__(latency=latency)  # latency: seconds per answer, spread over its tokens when streamed
 
     def __exit__(self, *exc) -> None:
         self._release.set()  # hung requests return now
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def fail(self, mode: str, times: int | None = 1) -> None:
-        with self._lock:
-            self._failures.append([mode, times])
+        super().__exit__(*exc)
 
     def reset(self) -> None:
         """No scripted failures left; counts and records kept."""
         with self._lock:
             self._failures.clear()
-
-    def _take_failure(self) -> str | None:
-        with self._lock:
-            for failure in self._failures:
-                if failure[1] is None or failure[1] > 0:
-                    failure[1] = None if failure[1] is None else failure[1] - 1
-                    return failure[0]
-        return None
 
     # -- the rules ---------------------------------------------------------------------------------------------
 
@@ -208,7 +179,7 @@ class VisionServer:
                     return self._error(404, f"the model {body['model']} does not exist")
                 with server._lock:
                     server.requests.append(seen)
-                mode = server._take_failure()
+                mode = server._take_failure(body["model"])
                 if mode in ("429", "500", "503"):
                     return self._error(int(mode), f"scripted {mode}", {"Retry-After": "0"} if mode == "429" else None)
                 if mode == "hang":

@@ -250,9 +250,9 @@ def main(argv: list[str] | None = None) -> None:
                 built = demo_models.prepare(config.demo_dir)
                 base, adapters, four_bit = built.base, [built.adapter], False
                 extra = {"header": demo_models.HEADER, "examples": built.examples}
-            remotes = [
-                RemoteModel(spec, timeout=config.remote_timeout) for spec in remote_specs(config.remote).values()
-            ]
+            # one retry: a person waits, and a dead endpoint must not hold the queue for minutes
+            remotes = [RemoteModel(spec, timeout=config.remote_timeout, max_retries=1)
+                       for spec in remote_specs(config.remote).values()]  # fmt: skip
             if base == NO_BASE:  # remote models only: nothing to load or download
                 vqa = None
             else:

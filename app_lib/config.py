@@ -48,7 +48,9 @@ class AppConfig:
                   "again for several, one pane each; the key from $OPENAI_API_KEY or the variable named after the "
                   "second #, never from a flag", **REPEATABLE},
     )  # fmt: skip
-    remote_timeout: float = field(default=60.0, metadata={"help": "seconds a remote model may take to reply"})
+    remote_timeout: float = field(
+        default=60.0, metadata={"help": "seconds a remote model may take to reply (the app retries once)"}
+    )
     load_in_4bit: bool = field(default=True, metadata={"help": "4-bit nf4 base; --no-4bit for full precision"})
     device: str | None = field(default=None, metadata={"help": "cuda, cuda:1 or cpu (default: cuda if present)"})
     host: str = field(

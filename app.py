@@ -6,12 +6,15 @@ one 4-bit model in one batched generate. A research demo, not a medical device.
     python app.py --base runs/tiny --adapter runs/tiny-adapter --no-4bit --port 7861     # CPU smoke run
     python app.py --adapter runs/llava-cxr --report reports/test --votes-db votes.sqlite
     python app.py --adapter labels=runs/a --adapter llm=runs/b       # several adapters: one pane each, one generate
+    python app.py --adapter runs/a --remote gpt4o=https://api.openai.com/v1#gpt-4o    # + a remote model's pane
+    python app.py --base none --remote tuned=http://127.0.0.1:8000/v1#cxr   # remote models only (vLLM): no download
     BASE_MODEL=llava-hf/llava-1.5-7b-hf ADAPTER_MODEL=user/llava-cxr python app.py         # Hugging Face Spaces
     python app.py --config app.yaml --port 8080                                           # YAML gives defaults
 
 Programmatic use: `gradio_client.Client(url).predict(handle_file("film.png"), "Is there cardiomegaly?",
 api_name="/compare")` returns (base answer, first adapter's answer; "" without an adapter); "/compare_scores" adds
-P(yes) to each; "/compare_all" returns {model name: answer} for every loaded model.
+P(yes) to each; "/compare_all" returns {model name: answer} for every model, remote ones included (a remote model
+that did not answer gives "error: <why>").
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from app_lib.votes import VoteStore
 from cxr_vqa.cli import user_errors
 from cxr_vqa.contract import Example, read_examples
 from cxr_vqa.generation import GenerationSettings
+from cxr_vqa.lineup import NO_BASE, Lineup
 from cxr_vqa.questions import MAX_QUESTION_CHARS
+from cxr_vqa.remote import RemoteModel, remote_specs
 from cxr_vqa.vqa import BASE, TUNED
 
 try:  # ZeroGPU on Hugging Face Spaces: a GPU is attached only while a decorated function runs
@@ -74,6 +79,7 @@ def film_examples() -> list[Example]:
 def create_demo(
     vqa,
     *,
+    remotes: list[RemoteModel] | tuple = (),
     votes_db: str | Path = "votes.sqlite",
     report_dir: str | Path | None = None,
     settings: GenerationSettings = GenerationSettings(),
@@ -81,15 +87,18 @@ def create_demo(
     header: str | None = None,
     examples: list[Example] | None = None,
 ) -> gr.Blocks:
-    """The Blocks app around an already loaded `VQAModel`; nothing is loaded here. One pane per model (base first);
-    `settings` are the defaults of the sliders and what the API uses; `header` and `examples` replace the standard
-    ones (the demo's)."""
+    """The Blocks app around an already loaded `VQAModel` (None: `remotes` only) and any remote models; nothing is
+    loaded here. One pane per model (base first, remote last); `settings` are the defaults of the sliders and what the
+    API uses; `header` and `examples` replace the standard ones (the demo's)."""
+    models = Lineup(vqa, remotes)  # every model the panes, blind trials and /compare_all ask
     votes = VoteStore(votes_db)
-    h = Handlers(vqa, votes, settings=settings, rng=rng)
-    blind = Blind(vqa, votes, settings=settings, rng=rng)
+    h = Handlers(models, votes, settings=settings, rng=rng)
+    blind = Blind(models, votes, settings=settings, rng=rng)
+    can_blind = len(models.model_names) > 1
     report = load_report(report_dir)
-    adapters = ", ".join(f"`{name}` = `{source}`" for name, source in vqa.adapters.items())
-    quantized = "4-bit nf4" if vqa.is_4bit else "full precision"
+    adapters = ", ".join(f"`{name}` = `{source}`" for name, source in models.adapters.items())
+    quantized = "4-bit nf4" if models.is_4bit else "full precision"
+    remote = ", ".join(f"`{name}` = `{models.sources[name]}`" for name in models.remote_names)
 
     # delete_cache: uploaded films leave the server's disk after an hour or so, and all of them when it stops
     with gr.Blocks(title="Chest X-ray VQA: base vs fine-tuned", delete_cache=(3600, 3600)) as demo:
@@ -97,7 +106,11 @@ def create_demo(
         gr.Markdown(NOTICE, elem_id="notice")
         if header:
             gr.Markdown(header, elem_id="demo-header")
-        models_line = f"Base model: `{vqa.base_name}` ({quantized}) · Adapters: {adapters or 'none'}"
+        models_line = (
+            f"Base model: `{models.base_name}` ({quantized}) · Adapters: {adapters or 'none'}"
+            if vqa is not None
+            else "No local model (`--base none`)"
+        ) + (f" · Remote: {remote}" if remote else "")
         gr.Markdown(models_line, elem_id="models")
         film, chats, trial = gr.State(None), gr.State(None), gr.State(None)
         with gr.Row():
@@ -121,14 +134,15 @@ def create_demo(
                         with gr.Row():
                             for model in h.panes:
                                 with gr.Column():
-                                    placeholder = NO_ADAPTER if model not in vqa.model_names else None
-                                    panes.append(gr.Chatbot(label=pane_label(model), elem_id=f"{pane_id(model)}-chat",
+                                    placeholder = NO_ADAPTER if model not in models.model_names else None
+                                    label = pane_label(model, remote=model in models.remotes)
+                                    panes.append(gr.Chatbot(label=label, elem_id=f"{pane_id(model)}-chat",
                                                             placeholder=placeholder, **PANE))  # fmt: skip
                                     stats.append(gr.Markdown(elem_id=f"{pane_id(model)}-stats"))
                     with gr.Tab("Blind A/B"):
-                        gr.Markdown(BLIND_HELP + ("" if vqa.has_adapter else f"\n\n**Unavailable:** {NO_BLIND}."))
+                        gr.Markdown(BLIND_HELP + ("" if can_blind else f"\n\n**Unavailable:** {NO_BLIND}."))
                         blind_btn = gr.Button(
-                            "Answer blind", variant="primary", interactive=vqa.has_adapter, elem_id="blind"
+                            "Answer blind", variant="primary", interactive=can_blind, elem_id="blind"
                         )
                         with gr.Row():
                             answer_a = gr.Textbox(label="A", interactive=False, lines=4, elem_id="answer-a")
@@ -192,7 +206,8 @@ def create_demo(
             ("compare_scores", h.compare_scores, [gr.JSON(visible=False)],
              '(film file, question) → {"base": {"answer", "p_yes"}, "tuned": {...}}; p_yes null for open answers'),
             ("compare_all", h.compare_all, [gr.JSON(visible=False)],
-             "(film file, question) → {model name: answer} for every loaded model"),
+             '(film file, question) → {model name: answer} for every model, remote ones included ("error: <why>" '
+             "for one that did not answer)"),
         ):  # fmt: skip
             gr.Button(visible=False).click(
                 on_gpu(fn), inputs, outputs, api_name=name, api_description=about, **GPU_EVENT
@@ -235,10 +250,17 @@ def main(argv: list[str] | None = None) -> None:
                 built = demo_models.prepare(config.demo_dir)
                 base, adapters, four_bit = built.base, [built.adapter], False
                 extra = {"header": demo_models.HEADER, "examples": built.examples}
-            print(f"loading {base}" + (f" + {', '.join(adapters)}" if adapters else " (no adapter)"))
-            vqa = load_model(base, adapters, load_in_4bit=four_bit, device=config.device)
+            # one retry: a person waits, and a dead endpoint must not hold the queue for minutes
+            remotes = [RemoteModel(spec, timeout=config.remote_timeout, max_retries=1)
+                       for spec in remote_specs(config.remote).values()]  # fmt: skip
+            if base == NO_BASE:  # remote models only: nothing to load or download
+                vqa = None
+            else:
+                print(f"loading {base}" + (f" + {', '.join(adapters)}" if adapters else " (no adapter)"))
+                vqa = load_model(base, adapters, load_in_4bit=four_bit, device=config.device)
             settings = GenerationSettings(max_new_tokens=config.max_new_tokens)
-            demo = create_demo(vqa, votes_db=config.votes_db, report_dir=config.report, settings=settings, **extra)
+            demo = create_demo(vqa, remotes=remotes, votes_db=config.votes_db, report_dir=config.report,
+                               settings=settings, **extra)  # fmt: skip
         print(f"serving on http://{config.host}:{config.port} (votes: {config.votes_db})")
         serve(
             demo, host=config.host, port=config.port, queue_size=config.queue_size, max_file_size=config.max_file_size

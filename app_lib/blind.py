@@ -1,5 +1,5 @@
-"""The Blind A/B tab: two models drawn at random from those loaded (base included), sides at random, one vote per
-pair; and the Results tab's ratings and CSV export of every vote."""
+"""The Blind A/B tab: two models drawn at random from all of them (base and remote ones included), sides at random, one
+vote per pair; and the Results tab's ratings and CSV export of every vote."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from app_lib.ratings import results_markdown
 from app_lib.votes import COLUMNS, Trial
 from cxr_vqa.errors import UserError
 from cxr_vqa.images import Film
-from cxr_vqa.vqa import BASE
 
-NO_BLIND = "blind A/B needs a fine-tuned adapter: start the app with --adapter DIR (or set ADAPTER_MODEL)"
+NO_BLIND = (
+    "blind A/B needs two models: start the app with --adapter DIR (or set ADAPTER_MODEL) or --remote NAME=URL#MODEL"
+)
 VOTE_FIRST = "no pair to vote on: press “Answer blind” first (each pair takes one vote)"
 CHOICES = {"A": "A", "B": "B", "tie": "a tie", "both_wrong": "both wrong"}
 
@@ -26,13 +27,14 @@ CHOICES = {"A": "A", "B": "B", "tie": "a tie", "both_wrong": "both wrong"}
 class Blind(Inputs):
     @property
     def sources(self) -> dict[str, str]:
-        """Where each loaded model came from: the base model's id, each adapter's path or Hub id."""
-        return {BASE: self.vqa.base_name, **self.vqa.adapters}
+        """Where each model came from: the base model's id, each adapter's path or Hub id, each remote model's
+        BASE_URL#MODEL (never its key)."""
+        return self.vqa.sources
 
     def answer(self, film: Film | None, question: str, max_new_tokens, temperature, top_p):
         """(answer A, answer B, Trial state, reveal line): both answers from one call, pair and sides at random."""
         with ui_errors():
-            if not self.vqa.has_adapter:
+            if len(self.vqa.model_names) < 2:
                 raise UserError(NO_BLIND)
             if film is None:
                 raise UserError(NO_IMAGE)
@@ -41,6 +43,9 @@ class Blind(Inputs):
             conversation = self.vqa.conversation(None, question, settings.max_new_tokens)
             model_a, model_b = self.rng.sample(self.vqa.model_names, 2)
             answers = self.vqa.compare(film.image, {model_a: conversation, model_b: conversation}, settings)
+            for answer in answers.values():
+                if answer.error:  # a pair with one answer is no trial: say which model failed, and vote on none
+                    raise UserError(answer.error)
         trial = Trial(question=question, model_a=model_a, model_b=model_b, answer_a=answers[model_a].text,
                       answer_b=answers[model_b].text, image_sha256=film.sha256)  # fmt: skip
         return trial.answer_a, trial.answer_b, trial, "Which answer is better? Vote to reveal which model wrote which."

@@ -14,7 +14,10 @@ from pathlib import Path
 from cxr_vqa.cli import REPEATABLE
 from cxr_vqa.cli import parse_config as parse
 from cxr_vqa.errors import UserError
+from cxr_vqa.lineup import NO_BASE
 from cxr_vqa.model import DEFAULT_BASE, adapter_specs
+from cxr_vqa.remote import SPEC_FORM, remote_specs
+from cxr_vqa.vqa import BASE
 
 
 def _env_port() -> int:
@@ -28,7 +31,10 @@ def _env_port() -> int:
 class AppConfig:
     base: str = field(
         default_factory=lambda: os.environ.get("BASE_MODEL", DEFAULT_BASE),
-        metadata={"help": "base LLaVA-1.5 checkpoint: Hub id or directory (env BASE_MODEL)"},
+        metadata={
+            "help": "base LLaVA-1.5 checkpoint: Hub id or directory (env BASE_MODEL); none: remote models only, "
+            "nothing loaded"
+        },
     )
     adapter: list[str] | None = field(
         default_factory=lambda: [a.strip() for a in os.environ.get("ADAPTER_MODEL", "").split(",") if a.strip()]
@@ -36,6 +42,15 @@ class AppConfig:
         metadata={"help": "LoRA adapter: a directory or Hub id, or NAME=PATH; again for several, one pane each (env "
                   "ADAPTER_MODEL, comma-separated); without one only the base answers", **REPEATABLE},
     )  # fmt: skip
+    remote: list[str] | None = field(
+        default=None,
+        metadata={"help": f"a model behind an OpenAI-compatible vision endpoint (vLLM, OpenAI, Ollama): {SPEC_FORM}; "
+                  "again for several, one pane each; the key from $OPENAI_API_KEY or the variable named after the "
+                  "second #, never from a flag", **REPEATABLE},
+    )  # fmt: skip
+    remote_timeout: float = field(
+        default=60.0, metadata={"help": "seconds a remote model may take to reply (the app retries once)"}
+    )
     load_in_4bit: bool = field(default=True, metadata={"help": "4-bit nf4 base; --no-4bit for full precision"})
     device: str | None = field(default=None, metadata={"help": "cuda, cuda:1 or cpu (default: cuda if present)"})
     host: str = field(
@@ -69,7 +84,12 @@ class AppConfig:
             raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
         if not 1 <= self.max_new_tokens <= 4096:
             raise ValueError(f"max_new_tokens must be in 1..4096, got {self.max_new_tokens}")
-        adapter_specs(self.adapter)  # names checked before any model is loaded
+        adapters = adapter_specs(self.adapter)  # names checked before any model is loaded
+        remote_specs(self.remote, taken=[BASE, *adapters])
+        if self.base == NO_BASE and (adapters or self.demo or not self.remote):
+            raise ValueError("--base none serves remote models only: give --remote, and no --adapter or --demo")
+        if self.remote_timeout <= 0:
+            raise ValueError(f"remote_timeout must be > 0, got {self.remote_timeout}")
         if self.report is not None and not Path(self.report).is_dir():
             raise ValueError(f"report directory {self.report} not found: pass the --out of `python -m evaluation`")
 

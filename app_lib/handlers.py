@@ -1,10 +1,12 @@
-"""The app's event handlers as plain methods over a `VQAModel`: testable without a browser or a server.
+"""The app's event handlers as plain methods over the core's `Lineup` of models: testable without a browser or a
+server.
 
-Every model call goes through the core's `VQAModel` (`prepare_film`, `clean_question`, `conversation`, then
-`compare`, streamed for the panes), so the app asks exactly the prompt
-the model was trained on and never touches the processor, tokenizer or config itself. The panes are the loaded
-models, base first; every pane is filled by ONE batched generate. User mistakes raise `gr.Error` with a one-line
-message; risky-but-allowed input (control characters removed, another script) raises `gr.Warning` and carries on.
+Every model call goes through the core (`prepare_film`, `clean_question`, `conversation`, then `compare`, streamed
+for the panes), so the app asks exactly the prompt the model was trained on and never touches the processor,
+tokenizer or config itself. The panes are the models, base first, remote ones last; the local panes are filled by ONE
+batched generate, each remote pane by its endpoint at the same time, and a remote model that fails says so in its own
+pane. User mistakes raise `gr.Error` with a one-line message; risky-but-allowed input (control characters removed,
+another script) raises `gr.Warning` and carries on.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from cxr_vqa.answers import Answer
 from cxr_vqa.errors import UserError
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.images import Film
+from cxr_vqa.lineup import Lineup
 from cxr_vqa.template import assistant_turn
 from cxr_vqa.vqa import BASE, TUNED, VQAModel
 
@@ -32,6 +35,9 @@ NO_ADAPTER = (
     "(or set `ADAPTER_MODEL`) to compare."
 )
 NO_IMAGE = "no image: upload a chest X-ray (PNG, JPEG or DICOM) or pick an example first"
+NO_LOCAL = (
+    "no local model is loaded (--base none): /compare and /compare_scores answer base and fine-tuned; use /compare_all"
+)
 
 
 @contextmanager
@@ -56,13 +62,22 @@ def chat_messages(conversation: list[dict] | None) -> list[dict]:
 
 
 def pane_stats(seconds: float, tokens: int, answer: Answer | None = None) -> str:
+    if answer is not None and answer.error:
+        return "no answer"
     rate = tokens / seconds if seconds > 0 else 0.0
     confidence = f" · P(yes) {answer.p_yes:.2f}" if answer and answer.is_closed and answer.p_yes is not None else ""
     return f"{seconds:.2f} s · {tokens} tokens · {rate:.1f} tokens/s{confidence}"
 
 
-def pane_label(model: str) -> str:
+def pane_label(model: str, remote: bool = False) -> str:
+    if remote:
+        return f"Remote: {model}"
     return "Base" if model == BASE else "Fine-tuned" if model == TUNED else f"Fine-tuned: {model}"
+
+
+def answer_text(answer: Answer) -> str:
+    """What a pane or /compare_all shows: the answer, or why a remote model gave none (one line)."""
+    return f"error: {answer.error}" if answer.error else answer.text
 
 
 def scores(answer: Answer | None) -> dict | None:
@@ -100,13 +115,13 @@ class Inputs:
 
     def __init__(
         self,
-        vqa: VQAModel,
+        vqa: Lineup | VQAModel,
         votes: VoteStore,
         *,
         settings: GenerationSettings = GenerationSettings(),
         rng: random.Random | None = None,
     ):
-        self.vqa = vqa
+        self.vqa = vqa if isinstance(vqa, Lineup) else Lineup(vqa)  # a lone VQAModel: its base and adapters
         self.votes = votes
         self.settings = settings  # for the API, which takes no settings; the UI sliders start from it
         self.rng = rng or random.SystemRandom()  # blind sides must not be predictable
@@ -129,10 +144,13 @@ class Inputs:
 class Handlers(Inputs):
     """The film, the side-by-side panes and the API."""
 
-    def __init__(self, vqa: VQAModel, votes: VoteStore, **kwargs):
+    def __init__(self, vqa: Lineup | VQAModel, votes: VoteStore, **kwargs):
         super().__init__(vqa, votes, **kwargs)
-        # the panes: every loaded model, base first; without an adapter an empty fine-tuned pane says why
-        self.panes = vqa.model_names if vqa.has_adapter else [BASE, TUNED]
+        # the panes: every model, base first, remote last; a base without an adapter gets an empty fine-tuned pane
+        # that says why
+        models = self.vqa
+        local = models.local_names if models.has_adapter or not models.local_names else [BASE, TUNED]
+        self.panes = local + models.remote_names
 
     def _empty(self):
         return [[] for _ in self.panes], ["" for _ in self.panes]
@@ -182,22 +200,26 @@ class Handlers(Inputs):
         waiting = dict.fromkeys(models, "…")
         yield *frame(waiting), chats, ""
         answers: dict[str, Answer] = {}
+        steps = dict.fromkeys(models, 0)
         with ui_errors():
-            # one streamed step = one new token per unfinished row; a row's latency and token count run to the step
-            # where its text last grew, since each row stops at its own EOS while the batch runs to the last one
+            # a streamed step of the local models = one new token per unfinished row, of a remote model = one piece it
+            # sent; a model's latency and token count run to its step where its text last grew, since each local row
+            # stops at its own EOS while the batch runs to the last one
             call = lambda on_text: self.vqa.compare(film.image, convs, settings, on_text=on_text)  # noqa: E731
-            for n_step, (step, done) in enumerate(streamed(call), 1):
+            for step, done in streamed(call):
                 if done is not None:  # the final texts, decoded whole
                     answers = done
-                    texts.update({m: a.text for m, a in done.items()})
+                    texts.update({m: answer_text(a) for m, a in done.items()})
                     break
                 now = time.perf_counter()
                 for m, text in step.items():
+                    steps[m] += 1
                     if text != texts[m]:
-                        texts[m], done_at[m], tokens[m] = text, now - start, n_step
+                        texts[m], done_at[m], tokens[m] = text, now - start, steps[m]
                 yield *frame(waiting), chats, ""
         stats = {m: pane_stats(done_at[m], tokens[m], answers.get(m)) for m in models}
-        chats = {m: convs[m] + [assistant_turn(texts[m])] for m in models}
+        # a model that gave no answer keeps its conversation as it was, without the question it could not answer
+        chats = {m: chats.get(m, []) if answers[m].error else convs[m] + [assistant_turn(texts[m])] for m in models}
         yield *frame(stats), chats, ""
 
     def clear(self):
@@ -207,22 +229,27 @@ class Handlers(Inputs):
 
     # -- API -----------------------------------------------------------------------------------------------------
 
-    def _answers(self, path: str | None, question: str) -> dict[str, Answer]:
+    def _answers(self, path: str | None, question: str, models: list[str]) -> dict[str, Answer]:
         with ui_errors():
+            if not models:
+                raise UserError(NO_LOCAL)
             film = self._film(path)
             conversation = self.vqa.conversation(None, self._clean(question), self.settings.max_new_tokens)
-            return self.vqa.compare(film.image, conversation, self.settings)
+            return self.vqa.compare(film.image, dict.fromkeys(models, conversation), self.settings)
 
     def compare(self, path: str | None, question: str) -> tuple[str, str]:
-        """`/compare`: (base answer, first adapter's answer; "" without an adapter), one batched generate."""
-        answers = list(self._answers(path, question).values())
+        """`/compare`: (base answer, first adapter's answer; "" without an adapter), one batched generate of the local
+        models (remote ones are not asked)."""
+        answers = list(self._answers(path, question, self.vqa.local_names).values())
         return answers[0].text, answers[1].text if len(answers) > 1 else ""
 
     def compare_scores(self, path: str | None, question: str) -> dict:
         """`/compare_scores`: {"base": {"answer", "p_yes"}, "tuned": {...} or None}; p_yes null for open answers."""
-        answers = list(self._answers(path, question).values())
+        answers = list(self._answers(path, question, self.vqa.local_names).values())
         return {"base": scores(answers[0]), "tuned": scores(answers[1] if len(answers) > 1 else None)}
 
     def compare_all(self, path: str | None, question: str) -> dict[str, str]:
-        """`/compare_all`: {model name: answer} for every loaded model, one batched generate."""
-        return {name: answer.text for name, answer in self._answers(path, question).items()}
+        """`/compare_all`: {model name: answer} for every model, one batched generate for the local ones and the
+        remote ones at the same time; a remote model that did not answer gives "error: <why>"."""
+        answers = self._answers(path, question, self.vqa.model_names)
+        return {name: answer_text(answer) for name, answer in answers.items()}

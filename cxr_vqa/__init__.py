@@ -7,4 +7,5 @@ dataset contract, the evaluation report's format, the one config parser and erro
     vqa = load_model("llava-hf/llava-1.5-7b-hf", adapter="runs/llava-cxr")     # 4-bit nf4 by default
     film = vqa.prepare_film("film.dcm")                                        # letterboxed to the model's input
     answers = vqa.compare(film.image, vqa.conversation(None, "Is there cardiomegaly?"))   # {"base": .., "tuned": ..}
+    lineup = Lineup(vqa, [RemoteModel(parse_remote("gpt4o=https://api.openai.com/v1#gpt-4o"))])  # + remote models
 """

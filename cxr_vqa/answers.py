@@ -3,6 +3,7 @@
     parse_yes_no("Yes, mild cardiomegaly.")   # "yes";  parse_yes_no("Normal heart size.") -> None (strict)
     ids = YesNoIds.from_tokenizer(tokenizer)    # every piece that spells yes / no: both casings, with or without "▁"
     p_yes(first_step_logits, ids)               # per row: P(yes) / (P(yes) + P(no)) over those pieces
+    p_yes_of_candidates({" Yes": -0.1, "No": -2.5, "The": -4.0})   # the same from a remote model's top_logprobs
 
 Strict: the first whitespace-separated word, lower-cased and stripped of punctuation, must be "yes" or "no";
 "normal", "nope" or an empty answer are unparseable. Lenient parsing would credit a model for answers a reader could
@@ -11,13 +12,20 @@ not act on. P(yes) is the confidence behind a closed answer: an AUROC needs a sc
 
 from __future__ import annotations
 
+import math
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
 YES, NO = "yes", "no"
 SPACE_PIECES = ("", "▁", "Ġ")  # none, SentencePiece's word start (Llama), byte-level BPE's space (GPT-2 style)
+
+
+def spellings(word: str) -> tuple[str, ...]:
+    """The ways one piece spells `word`: lower, capitalised and upper case."""
+    return word, word.capitalize(), word.upper()
 
 
 def parse_yes_no(text: str | None) -> str | None:
@@ -33,6 +41,7 @@ def parse_yes_no(text: str | None) -> str | None:
 class Answer:
     text: str
     p_yes: float | None = None  # P(first token spells yes | it spells yes or no); None until decoding ends
+    error: str | None = None  # a remote model that did not answer: why, in one line (text is then "")
 
     @property
     def is_closed(self) -> bool:
@@ -52,7 +61,7 @@ class YesNoIds:
 
         def ids(word: str) -> tuple[int, ...]:
             found = set()
-            for spelling in (word, word.capitalize(), word.upper()):
+            for spelling in spellings(word):
                 for space in SPACE_PIECES:
                     found.add(tokenizer.convert_tokens_to_ids(space + spelling))
                 for text in (spelling, " " + spelling):
@@ -74,3 +83,18 @@ def p_yes(logits: torch.Tensor, ids: YesNoIds) -> list[float]:
     probs = torch.softmax(logits.float(), dim=-1)
     yes, no = probs[:, list(ids.yes)].sum(-1), probs[:, list(ids.no)].sum(-1)
     return (yes / (yes + no).clamp_min(1e-30)).tolist()
+
+
+def p_yes_of_candidates(candidates: Mapping[str, float]) -> float | None:
+    """P(yes) from the log-probabilities of one step's candidate token texts (an OpenAI-compatible endpoint's
+    `top_logprobs` of the first answer token): the yes spellings against the no spellings, with or without a leading
+    space or word-start mark, as `p_yes` does over token ids. None when neither word is among the candidates."""
+    word_start = "".join(SPACE_PIECES) + " "
+    mass = {YES: 0.0, NO: 0.0}
+    for token, logprob in candidates.items():
+        word = token.lstrip(word_start)
+        for target in mass:
+            if word in spellings(target):
+                mass[target] += math.exp(logprob)
+    total = mass[YES] + mass[NO]
+    return mass[YES] / total if total > 0 else None

@@ -8,7 +8,9 @@
             break
         await backoff.wait(attempt, reply.retry_after)
     reply.content, reply.usage                         # a reply arrived (whether it is usable is the caller's call)
+    reply.logprobs                                     # per answer token, its top candidates' log-probabilities
     reply.failure, reply.retryable                     # none did: (code, detail), and whether a later send may pass
+    await send_chat(client, body, on_text=print)       # streamed: on_text gets the answer so far as it grows
 
 The one retry mechanism of the project: what may be sent again (408, 409, 425, 429, 5xx, timeouts, refused
 connections: nothing was billed and a later send may pass), what never passes (401, 403, 404: a setup error that
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -51,6 +54,9 @@ class Reply:
     failure: tuple[str, str] | None = None
     retryable: bool = False  # a failure that costs nothing and may pass later: 429, 5xx, timeouts, connections
     retry_after: float | None = None  # seconds the server asked us to wait
+    # one {token text: logprob} per answer token, the chosen token first, then its top candidates; where the body
+    # asked for `logprobs` and the server returned them
+    logprobs: tuple[dict[str, float], ...] | None = None
 
 
 def _seconds(header: str | None) -> float | None:
@@ -60,13 +66,21 @@ def _seconds(header: str | None) -> float | None:
         return None
 
 
-async def send_chat(client: openai.AsyncOpenAI, body: dict) -> Reply:
+async def send_chat(client: openai.AsyncOpenAI, body: dict, on_text: Callable[[str], None] | None = None) -> Reply:
     """Send `body` (chat.completions keyword arguments) once; raises only EndpointSetupError, when no request can
-    ever pass. Give it a client without retries of its own (`open_client`, or `client.with_options(max_retries=0)`)."""
+    ever pass. Give it a client without retries of its own (`open_client`, or `client.with_options(max_retries=0)`).
+    With `on_text` the answer is streamed, and `on_text` gets the whole text so far after each piece."""
+    import httpx
     import openai
 
     try:
-        response = await client.chat.completions.create(**body)
+        if on_text is None:
+            response = await client.chat.completions.create(**body)
+            choice = response.choices[0] if response.choices else None
+            usage = response.usage.model_dump() if response.usage else None
+            content = choice.message.content if choice else None
+            return Reply(content, usage, logprobs=_logprobs([choice.logprobs] if choice else []))
+        return await _stream(client, body, on_text)
     except openai.APIStatusError as exc:
         status = exc.status_code
         if status in SETUP_STATUS:
@@ -77,11 +91,29 @@ async def send_chat(client: openai.AsyncOpenAI, body: dict) -> Reply:
             retryable=retryable,
             retry_after=_seconds(exc.response.headers.get("retry-after")),
         )
-    except openai.APIError as exc:  # timeouts, refused connections, unparsable HTTP bodies
+    except (openai.APIError, httpx.HTTPError) as exc:  # timeouts, refused connections, unparsable or cut-off bodies
         return Reply(failure=("unavailable", type(exc).__name__), retryable=True)
-    usage = response.usage.model_dump() if response.usage else None
-    content = response.choices[0].message.content if response.choices else None
-    return Reply(content, usage)
+
+
+async def _stream(client: openai.AsyncOpenAI, body: dict, on_text: Callable[[str], None]) -> Reply:
+    parts, logprobs, usage = [], [], None
+    stream = await client.chat.completions.create(**body, stream=True)
+    async for chunk in stream:
+        usage = chunk.usage.model_dump() if chunk.usage else usage
+        for choice in chunk.choices[:1]:
+            logprobs.append(choice.logprobs)
+            if choice.delta.content:
+                parts.append(choice.delta.content)
+                on_text("".join(parts))
+    return Reply("".join(parts), usage, logprobs=_logprobs(logprobs))
+
+
+def _logprobs(per_choice: list) -> tuple[dict[str, float], ...] | None:
+    """The answer's tokens as {token text: logprob} of their candidates; None when the server sent none."""
+    tokens = [token for lp in per_choice if lp is not None for token in (lp.content or [])]
+    if not tokens:
+        return None
+    return tuple({t.token: t.logprob} | {top.token: top.logprob for top in t.top_logprobs or []} for t in tokens)
 
 
 @dataclass(frozen=True)

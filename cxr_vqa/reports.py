@@ -5,8 +5,10 @@ the app that reads it (`python app.py --report R`): its file names, how a model 
     R/run.json            the settings of the run (dataset, split, models ...), so a rerun resumes or refuses
     R/predictions.jsonl   one record a question: {"id", "study_id", "patient_id", "question", "reference", "kind",
                           "finding", "label", "answers": {variant: text}, "p_yes": {variant: p or null},
-                          "scores": {variant: {...}}}
+                          "scores": {variant: {...}}, "usage": {remote variant: token usage} where remote models
+                          answered}
     R/metrics.json, R/report.md, R/comparison.png, R/confidence.png
+    R/remote_cache.jsonl  remote models' answers by request hash, so a rerun never asks again (no film, no key)
 
     variant_name("tuned", blank=True)     # "tuned_blank": the tuned model asked with a blank image
     split_variant("tuned_blank")          # ("tuned", True)

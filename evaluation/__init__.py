@@ -5,5 +5,5 @@ It stands on the core (`cxr_vqa`) alone. The command is `python -m evaluation` (
     config.py       the options          evaluate.py   one run, resumable    predictions.py  answering, batched
     scoring.py      one answer's score   metrics.py    metrics.json          confidence.py   AUROC, calibration
     stats.py        intervals and tests  report.py     report.md             plots.py        the two figures
-    benchmarks.py   VQA-RAD and SLAKE as their authors ship them
+    benchmarks.py   VQA-RAD and SLAKE as their authors ship them          remote.py       remote models' answers
 """

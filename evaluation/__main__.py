@@ -7,14 +7,19 @@ again with a blank image.
         --adapter runs/llava-cxr --out reports/test
     python -m evaluation --dataset data/cxr --base M --adapter labels=runs/a --adapter llm=runs/b --out R
     python -m evaluation --benchmark vqa-rad --dataset data/VQA_RAD --base M --adapter A --out R
+    python -m evaluation --dataset data/cxr --base M --adapter A --remote gpt4o=https://api.openai.com/v1#gpt-4o \
+        --concurrency 8 --max-cost 20 --out R          # + a model behind an OpenAI-compatible endpoint
+    python -m evaluation --dataset data/cxr --base none --remote tuned=http://127.0.0.1:8000/v1#cxr \
+        --remote base=http://127.0.0.1:8000/v1#llava-hf/llava-1.5-7b-hf --out R   # vLLM serving base and adapter
     python -m evaluation --benchmark slake --dataset data/Slake1.0 --base M --adapter A --out R --all-organs
     python -m evaluation --dataset data/tiny --base runs/tiny-llava --adapter runs/tiny-lora --out R \\
         --limit 20 --no-4bit --batch-size 16        # CPU smoke run
     python -m evaluation --config eval.yaml   # YAML gives defaults, flags override
 
 Writes R/predictions.jsonl (appended batch by batch: a killed run resumes exactly), R/metrics.json, R/report.md,
-R/comparison.png and R/confidence.png. Each question is asked on its own with its film (single-turn): the
-dataset's multi-turn history would hand the model the previous answers. Research tool, not for diagnosis.
+R/comparison.png and R/confidence.png; with --remote, R/remote_cache.jsonl (no request is ever sent twice). Each
+question is asked on its own with its film (single-turn): the dataset's multi-turn history would hand the model the
+previous answers. Research tool, not for diagnosis.
 """
 
 from __future__ import annotations

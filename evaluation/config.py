@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from cxr_vqa.cli import REPEATABLE
 from cxr_vqa.errors import UserError
 from cxr_vqa.generation import GenerationSettings
+from cxr_vqa.lineup import NO_BASE
 from cxr_vqa.model import DEFAULT_BASE, adapter_specs
+from cxr_vqa.remote import SPEC_FORM, remote_specs
 from cxr_vqa.vqa import BASE
 from evaluation import stats as S
 from evaluation.benchmarks import BENCHMARKS
@@ -23,12 +25,26 @@ class EvalConfig:
         default="", metadata={"help": "report directory, created; an unfinished run there resumes (required)"}
     )
     split: str = field(default="test", metadata={"help": "split to evaluate: test (held-out patients) or validation"})
-    base: str = field(default=DEFAULT_BASE, metadata={"help": "base checkpoint: Hub id or directory"})
+    base: str = field(
+        default=DEFAULT_BASE, metadata={"help": "base checkpoint: Hub id or directory; none: remote models only"}
+    )
     adapter: list[str] | None = field(
         default=None,
         metadata={"help": "LoRA adapter: a directory or Hub id, or NAME=PATH; again for several; omit for the base "
                   "only", **REPEATABLE},
     )  # fmt: skip
+    remote: list[str] | None = field(
+        default=None,
+        metadata={"help": f"a model behind an OpenAI-compatible vision endpoint (vLLM, OpenAI): {SPEC_FORM}; again "
+                  "for several; its key from $OPENAI_API_KEY or the variable named after the second #", **REPEATABLE},
+    )  # fmt: skip
+    concurrency: int = field(default=8, metadata={"help": "remote requests in flight at once"})
+    max_cost: float | None = field(default=None, metadata={"help": "stop sending remote requests past this (USD)"})
+    price_input: float | None = field(
+        default=None, metadata={"help": "USD per million input tokens of the remote models (default: list prices)"}
+    )
+    price_output: float | None = field(default=None, metadata={"help": "USD per million output tokens, likewise"})
+    remote_timeout: float = field(default=120.0, metadata={"help": "seconds a remote model may take to reply"})
     benchmark: str | None = field(
         default=None, metadata={"help": "a public benchmark instead of a dataprep dataset", "choices": BENCHMARKS}
     )
@@ -59,4 +75,17 @@ class EvalConfig:
         if self.resamples < 100:
             raise UserError(f"--resamples must be >= 100 for a stable 95% interval, got {self.resamples}")
         GenerationSettings(max_new_tokens=self.max_new_tokens)  # same range checks as the app
-        self.models = [BASE, *adapter_specs(self.adapter)]  # names checked before any model is loaded
+        adapters = adapter_specs(self.adapter)  # names checked before any model is loaded
+        self.remotes = remote_specs(self.remote, taken=[BASE, *adapters])
+        if self.base == NO_BASE and (adapters or not self.remotes):
+            raise UserError("--base none evaluates remote models only: give --remote, and no --adapter")
+        if self.concurrency < 1 or self.remote_timeout <= 0 or (self.max_cost is not None and self.max_cost < 0):
+            raise UserError("--concurrency and --remote-timeout must be positive, --max-cost not negative")
+        if (self.price_input is None) != (self.price_output is None):
+            raise UserError("give both --price-input and --price-output, or neither (list prices)")
+        self.local_models = [BASE, *adapters] if self.base != NO_BASE else []
+        self.models = self.local_models + list(self.remotes)  # local first, then remote, as the app shows them
+
+    @property
+    def price(self) -> tuple[float, float] | None:
+        return None if self.price_input is None else (self.price_input, self.price_output)

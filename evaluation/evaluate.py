@@ -3,6 +3,9 @@ every model and image condition (`evaluation.predictions`), build metrics.json (
 report (`evaluation.report`). The command line is `evaluation/__main__.py`.
 
     result = evaluate(EvalConfig(dataset="data/cxr", out="reports/test", adapter=["runs/llava-cxr"]))
+
+Remote models (`--remote`) answer first, concurrently and from their cache (`evaluation.remote`); the local models
+then answer batch by batch and each record is written with every model's answer.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ from cxr_vqa.contract import check_split, open_splits
 from cxr_vqa.files import share
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.images import ImageLoadError, load_film
+from cxr_vqa.lineup import INPUT_SIZE
 from cxr_vqa.model import load_model
+from cxr_vqa.remote import RemoteModel
 from cxr_vqa.reports import METRICS, PREDICTIONS
 from evaluation.benchmarks import read_benchmark
 from evaluation.config import EvalConfig
 from evaluation.metrics import build_metrics, radeval_scores
 from evaluation.predictions import answer_all, list_questions, resume, variants
+from evaluation.remote import REMOTE_CACHE, Budget, RemoteCache, answer_remote, remote_usage
 from evaluation.report import write_report
 
 logger = logging.getLogger(__name__)
@@ -57,25 +63,37 @@ def evaluate(cfg: EvalConfig) -> dict:
     names = [name for name, _, _ in asked]
     out = Path(cfg.out)
     source = {"benchmark": cfg.benchmark} if cfg.benchmark else {"split": cfg.split}
+    sources = {name: spec.source for name, spec in cfg.remotes.items()}
     run = {"dataset": str(Path(cfg.dataset).resolve()), **source, "base": cfg.base, "adapter": cfg.adapter,
            "variants": names, "max_new_tokens": cfg.max_new_tokens, "4bit": cfg.load_in_4bit,
-           "batch_size": cfg.batch_size}  # fmt: skip
+           "batch_size": cfg.batch_size, **({"remote": sources} if sources else {})}  # fmt: skip
+    remotes = {name: RemoteModel(spec, timeout=cfg.remote_timeout) for name, spec in cfg.remotes.items()}  # keys set?
     done = resume(out, run)
     if len(done) < len(questions):
         logger.info("%d of %d questions left to answer", len(questions) - len(done), len(questions))
-        vqa = load_model(cfg.base, cfg.adapter, load_in_4bit=cfg.load_in_4bit, device=cfg.device)
+        vqa = None
+        if cfg.local_models:
+            vqa = load_model(cfg.base, cfg.adapter, load_in_4bit=cfg.load_in_4bit, device=cfg.device)
         if not callable(films):  # benchmark films are letterboxed to the model's own input, like every film
-            films = _benchmark_films(films, vqa.input_size)
+            films = _benchmark_films(films, vqa.input_size if vqa else INPUT_SIZE)
         settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens)
+        answered = {}
+        if remotes:  # greedy, as the local models; their answers are in hand before the first record is written
+            left = [q for q in questions if q["id"] not in done]
+            answered = answer_remote(remotes, films, left, [v for v in asked if v[1] in remotes], settings,
+                                     cache=RemoteCache(out / REMOTE_CACHE), concurrency=cfg.concurrency,
+                                     budget=Budget(list(remotes.values()), cfg.price, cfg.max_cost))  # fmt: skip
         with open(out / PREDICTIONS, "a") as sink:
-            answer_all(vqa, films, questions, done, asked, settings, cfg.batch_size, sink)
+            answer_all(vqa, films, questions, done, asked, settings, cfg.batch_size, sink, answered)
         done = resume(out, run)
     records = [done[q["id"]] for q in questions]
     info = {"dataset": cfg.dataset, **source, "base": cfg.base, "adapter": cfg.adapter,
             "protocol": {"turns": "single", "decoding": "greedy", "max_new_tokens": cfg.max_new_tokens,
                          "parsing": "strict first word yes/no", "4bit": cfg.load_in_4bit}}  # fmt: skip
+    if remotes:
+        info["remote"] = remote_usage(records, remotes, cfg.price)
     result = build_metrics(records, models=cfg.models, ablation=cfg.ablation, info=info,
-                           n_resamples=cfg.resamples, seed=cfg.seed)  # fmt: skip
+                           n_resamples=cfg.resamples, seed=cfg.seed, remotes=list(remotes))  # fmt: skip
     if cfg.extra_metrics == "radeval":
         result["extra"] = {"radeval": radeval_scores(records, names)}
     (out / METRICS).write_text(json.dumps(result, indent=2) + "\n")

@@ -1,9 +1,12 @@
 """The metrics builder: metrics.json from prediction records. Every model's headline metrics (from the per-question
-scores of `evaluation.scoring`) and P(yes) confidence with 95% intervals over studies, each other model's paired
-difference from the base (Holm-adjusted when several are compared), and the blank-image drop of each model.
+scores of `evaluation.scoring`) and P(yes) confidence with 95% intervals over studies, paired differences (each
+adapter against the base, each remote model against every model before it; Holm-adjusted when there are several),
+and the blank-image drop of each model. A model without P(yes) (an endpoint that returned no logprobs) has its AUROC
+and calibration marked unavailable, never guessed.
 
     result = build_metrics(records, models=["base", "tuned"], ablation=True, info={...}, n_resamples=1000, seed=0)
     summarize(records, "tuned"), compare(records, "base", "tuned")          # one model's metrics, a paired test
+    comparisons(["base", "tuned", "gpt4o"], remotes=["gpt4o"])   # [("base", "tuned"), ("base", "gpt4o"), ...]
 """
 
 from __future__ import annotations
@@ -78,7 +81,14 @@ def compare(records: Sequence[dict], a: str, b: str, **boot) -> dict:
 
 
 def build_metrics(
-    records: list[dict], *, models: Sequence[str], ablation: bool, info: dict, n_resamples: int, seed: int
+    records: list[dict],
+    *,
+    models: Sequence[str],
+    ablation: bool,
+    info: dict,
+    n_resamples: int,
+    seed: int,
+    remotes: Sequence[str] = (),
 ) -> dict:
     boot = {"n_resamples": n_resamples, "seed": seed}
     names = list(models) + ([variant_name(m, blank=True) for m in models] if ablation else [])
@@ -93,26 +103,58 @@ def build_metrics(
         "difference": {},
         "ablation": {},
     }  # fmt: skip
-    adapters = [m for m in models if m != BASE]
-    for name in adapters:
-        diff = {**compare(records, BASE, name, **boot), **compare_confidence(records, BASE, name, **boot)}
-        result["difference"][f"{name}_minus_base"] = diff
-    if len(adapters) > 1:  # several adapters against one base: correct the closed-accuracy tests for multiplicity
-        diffs = [result["difference"][f"{name}_minus_base"] for name in adapters]
+    pairs = comparisons(models, remotes)
+    for a, b in pairs:
+        result["difference"][f"{b}_minus_{a}"] = _paired(records, a, b, result["models"], boot)
+    if len(pairs) > 1:  # several comparisons: correct the closed-accuracy tests for multiplicity
+        diffs = list(result["difference"].values())
         for diff, adjusted in zip(diffs, S.holm([d["closed_accuracy"]["p_value"] for d in diffs]), strict=True):
             diff["closed_accuracy"]["p_holm"] = adjusted
-        result["multiplicity"] = f"Holm-adjusted over {len(adapters)} adapters compared with the base (p_holm)"
+        result["multiplicity"] = f"Holm-adjusted over the {len(pairs)} comparisons' closed-accuracy tests (p_holm)"
     for name in models if ablation else []:  # the drop: with the image minus with a blank one
-        blank = variant_name(name, blank=True)
-        result["ablation"][name] = {
-            **compare(records, blank, name, **boot),
-            **compare_confidence(records, blank, name, **boot),
-        }
+        result["ablation"][name] = _paired(records, variant_name(name, blank=True), name, result["models"], boot)
     return result
 
 
+def comparisons(models: Sequence[str], remotes: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(a, b) pairs whose difference b - a is tested: every adapter against the base; every remote model against
+    every model before it (the base, each adapter, earlier remote models)."""
+    pairs = []
+    for i, b in enumerate(models):
+        if b in remotes:
+            pairs += [(a, b) for a in models[:i]]
+        elif b != BASE and BASE in models:
+            pairs.append((BASE, b))
+    return pairs
+
+
+def _paired(records: list[dict], a: str, b: str, summaries: dict, boot: dict) -> dict:
+    """b minus a: the headline metrics, and P(yes)'s AUROC and Brier score where both models have it."""
+    missing = [summaries[n]["confidence"].get("unavailable") for n in (a, b)]
+    if any(missing):
+        why = next(m for m in missing if m)
+        return {**compare(records, a, b, **boot), "macro_auroc": unavailable(why), "brier": unavailable(why)}
+    return {**compare(records, a, b, **boot), **compare_confidence(records, a, b, **boot)}
+
+
+NO_P_YES = "no P(yes): the endpoint returned no logprobs for the answer's first token"
+
+
+def unavailable(why: str) -> dict:
+    return {"value": float("nan"), "ci": [float("nan"), float("nan")], "p_value": float("nan"), "unavailable": why}
+
+
 def confidence(records: list[dict], name: str, boot: dict) -> dict:
-    summary = summarize_confidence(records, name, **boot)
+    """P(yes)'s AUROC and calibration; unavailable when no yes/no question of `name` has a P(yes)."""
+    yes_no = [r for r in records if r["kind"] == "closed" and (r.get("label") or parse_yes_no(r["reference"]))]
+    scored = [r for r in yes_no if r.get("p_yes", {}).get(name) is not None]
+    if yes_no and not scored:
+        summary = {"n": 0, "unavailable": NO_P_YES, "per_finding": {}, "macro_auroc": unavailable(NO_P_YES),
+                   "auroc_all": unavailable(NO_P_YES), "brier": unavailable(NO_P_YES),
+                   "ece": {"value": float("nan"), "unavailable": NO_P_YES}, "reliability": []}  # fmt: skip
+    else:
+        summary = summarize_confidence(records, name, **boot)
+    summary["p_yes_coverage"] = len(scored) / len(yes_no) if yes_no else float("nan")
     return {"confidence": summary, "macro_auroc": summary["macro_auroc"], "brier": summary["brier"]}
 
 

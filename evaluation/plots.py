@@ -35,7 +35,8 @@ def _bars(ax, groups: list[str], series: dict[str, list[dict | None]]) -> None:
         )
     ax.set_xticks(range(len(groups)), groups, fontsize=8, rotation=20 if len(groups) > 5 else 0)
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=7)
+    if series:  # none: no model has a P(yes) (remote models without logprobs)
+        ax.legend(fontsize=7)
 
 
 def plot_comparison(m: dict, path: Path) -> None:
@@ -53,7 +54,8 @@ def plot_comparison(m: dict, path: Path) -> None:
 
 def plot_confidence(m: dict, path: Path) -> None:
     plt = _pyplot()
-    models = {n: m["models"][n]["confidence"] for n in with_image(m["models"])}
+    models = {n: m["models"][n]["confidence"] for n in with_image(m["models"])
+              if not m["models"][n]["confidence"].get("unavailable")}  # fmt: skip
     findings = sorted({f for c in models.values() for f in c["per_finding"]})
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
     _bars(left, findings, {n: [c["per_finding"].get(f) for f in findings] for n, c in models.items()})
@@ -65,7 +67,8 @@ def plot_confidence(m: dict, path: Path) -> None:
         right.plot([b["confidence"] for b in bins], [b["frequency"] for b in bins], "o-", label=name)
     right.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean P(yes) in bin", ylabel="share of yes labels")
     right.set_title("reliability (dashed: perfect calibration)")
-    right.legend(fontsize=7)
+    if models:
+        right.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -3,6 +3,7 @@
     questions = list_questions(rows)                        # one entry per QA pair, in dataset order
     done = resume(out, run)                                 # finished records of an earlier run of the same settings
     answer_all(vqa, films, questions, done, variants, settings, batch_size, sink)  # films(row): that row's film
+    answer_all(..., answered=answer_remote(...))            # remote models' variants answered beforehand
 
 The batches are fixed chunks of the whole question list, so a resumed run forms exactly the batches an uninterrupted
 run would: a batch that was answered in full is skipped, one that was cut short is answered again whole, and the
@@ -20,6 +21,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from cxr_vqa.answers import Answer
 from cxr_vqa.errors import UserError
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.reports import PREDICTIONS, RUN, iter_predictions, variant_name
@@ -87,32 +89,43 @@ def batches(questions: Sequence[dict], per_call: int) -> Iterator[list[dict]]:
         yield list(questions[start : start + per_call])
 
 
-def answer_all(vqa, films, questions, done, variants, settings: GenerationSettings, batch_size: int, sink) -> int:
+def answer_all(
+    vqa, films, questions, done, variants, settings: GenerationSettings, batch_size: int, sink, answered=None
+) -> int:
     """Answer every question not in `done` under every variant, a batch of rows per generate call, appending records
-    to `sink`; `films(row)` gives a question's film. Returns how many generate calls were made."""
-    per_call = max(1, batch_size // len(variants))
+    to `sink`; `films(row)` gives a question's film. `answered` holds the variants answered elsewhere (remote models):
+    {variant: {question id: (Answer, token usage)}}; the local model `vqa` answers the others. Returns how many
+    generate calls were made."""
+    answered = answered or {}
+    local = [v for v in variants if v[0] not in answered]
+    per_call = max(1, batch_size // max(len(local), 1))
     held: dict[int, Image.Image] = {}  # only the current batch's films
     calls = 0
     with tqdm(total=len(questions), initial=len(done), desc="questions", unit="q") as bar:
         for batch in batches(questions, per_call):
             if all(q["id"] in done for q in batch):
                 continue
-            needed = {q["row"] for q in batch}
-            held = {r: held[r] if r in held else films(r) for r in needed}
-            pics, convs, adapters = [], [], []
-            for q in batch:
-                image = held[q["row"]]
-                for _, adapter, blank in variants:
-                    pics.append(Image.new("RGB", image.size) if blank else image)
-                    convs.append(add_question(None, q["question"]))
-                    adapters.append(adapter)
-            answers = iter(_answer(vqa, pics, convs, adapters, settings))
-            calls += 1
+            answers = iter([])
+            if local:
+                needed = {q["row"] for q in batch}
+                held = {r: held[r] if r in held else films(r) for r in needed}
+                pics, convs, adapters = [], [], []
+                for q in batch:
+                    image = held[q["row"]]
+                    for _, adapter, blank in local:
+                        pics.append(Image.new("RGB", image.size) if blank else image)
+                        convs.append(add_question(None, q["question"]))
+                        adapters.append(adapter)
+                answers = iter(_answer(vqa, pics, convs, adapters, settings))
+                calls += 1
             for q in batch:
                 record = dict(q)  # with its `row`, where the app's Explore tab finds the film
-                answered = {name: next(answers) for name, _, _ in variants}
-                record["answers"] = {name: a.text for name, a in answered.items()}
-                record["p_yes"] = {name: a.p_yes for name, a in answered.items()}
+                given = {name: _given(answered[name], done, name, q["id"]) for name in answered}
+                got = {name: given[name][0] if name in given else next(answers) for name, _, _ in variants}
+                record["answers"] = {name: a.text for name, a in got.items()}
+                record["p_yes"] = {name: a.p_yes for name, a in got.items()}
+                if given:
+                    record["usage"] = {name: usage for name, (_, usage) in given.items()}
                 record["scores"] = {
                     name: score_answer(text, kind=q["kind"], reference=q["reference"], label=q["label"])
                     for name, text in record["answers"].items()
@@ -121,6 +134,15 @@ def answer_all(vqa, films, questions, done, variants, settings: GenerationSettin
             sink.flush()
             bar.update(sum(q["id"] not in done for q in batch))
     return calls
+
+
+def _given(answers: dict, done: dict, variant: str, qid: str) -> tuple[Answer, dict | None]:
+    """A variant's answer given beforehand; for a question an earlier run finished (its batch is answered again
+    whole), the one that run recorded."""
+    if qid in answers:
+        return answers[qid]
+    record = done[qid]
+    return Answer(record["answers"][variant], record["p_yes"][variant]), record.get("usage", {}).get(variant)
 
 
 def _answer(vqa, pics, convs, models, settings) -> list:

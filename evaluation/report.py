@@ -33,7 +33,8 @@ EXPLAIN = {
     "open token recall": "share of the reference's words found in the answer, as medical VQA papers report",
     "open token F1": "harmonic mean of word precision and recall against the reference",
     "open ROUGE-L": "longest common word subsequence, F-measure",
-    "P(yes)": "probability of the answer's first token spelling yes rather than no, from the same forward pass",
+    "P(yes)": "probability of the answer's first token spelling yes rather than no, from the same forward pass (a "
+    "remote model: from the log-probabilities its endpoint returned for the first answer token's top candidates)",
     "AUROC": "how well P(yes) ranks positive studies above negative ones, per finding (0.5 = chance, undefined "
     "when a finding has only one class); macro = the mean over findings",
     "Brier score": "mean squared error of P(yes) against the label (0 = perfect, 0.25 = always 0.5)",
@@ -47,10 +48,14 @@ def _num(x, digits: int = 3) -> str:
 
 
 def _est(e: dict) -> str:
+    if e.get("unavailable"):
+        return "unavailable"
     return f"{_num(e['value'])} [{_num(e['ci'][0])}, {_num(e['ci'][1])}]"
 
 
 def _diff(d: dict) -> str:
+    if d.get("unavailable"):
+        return "unavailable"
     value = "n/a" if math.isnan(d["value"]) else f"{d['value']:+.3f}"
     holm = f", Holm p={_num(d['p_holm'], 4)}" if "p_holm" in d else ""
     return f"{value} [{_num(d['ci'][0])}, {_num(d['ci'][1])}], p={_num(d['p_value'], 4)}{holm}"
@@ -89,11 +94,19 @@ def _markdown(m: dict) -> str:
     diffs = list(m["difference"])
     q, boot = m["questions"], m["bootstrap"]
     adapter = ", ".join(m["adapter"]) if m["adapter"] else "no adapter"
+    remote = m.get("remote", {})
+    no_p_yes = [n for n in models if m["models"][n]["confidence"].get("unavailable")]
     out = [
         "# Evaluation: base vs fine-tuned", "", f"> {DISCLAIMER}", "",
         f"- dataset `{m['dataset']}`, {source(m)}: {m['studies']} studies, {m['patients']} patients, "
         f"{q['total']} questions ({q['closed']} closed, {q['open']} open)",
         f"- base `{m['base']}`, adapters: {adapter}",
+        *[f"- remote model `{n}` = `{r['source']}`: the same conversation and film (a PNG of the letterboxed "
+          f"picture), greedy; {r['answers']} answers, {r['prompt_tokens']:,} + {r['completion_tokens']:,} tokens, "
+          f"{r['cost_usd']:.2f} USD at {r['price_per_mtok'][0]:g}/{r['price_per_mtok'][1]:g} USD per million"
+          for n, r in remote.items()],
+        *([f"- P(yes) unavailable for {', '.join(no_p_yes)} (its endpoint returned no logprobs): AUROC and "
+           "calibration are not reported for it"] if no_p_yes else []),
         "- every question is asked **single-turn** with its film; greedy decoding, at most "
         f"{m['protocol']['max_new_tokens']} new tokens; {'4-bit nf4' if m['protocol']['4bit'] else 'full precision'}",
         f"- 95% intervals: percentile bootstrap over **studies** ({boot['resamples']} resamples, seed "
@@ -126,18 +139,23 @@ def _markdown(m: dict) -> str:
             acc = [m["models"][n]["per_finding"].get(f) for n in models]
             n_pos = next((c for c in conf if c), {"n": 0, "positives": 0})
             rows.append([f, f"{n_pos['n']} ({n_pos['positives']} yes)", *[_est(a) if a else "n/a" for a in acc],
-                         *[_est(c) if c else "n/a" for c in conf]])  # fmt: skip
+                         *[_est(c) if c else "unavailable" if n in no_p_yes else "n/a"
+                           for n, c in zip(models, conf, strict=True)]])  # fmt: skip
         out += _table(["finding", "n", *[f"acc {n}" for n in models], *[f"AUROC {n}" for n in models]], rows)
     out += ["", "## Calibration of P(yes)", ""]
     out += _table(
         ["model", "Brier", "ECE"],
-        [[n, _est(m["models"][n]["brier"]), _num(m["models"][n]["confidence"]["ece"]["value"])] for n in models],
+        [[n, _est(m["models"][n]["brier"]), _est_ece(m["models"][n]["confidence"]["ece"])] for n in models],
     )
     if m.get("extra"):
         out += ["", "## Model-based metrics (open questions)", "", "```", str(m["extra"]), "```"]
     out += ["", "![headline metrics with 95% intervals](comparison.png)", "",
             "![per-finding AUROC and reliability diagram](confidence.png)", ""]  # fmt: skip
     return "\n".join(out)
+
+
+def _est_ece(ece: dict) -> str:
+    return "unavailable" if ece.get("unavailable") else _num(ece["value"])
 
 
 def write_report(out: Path, m: dict) -> None:

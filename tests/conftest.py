@@ -64,6 +64,18 @@ def second_adapter_dir(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def qa_dataset(tmp_path_factory):
+    """The 3-study dataset of tests/test_evaluate.py in the dataprep contract format, on disk (all three in test)."""
+    from datasets import Dataset, DatasetDict, Image, List
+    from test_evaluate import STUDIES, _row
+
+    data = Dataset.from_list([_row(i, *study) for i, study in enumerate(STUDIES)]).cast_column("images", List(Image()))
+    out = tmp_path_factory.mktemp("qa-data")
+    DatasetDict({"train": data.select([0]), "validation": data.select([1]), "test": data}).save_to_disk(str(out))
+    return str(out)
+
+
+@pytest.fixture(scope="session")
 def llama_package(tmp_path_factory):
     """The npm tarball holding Llama's vocabulary and merges (never committed: Meta's vocabulary)."""
     from finetune.llama_tokenizer import TokenizerSourceError, fetch_package

@@ -91,23 +91,12 @@ def test_compare_all_over_http_returns_every_model(vqa, tmp_path):
     assert scores["tuned"]["answer"] == direct["rank8"].text
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from datasets import Dataset, DatasetDict, Image, List
-    from test_evaluate import STUDIES, _row
-
-    data = Dataset.from_list([_row(i, *study) for i, study in enumerate(STUDIES)]).cast_column("images", List(Image()))
-    out = tmp_path_factory.mktemp("qa-data")
-    DatasetDict({"train": data.select([0]), "validation": data.select([1]), "test": data}).save_to_disk(str(out))
-    return str(out)
-
-
-def test_evaluation_compares_each_adapter_with_the_base(dataset, tiny_model_dir, random_adapter_dir,
+def test_evaluation_compares_each_adapter_with_the_base(qa_dataset, tiny_model_dir, random_adapter_dir,
                                                         second_adapter_dir, tmp_path):  # fmt: skip
     from evaluation import __main__ as ev
 
     out = tmp_path / "report"
-    ev.main(["--dataset", dataset, "--out", str(out), "--base", tiny_model_dir, "--no-4bit", "--device", "cpu",
+    ev.main(["--dataset", qa_dataset, "--out", str(out), "--base", tiny_model_dir, "--no-4bit", "--device", "cpu",
              "--adapter", f"rank8={random_adapter_dir}", "--adapter", f"rank4={second_adapter_dir}",
              "--max-new-tokens", "4", "--batch-size", "12", "--resamples", "100"])  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
@@ -120,7 +109,7 @@ def test_evaluation_compares_each_adapter_with_the_base(dataset, tiny_model_dir,
                      load_in_4bit=False, device="cpu")  # fmt: skip
     from datasets import load_from_disk
 
-    study = load_from_disk(dataset)["test"][0]
+    study = load_from_disk(qa_dataset)["test"][0]
     conversation = add_question(None, study["qa"][0]["question"])
     first = next(r for r in records if r["id"] == f"{study['study_id']}#0")
     for model in vqa.model_names:  # each model's record is that model's own single-row answer

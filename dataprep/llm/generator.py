@@ -27,10 +27,11 @@ from pathlib import Path
 import openai
 from tqdm.auto import tqdm
 
+from cxr_vqa.costs import Ledger, price_of
 from cxr_vqa.endpoint import Backoff, EndpointSetupError, Reply, send_chat
 from dataprep.chexpert import Study
 from dataprep.llm.batch_api import DISCOUNT, BatchTransport
-from dataprep.llm.budget import MAX_SENDS_PER_REPORT, PRICES_PER_MTOK, Ledger, check_retry_options, request_tokens
+from dataprep.llm.budget import MAX_SENDS_PER_REPORT, check_retry_options, request_tokens
 from dataprep.llm.cache import ReplyCache, cache_key
 from dataprep.llm.prompt import PROMPT_VERSION, InvalidOutput, parse_content, request_body, validate_content
 from dataprep.qa import QAResult, filter_pairs
@@ -76,7 +77,7 @@ class LLMGenerator:
         self.max_retries, self.max_invalid_retries = max_retries, max_invalid_retries
         self.backoff, self.timeout, self.batch_api = Backoff(base=backoff), timeout, batch_api
         self.poll_interval, self.retry_rejected, self.progress = poll_interval, retry_rejected, progress
-        self.ledger = Ledger(price or PRICES_PER_MTOK.get(model, (0.0, 0.0)), max_cost)
+        self.ledger = Ledger(price_of(model, price), max_cost)
         self.source = f"llm:{model}"
         self.counts: Counter = Counter()
         self.invalid_outputs: Counter = Counter()  # by InvalidOutput.code

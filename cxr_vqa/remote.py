@@ -1,0 +1,193 @@
+"""A model behind any OpenAI-compatible vision endpoint (vLLM serving LLaVA-1.5 and its adapters, OpenAI, Ollama),
+answering like a local one: the same conversation, the film as the exact letterboxed picture the local models see,
+the app's or the evaluation's decoding settings, and P(yes) from the first answer token's `top_logprobs`.
+
+    specs = remote_specs(["gpt4o=https://api.openai.com/v1#gpt-4o", "vllm=http://127.0.0.1:8000/v1#tuned#VLLM_KEY"])
+    remote = RemoteModel(specs["gpt4o"], timeout=60)       # fails here, in one line, if its key is not set
+    answer = remote.answer(film.image, conversation, settings, on_text=print)   # streamed; Answer(text, p_yes)
+
+`--remote NAME=BASE_URL#MODEL[#KEY_VARIABLE]`: the model's name in panes, votes and reports; the endpoint's base URL
+(ending in /v1); the model id the endpoint serves (for vLLM, the base or a `--lora-modules` name); and, optionally,
+the environment variable that holds its API key (upper-case letters, digits and _; default OPENAI_API_KEY). The key
+itself is read from the environment only, never from a flag, a file or the URL, and a server on this machine needs
+none. Sends go through the core's one retry mechanism (`cxr_vqa.endpoint`): 429, 5xx, timeouts and refused
+connections are retried with backoff, a refused key stops at once, and what is left is one line (RemoteError).
+Nothing of the key or the film is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from PIL import Image
+
+from cxr_vqa.answers import Answer, p_yes_of_candidates
+from cxr_vqa.endpoint import Backoff, EndpointSetupError, Reply, is_local, open_client, read_api_key, send_chat
+from cxr_vqa.errors import UserError
+from cxr_vqa.generation import GenerationSettings
+
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+TOP_LOGPROBS = 20  # OpenAI's maximum and vLLM's default --max-logprobs: the yes/no spellings are all among them
+MAX_RETRIES = 3
+SETTINGS = GenerationSettings()
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # as adapter names: panes, votes and report columns use it
+KEY_ENV = re.compile(r"[A-Z_][A-Z0-9_]*")  # upper case only: a pasted key (mixed case) is refused, never echoed
+SPEC_FORM = "NAME=BASE_URL#MODEL[#KEY_VARIABLE]"
+
+
+class RemoteError(UserError):
+    """A remote model gave no answer: why, in one line. `fatal` when no later request can pass (key, model name)."""
+
+    def __init__(self, message: str, *, fatal: bool = False):
+        super().__init__(message)
+        self.fatal = fatal
+
+
+@dataclass(frozen=True)
+class RemoteSpec:
+    name: str
+    base_url: str
+    model: str
+    key_env: str = DEFAULT_KEY_ENV
+
+    @property
+    def source(self) -> str:
+        """Where it answers from, as votes and reports record it: BASE_URL#MODEL (never the key)."""
+        return f"{self.base_url}#{self.model}"
+
+
+def parse_remote(item: str) -> RemoteSpec:
+    """One `--remote` value; messages name the entry by its name only, so a key pasted into it is never printed."""
+    name, sep, rest = item.partition("=")
+    if not (sep and NAME.fullmatch(name)):
+        raise UserError(f"--remote: give {SPEC_FORM}, with a name of letters, digits, . _ -")
+    url, _, tail = rest.partition("#")
+    model, _, key_env = tail.partition("#")
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise UserError(f"--remote {name}: the base URL must be http(s)://host[:port]/v1 ({SPEC_FORM})")
+    if parsed.username or parsed.password:
+        raise UserError(f"--remote {name}: no credentials in the URL; put the key in an environment variable")
+    if not model:
+        raise UserError(f"--remote {name}: name the model after the URL ({SPEC_FORM})")
+    if key_env and not KEY_ENV.fullmatch(key_env):
+        raise UserError(f"--remote {name}: the part after the second # names an environment variable (A-Z, 0-9, _) "
+                        "that holds the key, never the key itself")  # fmt: skip
+    return RemoteSpec(name, url.rstrip("/"), model, key_env or DEFAULT_KEY_ENV)
+
+
+def remote_specs(items: Sequence[str] | None, taken: Sequence[str] = ()) -> dict[str, RemoteSpec]:
+    """Model name -> RemoteSpec from `--remote` values; names must differ from each other and from `taken`."""
+    specs: dict[str, RemoteSpec] = {}
+    for item in items or []:
+        spec = parse_remote(item)
+        if spec.name in specs or spec.name in taken:
+            raise UserError(f"--remote {spec.name}: that name is already a model's; give each model its own name")
+        specs[spec.name] = spec
+    return specs
+
+
+def png_data_url(image: Image.Image) -> str:
+    """The picture as a PNG data URL, pixel for pixel (PNG is lossless): what the local models see."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def openai_messages(conversation: Sequence[dict], data_url: str) -> list[dict]:
+    """The project's conversation (typed parts, the image in the first user turn) as chat-completions messages."""
+    messages = []
+    for turn in conversation:
+        content = turn["content"]
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        text = " ".join(p["text"] for p in parts if p["type"] == "text")
+        if turn["role"] == "user" and any(p["type"] == "image" for p in parts):
+            messages.append({"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": data_url}}, {"type": "text", "text": text}]})  # fmt: skip
+        else:
+            messages.append({"role": turn["role"], "content": text})
+    return messages
+
+
+def answer_of(reply: Reply) -> Answer:
+    return Answer((reply.content or "").strip(), p_yes_of(reply))
+
+
+def p_yes_of(reply: Reply) -> float | None:
+    """P(yes) from the first answer token that is not blank, where the endpoint returned logprobs."""
+    for candidates in reply.logprobs or ():
+        if next(iter(candidates), "").strip(" ▁Ġ\n\t"):
+            return p_yes_of_candidates(candidates)
+    return None
+
+
+class RemoteModel:
+    """One model behind an OpenAI-compatible endpoint; safe to call from several threads (each call its own loop)."""
+
+    def __init__(self, spec: RemoteSpec, *, timeout: float = 60.0, max_retries: int = MAX_RETRIES,
+                 backoff: Backoff = Backoff()):  # fmt: skip
+        read_api_key(spec.key_env, spec.base_url)  # a missing key fails at start, not at the first question
+        self.spec, self.timeout, self.max_retries, self.backoff = spec, timeout, max_retries, backoff
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def client(self):
+        return open_client(self.spec.base_url, api_key_env=self.spec.key_env, timeout=self.timeout)
+
+    def body(self, data_url: str, conversation: Sequence[dict], settings: GenerationSettings) -> dict:
+        return {
+            "model": self.spec.model, "messages": openai_messages(conversation, data_url),
+            "temperature": settings.temperature, "top_p": settings.top_p, "max_tokens": settings.max_new_tokens,
+            "logprobs": True, "top_logprobs": TOP_LOGPROBS,
+        }  # fmt: skip
+
+    async def send(self, client, body: dict, on_text: Callable[[str], None] | None = None) -> Reply:
+        """One answer, with bounded retries of what may pass later; RemoteError when none came."""
+        for attempt in range(1 + self.max_retries):
+            try:
+                reply = await send_chat(client, body, on_text)
+            except EndpointSetupError as err:
+                raise RemoteError(f"{self.name}: {err} (key from ${self.spec.key_env})", fatal=True) from None
+            if not (reply.failure and reply.retryable) or attempt == self.max_retries:
+                break
+            await self.backoff.wait(attempt, reply.retry_after)
+        if reply.failure:
+            raise RemoteError(f"{self.name} did not answer: {self._why(reply.failure[1])} after {attempt + 1} "
+                              f"attempt{'s' if attempt else ''}")  # fmt: skip
+        return reply
+
+    def _why(self, detail: str) -> str:
+        where = urlparse(self.spec.base_url).netloc
+        if detail == "APITimeoutError":
+            return f"no reply from {where} within {self.timeout:g} s"
+        if detail == "APIConnectionError":
+            return f"cannot connect to {where}" + ("" if is_local(self.spec.base_url) else " (network or URL)")
+        return f"{detail} from {where}"
+
+    async def aanswer(self, client, image: Image.Image, conversation: Sequence[dict], settings: GenerationSettings,
+                      on_text: Callable[[str], None] | None = None) -> tuple[Answer, dict | None]:  # fmt: skip
+        """(the answer with its P(yes), the token usage) for the last question of `conversation` about `image`."""
+        relay = (lambda text: on_text(text.lstrip())) if on_text else None
+        reply = await self.send(client, self.body(png_data_url(image), conversation, settings), relay)
+        return answer_of(reply), reply.usage
+
+    def answer(self, image: Image.Image, conversation: Sequence[dict], settings: GenerationSettings = SETTINGS,
+               on_text: Callable[[str], None] | None = None) -> Answer:  # fmt: skip
+        """`aanswer` in a fresh event loop, for a thread of the app; streamed when `on_text` is given."""
+
+        async def run() -> Answer:
+            client = self.client()
+            try:
+                return (await self.aanswer(client, image, conversation, settings, on_text))[0]
+            finally:
+                await client.close()
+
+        return asyncio.run(run())

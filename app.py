@@ -11,7 +11,7 @@ one 4-bit model in one batched generate. A research demo, not a medical device.
 
 Programmatic use: `gradio_client.Client(url).predict(handle_file("film.png"), "Is there cardiomegaly?",
 api_name="/compare")` returns (base answer, first adapter's answer; "" without an adapter); "/compare_scores" adds
-P(yes) to each; "/compare_all" returns {model name: answer} for every loaded model.
+P(yes) to each; "/compare_all" returns {model name: answer} for every loaded model; "/maps" adds where each looked.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from app_lib import demo as demo_models
 from app_lib.blind import NO_BLIND, Blind
 from app_lib.config import parse_config
 from app_lib.handlers import NO_ADAPTER, Handlers, pane_label
+from app_lib.maps import Maps
 from app_lib.results import load_report
 from app_lib.votes import VoteStore
 from cxr_vqa.cli import user_errors
@@ -87,6 +88,7 @@ def create_demo(
     votes = VoteStore(votes_db)
     h = Handlers(vqa, votes, settings=settings, rng=rng)
     blind = Blind(vqa, votes, settings=settings, rng=rng)
+    maps = Maps(vqa, votes, settings=settings, rng=rng)
     report = load_report(report_dir)
     adapters = ", ".join(f"`{name}` = `{source}`" for name, source in vqa.adapters.items())
     quantized = "4-bit nf4" if vqa.is_4bit else "full precision"
@@ -125,6 +127,7 @@ def create_demo(
                                     panes.append(gr.Chatbot(label=pane_label(model), elem_id=f"{pane_id(model)}-chat",
                                                             placeholder=placeholder, **PANE))  # fmt: skip
                                     stats.append(gr.Markdown(elem_id=f"{pane_id(model)}-stats"))
+                        map_view = maps.view(film, chats, len(h.panes), GPU_EVENT, on_gpu)
                     with gr.Tab("Blind A/B"):
                         gr.Markdown(BLIND_HELP + ("" if vqa.has_adapter else f"\n\n**Unavailable:** {NO_BLIND}."))
                         blind_btn = gr.Button(
@@ -177,6 +180,7 @@ def create_demo(
             trigger(ask, [film, question, chats, *sliders], [*chat_outputs, question], **GPU_EVENT, **private)
         for clear in (clear_btn.click, *[pane.clear for pane in panes]):  # a pane's trash icon clears them all
             clear(h.clear, None, chat_outputs, queue=False, **private)
+        map_view.clear_on(ask_btn.click, question.submit, clear_btn.click, film_file.change)  # maps of old answers
         blind_outputs = [answer_a, answer_b, trial, reveal]
         blind_btn.click(on_gpu(blind.answer), [film, question, *sliders], blind_outputs, **GPU_EVENT, **private)
         for choice, button in vote_buttons.items():
@@ -193,6 +197,9 @@ def create_demo(
              '(film file, question) → {"base": {"answer", "p_yes"}, "tuned": {...}}; p_yes null for open answers'),
             ("compare_all", h.compare_all, [gr.JSON(visible=False)],
              "(film file, question) → {model name: answer} for every loaded model"),
+            ("maps", maps.api, [gr.JSON(visible=False)],
+             "(film file, question) → {model name: {answer, map: side x side relevance in [0, 1] or null, sinks, "
+             "available}}: where each model looked for its answer"),
         ):  # fmt: skip
             gr.Button(visible=False).click(
                 on_gpu(fn), inputs, outputs, api_name=name, api_description=about, **GPU_EVENT

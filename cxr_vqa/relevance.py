@@ -125,6 +125,19 @@ def _relevance_attention(module, query, key, value, attention_mask, scaling, dro
     return output, weights
 
 
+def _differentiable_4bit(model) -> None:
+    """On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights at their first forward in eval mode for an
+    inference kernel that has no backward. Put them back in the layout its autograd path reads, as bitsandbytes does
+    itself before saving or moving them; the next plain answer packs them again. GPUs never pack: nothing to do."""
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        state = getattr(weight, "quant_state", None)
+        if getattr(state, "packing_format_for_cpu", False):
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
+
+
 @contextmanager
 def _relevance_mode(model):
     """Eager attention with the collector in the language model and image features that take a gradient; the
@@ -144,6 +157,12 @@ def _relevance_mode(model):
         leaves.append(leaf)
         return leaf
 
+    _differentiable_4bit(llava)
+    # no weight takes a gradient (a base loaded without an adapter has trainable ones): autograd then keeps only what
+    # the attention's gradients need, and nothing of the vision tower
+    trainable = [p for p in llava.parameters() if p.requires_grad]
+    for parameter in trainable:
+        parameter.requires_grad_(False)
     hook = llava.model.multi_modal_projector.register_forward_hook(features)
     _collector.layers = {"attention": {}, "relevance": {}}
     try:
@@ -152,6 +171,8 @@ def _relevance_mode(model):
     finally:
         hook.remove()
         _collector.layers = None
+        for parameter in trainable:
+            parameter.requires_grad_(True)
         llava.set_attn_implementation({"text_config": before})
 
 

@@ -19,6 +19,7 @@ from cxr_vqa.model import load_model
 from cxr_vqa.reports import METRICS, PREDICTIONS
 from evaluation.benchmarks import read_benchmark
 from evaluation.config import EvalConfig
+from evaluation.maps import MAPS_PNG, write_contact_sheet
 from evaluation.metrics import build_metrics, radeval_scores
 from evaluation.predictions import answer_all, list_questions, resume, variants
 from evaluation.report import write_report
@@ -61,6 +62,7 @@ def evaluate(cfg: EvalConfig) -> dict:
            "variants": names, "max_new_tokens": cfg.max_new_tokens, "4bit": cfg.load_in_4bit,
            "batch_size": cfg.batch_size}  # fmt: skip
     done = resume(out, run)
+    vqa = None
     if len(done) < len(questions):
         logger.info("%d of %d questions left to answer", len(questions) - len(done), len(questions))
         vqa = load_model(cfg.base, cfg.adapter, load_in_4bit=cfg.load_in_4bit, device=cfg.device)
@@ -80,5 +82,9 @@ def evaluate(cfg: EvalConfig) -> dict:
         result["extra"] = {"radeval": radeval_scores(records, names)}
     (out / METRICS).write_text(json.dumps(result, indent=2) + "\n")
     write_report(out, result)
+    if cfg.maps:  # where each model looked, for a sample of right and wrong answers
+        vqa = vqa or load_model(cfg.base, cfg.adapter, load_in_4bit=cfg.load_in_4bit, device=cfg.device)
+        films = films if callable(films) else _benchmark_films(films, vqa.input_size)
+        write_contact_sheet(vqa, films, records, cfg.models, cfg.maps, out / MAPS_PNG, seed=cfg.seed)
     share(out)  # the app shows the report, perhaps as another user
     return result

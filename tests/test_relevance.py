@@ -141,3 +141,12 @@ def test_the_overlay_is_the_film_with_the_map_on_its_patches():
 def test_an_empty_map_stays_zero():
     found = RelevanceMap(relevance.normalise(np.zeros((2, 2))), np.zeros((2, 2)), ())
     assert found.grid.max() == 0 and found.side == 2
+
+
+def test_a_base_without_adapter_maps_without_touching_its_weights(tiny_model_dir):
+    vqa = load_model(tiny_model_dir, load_in_4bit=False, device="cpu")
+    flags = {name: p.requires_grad for name, p in vqa.model.named_parameters()}
+    (found,) = vqa.relevance([film()], [QUESTION], ["Yes."], [BASE])
+    assert found.grid.shape == (24, 24) and found.grid.max() == pytest.approx(1.0)
+    assert {name: p.requires_grad for name, p in vqa.model.named_parameters()} == flags and any(flags.values())
+    assert all(p.grad is None for p in vqa.model.parameters())

@@ -197,7 +197,7 @@ def create_demo(
              '(film file, question) → {"base": {"answer", "p_yes"}, "tuned": {...}}; p_yes null for open answers'),
             ("compare_all", h.compare_all, [gr.JSON(visible=False)],
              "(film file, question) → {model name: answer} for every loaded model"),
-            ("maps", maps.api, [gr.JSON(visible=False)],
+            ("maps", maps.maps, [gr.JSON(visible=False)],
              "(film file, question) → {model name: {answer, map: side x side relevance in [0, 1] or null, sinks, "
              "available}}: where each model looked for its answer"),
         ):  # fmt: skip

@@ -1,12 +1,12 @@
-""" "Where did it look?": each model's relevance map for its last answer in the side-by-side panes, as a heat overlay
-on the film as the model saw it, one per pane; and the `/maps` API. Computed only when asked (the button, or an
+"""The "Where did it look?" view: each model's relevance map for its last answer in the side-by-side panes, as a heat
+overlay on the film as the model saw it, one per pane; and the `/maps` API. Computed only when asked (the button, or an
 API call): one extra forward and backward over every local model's row (`VQAModel.relevance`). A model whose
 weights are not here (a remote one) or that is not loaded has no map, and says so.
 
     maps = Maps(vqa, votes)
-    view = maps.view(film_state, chats_state)           # inside the Side by side tab: button, gallery, status
+    view = maps.view(film, chats, len(panes), GPU_EVENT)  # inside the Side by side tab: button, gallery, status
     view.clear_on(ask_btn.click, clear_btn.click)        # a new answer makes the old maps stale
-    maps.api(path, question)                             # {model: {"answer", "map": [[...]], "sinks", "available"}}
+    maps.maps(path, question)                            # {model: {"answer", "map": [[...]], "sinks", "available"}}
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class Maps(Inputs):
         found = dict(zip(local, maps, strict=True))
         return {m: (answer, found.get(m)) for m, (_, answer) in answered.items()}
 
-    def show(self, film: Film | None, chats: dict | None):
+    def show_maps(self, film: Film | None, chats: dict | None):
         """The button: (gallery of (overlay, caption), one per pane that has a map; status line)."""
         with ui_errors():
             if film is None:
@@ -80,7 +80,7 @@ class Maps(Inputs):
         status = f"Maps of {len(gallery)} model(s) in {seconds:.1f} s (one forward and backward for all of them)."
         return gallery, "  \n".join([status, *missing])
 
-    def api(self, path: str | None, question: str) -> dict:
+    def maps(self, path: str | None, question: str) -> dict:
         """`/maps`: every model answers (film, question) as in `/compare_all`, then {model: {"answer", "map": side x
         side floats in [0, 1], row-major over the film's patches, peak 1, or None, "sinks": patches left out,
         "available"}}; a model without a map has "map": None, "available": False and a "note"."""
@@ -105,12 +105,12 @@ class Maps(Inputs):
         }
 
     def view(self, film: gr.State, chats: gr.State, columns: int, gpu_event: dict, wrap=lambda fn: fn) -> View:
-        """The button, the gallery (one column per pane) and the status line, wired to `show`; call inside a tab."""
+        """The button, the gallery (a column per pane) and the status line, wired to `show_maps`; call inside a tab."""
         button = gr.Button("Where did it look?", size="sm", elem_id="maps-button")
         gallery = gr.Gallery(
             label="Where each model looked for its last answer", columns=max(columns, 1), height="auto",
             object_fit="contain", elem_id="maps", interactive=False,
         )  # fmt: skip
         status = gr.Markdown(HELP, elem_id="maps-status")
-        button.click(wrap(self.show), [film, chats], [gallery, status], api_visibility="private", **gpu_event)
+        button.click(wrap(self.show_maps), [film, chats], [gallery, status], api_visibility="private", **gpu_event)
         return View(button, gallery, status)

@@ -41,7 +41,7 @@ def asked(h: Handlers, question: str = "Is there a pleural effusion?"):
 def test_the_button_maps_every_panes_last_answer(handlers, vqa):  # noqa: F811
     h, maps = handlers
     film, chats = asked(h)
-    gallery, status = maps.show(film, chats)
+    gallery, status = maps.show_maps(film, chats)
     assert [caption.split(":")[0] for _, caption in gallery] == ["Base", "Fine-tuned"]
     for (picture, caption), model in zip(gallery, (BASE, TUNED), strict=True):
         assert picture.size == film.image.size and chats[model][-1]["content"][0]["text"][:20] in caption
@@ -67,7 +67,7 @@ def test_a_model_without_weights_here_says_not_available(handlers):
     film, chats = asked(h)
     conversation = add_question(None, "Is there a pleural effusion?")
     chats["remote-gpt"] = [*conversation, assistant_turn("Yes.")]  # a remote model's pane (issue 23)
-    gallery, status = maps.show(film, chats)
+    gallery, status = maps.show_maps(film, chats)
     assert len(gallery) == 2 and NOT_AVAILABLE in status and "remote-gpt" in status
     assert maps.explain(film, chats)["remote-gpt"] == ("Yes.", None)
 
@@ -77,7 +77,7 @@ def test_nothing_to_explain_is_one_line(handlers, state, message):
     h, maps = handlers
     film = None if state == "no film" else h.load_film(str(FILM))[1]
     with pytest.raises(gr.Error, match=message[:30]):
-        maps.show(film, None)
+        maps.show_maps(film, None)
 
 
 def test_maps_over_http_beside_the_unchanged_compare_endpoints(server, vqa):  # noqa: F811

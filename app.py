@@ -14,7 +14,7 @@ one 4-bit model in one batched generate. A research demo, not a medical device.
 Programmatic use: `gradio_client.Client(url).predict(handle_file("film.png"), "Is there cardiomegaly?",
 api_name="/compare")` returns (base answer, first adapter's answer; "" without an adapter); "/compare_scores" adds
 P(yes) to each; "/compare_all" returns {model name: answer} for every model, remote ones included (a remote model
-that did not answer gives "error: <why>").
+that did not answer gives "error: <why>"); "/maps" adds where each local model looked.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from app_lib import demo as demo_models
 from app_lib.blind import NO_BLIND, Blind
 from app_lib.config import parse_config
 from app_lib.handlers import NO_ADAPTER, Handlers, pane_label
+from app_lib.maps import Maps
 from app_lib.results import load_report
 from app_lib.votes import VoteStore
 from cxr_vqa.cli import user_errors
@@ -95,6 +96,7 @@ def create_demo(
     h = Handlers(models, votes, settings=settings, rng=rng)
     blind = Blind(models, votes, settings=settings, rng=rng)
     can_blind = len(models.model_names) > 1
+    maps = Maps(models, votes, settings=settings, rng=rng)
     report = load_report(report_dir)
     adapters = ", ".join(f"`{name}` = `{source}`" for name, source in models.adapters.items())
     quantized = "4-bit nf4" if models.is_4bit else "full precision"
@@ -139,6 +141,7 @@ def create_demo(
                                     panes.append(gr.Chatbot(label=label, elem_id=f"{pane_id(model)}-chat",
                                                             placeholder=placeholder, **PANE))  # fmt: skip
                                     stats.append(gr.Markdown(elem_id=f"{pane_id(model)}-stats"))
+                        map_view = maps.view(film, chats, len(h.panes), GPU_EVENT, on_gpu)
                     with gr.Tab("Blind A/B"):
                         gr.Markdown(BLIND_HELP + ("" if can_blind else f"\n\n**Unavailable:** {NO_BLIND}."))
                         blind_btn = gr.Button(
@@ -191,6 +194,7 @@ def create_demo(
             trigger(ask, [film, question, chats, *sliders], [*chat_outputs, question], **GPU_EVENT, **private)
         for clear in (clear_btn.click, *[pane.clear for pane in panes]):  # a pane's trash icon clears them all
             clear(h.clear, None, chat_outputs, queue=False, **private)
+        map_view.clear_on(ask_btn.click, question.submit, clear_btn.click, film_file.change)  # maps of old answers
         blind_outputs = [answer_a, answer_b, trial, reveal]
         blind_btn.click(on_gpu(blind.answer), [film, question, *sliders], blind_outputs, **GPU_EVENT, **private)
         for choice, button in vote_buttons.items():
@@ -208,6 +212,9 @@ def create_demo(
             ("compare_all", h.compare_all, [gr.JSON(visible=False)],
              '(film file, question) → {model name: answer} for every model, remote ones included ("error: <why>" '
              "for one that did not answer)"),
+            ("maps", maps.maps, [gr.JSON(visible=False)],
+             "(film file, question) → {model name: {answer, map: side x side relevance in [0, 1] or null, sinks, "
+             "available}}: where each model looked for its answer"),
         ):  # fmt: skip
             gr.Button(visible=False).click(
                 on_gpu(fn), inputs, outputs, api_name=name, api_description=about, **GPU_EVENT

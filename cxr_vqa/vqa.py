@@ -8,6 +8,7 @@ the prompt a model is trained on is the prompt it is served with.
     conversation = vqa.conversation(None, question)                # checked against the context window
     answers = vqa.compare(film.image, conversation)                # {"base": Answer, "tuned": Answer}: one generate
     answers = vqa.answer(images, conversations, models)            # any rows, each on its model: one generate
+    maps = vqa.relevance(images, conversations, texts, models)     # where each answer looked: cxr_vqa.relevance
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from cxr_vqa.answers import Answer, YesNoIds, p_yes
 from cxr_vqa.generation import BatchStreamer, GenerationSettings
 from cxr_vqa.images import Film, ImageSource, load_film
 from cxr_vqa.questions import TokenBudget, clean_question
-from cxr_vqa.template import CHAT_TEMPLATE, add_question
+from cxr_vqa.relevance import RelevanceMap, explain
+from cxr_vqa.template import CHAT_TEMPLATE, add_question, assistant_turn
 
 BASE = "base"  # the model name of the base; every loaded adapter answers under its own name
 TUNED = "tuned"  # the name of a lone adapter given without one
@@ -116,7 +118,7 @@ class VQAModel:
 
     # -- answers ------------------------------------------------------------------------------------------------
 
-    def _inputs(self, images, conversations, models):
+    def _inputs(self, images, conversations, models, add_generation_prompt: bool = True):
         """Model inputs for rows answered by `models[i]` (a model name; None: every row on the first adapter)."""
         if len(images) != len(conversations) or (models is not None and len(models) != len(images)):
             raise ValueError("images, conversations and models must have the same length")
@@ -126,7 +128,7 @@ class VQAModel:
         unknown = sorted(set(models) - set(self.model_names))
         if unknown:
             raise ValueError(f"unknown model(s) {', '.join(unknown)}: loaded are {', '.join(self.model_names)}")
-        texts = [render(self.processor, c, add_generation_prompt=True) for c in conversations]
+        texts = [render(self.processor, c, add_generation_prompt=add_generation_prompt) for c in conversations]
         batch = encode(self.processor, images, texts).to(self.device)
         batch["pixel_values"] = batch["pixel_values"].to(self.model.dtype)
         kwargs = dict(batch)
@@ -180,3 +182,25 @@ class VQAModel:
         relay = (lambda texts: on_text(dict(zip(names, texts, strict=True)))) if on_text else None
         answers = self.answer([image] * len(names), [conversations[n] for n in names], names, settings, relay)
         return dict(zip(names, answers, strict=True))
+
+    def relevance(
+        self,
+        images: Sequence[Image.Image],
+        conversations: Sequence[Sequence[dict]],
+        answers: Sequence[str],
+        models: Sequence[str] | None = None,
+    ) -> list[RelevanceMap]:
+        """Where each row's model looked for `answers[i]`, the answer it gave to `conversations[i]`: a map over the
+        film's patches per row (`cxr_vqa.relevance`), every row in one forward and one backward, only when asked."""
+        full = [[*c, assistant_turn(a)] for c, a in zip(conversations, answers, strict=True)]
+        kwargs = self._inputs(images, full, models, add_generation_prompt=False)
+        counts = [self._answer_tokens(c, a) for c, a in zip(conversations, answers, strict=True)]
+        with self._lock:
+            return explain(self.model, kwargs, counts, self.processor.image_token_id)
+
+    def _answer_tokens(self, conversation: Sequence[dict], answer: str) -> int:
+        """Tokens `answer` and its end of sequence add after the prompt: the inference prompt is a prefix of the
+        training text (cxr_vqa.template), so the difference is the answer as the model was trained to write it."""
+        prompt = render(self.processor, conversation, add_generation_prompt=True)
+        full = render(self.processor, [*conversation, assistant_turn(answer)], add_generation_prompt=False)
+        return self.count_tokens(full) - self.count_tokens(prompt)

@@ -2,11 +2,13 @@
 
     python -m dataprep.synthetic S --patients 40 [--seed 0] [--image-size 384] [--no-defects]
     python -m dataprep.synthetic --examples assets/examples        # a few labelled films for the app
+    python -m dataprep.synthetic S --patients 40 --regions-only    # only S/regions.jsonl, for an older release
 
 Each study draws Cardiomegaly, Pleural Effusion, Consolidation, Pneumothorax and Support Devices independently
 (~40% each) and its report states them the way real ones do: ALL CAPS or not, prior-comparison sentences,
 sign-off boilerplate, de-identification marks. A few studies are broken on purpose (no report text, a missing or
-corrupt image, no label row) so every reject path of the builder runs; --no-defects turns that off.
+corrupt image, no label row) so every reject path of the builder runs; --no-defects turns that off. Beside the
+films, regions.jsonl records where each finding was drawn on each (`cxr_vqa.regions`), for the pointing game.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 
 from cxr_vqa.contract import SYNTHETIC_NOTE
 from cxr_vqa.contract import write_examples as write_examples_index
+from cxr_vqa.regions import REGIONS_FILE, region_record, write_regions
 from dataprep.chexpert import COLUMNS, CSV_NAME, LABEL_DIR, LABEL_FILES, LABELS, SYNTHETIC_MARKER
 from dataprep.synthetic_films import DEVICES, DRAWN, draw_film
 
@@ -158,8 +161,9 @@ def _row(path: str, view: str, patient: str, order: int, split: str, sections: d
     return row
 
 
-def _draw_study(job) -> tuple[list[dict], dict[str, list[str]], int]:
-    """One study of the release: its films written under `out`, its CSV rows and label lines, how many films."""
+def _draw_study(job) -> tuple[list[dict], dict[str, list[str]], int, list[dict]]:
+    """One study of the release: its films written under `out` (None: drawn, not written), its CSV rows and label
+    lines, how many films, and where each film's findings were drawn (regions.jsonl lines)."""
     out, seed, p, s, split, image_size, defect = job
     rng = np.random.default_rng([seed, 1, p, s])
     patient = f"patient{p + 1:05d}"
@@ -171,22 +175,27 @@ def _draw_study(job) -> tuple[list[dict], dict[str, list[str]], int]:
     views = [frontal, "lateral"] if rng.random() < 0.5 else [frontal]
     if rng.random() < 0.03:
         views = ["lateral"]
-    rows, label_lines, images = [], {name: [] for name in LABEL_FILES}, 0
+    rows, label_lines, images, regions = [], {name: [] for name in LABEL_FILES}, 0, []
     by_file = {"report_fixed.json": labels, "findings_fixed.json": labels, "impression_fixed.json": impression_labels}
     for k, view in enumerate(views, 1):
         kind = "lateral" if view == "lateral" else "frontal"
         path = f"{split}/{patient}/study{s + 1}/view{k}_{kind}.jpg"
         if defect != "missing_image":
-            png = _png_bytes(draw_film(found, view, image_size, rng))
-            target = out / "PNG" / "PNG" / path.replace(".jpg", ".png")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(png[:100] if defect == "corrupt_image" else png)
+            drawn: dict = {}
+            film = draw_film(found, view, image_size, rng, regions=drawn)
+            if defect != "corrupt_image":
+                regions.append(region_record(path, film.size, drawn))
+            if out is not None:
+                png = _png_bytes(film)
+                target = out / "PNG" / "PNG" / path.replace(".jpg", ".png")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(png[:100] if defect == "corrupt_image" else png)
             images += 1
         rows.append(_row(path, view, patient, s + 1, split, sections, rng))
         if defect != "no_labels":
             for name, values in by_file.items():
                 label_lines[name].append(json.dumps({"path_to_image": path, **values}))
-    return rows, label_lines, images
+    return rows, label_lines, images, regions
 
 
 def write_release(
@@ -196,10 +205,11 @@ def write_release(
     image_size: int = 384,
     defects: bool = True,
     workers: int | None = None,
+    regions_only: bool = False,
 ) -> dict:
     """Write the release under `out`; return counts (patients, studies, images, defects by kind). Studies are drawn
     in `workers` processes (default: every core); each has its own generator, so the release is the same for any
-    number of them."""
+    number of them. `regions_only`: draw it again but write only regions.jsonl, for a release from before it."""
     out = Path(out)
     plan_rng = np.random.default_rng([seed, 0])
     n_valid = max(1, patients // 10) if patients >= 5 else 0
@@ -207,21 +217,25 @@ def write_release(
     n_each = max(1, round(0.03 * len(studies))) if defects and len(studies) >= 10 else 0
     picked = plan_rng.choice(len(studies), size=n_each * len(DEFECTS), replace=False) if n_each else []
     defect_of = {studies[i]: DEFECTS[k // n_each] for k, i in enumerate(picked)}
-    rows, label_lines = [], {name: [] for name in LABEL_FILES}
+    rows, label_lines, regions = [], {name: [] for name in LABEL_FILES}, []
     counts = {"patients": patients, "studies": len(studies), "images": 0, "defects": dict.fromkeys(DEFECTS, 0)}
-    jobs = [(out, seed, p, s, "valid" if p >= patients - n_valid else "train", image_size, defect_of.get((p, s)))
-            for p, s in studies]  # fmt: skip
+    jobs = [(None if regions_only else out, seed, p, s, "valid" if p >= patients - n_valid else "train", image_size,
+             defect_of.get((p, s))) for p, s in studies]  # fmt: skip
     workers = min(workers or os.cpu_count() or 1, max(1, len(jobs) // 50))  # a pool is not worth it for a few
     with ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
         drawn = pool.map(_draw_study, jobs, chunksize=16) if pool else map(_draw_study, jobs)
-        for (*_, defect), (study_rows, study_labels, images) in zip(jobs, drawn, strict=True):
+        for (*_, defect), (study_rows, study_labels, images, study_regions) in zip(jobs, drawn, strict=True):
             if defect:
                 counts["defects"][defect] += 1
             counts["images"] += images
             rows += study_rows
+            regions += study_regions
             for name, lines in study_labels.items():
                 label_lines[name] += lines
     out.mkdir(parents=True, exist_ok=True)
+    write_regions(out, regions)  # where each finding was drawn, for the pointing game (bench/pointing_game.py)
+    if regions_only:
+        return counts
     with open(out / CSV_NAME, "w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, fieldnames=COLUMNS)
         writer.writeheader()
@@ -276,16 +290,21 @@ def main(argv: list[str] | None = None) -> None:
         help="break a few studies on purpose so the reject paths run",
     )
     parser.add_argument("--examples", metavar="DIR", help="also write labelled example films to DIR")
+    regions_help = "write only OUT/regions.jsonl, for a release from before it (the same options draw the same films)"
+    parser.add_argument("--regions-only", action="store_true", help=regions_help)
     args = parser.parse_args(argv)
     if not args.out and not args.examples:
         parser.error("give OUT, --examples DIR, or both")
     if args.patients < 1 or args.image_size < 64:
         parser.error("--patients must be >= 1 and --image-size >= 64")
     if args.out:
-        counts = write_release(args.out, args.patients, args.seed, args.image_size, args.defects)
+        counts = write_release(
+            args.out, args.patients, args.seed, args.image_size, args.defects, regions_only=args.regions_only
+        )
         defects = ", ".join(f"{k} {v}" for k, v in counts["defects"].items() if v) or "none"
         print(
-            f"wrote {args.out}: {counts['patients']} patients, {counts['studies']} studies, "
+            f"wrote {Path(args.out, REGIONS_FILE) if args.regions_only else args.out}: {counts['patients']} patients, "
+            f"{counts['studies']} studies, "
             f"{counts['images']} images; defects: {defects}"
         )
     if args.examples:

@@ -61,8 +61,18 @@ def _curve(p0, p1, p2, n: int = 24) -> list[tuple[float, float]]:
     return [tuple(p) for p in pts]
 
 
-def draw_film(findings: dict[str, dict], view: str, size: int, rng: np.random.Generator) -> Image.Image:
-    """An 8-bit grayscale film of `size` px width showing `findings` (label -> details such as side)."""
+def draw_film(
+    findings: dict[str, dict], view: str, size: int, rng: np.random.Generator, regions: dict | None = None
+) -> Image.Image:
+    """An 8-bit grayscale film of `size` px width showing `findings` (label -> details such as side). `regions`, if
+    given, receives where each finding was drawn: its paint weight (0..1) per pixel, by finding name. Recording them
+    draws nothing and takes no random number: the film is the same with or without."""
+
+    def drawn(name: str, weight: np.ndarray) -> np.ndarray:
+        if regions is not None:
+            regions[name] = np.maximum(regions[name], weight) if name in regions else weight
+        return weight
+
     w, h = size, int(round(size * ASPECT))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     xx, yy = xx / w, yy / h
@@ -92,7 +102,8 @@ def draw_film(findings: dict[str, dict], view: str, size: int, rng: np.random.Ge
     big = "Cardiomegaly" in findings
     heart_ax, heart_ay = (0.21, 0.15) if big else (0.12, 0.11)
     heart_cx = 0.38 if lateral else 0.5 + 0.3 * heart_ax  # the heart sits mostly on the patient's left
-    img = _paint(img, _ellipse(xx, yy, heart_cx, 0.64, heart_ax, heart_ay, edge=0.05), 0.62)
+    heart = _ellipse(xx, yy, heart_cx, 0.64, heart_ax, heart_ay, edge=0.05)
+    img = _paint(img, drawn("Cardiomegaly", heart) if big else heart, 0.62)
 
     ribs = []
     for cx, cy in lungs.values():
@@ -113,18 +124,18 @@ def draw_film(findings: dict[str, dict], view: str, size: int, rng: np.random.Ge
         towards_wall = np.clip(out * (xx - cx) / axes[0], 0, 1)
         if shows("Pleural Effusion", side):
             level = cy + 0.1 - 0.16 * towards_wall**1.5  # meniscus: fluid climbs the side wall
-            img = _paint(img, mask * np.clip((yy - level) / 0.01, 0, 1), 0.6)
+            img = _paint(img, drawn("Pleural Effusion", mask * np.clip((yy - level) / 0.01, 0, 1)), 0.6)
         if shows("Consolidation", side):
             zone_y = cy - 0.12 if findings["Consolidation"].get("zone") == "upper" else cy + 0.04
             bx = cx + rng.uniform(-0.04, 0.04)
             blob = _ellipse(xx, yy, bx, zone_y, 0.11, 0.1, edge=0.6)  # 0 outside, rising to 1 at the centre
             lumpy = np.clip((blob - 0.15 + 0.3 * _smooth_noise((h, w), rng, 3 * px)) * 4, 0, 1) * (blob > 0)
-            img = _paint(img, mask * lumpy, 0.62)
+            img = _paint(img, drawn("Consolidation", mask * lumpy), 0.62)
         if shows("Pneumothorax", side):
             gone = ((out * (xx - cx) > 0.02) | (yy < cy - axes[1] * 0.55)).astype(np.float32)
-            img = _paint(img, mask * gone, 0.02)
+            img = _paint(img, drawn("Pneumothorax", mask * gone), 0.02)
             edge = [(cx + out * 0.02, cy - axes[1] * 0.55), (cx + out * 0.02, cy + axes[1] * 0.8)]
-            img = _paint(img, mask * _lines((w, h), [(edge, 2 * px)]), 0.45)
+            img = _paint(img, drawn("Pneumothorax", mask * _lines((w, h), [(edge, 2 * px)])), 0.45)
 
     device = findings.get("Support Devices", {}).get("device")
     if device:
@@ -136,7 +147,7 @@ def draw_film(findings: dict[str, dict], view: str, size: int, rng: np.random.Ge
         elif device == "pacemaker":
             box = ([(0.69, 0.2), (0.79, 0.2)], 18 * px)  # left chest wall: the image's right
             strokes = [(_curve((0.74, 0.2), (0.6, 0.3), (0.5, 0.66)), 3 * px), box]
-        img = np.maximum(img, 0.97 * _lines((w, h), strokes))
+        img = np.maximum(img, 0.97 * drawn("Support Devices", _lines((w, h), strokes)))
 
     img = img * rng.uniform(0.92, 1.08) + rng.uniform(-0.03, 0.03) + rng.normal(0, 0.015, img.shape)
     film = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8), "L")

@@ -15,6 +15,7 @@ again with a blank image.
     python -m evaluation --dataset data/tiny --base runs/tiny-llava --adapter runs/tiny-lora --out R \\
         --limit 20 --no-4bit --batch-size 16        # CPU smoke run
     python -m evaluation --config eval.yaml   # YAML gives defaults, flags override
+    python -m evaluation --dataset data/cxr --base M --adapter A --out R --maps 12   # + maps.png: where each looked
 
 Writes R/predictions.jsonl (appended batch by batch: a killed run resumes exactly), R/metrics.json, R/report.md,
 R/comparison.png and R/confidence.png; with --remote, R/remote_cache.jsonl (no request is ever sent twice). Each
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     with user_errors():
         result = evaluate(cfg)
     print("\n".join(summary_lines(result)))
-    print(f"wrote {Path(cfg.out) / METRICS}, report.md, predictions.jsonl, comparison.png, confidence.png")
+    maps = ", maps.png" if cfg.maps else ""
+    print(f"wrote {Path(cfg.out) / METRICS}, report.md, predictions.jsonl, comparison.png, confidence.png{maps}")
 
 
 if __name__ == "__main__":

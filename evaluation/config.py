@@ -61,6 +61,10 @@ class EvalConfig:
     ablation: bool = field(default=True, metadata={"help": "also ask every question with a blank image"})
     resamples: int = field(default=S.N_RESAMPLES, metadata={"help": "bootstrap resamples (over studies)"})
     seed: int = field(default=0, metadata={"help": "bootstrap seed"})
+    maps: int = field(
+        default=0, metadata={"help": "also draw maps.png: where each model looked (relevance maps) for N sampled "
+                             "questions, right and wrong answers; 0 (default) draws none: each costs a backward pass"},
+    )  # fmt: skip
     extra_metrics: str | None = field(
         default=None,
         metadata={"help": "model-based metrics on open answers (needs the RadEval package and its weights)",
@@ -70,8 +74,8 @@ class EvalConfig:
     def __post_init__(self):
         if not self.dataset or not self.out:
             raise UserError("--dataset and --out are required")
-        if self.batch_size < 1 or (self.limit is not None and self.limit < 1):
-            raise UserError("--batch-size and --limit must be positive")
+        if self.batch_size < 1 or (self.limit is not None and self.limit < 1) or self.maps < 0:
+            raise UserError("--batch-size and --limit must be positive, --maps 0 or more")
         if self.resamples < 100:
             raise UserError(f"--resamples must be >= 100 for a stable 95% interval, got {self.resamples}")
         GenerationSettings(max_new_tokens=self.max_new_tokens)  # same range checks as the app

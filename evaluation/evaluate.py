@@ -24,6 +24,7 @@ from cxr_vqa.remote import RemoteModel
 from cxr_vqa.reports import METRICS, PREDICTIONS
 from evaluation.benchmarks import read_benchmark
 from evaluation.config import EvalConfig
+from evaluation.maps import MAPS_PNG, write_contact_sheet
 from evaluation.metrics import build_metrics, radeval_scores
 from evaluation.predictions import answer_all, list_questions, resume, variants
 from evaluation.remote import REMOTE_CACHE, Budget, RemoteCache, answer_remote, remote_usage
@@ -67,11 +68,11 @@ def evaluate(cfg: EvalConfig) -> dict:
     run = {"dataset": str(Path(cfg.dataset).resolve()), **source, "base": cfg.base, "adapter": cfg.adapter,
            "variants": names, "max_new_tokens": cfg.max_new_tokens, "4bit": cfg.load_in_4bit,
            "batch_size": cfg.batch_size, **({"remote": sources} if sources else {})}  # fmt: skip
-    remotes = {name: RemoteModel(spec, timeout=cfg.remote_timeout) for name, spec in cfg.remotes.items()}  # keys set?
+    remotes = {name: RemoteModel(spec, timeout=cfg.remote_timeout) for name, spec in cfg.remotes.items()}
     done = resume(out, run)
+    vqa = None
     if len(done) < len(questions):
         logger.info("%d of %d questions left to answer", len(questions) - len(done), len(questions))
-        vqa = None
         if cfg.local_models:
             vqa = load_model(cfg.base, cfg.adapter, load_in_4bit=cfg.load_in_4bit, device=cfg.device)
         if not callable(films):  # benchmark films are letterboxed to the model's own input, like every film
@@ -98,5 +99,9 @@ def evaluate(cfg: EvalConfig) -> dict:
         result["extra"] = {"radeval": radeval_scores(records, names)}
     (out / METRICS).write_text(json.dumps(result, indent=2) + "\n")
     write_report(out, result)
+    if cfg.maps and cfg.local_models:  # where each local model looked, for a sample of right and wrong answers
+        vqa = vqa or load_model(cfg.base, cfg.adapter, load_in_4bit=cfg.load_in_4bit, device=cfg.device)
+        films = films if callable(films) else _benchmark_films(films, vqa.input_size)
+        write_contact_sheet(vqa, films, records, cfg.local_models, cfg.maps, out / MAPS_PNG, seed=cfg.seed)
     share(out)  # the app shows the report, perhaps as another user
     return result

@@ -11,7 +11,8 @@ one 4-bit model in one batched generate. A research demo, not a medical device.
 
 Programmatic use: `gradio_client.Client(url).predict(handle_file("film.png"), "Is there cardiomegaly?",
 api_name="/compare")` returns (base answer, first adapter's answer; "" without an adapter); "/compare_scores" adds
-P(yes) to each; "/compare_all" returns {model name: answer} for every loaded model.
+P(yes) to each; "/compare_all" returns {model name: answer} for every loaded model; "/explore" (with --report) the
+question ids of the evaluation a filter keeps, "/batch" every model's answers to several films and questions.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from pathlib import Path
 import gradio as gr
 
 from app_lib import demo as demo_models
+from app_lib.batch import BatchLimits
+from app_lib.batch_tab import BatchView, batch_tab
 from app_lib.blind import NO_BLIND, Blind
 from app_lib.config import parse_config
+from app_lib.explore_tab import ExploreView, explore_tab
 from app_lib.handlers import NO_ADAPTER, Handlers, pane_label
 from app_lib.results import load_report
 from app_lib.votes import VoteStore
@@ -80,10 +84,12 @@ def create_demo(
     rng=None,
     header: str | None = None,
     examples: list[Example] | None = None,
+    dataset: str | None = None,
+    batch_limits: BatchLimits = BatchLimits(),
 ) -> gr.Blocks:
     """The Blocks app around an already loaded `VQAModel`; nothing is loaded here. One pane per model (base first);
     `settings` are the defaults of the sliders and what the API uses; `header` and `examples` replace the standard
-    ones (the demo's)."""
+    ones (the demo's); `dataset` finds the Explore tab's films when the report's own path is gone."""
     votes = VoteStore(votes_db)
     h = Handlers(vqa, votes, settings=settings, rng=rng)
     blind = Blind(vqa, votes, settings=settings, rng=rng)
@@ -165,6 +171,10 @@ def create_demo(
                 example_labels=[e.label for e in examples], cache_examples=False,
                 label="Examples: synthetic phantoms drawn by dataprep.synthetic, not patients",
             )  # fmt: skip
+        with gr.Tabs():  # full width under the live models: the evaluation's questions, and batches of films
+            explore_tab(ExploreView(report_dir, dataset), film_file, question, NOTICE)
+            batch = BatchView(vqa, votes, limits=batch_limits, settings=settings, rng=rng)
+            batch_tab(batch, NOTICE, GPU_EVENT, wrap=on_gpu)
 
         chat_outputs = [*panes, *stats, chats]
         private = {"api_visibility": "private"}
@@ -238,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"loading {base}" + (f" + {', '.join(adapters)}" if adapters else " (no adapter)"))
             vqa = load_model(base, adapters, load_in_4bit=four_bit, device=config.device)
             settings = GenerationSettings(max_new_tokens=config.max_new_tokens)
+            extra |= {"dataset": config.dataset, "batch_limits": config.batch_limits()}
             demo = create_demo(vqa, votes_db=config.votes_db, report_dir=config.report, settings=settings, **extra)
         print(f"serving on http://{config.host}:{config.port} (votes: {config.votes_db})")
         serve(

@@ -1,8 +1,9 @@
 """The Batch tab's work as plain functions: read several films (files or zips) under the host's limits, the
 questions one a line, have every model answer every (film, question) in batched generate calls, and the CSV.
 
-    films, errors = read_films(paths, limits, decode=vqa.prepare_film)   # [(name, Film)], [{"film", "error"}]
-    questions = read_questions(text, limits)
+    entries = list_films(paths, limits)                                  # zips listed, nothing decoded
+    questions = read_questions(text, limits, len(entries))               # checked before any film is read
+    films, errors = read_films(entries, limits, decode=vqa.prepare_film)  # [(name, Film)], [{"film", "error"}]
     rows = answer_rows(films, questions, [LocalModels(vqa, asked)], settings, limits.batch_size, on_step)
     write_csv(path, rows, models)
 
@@ -86,16 +87,20 @@ def _read(path: str, member: str | None, limit: int | None) -> io.BytesIO:
     return buffer
 
 
-def read_films(
-    paths: Sequence[str] | None, limits: BatchLimits, decode: Callable[[io.BytesIO], Film]
-) -> tuple[list[tuple[str, Film]], list[dict]]:
-    """([(name, film)] that decode, [{"film": name, "error": one line}] that do not); UserError before reading
-    anything when there are no films or more than the limit."""
+def list_films(paths: Sequence[str] | None, limits: BatchLimits) -> list[tuple[str, str, str | None]]:
+    """The films the uploads hold (zips listed, nothing decoded yet); UserError for none or more than the limit."""
     entries = _entries(list(paths or []))
     if not entries:
         raise UserError("no films: upload PNG, JPEG or DICOM files, or a zip of them")
     if len(entries) > limits.max_files:
         raise UserError(f"{len(entries)} films, over this app's limit of {limits.max_files} a batch: split them")
+    return entries
+
+
+def read_films(
+    entries: Sequence[tuple[str, str, str | None]], limits: BatchLimits, decode: Callable[[io.BytesIO], Film]
+) -> tuple[list[tuple[str, Film]], list[dict]]:
+    """([(name, film)] that decode, [{"film": name, "error": one line}] that do not)."""
     films, errors = [], []
     for name, path, member in entries:
         try:

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import gradio as gr
 
-from app_lib.batch import BatchLimits, LocalModels, answer_rows, read_films, read_questions, write_csv
+from app_lib.batch import (
+    BatchLimits,
+    LocalModels,
+    answer_rows,
+    list_films,
+    read_films,
+    read_questions,
+    write_csv,
+)
 from app_lib.handlers import Inputs, ui_errors
 from app_lib.tables import answer_cell, layout, thumbnail
 
@@ -38,8 +46,9 @@ class BatchView(Inputs):
         """({"rows", "errors"} as `/batch` returns it, the model names in column order, the decoded films)."""
         with ui_errors():
             paths = [f if isinstance(f, str) else f.name for f in files or []]
-            films, errors = read_films(paths, self.limits, decode=self.vqa.prepare_film)
-            asked = read_questions(questions, self.limits, len(films) + len(errors))
+            entries = list_films(paths, self.limits)
+            asked = read_questions(questions, self.limits, len(entries))  # limits first: nothing decoded in vain
+            films, errors = read_films(entries, self.limits, decode=self.vqa.prepare_film)
             cleaned = [self._clean(q) for q in asked]
             conversations = {q: self.vqa.conversation(None, q, self.settings.max_new_tokens) for q in cleaned}
             sources = self.sources(conversations)
@@ -49,12 +58,12 @@ class BatchView(Inputs):
         models = [name for source in sources for name in source.names]
         return {"rows": rows, "errors": errors}, models, films
 
-    def api(self, files, questions: str | None, progress=gr.Progress()) -> dict:
+    def batch(self, files, questions: str | None, progress=gr.Progress()) -> dict:
         """`/batch`: {"rows": [{"film", "question", "answers": {model: answer}, "p_yes": {model: p or null}}],
         "errors": [{"film", "error"}]}."""
         return self.run(files, questions, progress)[0]
 
-    def ui(self, files, questions: str | None, progress=gr.Progress()):
+    def batch_table(self, files, questions: str | None, progress=gr.Progress()):
         """(table, CSV file, status line)."""
         return self.present(*self.run(files, questions, progress))
 
@@ -95,10 +104,11 @@ def batch_tab(view: BatchView, notice: str, gpu_event: dict, wrap=lambda fn: fn)
         status = gr.Markdown(elem_id="batch-status")
         table = gr.Dataframe(interactive=False, wrap=True, max_height=900, elem_id="batch-table")
         csv = gr.File(label="CSV", interactive=False, elem_id="batch-csv")
-        run_btn.click(wrap(view.ui), [files, questions], [table, csv, status], api_visibility="private", **gpu_event)
+        outputs = [table, csv, status]
+        run_btn.click(wrap(view.batch_table), [files, questions], outputs, api_visibility="private", **gpu_event)
         api_inputs = [gr.File(visible=False, file_count="multiple", type="filepath"), gr.Textbox(visible=False)]
         gr.Button(visible=False).click(
-            wrap(view.api), api_inputs, [gr.JSON(visible=False)], api_name="batch", **gpu_event,
+            wrap(view.batch), api_inputs, [gr.JSON(visible=False)], api_name="batch", **gpu_event,
             api_description='(files, questions one a line) → {"rows": [{"film", "question", "answers", "p_yes"}], '
             '"errors": [{"film", "error"}]}',
         )  # fmt: skip

@@ -27,6 +27,7 @@ from cxr_vqa.reports import PREDICTIONS, read_predictions, read_run, split_varia
 
 OPEN_RIGHT_RECALL = 0.5
 PAGE_SIZE = 20
+THUMBS_KEPT = 2000  # thumbnails kept in memory (a few KB each)
 REPORT_ORDER, P_YES_GAP, CONFIDENTLY_WRONG = "report order", "P(yes) gap", "confidently wrong"
 SORTS = (REPORT_ORDER, P_YES_GAP, CONFIDENTLY_WRONG)
 OUTCOMES, KINDS = ("right", "wrong"), ("closed", "open")
@@ -53,9 +54,9 @@ def is_yes_no(record: dict) -> bool:
 
 
 def wrong_confidence(record: dict, variant: str) -> float | None:
-    """The probability `variant` gave the wrong yes/no label; None unless a yes/no question with a label and P(yes)."""
+    """The probability `variant` gave the wrong label of a yes/no question; None without a label or a P(yes)."""
     p, label = record.get("p_yes", {}).get(variant), record.get("label")
-    if p is None or label not in ("yes", "no") or not is_yes_no(record):
+    if p is None or label not in ("yes", "no"):
         return None
     return p if label == "no" else 1.0 - p
 
@@ -90,7 +91,9 @@ class Table:
         self._outcome = {v: [outcome(r, v) for r in records] for v in variants}
         self._reading = {v: [reading(r, v) for r in records] for v in variants}
         self._p = {v: [r.get("p_yes", {}).get(v) for r in records] for v in variants}
-        self._wrong_p = {v: [wrong_confidence(r, v) for r in records] for v in variants}
+        self._wrong_p = {v: [wrong_confidence(r, v) if self._yes_no[i] else None for i, r in enumerate(records)]
+                         for v in variants}  # fmt: skip
+        self._thumbs: dict = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -110,8 +113,10 @@ class Table:
             raise UserError(f"unknown finding {query.finding!r}: this report has {', '.join(self.findings)}")
         if query.model and query.model not in self.variants:
             raise UserError(f"unknown model {query.model!r}: this report has {', '.join(self.variants)}")
-        if query.outcome and (query.outcome not in OUTCOMES or not query.model):
-            raise UserError(f"outcome must be 'right', 'wrong' or '' and needs a model, got {query.outcome!r}")
+        if query.outcome and query.outcome not in OUTCOMES:
+            raise UserError(f"outcome must be 'right', 'wrong' or '', got {query.outcome!r}")
+        if query.outcome and not query.model:
+            raise UserError(f"{query.outcome} needs a model: choose whose answers")
         if query.kind not in ("", *KINDS) or query.sort not in SORTS:
             raise UserError(f"kind must be closed, open or '', sort one of {', '.join(SORTS)}")
 
@@ -168,11 +173,20 @@ class Table:
         rows = []
         for i in order[page * size : (page + 1) * size]:
             r = self.records[i]
-            film = thumbnail(self.films.image(r)) if self.films.available else ""
+            film = self._thumbnail(r) if self.films.available else ""
             cells = [answer_cell(r["answers"].get(v, ""), r["p_yes"].get(v) if self._yes_no[i] else None,
                                  self._outcome[v][i]) for v in shown]  # fmt: skip
             rows.append([film, r["id"], r.get("finding") or "", r["kind"], r["question"], r["reference"], *cells])
         return rows
+
+    def _thumbnail(self, record: dict) -> str:
+        """The film's thumbnail, kept for the next page that shows it (a study's questions share one film)."""
+        key = record.get("film") or record["row"]
+        if key not in self._thumbs:
+            if len(self._thumbs) >= THUMBS_KEPT:
+                self._thumbs.pop(next(iter(self._thumbs)))  # the oldest: dicts keep insertion order
+            self._thumbs[key] = thumbnail(self.films.image(record))
+        return self._thumbs[key]
 
     @staticmethod
     def headers(shown: list[str]) -> list[str]:

@@ -62,7 +62,7 @@ class ExploreView:
             raise UserError(self.note)
         return self.table
 
-    def api(self, finding: str | None, model: str | None, outcome: str | None, disagree) -> dict:
+    def explore(self, finding: str | None, model: str | None, outcome: str | None, disagree) -> dict:
         """`/explore`: {"total": n, "ids": question ids of predictions.jsonl in the table's order}."""
         with ui_errors():
             table = self._table()
@@ -158,6 +158,6 @@ def explore_tab(view: ExploreView, film_file: gr.File, question: gr.Textbox, not
         api_inputs = [gr.Textbox(visible=False), gr.Textbox(visible=False), gr.Textbox(visible=False),
                       gr.Checkbox(visible=False)]  # fmt: skip
         gr.Button(visible=False).click(
-            view.api, api_inputs, [gr.JSON(visible=False)], api_name="explore", concurrency_limit=4,
+            view.explore, api_inputs, [gr.JSON(visible=False)], api_name="explore", concurrency_limit=4,
             api_description='(finding or "", model or "", "right"/"wrong"/"", disagree) → {"total": n, "ids": [...]}',
         )  # fmt: skip

@@ -9,6 +9,7 @@ the fallback for a report that moved to another machine or a dataset that moved 
 from __future__ import annotations
 
 import re
+import secrets
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,13 +44,14 @@ class ReportFilms:
         """A file of the record's film in `folder`, for the upload box: the release's own file for a benchmark (its
         format, DICOM included), a PNG of the dataset's film otherwise."""
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(record.get("film") or record["study_id"]))  # no path tricks
+        target = folder / name if self._path is not None else (folder / name).with_suffix(".png")
+        # written aside, then renamed: two people choosing the same film never read a half-written file
+        partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
         if self._path is not None:
-            source = self._path(record)
-            target = folder / name
-            shutil.copyfile(source, target)
-            return target
-        target = (folder / name).with_suffix(".png")
-        self.image(record).save(target)
+            shutil.copyfile(self._path(record), partial)
+        else:
+            self.image(record).save(partial, "PNG")
+        partial.replace(target)
         return target
 
 
@@ -75,7 +77,7 @@ def _split(place: str, split: str, records: list[dict]) -> ReportFilms:
     if split not in splits:
         raise UserError(f"{place} has no {split!r} split")
     data = splits[split]
-    study_ids = data["study_id"]  # one column read: cheap even for a whole release
+    study_ids = data.select_columns(["study_id"]).to_dict()["study_id"]  # one column, as a list: fast to index
     wrong = [r["id"] for r in records if not 0 <= r.get("row", -1) < len(study_ids)
              or study_ids[r["row"]] != r["study_id"]]  # fmt: skip
     if wrong:

@@ -16,7 +16,7 @@ from conftest import _random_adapter
 from films import dicom_bytes, make_dicom
 from PIL import Image
 
-from app_lib.batch import BatchLimits, csv_columns, size_in_bytes
+from app_lib.batch import BatchLimits, csv_columns, size_in_bytes, write_csv
 from app_lib.batch_tab import BatchView
 from app_lib.votes import VoteStore
 from cxr_vqa.generation import GenerationSettings
@@ -70,7 +70,7 @@ def test_five_films_three_questions_three_models_and_the_exact_csv(view, vqa, tm
         lines = list(csv.reader(file))
     assert lines[0] == ["film", "question", "base answer", "base P(yes)", "rank8 answer", "rank8 P(yes)",
                         "rank4 answer", "rank4 P(yes)"] == csv_columns(models)  # fmt: skip
-    expected = [[r["film"], r["question"], *(c for m in models for c in (r["answers"][m], _p(r["p_yes"][m])))]
+    expected = [[r["film"], r["question"], *(c for m in models for c in (_cell(r["answers"][m]), _p(r["p_yes"][m])))]
                 for r in rows]  # fmt: skip
     assert lines[1:] == expected
     frame = table.value
@@ -81,6 +81,17 @@ def test_five_films_three_questions_three_models_and_the_exact_csv(view, vqa, tm
 
 def _p(p):
     return "" if p is None else f"{p:.4f}"
+
+
+def _cell(text):
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def test_the_csv_never_hands_a_spreadsheet_a_formula(tmp_path):
+    rows = [{"film": "=cmd.png", "question": "-1+1?", "answers": {"base": "@SUM(A1)", "tuned": "Yes."},
+             "p_yes": {"base": None, "tuned": 0.123456}}]  # fmt: skip
+    with open(write_csv(tmp_path / "b.csv", rows, ["base", "tuned"]), newline="", encoding="utf-8") as file:
+        assert list(csv.reader(file))[1] == ["'=cmd.png", "'-1+1?", "'@SUM(A1)", "", "Yes.", "0.1235"]
 
 
 def test_a_zip_with_a_broken_film_names_it_and_answers_the_others(view, tmp_path):
@@ -97,7 +108,7 @@ def test_a_zip_with_a_broken_film_names_it_and_answers_the_others(view, tmp_path
     errors = {e["film"]: e["error"] for e in result["errors"]}
     assert list(errors) == ["study/broken.png", "notes.txt"]
     assert "truncated or corrupt" in errors["study/broken.png"] and "not an image" in errors["notes.txt"]
-    _, _, status = view.ui([str(archive)], "Is there cardiomegaly?")
+    _, _, status = view.batch_table([str(archive)], "Is there cardiomegaly?")
     assert "`study/broken.png`: PNG image is truncated or corrupt" in status
 
 

@@ -83,7 +83,7 @@ def test_each_filter_keeps_exactly_the_rows_predictions_jsonl_says(which, synthe
         for model, outcome in [("", ""), ("base", "right"), ("base", "wrong"), ("tuned", "right"), ("tuned", "wrong")]:
             for disagree in (False, True):
                 wanted = expected_ids(records, finding, model, outcome, disagree)
-                got = view.api(finding, model, outcome, disagree)
+                got = view.explore(finding, model, outcome, disagree)
                 assert got == {"total": len(wanted), "ids": wanted}, (finding, model, outcome, disagree)
                 counts[finding, model, outcome, disagree] = len(wanted)
     for kind in ("closed", "open"):
@@ -177,6 +177,18 @@ def test_films_are_found_where_the_report_says_or_with_dataset(varied_report, sy
 def test_the_api_and_the_tab_without_a_report_say_what_to_do(tmp_path):
     view = ExploreView(None)
     with pytest.raises(gr.Error, match="--report R"):
-        view.api("", "", "", False)
+        view.explore("", "", "", False)
     (tmp_path / "run.json").write_text("{}")
     assert "cannot be explored" in ExploreView(tmp_path).note
+
+
+def test_a_script_s_mistakes_get_one_line_each(varied_report):
+    view = ExploreView(varied_report)
+    for args, message in [
+        (("Edema?", "", "", False), "unknown finding 'Edema\\?': this report has"),
+        (("", "gpt", "", False), "unknown model 'gpt': this report has base, tuned"),
+        (("", "tuned", "maybe", False), "outcome must be 'right', 'wrong' or ''"),
+        (("", "", "wrong", False), "wrong needs a model"),
+    ]:
+        with pytest.raises(gr.Error, match=message):
+            view.explore(*args)

@@ -14,7 +14,8 @@ one 4-bit model in one batched generate. A research demo, not a medical device.
 Programmatic use: `gradio_client.Client(url).predict(handle_file("film.png"), "Is there cardiomegaly?",
 api_name="/compare")` returns (base answer, first adapter's answer; "" without an adapter); "/compare_scores" adds
 P(yes) to each; "/compare_all" returns {model name: answer} for every model, remote ones included (a remote model
-that did not answer gives "error: <why>"); "/maps" adds where each local model looked.
+that did not answer gives "error: <why>"); "/maps" adds where each local model looked; "/explore" (with --report)
+the question ids of the evaluation a filter keeps, "/batch" every model's answers to several films and questions.
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ from pathlib import Path
 import gradio as gr
 
 from app_lib import demo as demo_models
+from app_lib.batch import BatchLimits
+from app_lib.batch_tab import BatchView, batch_tab
 from app_lib.blind import NO_BLIND, Blind
 from app_lib.config import parse_config
+from app_lib.explore_tab import ExploreView, explore_tab
 from app_lib.handlers import NO_ADAPTER, Handlers, pane_label
 from app_lib.maps import Maps
 from app_lib.results import load_report
@@ -87,10 +91,13 @@ def create_demo(
     rng=None,
     header: str | None = None,
     examples: list[Example] | None = None,
+    dataset: str | None = None,
+    batch_limits: BatchLimits = BatchLimits(),
 ) -> gr.Blocks:
     """The Blocks app around an already loaded `VQAModel` (None: `remotes` only) and any remote models; nothing is
     loaded here. One pane per model (base first, remote last); `settings` are the defaults of the sliders and what the
-    API uses; `header` and `examples` replace the standard ones (the demo's)."""
+    API uses; `header` and `examples` replace the standard ones (the demo's); `dataset` finds the Explore tab's films
+    when the report's own path is gone."""
     models = Lineup(vqa, remotes)  # every model the panes, blind trials and /compare_all ask
     votes = VoteStore(votes_db)
     h = Handlers(models, votes, settings=settings, rng=rng)
@@ -182,6 +189,10 @@ def create_demo(
                 example_labels=[e.label for e in examples], cache_examples=False,
                 label="Examples: synthetic phantoms drawn by dataprep.synthetic, not patients",
             )  # fmt: skip
+        with gr.Tabs():  # full width under the live models: the evaluation's questions, and batches of films
+            explore_tab(ExploreView(report_dir, dataset), film_file, question, NOTICE)
+            batch = BatchView(models, votes, limits=batch_limits, settings=settings, rng=rng)
+            batch_tab(batch, NOTICE, GPU_EVENT, wrap=on_gpu)
 
         chat_outputs = [*panes, *stats, chats]
         private = {"api_visibility": "private"}
@@ -266,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"loading {base}" + (f" + {', '.join(adapters)}" if adapters else " (no adapter)"))
                 vqa = load_model(base, adapters, load_in_4bit=four_bit, device=config.device)
             settings = GenerationSettings(max_new_tokens=config.max_new_tokens)
+            extra |= {"dataset": config.dataset, "batch_limits": config.batch_limits()}
             demo = create_demo(vqa, remotes=remotes, votes_db=config.votes_db, report_dir=config.report,
                                settings=settings, **extra)  # fmt: skip
         print(f"serving on http://{config.host}:{config.port} (votes: {config.votes_db})")

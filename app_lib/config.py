@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app_lib.batch import BatchLimits, size_in_bytes
 from cxr_vqa.cli import REPEATABLE
 from cxr_vqa.cli import parse_config as parse
 from cxr_vqa.errors import UserError
@@ -63,7 +64,7 @@ class AppConfig:
     )
     votes_db: str = field(default="votes.sqlite", metadata={"help": "SQLite file for blind A/B votes"})
     report: str | None = field(
-        default=None, metadata={"help": "evaluation report directory (metrics.json, comparison.png) to show"}
+        default=None, metadata={"help": "evaluation report directory (metrics, plot, questions to explore)"}
     )
     queue_size: int = field(default=16, metadata={"help": "requests waiting beyond this are told the queue is full"})
     max_new_tokens: int = field(default=128, metadata={"help": "answer length for /compare; the UI slider's start"})
@@ -76,6 +77,14 @@ class AppConfig:
         },
     )
     demo_dir: str = field(default="runs/demo", metadata={"help": "where --demo builds and finds its models"})
+    # the Explore and Batch tabs
+    dataset: str | None = field(
+        default=None, metadata={"help": "the evaluated dataset: Explore's films, when the one --report names is gone"}
+    )
+    batch_max_files: int = field(default=20, metadata={"help": "Batch: most films a batch (zips unpacked)"})
+    batch_max_questions: int = field(default=5, metadata={"help": "Batch: most questions a batch"})
+    batch_max_rows: int = field(default=60, metadata={"help": "Batch: most film x question pairs a batch"})
+    batch_size: int = field(default=16, metadata={"help": "Batch: generate rows per call (one per pair and model)"})
 
     def __post_init__(self):
         if not 1 <= self.port <= 65535:
@@ -90,8 +99,16 @@ class AppConfig:
             raise ValueError("--base none serves remote models only: give --remote, and no --adapter or --demo")
         if self.remote_timeout <= 0:
             raise ValueError(f"remote_timeout must be > 0, got {self.remote_timeout}")
+        for name in ("batch_max_files", "batch_max_questions", "batch_max_rows", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        size_in_bytes(self.max_file_size)
         if self.report is not None and not Path(self.report).is_dir():
             raise ValueError(f"report directory {self.report} not found: pass the --out of `python -m evaluation`")
+
+    def batch_limits(self) -> BatchLimits:
+        return BatchLimits(self.batch_max_files, self.batch_max_questions, self.batch_max_rows, self.batch_size,
+                           max_file_bytes=size_in_bytes(self.max_file_size))  # fmt: skip
 
 
 def parse_config(argv: list[str] | None = None, description: str | None = None) -> AppConfig:

@@ -12,7 +12,8 @@
   unless asked.
 
 Each question becomes a record like the dataset's (id, row, study_id = the film, kind, reference, label for yes/no
-answers), so the same answering, scoring, intervals (over films) and paired tests apply.
+answers; `film`, its path in the release folder), so the same answering, scoring, intervals (over films) and paired
+tests apply.
 """
 
 from __future__ import annotations
@@ -82,5 +83,7 @@ def read_benchmark(
     row = {film: i for i, film in enumerate(films)}
     questions = []
     for i, (entry, film) in enumerate(picked):
-        questions.append({**_question(i, entry, film), "row": row[film]})
+        # `film`, relative to the release folder: how the app's Explore tab finds it, even after the folder moved
+        where = (folder / film).relative_to(root).as_posix()
+        questions.append({**_question(i, entry, film), "row": row[film], "film": where})
     return questions, [folder / film for film in films]

@@ -107,3 +107,45 @@ def checkpoint(request) -> tuple[str, str]:
     if request.param == "llama":
         return request.getfixturevalue("llama_model_dir"), request.getfixturevalue("llama_adapter_dir")
     return request.getfixturevalue("tiny_model_dir"), request.getfixturevalue("random_adapter_dir")
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> str:
+    """A dataset built by the real commands (`dataprep.synthetic`, then `dataprep --generator labels`) from a
+    synthetic release of 60 phantom patients."""
+    from dataprep import __main__ as dataprep_cli
+    from dataprep import synthetic
+
+    release = tmp_path_factory.mktemp("synthetic-release")
+    synthetic.main([str(release), "--patients", "60", "--image-size", "128"])
+    out = tmp_path_factory.mktemp("synthetic-data") / "data"
+    assert dataprep_cli.main(["--chexpert-root", str(release), "--out", str(out), "--generator", "labels"]) == 0
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def coarse_model(tmp_path_factory) -> tuple[str, str]:
+    """(model dir, random adapter dir) of a tiny LLaVA that reads a film in 28 px patches: 144 image tokens instead
+    of 576, four times cheaper where a test answers hundreds of questions."""
+    from finetune.tiny_model import build_tiny_llava
+
+    model = str(build_tiny_llava(tmp_path_factory.mktemp("tiny-llava-28"), patch_size=28))
+    return model, _random_adapter(model, tmp_path_factory.mktemp("coarse-adapter"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_report(synthetic_data, coarse_model, tmp_path_factory):
+    """A report of 1,200 questions for the Explore tab: `python -m evaluation` of that model and adapter over the
+    first 40 studies of the synthetic train split (two-token answers, blank-image runs included), its records then
+    repeated under new ids (`<id>~<k>`, bench/explore.py's `grow`) up to 1,200: evaluating 1,200 questions would cost
+    minutes of a CPU."""
+    from bench.explore import grow
+    from evaluation import __main__ as ev
+
+    evaluated = tmp_path_factory.mktemp("synthetic-evaluation")
+    ev.main(["--dataset", synthetic_data, "--split", "train", "--out", str(evaluated), "--base", coarse_model[0],
+             "--adapter", coarse_model[1], "--no-4bit", "--device", "cpu", "--max-new-tokens", "2", "--limit", "40",
+             "--batch-size", "64", "--resamples", "100"])  # fmt: skip
+    out = tmp_path_factory.mktemp("synthetic-report")
+    grow(evaluated, out, 1200)
+    return out

@@ -156,11 +156,12 @@ def test_demo_has_compare_endpoint_examples_notice_report_and_zero_gpu(vqa, tmp_
     (tmp_path / "metrics.json").write_text(json.dumps({"tuned": {"closed_accuracy_marker": 0.75}}))
     Image.new("RGB", (8, 8)).save(tmp_path / "comparison.png")
     demo = app.create_demo(vqa, votes_db=tmp_path / "v.sqlite", report_dir=tmp_path)
-    assert sorted(wrapped) == ["answer", "ask", "compare", "compare_all", "compare_scores", "maps", "show_maps"]
+    assert sorted(wrapped) == ["answer", "ask", "batch", "batch_table", "compare", "compare_all", "compare_scores",
+                              "maps", "show_maps"]  # fmt: skip
     api = [fn for fn in demo.fns.values() if fn.api_name == "compare"]
     assert len(api) == 1 and api[0].api_visibility == "public"
     public = [fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"]
-    assert public == ["compare", "compare_scores", "compare_all", "maps"]
+    assert sorted(public) == ["batch", "compare", "compare_all", "compare_scores", "explore", "maps"]
     config = json.dumps(demo.get_config_file(), default=str)
     assert "not a medical device" in config and "Not for diagnosis" in config
     assert vqa.adapters[TUNED] in config and "Synthetic phantom: cardiomegaly" in config

@@ -9,6 +9,7 @@ import shutil
 import pytest
 from PIL import Image
 
+from app_lib.explore import open_report
 from evaluation import __main__ as ev
 from evaluation.benchmarks import read_benchmark
 
@@ -99,6 +100,15 @@ def test_vqa_rad_end_to_end_through_the_cli(vqa_rad, tiny_model_dir, random_adap
     }
     assert "tuned_minus_base" in metrics["difference"] and "macro_auroc" in metrics["difference"]["tuned_minus_base"]
     assert (out / "confidence.png").is_file() and "AUROC" in (out / "report.md").read_text()
+    # the app's Explore tab finds each film by the path the record names in the release, there or where it moved
+    assert {r["film"] for r in records} == {"VQA_RAD Image Folder/synpic100.jpg", "VQA_RAD Image Folder/synpic200.jpg"}
+    copy = open_report(out).films.copy(pa, tmp_path)
+    assert copy.suffix == ".jpg" and copy.read_bytes() == (vqa_rad / pa["film"]).read_bytes()
+    moved = tmp_path / "moved"
+    shutil.copytree(vqa_rad, moved)
+    run = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**run, "dataset": str(tmp_path / "gone")}))
+    assert not open_report(out).films.available and open_report(out, dataset=str(moved)).films.available
 
 
 def test_slake_end_to_end_through_the_cli_base_only(slake, tiny_model_dir, tmp_path):

@@ -135,6 +135,25 @@ def test_base_none_serves_remote_models_only(server, tmp_path):
         h.compare(str(FILM), QUESTION)
 
 
+def test_a_batch_asks_the_remote_model_every_film_and_question_beside_the_local_ones(vqa, server, tmp_path):
+    from app_lib.batch import BatchLimits
+    from app_lib.batch_tab import BatchView
+
+    films = [ROOT / "assets" / "examples" / name for name in ("normal.png", "pleural_effusion.png")]
+    view = BatchView(Lineup(vqa, [remote_model(server)]), VoteStore(tmp_path / "v.sqlite"), settings=SETTINGS,
+                     limits=BatchLimits(batch_size=4))  # fmt: skip
+    result = view.batch([str(f) for f in films], f"{QUESTION}\nIs it normal?")
+    assert [(r["film"], r["question"]) for r in result["rows"]] == [
+        (f.name, q) for f in films for q in (QUESTION, "Is it normal?")]  # fmt: skip
+    for row, film in zip(result["rows"], [f for f in films for _ in range(2)], strict=True):
+        assert list(row["answers"]) == [BASE, TUNED, "vis"]
+        assert row["answers"]["vis"] == remote_answer(film)[0]  # each film the remote model was sent was its own
+        assert row["p_yes"]["vis"] == pytest.approx(remote_answer(film)[1], abs=1e-3)
+    server.fail("500", times=None)
+    down = view.batch([str(films[0])], QUESTION)["rows"][0]["answers"]
+    assert down["vis"].startswith("error: vis did not answer") and down[BASE] and down[TUNED]
+
+
 def test_remote_options_are_checked_before_anything_loads(run_cli, server):
     ok = parse_config(["--base", "none", "--remote", f"vis={server.url}#{MODEL}"])
     assert ok.base == "none" and ok.remote == [f"vis={server.url}#{MODEL}"]

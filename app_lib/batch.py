@@ -1,0 +1,221 @@
+"""The Batch tab's work as plain functions: read several films (files or zips) under the host's limits, the
+questions one a line, have every model answer every (film, question) in batched generate calls, and the CSV.
+
+    entries = list_films(paths, limits)                                  # zips listed, nothing decoded
+    questions = read_questions(text, limits, len(entries))               # checked before any film is read
+    films, errors = read_films(entries, limits, decode=vqa.prepare_film)  # [(name, Film)], [{"film", "error"}]
+    rows = answer_rows(films, questions, [LocalModels(vqa, asked)], settings, limits.batch_size, on_step)
+    write_csv(path, rows, models)
+
+A model source is anything with `names` and `answer(images, questions, settings) -> [{name: Answer}]`: the loaded
+LLaVA base and adapters (`LocalModels`) today; a remote endpoint later adds its own, and its columns, unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxr_vqa.answers import Answer
+from cxr_vqa.errors import UserError
+from cxr_vqa.generation import GenerationSettings
+from cxr_vqa.images import Film
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """What one batch may ask of the server; the host sets them (`python app.py --batch-max-files ...`)."""
+
+    max_files: int = 20  # films, zips unpacked
+    max_questions: int = 5
+    max_rows: int = 60  # films x questions: bounds how long one batch holds the model worker
+    batch_size: int = 16  # generate rows per call (each (film, question) is one row per model)
+    max_file_bytes: int | None = None  # each film, also inside a zip; None: no limit of its own
+
+
+def size_in_bytes(text: str) -> int:
+    """The bytes of a size such as "20mb" (the app's --max-file-size), read as Gradio reads it: b, kb, mb, gb."""
+    units = {"b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30}
+    number = text.strip().lower().rstrip("bkmg ")
+    unit = text.strip().lower()[len(number) :].strip()
+    if not number.isdigit() or unit not in units:
+        raise ValueError(f"max_file_size must be a number and a unit (b, kb, mb, gb), e.g. 20mb; got {text!r}")
+    return int(number) * units[unit]
+
+
+def _is_junk(name: str) -> bool:
+    """Folders, macOS resource forks and hidden files that zip tools add beside the films."""
+    return name.endswith("/") or name.startswith("__MACOSX/") or Path(name).name.startswith(".")
+
+
+def _entries(paths: Sequence[str]) -> list[tuple[str, str, str | None]]:
+    """(shown name, file path, zip member or None) for every film the uploads hold, in upload order."""
+    entries = []
+    for path in paths:
+        name = Path(path).name
+        if not name.lower().endswith(".zip"):
+            entries.append((name, path, None))
+            continue
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members = [m for m in archive.namelist() if not _is_junk(m)]
+        except (zipfile.BadZipFile, OSError):
+            entries.append((name, path, ""))  # reported as unreadable when decoded
+            continue
+        entries += [(member, path, member) for member in members]
+    return entries
+
+
+def _read(path: str, member: str | None, limit: int | None) -> io.BytesIO:
+    """The film's bytes, never more than `limit` read (a zip's sizes are only what it claims)."""
+    if member is None:
+        with open(path, "rb") as file:
+            data = file.read(limit + 1 if limit else -1)
+    elif member == "":
+        raise UserError("not a readable zip archive")
+    else:
+        with zipfile.ZipFile(path) as archive, archive.open(member) as file:
+            data = file.read(limit + 1 if limit else -1)
+    if limit and len(data) > limit:
+        raise UserError(f"over this app's upload limit of {limit:,} bytes")
+    buffer = io.BytesIO(data)
+    buffer.name = member or path  # the loader knows a DICOM without a preamble by its .dcm name
+    return buffer
+
+
+def list_films(paths: Sequence[str] | None, limits: BatchLimits) -> list[tuple[str, str, str | None]]:
+    """The films the uploads hold (zips listed, nothing decoded yet); UserError for none or more than the limit."""
+    entries = _entries(list(paths or []))
+    if not entries:
+        raise UserError("no films: upload PNG, JPEG or DICOM files, or a zip of them")
+    if len(entries) > limits.max_files:
+        raise UserError(f"{len(entries)} films, over this app's limit of {limits.max_files} a batch: split them")
+    return entries
+
+
+def read_films(
+    entries: Sequence[tuple[str, str, str | None]], limits: BatchLimits, decode: Callable[[io.BytesIO], Film]
+) -> tuple[list[tuple[str, Film]], list[dict]]:
+    """([(name, film)] that decode, [{"film": name, "error": one line}] that do not)."""
+    films, errors = [], []
+    for name, path, member in entries:
+        try:
+            films.append((name, decode(_read(path, member, limits.max_file_bytes))))
+        except (UserError, zipfile.BadZipFile, OSError, RuntimeError) as err:  # zipfile: CRC, encryption
+            errors.append({"film": name, "error": str(err).splitlines()[0] if str(err) else type(err).__name__})
+    return films, errors
+
+
+def read_questions(text: str | None, limits: BatchLimits, n_films: int) -> list[str]:
+    """The non-empty lines of `text`, checked against the question and row limits."""
+    questions = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if not questions:
+        raise UserError("no question: type one or more, one a line")
+    if len(questions) > limits.max_questions:
+        raise UserError(f"{len(questions)} questions, over this app's limit of {limits.max_questions} a batch")
+    rows = len(questions) * n_films
+    if rows > limits.max_rows:
+        raise UserError(f"{n_films} films x {len(questions)} questions = {rows} answers a model, over this app's "
+                        f"limit of {limits.max_rows}: fewer films or questions")  # fmt: skip
+    return questions
+
+
+class LocalModels:
+    """The loaded LLaVA base and every adapter: each (film, question) once per model, all in one generate call."""
+
+    def __init__(self, vqa, conversations: dict[str, list[dict]]):
+        self.vqa = vqa
+        self.conversations = conversations  # question -> its conversation, checked against the token budget
+
+    @property
+    def names(self) -> list[str]:
+        return self.vqa.model_names
+
+    def answer(self, images, questions, settings: GenerationSettings) -> list[dict[str, Answer]]:
+        names = self.names
+        answers = iter(self.vqa.answer(
+            [image for image in images for _ in names], [self.conversations[q] for q in questions for _ in names],
+            [name for _ in images for name in names], settings,
+        ))  # fmt: skip
+        return [{name: next(answers) for name in names} for _ in images]
+
+
+class RemoteModels:
+    """Models behind OpenAI-compatible endpoints: each (film, question) asked of every one of them, concurrently; an
+    endpoint that fails gives that row "error: <why>" and the others still answer."""
+
+    def __init__(self, remotes: dict, conversations: dict[str, list[dict]], workers: int = 8):
+        self.remotes, self.conversations, self.workers = remotes, conversations, workers
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.remotes)
+
+    def _ask(self, name: str, image, question: str, settings: GenerationSettings) -> Answer:
+        try:
+            return self.remotes[name].answer(image, self.conversations[question], settings)
+        except UserError as err:  # RemoteError: down, slow, refused
+            return Answer(f"error: {err}")
+
+    def answer(self, images, questions, settings: GenerationSettings) -> list[dict[str, Answer]]:
+        jobs = [(i, name) for i in range(len(images)) for name in self.names]
+        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(jobs)))) as pool:
+            done = pool.map(lambda job: self._ask(job[1], images[job[0]], questions[job[0]], settings), jobs)
+            found = dict(zip(jobs, done, strict=True))
+        return [{name: found[i, name] for name in self.names} for i in range(len(images))]
+
+
+def answer_rows(
+    films: Sequence[tuple[str, Film]],
+    questions: Sequence[str],
+    sources: Sequence,
+    settings: GenerationSettings,
+    batch_size: int,
+    on_step: Callable[[int, int], None] | None = None,
+) -> list[dict]:
+    """`/batch`'s rows, film by film and question by question: {"film", "question", "answers": {model: text},
+    "p_yes": {model: P(yes) or None}} (P(yes) only for a yes/no answer). Each source answers chunks of rows in one
+    call; `on_step(done, total)` after each call."""
+    pairs = [(name, film, q) for name, film in films for q in questions]
+    rows = [{"film": name, "question": q, "answers": {}, "p_yes": {}} for name, _, q in pairs]
+    chunks = [(source, start, max(1, batch_size // len(source.names))) for source in sources
+              for start in range(0, len(pairs), max(1, batch_size // len(source.names)))]  # fmt: skip
+    for done, (source, start, size) in enumerate(chunks, 1):
+        part = pairs[start : start + size]
+        answers = source.answer([film.image for _, film, _ in part], [q for _, _, q in part], settings)
+        for row, by_model in zip(rows[start : start + size], answers, strict=True):
+            for name, answer in by_model.items():
+                row["answers"][name] = answer.text
+                row["p_yes"][name] = answer.p_yes if answer.is_closed else None
+        if on_step:
+            on_step(done, len(chunks))
+    return rows
+
+
+def csv_columns(models: Sequence[str]) -> list[str]:
+    return ["film", "question", *(f"{m} {part}" for m in models for part in ("answer", "P(yes)"))]
+
+
+def write_csv(path: str | Path, rows: Sequence[dict], models: Sequence[str]) -> Path:
+    """One line per (film, question): each model's answer and P(yes) (4 decimals; empty for an open answer)."""
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(csv_columns(models))
+        for row in rows:
+            cells = []
+            for m in models:
+                p = row["p_yes"].get(m)
+                cells += [_no_formula(row["answers"].get(m, "")), "" if p is None else f"{p:.4f}"]
+            writer.writerow([_no_formula(row["film"]), _no_formula(row["question"]), *cells])
+    return Path(path)
+
+
+def _no_formula(text: str) -> str:
+    """A cell a spreadsheet would run as a formula (=, +, -, @ first) gets a leading quote: model output and file
+    names are not trusted."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

@@ -1,0 +1,212 @@
+"""The Explore tab's table as plain functions over an evaluation report's records: what is right or wrong, where the
+models disagree, how sure a wrong answer was, which rows a filter keeps and in what order, and one page of them.
+
+    table = open_report("reports/test", dataset=None)          # predictions.jsonl + run.json + where the films are
+    order = table.select(Query(finding="Edema", model="tuned", outcome="wrong", sort=CONFIDENTLY_WRONG))
+    rows = table.page(order, page=0, shown=table.models)         # [[thumbnail, id, finding, ..., answers]]
+
+Definitions (the README states them too):
+- right / wrong: a closed question by the evaluation's strict score (`scores[variant]["correct"]`); an open one by its
+  recall, the share of the reference's words found in the answer, right from OPEN_RIGHT_RECALL up.
+- disagree: a yes/no question where the compared variants' strict readings differ (an unparseable answer counts as
+  its own reading: "yes" against no yes/no at all is a disagreement a reader wants to see).
+- confidently wrong: a wrong yes/no answer ordered by the probability its model gave the wrong label (P(yes) when
+  the truth is no, 1 - P(yes) when it is yes), highest first; other wrong answers follow, then the right ones.
+Everything is computed once when the report opens, so a filter over 20,000 questions is a pass over plain lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from app_lib.report_films import ReportFilms, find_films
+from app_lib.tables import answer_cell, thumbnail
+from cxr_vqa.errors import UserError
+from cxr_vqa.reports import PREDICTIONS, read_predictions, read_run, split_variant, with_image
+
+OPEN_RIGHT_RECALL = 0.5
+PAGE_SIZE = 20
+THUMBS_KEPT = 2000  # thumbnails kept in memory (a few KB each)
+REPORT_ORDER, P_YES_GAP, CONFIDENTLY_WRONG = "report order", "P(yes) gap", "confidently wrong"
+SORTS = (REPORT_ORDER, P_YES_GAP, CONFIDENTLY_WRONG)
+OUTCOMES, KINDS = ("right", "wrong"), ("closed", "open")
+FIXED_COLUMNS = ("film", "id", "finding", "kind", "question", "reference")
+
+
+def outcome(record: dict, variant: str) -> bool | None:
+    """Whether `variant` answered the record's question right (None: not scored)."""
+    score = record.get("scores", {}).get(variant)
+    if not score:
+        return None
+    if record["kind"] == "open":
+        return score.get("recall", 0.0) >= OPEN_RIGHT_RECALL
+    return bool(score.get("correct"))
+
+
+def reading(record: dict, variant: str) -> str | None:
+    """The strict yes/no reading of a yes/no question's answer; None for an unparseable one."""
+    return (record.get("scores", {}).get(variant) or {}).get("parsed")
+
+
+def is_yes_no(record: dict) -> bool:
+    return record["kind"] == "closed" and any(s.get("yes_no") for s in record.get("scores", {}).values())
+
+
+def wrong_confidence(record: dict, variant: str) -> float | None:
+    """The probability `variant` gave the wrong label of a yes/no question; None without a label or a P(yes)."""
+    p, label = record.get("p_yes", {}).get(variant), record.get("label")
+    if p is None or label not in ("yes", "no"):
+        return None
+    return p if label == "no" else 1.0 - p
+
+
+@dataclass(frozen=True)
+class Query:
+    """One view of the table. `model` and `outcome` go together; `blank` shows the blank-image variants as columns
+    (and lets them be filtered, sorted and compared); `pair` names the two variants of the P(yes) gap sort."""
+
+    finding: str = ""
+    model: str = ""
+    outcome: str = ""
+    disagree: bool = False
+    kind: str = ""
+    blank: bool = False
+    sort: str = REPORT_ORDER
+    pair: tuple[str, str] | None = None
+
+
+class Table:
+    """An evaluation report's questions, indexed for filtering; `films` finds each question's film."""
+
+    def __init__(self, records: list[dict], variants: list[str], films: ReportFilms, source: str = ""):
+        self.records, self.variants, self.films, self.source = records, variants, films, source
+        self.models = with_image(variants)  # the models as evaluated, with their films
+        self.findings = sorted({r["finding"] for r in records if r.get("finding")})
+        self.ids = [r["id"] for r in records]
+        self._by_id = {qid: i for i, qid in enumerate(self.ids)}
+        self._finding = [r.get("finding") or "" for r in records]
+        self._kind = [r["kind"] for r in records]
+        self._yes_no = [is_yes_no(r) for r in records]
+        self._outcome = {v: [outcome(r, v) for r in records] for v in variants}
+        self._reading = {v: [reading(r, v) for r in records] for v in variants}
+        self._p = {v: [r.get("p_yes", {}).get(v) for r in records] for v in variants}
+        self._wrong_p = {v: [wrong_confidence(r, v) if self._yes_no[i] else None for i, r in enumerate(records)]
+                         for v in variants}  # fmt: skip
+        self._thumbs: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def shown(self, blank: bool) -> list[str]:
+        """The variants a view shows: the models, and their blank-image runs when asked."""
+        return list(self.variants) if blank else list(self.models)
+
+    def index(self, question_id: str) -> int:
+        if question_id not in self._by_id:
+            raise UserError(f"no question {question_id!r} in this report")
+        return self._by_id[question_id]
+
+    def check(self, query: Query) -> None:
+        """One line per mistake an API caller can make; the UI's choices never make them."""
+        if query.finding and query.finding not in self.findings:
+            raise UserError(f"unknown finding {query.finding!r}: this report has {', '.join(self.findings)}")
+        if query.model and query.model not in self.variants:
+            raise UserError(f"unknown model {query.model!r}: this report has {', '.join(self.variants)}")
+        if query.outcome and query.outcome not in OUTCOMES:
+            raise UserError(f"outcome must be 'right', 'wrong' or '', got {query.outcome!r}")
+        if query.outcome and not query.model:
+            raise UserError(f"{query.outcome} needs a model: choose whose answers")
+        if query.kind not in ("", *KINDS) or query.sort not in SORTS:
+            raise UserError(f"kind must be closed, open or '', sort one of {', '.join(SORTS)}")
+
+    def select(self, query: Query) -> list[int]:
+        """The indices of the records the query keeps, in its order."""
+        self.check(query)
+        keep = range(len(self.records))
+        if query.finding:
+            keep = [i for i in keep if self._finding[i] == query.finding]
+        if query.kind:
+            keep = [i for i in keep if self._kind[i] == query.kind]
+        if query.outcome:
+            wanted, scored = query.outcome == "right", self._outcome[query.model]
+            keep = [i for i in keep if scored[i] is wanted]
+        if query.disagree:
+            readings = [self._reading[v] for v in self.shown(query.blank)]
+            keep = [i for i in keep if self._yes_no[i] and len({r[i] for r in readings}) > 1]
+        return self._sort(list(keep), query)
+
+    def _sort(self, keep: list[int], query: Query) -> list[int]:
+        if query.sort == P_YES_GAP:
+            a, b = self._pair(query)
+            pa, pb = self._p[a], self._p[b]
+            # largest gap first; a question without both P(yes) goes last (sorted() is stable: report order inside)
+            return sorted(keep, key=lambda i: -abs(pa[i] - pb[i]) if pa[i] is not None and pb[i] is not None else 1)
+        if query.sort == CONFIDENTLY_WRONG:
+            model = query.model or self._default_model()
+            scored, sure = self._outcome[model], self._wrong_p[model]
+
+            def rank(i):
+                if scored[i] is not False:
+                    return (2, 0.0)
+                return (0, -sure[i]) if sure[i] is not None else (1, 0.0)
+
+            return sorted(keep, key=rank)
+        return keep
+
+    def _default_model(self) -> str:
+        """The model a sort uses when none is chosen: the last with its film (an adapter, when one was evaluated)."""
+        return self.models[-1]
+
+    def _pair(self, query: Query) -> tuple[str, str]:
+        if query.pair and all(query.pair):
+            a, b = query.pair
+        else:
+            a, b = self.models[0], self._default_model()
+        for v in (a, b):
+            if v not in self.variants:
+                raise UserError(f"unknown model {v!r} for the P(yes) gap: this report has {', '.join(self.variants)}")
+        return a, b
+
+    def page(self, order: list[int], page: int, shown: list[str], size: int = PAGE_SIZE) -> list[list[str]]:
+        """The table rows of page `page` (from 0) of `order`: only these rows' films are read."""
+        rows = []
+        for i in order[page * size : (page + 1) * size]:
+            r = self.records[i]
+            film = self._thumbnail(r) if self.films.available else ""
+            cells = [answer_cell(r["answers"].get(v, ""), r["p_yes"].get(v) if self._yes_no[i] else None,
+                                 self._outcome[v][i]) for v in shown]  # fmt: skip
+            rows.append([film, r["id"], r.get("finding") or "", r["kind"], r["question"], r["reference"], *cells])
+        return rows
+
+    def _thumbnail(self, record: dict) -> str:
+        """The film's thumbnail, kept for the next page that shows it (a study's questions share one film)."""
+        key = record.get("film") or record["row"]
+        if key not in self._thumbs:
+            if len(self._thumbs) >= THUMBS_KEPT:
+                self._thumbs.pop(next(iter(self._thumbs)))  # the oldest: dicts keep insertion order
+            self._thumbs[key] = thumbnail(self.films.image(record))
+        return self._thumbs[key]
+
+    @staticmethod
+    def headers(shown: list[str]) -> list[str]:
+        return [*FIXED_COLUMNS, *(_label(v) for v in shown)]
+
+
+def _label(variant: str) -> str:
+    model, blank = split_variant(variant)
+    return f"{model} (blank image)" if blank else model
+
+
+def open_report(report_dir: str | Path, dataset: str | None = None) -> Table:
+    """The report in `report_dir` (the --out of `python -m evaluation`) as a Table; UserError if it is none."""
+    report_dir = Path(report_dir)
+    run = read_run(report_dir)
+    path = report_dir / PREDICTIONS
+    if not path.is_file():
+        raise UserError(f"{path} not found: the evaluation has not answered anything yet")
+    records = read_predictions(path)
+    if not records:
+        raise UserError(f"{path} holds no questions yet")
+    variants = run.get("variants") or list(records[0]["answers"])
+    return Table(records, variants, find_films(run, records, dataset), source=str(report_dir))

@@ -1,0 +1,163 @@
+"""The Explore tab: an evaluation report's questions as a paged, filtered table (`app_lib.explore`), a row chosen
+into the side-by-side view, and the `/explore` API.
+
+Paging happens on the server: the browser gets one page of rows (and their thumbnails) at a time, whatever the size
+of the report, and the filtered order stays in the session's state on the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+
+import gradio as gr
+
+from app_lib.explore import (
+    CONFIDENTLY_WRONG,
+    KINDS,
+    OUTCOMES,
+    P_YES_GAP,
+    PAGE_SIZE,
+    REPORT_ORDER,
+    Query,
+    Table,
+    open_report,
+)
+from app_lib.handlers import ui_errors
+from app_lib.tables import layout
+from cxr_vqa.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+NO_REPORT = "No evaluation report: start the app with `--report R` (the --out of `python -m evaluation`) to see it."
+HELP = (
+    "Every question of the evaluation with every model's answer: ✓ right, ✗ wrong (closed: the strict score; open: "
+    "half the reference's words or more), and P(yes) for yes/no questions. **Choose a row** to load its film and "
+    "question into the side-by-side view above, then press *Ask* to have the live models answer it again."
+)
+ALL = ""
+WIDTHS = (84, 160, 120, 70, 240, 220)  # px of film, id, finding, kind, question, reference; then 240 a model
+
+
+class ExploreView:
+    """The tab's events over a report's Table; without a report (or with one that cannot be read), a note."""
+
+    def __init__(self, report_dir: str | Path | None, dataset: str | None = None, page_size: int = PAGE_SIZE):
+        self.table: Table | None = None
+        self.note, self.page_size = NO_REPORT, page_size
+        self._folder: Path | None = None
+        if report_dir is not None:
+            try:
+                self.table = open_report(report_dir, dataset)
+                self.note = f"{len(self.table):,} questions from `{report_dir}`; {self.table.films.note}."
+            except UserError as err:
+                logger.warning("Explore tab: %s", err)
+                self.note = f"The report in `{report_dir}` cannot be explored: {err}"
+
+    def _table(self) -> Table:
+        if self.table is None:
+            raise UserError(self.note)
+        return self.table
+
+    def explore(self, finding: str | None, model: str | None, outcome: str | None, disagree) -> dict:
+        """`/explore`: {"total": n, "ids": question ids of predictions.jsonl in the table's order}."""
+        with ui_errors():
+            table = self._table()
+            query = Query(finding=finding or ALL, model=model or ALL, outcome=outcome or ALL, disagree=bool(disagree))
+            if query.model and query.model not in table.models:  # the API compares the models with their films
+                raise UserError(f"unknown model {query.model!r}: this report has {', '.join(table.models)}")
+            order = table.select(query)
+            return {"total": len(order), "ids": [table.ids[i] for i in order]}
+
+    def show(self, finding, kind, model, outcome, disagree, blank, sort, gap_a, gap_b, page):
+        """(table, page line, page number, the page's question ids) of page `page` (from 1) of this view."""
+        with ui_errors():
+            query = Query(finding=finding or ALL, model=model or ALL, outcome=outcome or ALL, disagree=bool(disagree),
+                          kind=kind or ALL, blank=bool(blank), sort=sort or REPORT_ORDER,
+                          pair=(gap_a, gap_b) if gap_a and gap_b else None)  # fmt: skip
+            frame, columns, line, page, ids = self.page(query, page)
+        return gr.Dataframe(value=frame, **columns), line, page, ids
+
+    def page(self, query: Query, page: int | None):
+        """(table value, column types and widths, page line, page number, question ids on it) of page `page`."""
+        table = self._table()
+        order = table.select(query)
+        pages = max(1, -(-len(order) // self.page_size))
+        page = min(max(1, int(page or 1)), pages)
+        shown = table.shown(query.blank)
+        rows = table.page(order, page - 1, shown, self.page_size)
+        first = (page - 1) * self.page_size
+        line = f"Page {page} of {pages} · rows {first + 1 if rows else 0}–{first + len(rows)} of {len(order):,}"
+        ids = [table.ids[i] for i in order[first : first + len(rows)]]
+        return {"headers": table.headers(shown), "data": rows}, layout([*WIDTHS, *[240] * len(shown)]), line, page, ids
+
+    def choose_id(self, question_id: str) -> tuple[str, str, str]:
+        """(a file of the question's film for the upload box, its question, a status line)."""
+        with ui_errors():
+            table = self._table()
+            record = table.records[table.index(question_id)]
+            if self._folder is None:  # a private folder, gone with the app; Gradio serves its own copy of each film
+                self._folder = Path(tempfile.mkdtemp(prefix="explore-films-"))
+                weakref.finalize(self, shutil.rmtree, self._folder, True)
+            path = table.films.copy(record, self._folder)
+        status = f"Loaded `{question_id}` into the side-by-side view above: press *Ask* to hear the live models."
+        return str(path), record["question"], status
+
+    def choose(self, page_ids: list[str] | None, event: gr.SelectData):
+        """A click on a row of the page → its film and question into the side-by-side view."""
+        row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+        if not page_ids or not 0 <= row < len(page_ids):
+            raise gr.Error("that row is no longer on the page: choose it again")
+        return self.choose_id(page_ids[row])
+
+
+def explore_tab(view: ExploreView, film_file: gr.File, question: gr.Textbox, notice: str) -> None:
+    """The tab, inside the caller's Blocks and Tabs; a row goes to `film_file` and `question`."""
+    with gr.Tab("Explore the evaluation", id="explore"):
+        gr.Markdown(notice)
+        gr.Markdown(view.note, elem_id="explore-note")
+        table = view.table
+        if table is not None:
+            gr.Markdown(HELP)
+            models = table.variants
+            with gr.Row():
+                finding = gr.Dropdown([("All findings", ALL), *table.findings], value=ALL, label="Finding",
+                                      elem_id="explore-finding")  # fmt: skip
+                kind = gr.Radio([("all", ALL), *KINDS], value=ALL, label="Question", elem_id="explore-kind")
+                model = gr.Dropdown([("any model", ALL), *models], value=ALL, label="Model", elem_id="explore-model")
+                outcome = gr.Radio([("any", ALL), *OUTCOMES], value=ALL, label="Its answer", elem_id="explore-outcome")
+            with gr.Row():
+                disagree = gr.Checkbox(label="Models disagree (yes/no)", elem_id="explore-disagree")
+                blank = gr.Checkbox(label="Show the blank-image answers", elem_id="explore-blank")
+                sort = gr.Radio([REPORT_ORDER, P_YES_GAP, CONFIDENTLY_WRONG], value=REPORT_ORDER, label="Sort",
+                                elem_id="explore-sort")  # fmt: skip
+                gap_a = gr.Dropdown(models, value=table.models[0], label="P(yes) gap between")
+                gap_b = gr.Dropdown(models, value=table.models[-1], label="and")
+            frame, columns, line, _, ids = view.page(Query(), 1)  # the first page comes with the page itself
+            grid = gr.Dataframe(frame, **columns, interactive=False, wrap=True, max_height=900,
+                                elem_id="explore-table")  # fmt: skip
+            with gr.Row():
+                prev_btn = gr.Button("◀ Previous", size="sm", elem_id="explore-prev")
+                page_line = gr.Markdown(line, elem_id="explore-page")
+                next_btn = gr.Button("Next ▶", size="sm", elem_id="explore-next")
+            status = gr.Markdown(elem_id="explore-status")
+            page, page_ids = gr.State(1), gr.State(ids)
+            filters = [finding, kind, model, outcome, disagree, blank, sort, gap_a, gap_b]
+            outputs = [grid, page_line, page, page_ids]
+            cheap = {"api_visibility": "private", "concurrency_limit": 4}
+            for control in filters:
+                control.change(lambda *a: view.show(*a, 1), filters, outputs, **cheap)
+            prev_btn.click(lambda *a: view.show(*a[:-1], a[-1] - 1), [*filters, page], outputs, **cheap)
+            next_btn.click(lambda *a: view.show(*a[:-1], a[-1] + 1), [*filters, page], outputs, **cheap)
+            grid.select(view.choose, [page_ids], [film_file, question, status], **cheap).then(
+                None, js="() => window.scrollTo({top: 0, behavior: 'smooth'})"
+            )
+        api_inputs = [gr.Textbox(visible=False), gr.Textbox(visible=False), gr.Textbox(visible=False),
+                      gr.Checkbox(visible=False)]  # fmt: skip
+        gr.Button(visible=False).click(
+            view.explore, api_inputs, [gr.JSON(visible=False)], api_name="explore", concurrency_limit=4,
+            api_description='(finding or "", model or "", "right"/"wrong"/"", disagree) → {"total": n, "ids": [...]}',
+        )  # fmt: skip

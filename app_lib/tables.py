@@ -1,0 +1,34 @@
+"""Cells shared by the Explore and Batch tables: a film's thumbnail, inline, and one model's answer.
+
+Thumbnails go inline as data URLs in a markdown cell: a page of the table carries its own small pictures, so no
+film is written to the server's disk to show it, and only the rows of the page on screen are ever encoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+from PIL import Image
+
+THUMB_PX = 64  # the side of a thumbnail: enough to tell films apart, a few KB each
+
+
+def thumbnail(image: Image.Image, size: int = THUMB_PX) -> str:
+    """A markdown image of `image` shrunk to fit `size` px, as a PNG data URL."""
+    small = image.convert("L")  # chest films are grey: one channel is a third of the bytes
+    small.thumbnail((size, size))
+    buffer = io.BytesIO()
+    small.save(buffer, "PNG", optimize=True)
+    return f"![film](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode('ascii')})"
+
+
+def answer_cell(text: str, p_yes: float | None, right: bool | None = None) -> str:
+    """One model's answer as the tables show it: ✓/✗ when it was scored, then the text, then P(yes) if any."""
+    mark = "" if right is None else "✓ " if right else "✗ "
+    return mark + text + ("" if p_yes is None else f"  · P(yes) {p_yes:.2f}")
+
+
+def layout(widths: list[int]) -> dict:
+    """`gr.Dataframe`'s column types and widths (px) for a table whose first column holds the thumbnails."""
+    return {"datatype": ["markdown"] + ["str"] * (len(widths) - 1), "column_widths": [f"{w}px" for w in widths]}

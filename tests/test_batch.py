@@ -1,0 +1,144 @@
+"""The Batch tab's handler with a tiny checkpoint, the base and two random adapters: every model answers every
+(film, question), checked against the model core asked one film at a time; the exact CSV; a zip with a broken film;
+the host's limits."""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from conftest import _random_adapter
+from films import dicom_bytes, make_dicom
+from PIL import Image
+
+from app_lib.batch import BatchLimits, csv_columns, size_in_bytes, write_csv
+from app_lib.batch_tab import BatchView
+from app_lib.votes import VoteStore
+from cxr_vqa.generation import GenerationSettings
+from cxr_vqa.images import load_film
+from cxr_vqa.model import load_model
+from cxr_vqa.template import add_question
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
+SETTINGS = GenerationSettings(max_new_tokens=4)
+QUESTIONS = ["Is there cardiomegaly?", "Is there a pleural effusion?", "What abnormalities are seen?"]
+
+
+@pytest.fixture(scope="module")
+def vqa(coarse_model, tmp_path_factory):
+    model, first = coarse_model
+    second = _random_adapter(model, tmp_path_factory.mktemp("second-coarse-adapter"), seed=2, rank=4)
+    return load_model(model, [f"rank8={first}", f"rank4={second}"], load_in_4bit=False, device="cpu")
+
+
+@pytest.fixture
+def view(vqa, tmp_path):
+    return BatchView(vqa, VoteStore(tmp_path / "votes.sqlite"), settings=SETTINGS, limits=BatchLimits(batch_size=8))
+
+
+def five_films(folder: Path) -> list[str]:
+    """Three example PNGs, a JPEG and a DICOM."""
+    paths = [str(EXAMPLES / f"{name}.png") for name in ("cardiomegaly", "pleural_effusion", "normal")]
+    Image.open(EXAMPLES / "pneumothorax.png").convert("RGB").save(folder / "pneumothorax.jpg", quality=90)
+    pixels = (np.add.outer(np.arange(96), np.arange(80)) * 20).astype(np.uint16)
+    (folder / "ramp.dcm").write_bytes(dicom_bytes(make_dicom(pixels)))
+    return [*paths, str(folder / "pneumothorax.jpg"), str(folder / "ramp.dcm")]
+
+
+def test_five_films_three_questions_three_models_and_the_exact_csv(view, vqa, tmp_path):
+    films = five_films(tmp_path)
+    result, models, decoded = view.run(films, "\n".join(QUESTIONS) + "\n\n")  # blank lines are not questions
+    table, csv_path, status = view.present(result, models, decoded)
+    assert models == ["base", "rank8", "rank4"] and result["errors"] == []
+    rows = result["rows"]
+    assert len(rows) == 15 and all(len(r["answers"]) == 3 and len(r["p_yes"]) == 3 for r in rows)
+    assert [(r["film"], r["question"]) for r in rows] == [(Path(f).name, q) for f in films for q in QUESTIONS]
+    for i, path in enumerate(films):  # each film with one of the questions, as the side-by-side view asks it
+        row, question = rows[3 * i + i % 3], QUESTIONS[i % 3]
+        alone = vqa.compare(load_film(path, vqa.input_size).image, add_question(None, question), SETTINGS)
+        assert row["question"] == question and row["answers"] == {m: a.text for m, a in alone.items()}, path
+        for m, answer in alone.items():
+            assert (row["p_yes"][m] is None) == (not answer.is_closed)
+            assert row["p_yes"][m] is None or row["p_yes"][m] == pytest.approx(answer.p_yes, abs=1e-4)
+    assert len({r["answers"]["base"] for r in rows} | {r["answers"]["rank8"] for r in rows}) > 1
+    with open(csv_path, newline="", encoding="utf-8") as file:
+        lines = list(csv.reader(file))
+    assert lines[0] == ["film", "question", "base answer", "base P(yes)", "rank8 answer", "rank8 P(yes)",
+                        "rank4 answer", "rank4 P(yes)"] == csv_columns(models)  # fmt: skip
+    expected = [[r["film"], r["question"], *(c for m in models for c in (_cell(r["answers"][m]), _p(r["p_yes"][m])))]
+                for r in rows]  # fmt: skip
+    assert lines[1:] == expected
+    frame = table.value
+    assert len(frame["data"]) == 15 and frame["headers"] == ["film", "name", "question", *models]
+    assert all(cell.startswith("![film](data:image/png;base64,") for cell, *_ in frame["data"])
+    assert status.startswith("15 answers from each of 3 models")
+
+
+def _p(p):
+    return "" if p is None else f"{p:.4f}"
+
+
+def _cell(text):
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def test_the_csv_never_hands_a_spreadsheet_a_formula(tmp_path):
+    rows = [{"film": "=cmd.png", "question": "-1+1?", "answers": {"base": "@SUM(A1)", "tuned": "Yes."},
+             "p_yes": {"base": None, "tuned": 0.123456}}]  # fmt: skip
+    with open(write_csv(tmp_path / "b.csv", rows, ["base", "tuned"]), newline="", encoding="utf-8") as file:
+        assert list(csv.reader(file))[1] == ["'=cmd.png", "'-1+1?", "'@SUM(A1)", "", "Yes.", "0.1235"]
+
+
+def test_a_zip_with_a_broken_film_names_it_and_answers_the_others(view, tmp_path):
+    archive = tmp_path / "films.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(EXAMPLES / "cardiomegaly.png", "study/cardiomegaly.png")
+        z.writestr("study/broken.png", (EXAMPLES / "normal.png").read_bytes()[:1500])
+        z.writestr("__MACOSX/study/._cardiomegaly.png", b"resource fork")
+        z.writestr("study/.DS_Store", b"junk")
+        z.writestr("notes.txt", b"not a film")
+    result, _, _ = view.run([str(archive), str(EXAMPLES / "normal.png")], "Is there cardiomegaly?")
+    assert [(r["film"], r["question"]) for r in result["rows"]] == [
+        ("study/cardiomegaly.png", "Is there cardiomegaly?"), ("normal.png", "Is there cardiomegaly?")]  # fmt: skip
+    errors = {e["film"]: e["error"] for e in result["errors"]}
+    assert list(errors) == ["study/broken.png", "notes.txt"]
+    assert "truncated or corrupt" in errors["study/broken.png"] and "not an image" in errors["notes.txt"]
+    _, _, status = view.batch_table([str(archive)], "Is there cardiomegaly?")
+    assert "`study/broken.png`: PNG image is truncated or corrupt" in status
+
+
+def test_the_hosts_limits_refuse_a_batch_before_any_model_call(vqa, tmp_path):
+    limits = BatchLimits(max_files=3, max_questions=2, max_rows=4, max_file_bytes=size_in_bytes("100kb"))
+    view = BatchView(vqa, VoteStore(tmp_path / "votes.sqlite"), settings=SETTINGS, limits=limits)
+    film = str(EXAMPLES / "normal.png")
+    cases = [
+        ([film] * 4, "Is there cardiomegaly?", "4 films, over this app's limit of 3"),
+        ([film], "a?\nb?\nc?", "3 questions, over this app's limit of 2"),
+        ([film] * 3, "a?\nb?", "3 films x 2 questions = 6 answers a model, over this app's limit of 4"),
+        ([film], " \n ", "no question"),
+        ([], "Is there cardiomegaly?", "no films"),
+    ]
+    for files, questions, message in cases:
+        with pytest.raises(gr.Error, match=message):
+            view.run(files, questions)
+    big = tmp_path / "big.zip"
+    noise = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)  # ~270 KB as PNG
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, "PNG")
+    with zipfile.ZipFile(big, "w") as z:
+        z.writestr("big.png", buffer.getvalue())  # the zip itself passed the upload limit; its film does not
+    result, _, _ = view.run([str(big), film], "Is there cardiomegaly?")
+    assert result["errors"] == [{"film": "big.png", "error": "over this app's upload limit of 102,400 bytes"}]
+    assert [r["film"] for r in result["rows"]] == ["normal.png"]
+
+
+def test_sizes_read_as_gradio_reads_them():
+    assert [size_in_bytes(s) for s in ("20mb", "5 MB", "204800b", "1gb")] == [20 << 20, 5 << 20, 204800, 1 << 30]
+    for bad in ("20", "mb", "20xb", "-1mb"):
+        with pytest.raises(ValueError, match="max_file_size"):
+            size_in_bytes(bad)

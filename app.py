@@ -40,7 +40,8 @@ try:  # ZeroGPU on Hugging Face Spaces: a GPU is attached only while a decorated
 except ImportError:
     spaces = None
 
-EXAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "examples"
+EXAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "examples"  # synthetic phantoms: the demo models'
+REAL_EXAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "real"  # NIH ChestX-ray14 films: a real model's
 NOTICE = (
     "⚠️ **Research demo, not a medical device. Not for diagnosis or treatment decisions.** Answers come from a "
     "language model and can be wrong with confidence. Do not upload images that identify a patient."
@@ -66,9 +67,10 @@ def on_gpu(fn):
     return spaces.GPU(fn) if spaces is not None else fn
 
 
-def film_examples() -> list[Example]:
-    """The example films of assets/examples/ (examples.json), with their suggested questions."""
-    return read_examples(EXAMPLES_DIR) or []
+def film_examples(folder: Path = REAL_EXAMPLES_DIR) -> list[Example]:
+    """The example films of `folder` (its examples.json), with their suggested questions: real chest X-rays by
+    default, the synthetic phantoms of assets/examples/ for the demo models."""
+    return read_examples(folder) or []
 
 
 def create_demo(
@@ -80,15 +82,18 @@ def create_demo(
     rng=None,
     header: str | None = None,
     examples: list[Example] | None = None,
+    live: demo_models.Live | None = None,
 ) -> gr.Blocks:
     """The Blocks app around an already loaded `VQAModel`; nothing is loaded here. One pane per model (base first);
     `settings` are the defaults of the sliders and what the API uses; `header` and `examples` replace the standard
-    ones (the demo's)."""
+    ones (the demo's); `live`, a demo still building, keeps its state on the page and at `/demo_status`."""
     votes = VoteStore(votes_db)
-    h = Handlers(vqa, votes, settings=settings, rng=rng)
+    h = Handlers(vqa, votes, settings=settings, rng=rng, notes=live.notes if live else None)
     blind = Blind(vqa, votes, settings=settings, rng=rng)
     report = load_report(report_dir)
     adapters = ", ".join(f"`{name}` = `{source}`" for name, source in vqa.adapters.items())
+    if live is not None:
+        adapters = f"`{TUNED}` = `{live.demo.adapter}` (its newest checkpoint while it trains)"
     quantized = "4-bit nf4" if vqa.is_4bit else "full precision"
 
     # delete_cache: uploaded films leave the server's disk after an hour or so, and all of them when it stops
@@ -97,6 +102,7 @@ def create_demo(
         gr.Markdown(NOTICE, elem_id="notice")
         if header:
             gr.Markdown(header, elem_id="demo-header")
+        status = gr.Markdown(live.markdown(), elem_id="demo-status") if live else None
         models_line = f"Base model: `{vqa.base_name}` ({quantized}) · Adapters: {adapters or 'none'}"
         gr.Markdown(models_line, elem_id="models")
         film, chats, trial = gr.State(None), gr.State(None), gr.State(None)
@@ -121,15 +127,15 @@ def create_demo(
                         with gr.Row():
                             for model in h.panes:
                                 with gr.Column():
-                                    placeholder = NO_ADAPTER if model not in vqa.model_names else None
+                                    waiting = live.notes()[TUNED].capitalize() if live else NO_ADAPTER
+                                    placeholder = waiting if model not in vqa.model_names else None
                                     panes.append(gr.Chatbot(label=pane_label(model), elem_id=f"{pane_id(model)}-chat",
                                                             placeholder=placeholder, **PANE))  # fmt: skip
                                     stats.append(gr.Markdown(elem_id=f"{pane_id(model)}-stats"))
                     with gr.Tab("Blind A/B"):
-                        gr.Markdown(BLIND_HELP + ("" if vqa.has_adapter else f"\n\n**Unavailable:** {NO_BLIND}."))
-                        blind_btn = gr.Button(
-                            "Answer blind", variant="primary", interactive=vqa.has_adapter, elem_id="blind"
-                        )
+                        ready = vqa.has_adapter or live is not None  # the demo's adapter comes with its first epoch
+                        gr.Markdown(BLIND_HELP + ("" if ready else f"\n\n**Unavailable:** {NO_BLIND}."))
+                        blind_btn = gr.Button("Answer blind", variant="primary", interactive=ready, elem_id="blind")
                         with gr.Row():
                             answer_a = gr.Textbox(label="A", interactive=False, lines=4, elem_id="answer-a")
                             answer_b = gr.Textbox(label="B", interactive=False, lines=4, elem_id="answer-b")
@@ -146,11 +152,12 @@ def create_demo(
                         with gr.Row():
                             refresh_btn = gr.Button("Refresh", size="sm")
                             export_btn = gr.DownloadButton("Export all votes (CSV)", size="sm", elem_id="export")
-                        gr.Markdown(report.note)
-                        if report.metrics is not None:
-                            gr.JSON(report.metrics, label="metrics.json")
-                        if report.plot is not None:
-                            gr.Image(report.plot, label="comparison.png", interactive=False)
+                        report_views = [
+                            gr.Markdown(report.note, elem_id="report-note"),
+                            gr.JSON(report.metrics, label="metrics.json", visible=report.metrics is not None),
+                            gr.Image(report.plot, label="comparison.png", interactive=False,
+                                     visible=report.plot is not None, elem_id="report-plot"),
+                        ]  # fmt: skip
                 with gr.Accordion("Generation settings", open=False):
                     longest = max(512, settings.max_new_tokens)  # --max-new-tokens may start it past 512
                     max_new = gr.Slider(1, longest, value=settings.max_new_tokens, step=1, label="Max new tokens")
@@ -184,6 +191,12 @@ def create_demo(
         refresh_btn.click(blind.results, None, [results], queue=False, **private)
         export_btn.click(blind.export, None, [export_btn], queue=False, **private)
         demo.load(blind.results, None, [results], queue=False, **private)
+        reload = partial(report_updates, report_dir)  # a report may be written while the app runs (the demo's)
+        if report_dir is not None:
+            for event in (demo.load, refresh_btn.click):
+                event(reload, None, report_views, queue=False, **private)
+        if live is not None:
+            live.wire(demo, status, report_views, reload)
         # the API: hidden components give gradio_client plain strings and dicts
         inputs = [film_file, question]
         for name, fn, outputs, about in (
@@ -198,6 +211,16 @@ def create_demo(
                 on_gpu(fn), inputs, outputs, api_name=name, api_description=about, **GPU_EVENT
             )
     return demo
+
+
+def report_updates(report_dir) -> tuple:
+    """The Results tab's report views as the report folder holds them now."""
+    from PIL import Image
+
+    report = load_report(report_dir)
+    plot = Image.open(report.plot) if report.plot else None  # an image, not a path: no file outside Gradio's to serve
+    return (report.note, gr.JSON(report.metrics, visible=report.metrics is not None),
+            gr.Image(plot, visible=plot is not None))  # fmt: skip
 
 
 def pane_id(model: str) -> str:
@@ -227,18 +250,23 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own startup requests, one line each
     from cxr_vqa.model import load_model
 
-    demo = None
+    demo = builder = None
     try:
         with user_errors():
-            base, adapters, four_bit, extra = config.base, config.adapter, config.load_in_4bit, {}
+            base, adapters, four_bit, report = config.base, config.adapter, config.load_in_4bit, config.report
+            extra = {}
             if config.demo:  # tiny models: full precision (4-bit on a CPU only slows them down)
-                built = demo_models.prepare(config.demo_dir)
-                base, adapters, four_bit = built.base, [built.adapter], False
-                extra = {"header": demo_models.HEADER, "examples": built.examples}
+                built, builder = demo_models.start(config.demo_dir)  # serves once the base exists; training goes on
+                base, adapters, four_bit, report = built.base, [], False, report or built.report
+                extra = {"header": demo_models.HEADER, "examples": built.examples + film_examples(EXAMPLES_DIR)}
             print(f"loading {base}" + (f" + {', '.join(adapters)}" if adapters else " (no adapter)"))
             vqa = load_model(base, adapters, load_in_4bit=four_bit, device=config.device)
+            if config.demo:  # the fine-tuned pane: the newest checkpoint now, newer ones as they come
+                extra["live"] = demo_models.Live(built, vqa)
+                extra["live"].refresh()
+                extra["live"].watch()
             settings = GenerationSettings(max_new_tokens=config.max_new_tokens)
-            demo = create_demo(vqa, votes_db=config.votes_db, report_dir=config.report, settings=settings, **extra)
+            demo = create_demo(vqa, votes_db=config.votes_db, report_dir=report, settings=settings, **extra)
         print(f"serving on http://{config.host}:{config.port} (votes: {config.votes_db})")
         serve(
             demo, host=config.host, port=config.port, queue_size=config.queue_size, max_file_size=config.max_file_size
@@ -248,6 +276,8 @@ def main(argv: list[str] | None = None) -> None:
             demo.close()
         print("stopped before serving")
         return
+    finally:
+        demo_models.stop(builder)  # a demo still building stops with the app; its next start continues it
     print("server closed")
 
 

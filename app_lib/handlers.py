@@ -129,10 +129,12 @@ class Inputs:
 class Handlers(Inputs):
     """The film, the side-by-side panes and the API."""
 
-    def __init__(self, vqa: VQAModel, votes: VoteStore, **kwargs):
+    def __init__(self, vqa: VQAModel, votes: VoteStore, *, notes: Callable[[], dict] | None = None, **kwargs):
         super().__init__(vqa, votes, **kwargs)
         # the panes: every loaded model, base first; without an adapter an empty fine-tuned pane says why
         self.panes = vqa.model_names if vqa.has_adapter else [BASE, TUNED]
+        # a line per model on what answers it, or why its pane is empty (a demo still training: which checkpoint)
+        self.notes = notes or dict
 
     def _empty(self):
         return [[] for _ in self.panes], ["" for _ in self.panes]
@@ -172,12 +174,12 @@ class Handlers(Inputs):
             question = self._clean(question)
             convs = {m: self.vqa.conversation(chats.get(m), question, settings.max_new_tokens) for m in models}
         texts, done_at, tokens = dict.fromkeys(models, ""), dict.fromkeys(models, 0.0), dict.fromkeys(models, 0)
-        start = time.perf_counter()
+        start, waiting_notes = time.perf_counter(), self.notes()
 
         def frame(stats: dict[str, str]):
             panes = [chat_messages(convs[m]) + [{"role": "assistant", "content": texts[m]}] if m in convs else []
                      for m in self.panes]  # fmt: skip
-            return *panes, *[stats.get(m, NO_ADAPTER) for m in self.panes]
+            return *panes, *[stats.get(m, waiting_notes.get(m, NO_ADAPTER)) for m in self.panes]
 
         waiting = dict.fromkeys(models, "…")
         yield *frame(waiting), chats, ""
@@ -196,7 +198,9 @@ class Handlers(Inputs):
                     if text != texts[m]:
                         texts[m], done_at[m], tokens[m] = text, now - start, n_step
                 yield *frame(waiting), chats, ""
-        stats = {m: pane_stats(done_at[m], tokens[m], answers.get(m)) for m in models}
+        notes = self.notes()  # what answered, now that it has
+        stats = {m: pane_stats(done_at[m], tokens[m], answers.get(m)) + (f" · {notes[m]}" if m in notes else "")
+                 for m in models}  # fmt: skip
         chats = {m: convs[m] + [assistant_turn(texts[m])] for m in models}
         yield *frame(stats), chats, ""
 

@@ -1,6 +1,7 @@
 """Write a miniature CheXpert Plus release: the real file names, CSV columns and label files, drawn films.
 
     python -m dataprep.synthetic S --patients 40 [--seed 0] [--image-size 384] [--no-defects] [--no-laterals]
+        [--valid-patients N]
     python -m dataprep.synthetic --examples assets/examples        # a few labelled films for the app
 
 Each study draws Cardiomegaly, Pleural Effusion, Consolidation, Pneumothorax and Support Devices independently
@@ -199,14 +200,16 @@ def write_release(
     defects: bool = True,
     workers: int | None = None,
     laterals: bool = True,
+    valid_patients: int | None = None,
 ) -> dict:
     """Write the release under `out`; return counts (patients, studies, images, defects by kind). Studies are drawn
     in `workers` processes (default: every core); each has its own generator, so the release is the same for any
     number of them. Without `laterals`, a study with a frontal film has that film alone (a dataset keeps one film
-    per study, the frontal one: the laterals of a two-view study are a third of the drawing time, never used)."""
+    per study, the frontal one: the laterals of a two-view study are a third of the drawing time, never used). The
+    last `valid_patients` patients (default a tenth) form the official `valid` split, as CheXpert Plus has one."""
     out = Path(out)
     plan_rng = np.random.default_rng([seed, 0])
-    n_valid = max(1, patients // 10) if patients >= 5 else 0
+    n_valid = (max(1, patients // 10) if patients >= 5 else 0) if valid_patients is None else valid_patients
     studies = [(p, s) for p in range(patients) for s in range(int(plan_rng.integers(1, 4)))]
     n_each = max(1, round(0.03 * len(studies))) if defects and len(studies) >= 10 else 0
     picked = plan_rng.choice(len(studies), size=n_each * len(DEFECTS), replace=False) if n_each else []
@@ -218,7 +221,7 @@ def write_release(
     workers = min(workers or os.cpu_count() or 1, max(1, len(jobs) // 50))  # a pool is not worth it for a few
     with ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
         drawn = pool.map(_draw_study, jobs, chunksize=16) if pool else map(_draw_study, jobs)
-        for (*_, defect), (study_rows, study_labels, images) in zip(jobs, drawn, strict=True):
+        for (*_, defect, _laterals), (study_rows, study_labels, images) in zip(jobs, drawn, strict=True):
             if defect:
                 counts["defects"][defect] += 1
             counts["images"] += images
@@ -279,22 +282,20 @@ def main(argv: list[str] | None = None) -> None:
         default=True,
         help="break a few studies on purpose so the reject paths run",
     )
-    parser.add_argument(
-        "--laterals",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="draw the lateral view of two-view studies (a dataset keeps the frontal one)",
-    )
+    parser.add_argument("--laterals", action=argparse.BooleanOptionalAction, default=True,
+                        help="draw the lateral view of two-view studies (datasets keep the frontal)")  # fmt: skip
+    parser.add_argument("--valid-patients", type=int, help="official valid patients (default: a tenth)")
     parser.add_argument("--examples", metavar="DIR", help="also write labelled example films to DIR")
     args = parser.parse_args(argv)
     if not args.out and not args.examples:
         parser.error("give OUT, --examples DIR, or both")
     if args.patients < 1 or args.image_size < 64:
         parser.error("--patients must be >= 1 and --image-size >= 64")
+    if args.valid_patients is not None and not 0 <= args.valid_patients <= args.patients:
+        parser.error("--valid-patients must be between 0 and --patients")
     if args.out:
-        counts = write_release(
-            args.out, args.patients, args.seed, args.image_size, args.defects, laterals=args.laterals
-        )
+        options = {"laterals": args.laterals, "valid_patients": args.valid_patients}
+        counts = write_release(args.out, args.patients, args.seed, args.image_size, args.defects, **options)
         defects = ", ".join(f"{k} {v}" for k, v in counts["defects"].items() if v) or "none"
         print(
             f"wrote {args.out}: {counts['patients']} patients, {counts['studies']} studies, "

@@ -169,7 +169,7 @@ def test_the_whole_build_on_a_handful_of_patients(tmp_path):
     first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     assert [line for line in first.stdout.splitlines() if line.startswith("stage")] == [
-        "stages 1-2/6: tiny model and release, side by side", "stage 3/6: dataprep", "stage 4/6: base",
+        "stage 1/6: release", "stages 2-3/6: dataprep and tiny model, side by side", "stage 4/6: base",
         "stage 5/6: train (seed 0)", "stage 6/6: evaluate (adapter-seed0)"]  # fmt: skip
     marker = demo_build(tmp_path / "demo")
     assert marker and marker["complete"] and marker["trained"]
@@ -183,3 +183,28 @@ def test_the_whole_build_on_a_handful_of_patients(tmp_path):
     assert examples and all(e["study_id"] in test_studies for e in examples)
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "already built" in again.stdout
+
+
+def test_the_demos_release_keeps_each_frontal_film_and_drops_the_rest(tmp_path):
+    """--no-laterals draws the same first films (and rows) as a full release, without the second, lateral views no
+    dataset keeps; --valid-patients 0 leaves no official valid split to prepare for nothing."""
+    import csv
+
+    import numpy as np
+
+    from dataprep.synthetic import write_release
+
+    full = write_release(tmp_path / "full", patients=12, image_size=96, defects=False, workers=1)
+    lean = write_release(tmp_path / "lean", patients=12, image_size=96, defects=False, workers=1, laterals=False,
+                         valid_patients=0)  # fmt: skip
+
+    def films(root: Path) -> dict[str, Path]:  # by patient, study and view, whatever the split
+        return {"/".join(p.parts[-3:]): p for p in root.rglob("*.png")}
+
+    first, kept = films(tmp_path / "full"), films(tmp_path / "lean")
+    assert full["images"] > lean["images"] == len(kept) and any(name.endswith("view2_lateral.png") for name in first)
+    assert set(kept) == {name for name in first if "/view1_" in name}  # every study's first film, no second view
+    for name, path in kept.items():
+        assert np.array_equal(np.asarray(Image.open(first[name])), np.asarray(Image.open(path)))
+    with open(tmp_path / "lean" / "df_chexpert_plus_240401.csv", newline="") as file:
+        assert {row["split"] for row in csv.DictReader(file)} == {"train"}

@@ -5,9 +5,9 @@ pipeline, ending with its own evaluation.
     python -m finetune.demo runs/demo --seed 1    # another trainer seed on the same data
     python -m finetune.demo --out runs/demo --fresh   # start over
 
-Stages (finetune/demo_stages.py: each the real command line in its own process, skipped once it has finished): the
-tiny checkpoint (`python -m finetune.tiny_model`) beside a synthetic release (`python -m dataprep.synthetic`), the
-QA dataset (`python -m dataprep --generator labels`), then OUT/examples/: one held-out test film per finding and a
+Stages (finetune/demo_stages.py: each the real command line in its own process, skipped once it has finished): a
+synthetic release (`python -m dataprep.synthetic`), its QA dataset (`python -m dataprep --generator labels`) beside
+the tiny checkpoint (`python -m finetune.tiny_model`), then OUT/examples/: one held-out test film per finding and a
 normal one, with examples.json. Then the base, which learns the language of the answers on films shuffled between
 studies, so it answers in fluent sentences at chance (`python -m finetune --config
 finetune/configs/tiny-synthetic-base.yaml`, merged into OUT/speaking-base/merged). OUT/demo.json is written then:
@@ -115,19 +115,20 @@ def _status(out: Path, running: list[Stage], plan: Plan, **extra) -> None:
 def build(out: Path, plan: Plan, *, threads: int = 1) -> dict:
     """Run (or finish) the stages of `plan` into `out`, writing demo.json once the app can serve and again, complete,
     at the end; returns its content."""
-    start = time.time()
-    tiny, *data = plan.data
-    _status(out, [tiny, data[0]], plan)
-    print(f"stages 1-2/{len(plan.stages)}: {tiny.name} and {data[0].name}, side by side", flush=True)
-    with ThreadPoolExecutor(2) as pool:  # the tiny model is mostly imports: it costs the release nothing
-        for done in [pool.submit(run_stage, out, stage, threads=threads) for stage in (tiny, data[0])]:
+    start, n = time.time(), len(plan.stages)
+    tiny, release, dataprep = plan.data
+    _status(out, [release], plan)
+    print(f"stage 1/{n}: {release.name}", flush=True)
+    run_stage(out, release, threads=threads)  # it draws in a process per core
+    _status(out, [dataprep, tiny], plan)
+    print(f"stages 2-3/{n}: {dataprep.name} and {tiny.name}, side by side", flush=True)
+    with ThreadPoolExecutor(2) as pool:  # dataprep's threads leave a core idle part of the time: the tiny model's
+        for done in [pool.submit(run_stage, out, stage, threads=threads) for stage in (dataprep, tiny)]:
             done.result()
-    for k, stage in enumerate([*data[1:], plan.base], 3):
-        _status(out, [stage], plan)
-        print(f"stage {k}/{len(plan.stages)}: {stage.name}", flush=True)
-        run_stage(out, stage, threads=threads)
-        if stage is data[-1]:
-            examples = pick_examples(out / "data", out / "examples")
+    examples = pick_examples(out / "data", out / "examples")
+    _status(out, [plan.base], plan)
+    print(f"stage 4/{n}: {plan.base.name}", flush=True)
+    run_stage(out, plan.base, threads=threads)
     adapter = plan.train.resume_dir.name
     marker = {
         "format": DEMO_FORMAT, "complete": False, "trained": False, "base": MERGED, "adapter": adapter,
@@ -137,9 +138,9 @@ def build(out: Path, plan: Plan, *, threads: int = 1) -> dict:
     }  # fmt: skip
     _write_json(out / DEMO_MARKER, marker)
     print(f"demo can serve ({time.time() - start:.0f} s): base {out / MERGED}, {len(examples)} examples", flush=True)
-    for k, stage in enumerate([plan.train, plan.evaluate], len(plan.stages) - 1):
+    for k, stage in enumerate([plan.train, plan.evaluate], n - 1):
         _status(out, [stage], plan)
-        print(f"stage {k}/{len(plan.stages)}: {stage.name}", flush=True)
+        print(f"stage {k}/{n}: {stage.name}", flush=True)
         run_stage(out, stage, threads=threads)
         if stage is plan.train:  # the final adapter is there: the app serves it from its next answer
             marker.update(trained=True)

@@ -87,6 +87,17 @@ def parts(work: Path) -> None:
     print(f"one batch of 8 rows, {batch['input_ids'].shape[1]} tokens each (CPU ms):")
     for name, ms in figures.items():
         print(f"  {name:<38} {ms:7.1f}")
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            forward_backward()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    for label, match in (("matrix products", ("aten::mm", "aten::addmm", "aten::bmm")), ("attention", ("attention",))):
+        share = sum(e.self_cpu_time_total for e in events if any(m in e.key for m in match)) / total
+        calls = sum(e.count for e in events if e.key in match) // 3
+        print(f"  forward + backward, {label}: {share:.0%} of its time" + (f" ({calls} a step)" if calls else ""))
 
 
 def whole_steps(work: Path, rows: int, steps: int) -> dict[str, float]:

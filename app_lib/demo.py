@@ -92,7 +92,7 @@ def start(out: str | Path) -> tuple[Demo, subprocess.Popen | None]:
         return found, None
     from cxr_vqa.model import warm_up
 
-    threading.Thread(target=warm_up, name="warm-up", daemon=True).start()  # the imports, while the base trains
+    warming = threading.Thread(target=warm_up, name="warm-up", daemon=True)  # the imports, while the base trains
     builder = None
     if not building(out):
         print(f"building the demo models in {out}: the page comes up once the base is trained (about a minute on a "
@@ -103,6 +103,8 @@ def start(out: str | Path) -> tuple[Demo, subprocess.Popen | None]:
         print(f"another process is building the demo in {out}: serving what it builds", flush=True)
     try:
         while (found := read(out)) is None:
+            if warming.ident is None and "release" not in _read_json(out / DEMO_STATUS).get("running", ["release"]):
+                warming.start()  # once the release, which draws on every core, is done
             if builder is not None and builder.poll() == 0:
                 builder = None  # it found another build running and left it be: wait for that one
             code = builder.poll() if builder is not None else None if building(out) else "unknown"

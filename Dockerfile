@@ -29,12 +29,14 @@ WORKDIR /home/app/src
 COPY requirements.txt .
 RUN pip install -r requirements.txt
 
-# The UI, the core it calls, the example films, and the pipelines (`--demo` builds its tiny models with them).
+# The UI, the core it calls, the example films, and the pipelines (`--demo` builds its tiny models with them, serves
+# once its base is trained, trains the adapter on while it serves, and ends by evaluating both: hence evaluation/).
 COPY app.py ./
 COPY app_lib/ app_lib/
 COPY cxr_vqa/ cxr_vqa/
 COPY finetune/ finetune/
 COPY dataprep/ dataprep/
+COPY evaluation/ evaluation/
 COPY assets/ assets/
 # `--demo` builds in runs/demo: writable by the app user (a volume there keeps it across containers)
 RUN mkdir -p runs && chown app:app runs

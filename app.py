@@ -28,6 +28,7 @@ from pathlib import Path
 import gradio as gr
 
 from app_lib import demo as demo_models
+from app_lib.api import register_api
 from app_lib.batch import BatchLimits
 from app_lib.batch_tab import BatchView, batch_tab
 from app_lib.blind import NO_BLIND, Blind
@@ -35,7 +36,7 @@ from app_lib.config import parse_config
 from app_lib.explore_tab import ExploreView, explore_tab
 from app_lib.handlers import NO_ADAPTER, Handlers, pane_label
 from app_lib.maps import Maps
-from app_lib.results import load_report
+from app_lib.results import load_report, report_updates
 from app_lib.votes import VoteStore
 from cxr_vqa.cli import user_errors
 from cxr_vqa.contract import Example, read_examples
@@ -50,7 +51,8 @@ try:  # ZeroGPU on Hugging Face Spaces: a GPU is attached only while a decorated
 except ImportError:
     spaces = None
 
-EXAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "examples"
+EXAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "examples"  # synthetic phantoms: the demo models'
+REAL_EXAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "real"  # NIH ChestX-ray14 films: a real model's
 NOTICE = (
     "⚠️ **Research demo, not a medical device. Not for diagnosis or treatment decisions.** Answers come from a "
     "language model and can be wrong with confidence. Do not upload images that identify a patient."
@@ -76,9 +78,10 @@ def on_gpu(fn):
     return spaces.GPU(fn) if spaces is not None else fn
 
 
-def film_examples() -> list[Example]:
-    """The example films of assets/examples/ (examples.json), with their suggested questions."""
-    return read_examples(EXAMPLES_DIR) or []
+def film_examples(folder: Path = REAL_EXAMPLES_DIR) -> list[Example]:
+    """The example films of `folder` (its examples.json), with their suggested questions: real chest X-rays by
+    default, the synthetic phantoms of assets/examples/ for the demo models."""
+    return read_examples(folder) or []
 
 
 def create_demo(
@@ -93,19 +96,23 @@ def create_demo(
     examples: list[Example] | None = None,
     dataset: str | None = None,
     batch_limits: BatchLimits = BatchLimits(),
+    live: demo_models.Live | None = None,
 ) -> gr.Blocks:
     """The Blocks app around an already loaded `VQAModel` (None: `remotes` only) and any remote models; nothing is
     loaded here. One pane per model (base first, remote last); `settings` are the defaults of the sliders and what the
     API uses; `header` and `examples` replace the standard ones (the demo's); `dataset` finds the Explore tab's films
-    when the report's own path is gone."""
+    when the report's own path is gone; `live`, a demo still building, keeps its state on the page and at
+    `/demo_status`."""
     models = Lineup(vqa, remotes)  # every model the panes, blind trials and /compare_all ask
     votes = VoteStore(votes_db)
-    h = Handlers(models, votes, settings=settings, rng=rng)
+    h = Handlers(models, votes, settings=settings, rng=rng, notes=live.notes if live else None)
     blind = Blind(models, votes, settings=settings, rng=rng)
-    can_blind = len(models.model_names) > 1
+    can_blind = len(models.model_names) > 1 or live is not None  # the demo's adapter comes with its first epoch
     maps = Maps(models, votes, settings=settings, rng=rng)
     report = load_report(report_dir)
     adapters = ", ".join(f"`{name}` = `{source}`" for name, source in models.adapters.items())
+    if live is not None:
+        adapters = f"`{TUNED}` = `{live.demo.adapter}` (its newest checkpoint while it trains)"
     quantized = "4-bit nf4" if models.is_4bit else "full precision"
     remote = ", ".join(f"`{name}` = `{models.sources[name]}`" for name in models.remote_names)
 
@@ -115,6 +122,7 @@ def create_demo(
         gr.Markdown(NOTICE, elem_id="notice")
         if header:
             gr.Markdown(header, elem_id="demo-header")
+        status = gr.Markdown(live.markdown(), elem_id="demo-status") if live else None
         models_line = (
             f"Base model: `{models.base_name}` ({quantized}) · Adapters: {adapters or 'none'}"
             if vqa is not None
@@ -143,7 +151,8 @@ def create_demo(
                         with gr.Row():
                             for model in h.panes:
                                 with gr.Column():
-                                    placeholder = NO_ADAPTER if model not in models.model_names else None
+                                    waiting = live.notes()[TUNED].capitalize() if live else NO_ADAPTER
+                                    placeholder = waiting if model not in models.model_names else None
                                     label = pane_label(model, remote=model in models.remotes)
                                     panes.append(gr.Chatbot(label=label, elem_id=f"{pane_id(model)}-chat",
                                                             placeholder=placeholder, **PANE))  # fmt: skip
@@ -170,11 +179,12 @@ def create_demo(
                         with gr.Row():
                             refresh_btn = gr.Button("Refresh", size="sm")
                             export_btn = gr.DownloadButton("Export all votes (CSV)", size="sm", elem_id="export")
-                        gr.Markdown(report.note)
-                        if report.metrics is not None:
-                            gr.JSON(report.metrics, label="metrics.json")
-                        if report.plot is not None:
-                            gr.Image(report.plot, label="comparison.png", interactive=False)
+                        report_views = [
+                            gr.Markdown(report.note, elem_id="report-note"),
+                            gr.JSON(report.metrics, label="metrics.json", visible=report.metrics is not None),
+                            gr.Image(report.plot, label="comparison.png", interactive=False,
+                                     visible=report.plot is not None, elem_id="report-plot"),
+                        ]  # fmt: skip
                 with gr.Accordion("Generation settings", open=False):
                     longest = max(512, settings.max_new_tokens)  # --max-new-tokens may start it past 512
                     max_new = gr.Slider(1, longest, value=settings.max_new_tokens, step=1, label="Max new tokens")
@@ -187,7 +197,7 @@ def create_demo(
             gr.Examples(
                 [[e.film, e.question] for e in examples], inputs=[film_file, question],
                 example_labels=[e.label for e in examples], cache_examples=False,
-                label="Examples: synthetic phantoms drawn by dataprep.synthetic, not patients",
+                label="Examples (each says what it is: a real film, or a phantom drawn by dataprep.synthetic)",
             )  # fmt: skip
         with gr.Tabs():  # full width under the live models: the evaluation's questions, and batches of films
             explore_tab(ExploreView(report_dir, dataset), film_file, question, NOTICE)
@@ -213,23 +223,13 @@ def create_demo(
         refresh_btn.click(blind.results, None, [results], queue=False, **private)
         export_btn.click(blind.export, None, [export_btn], queue=False, **private)
         demo.load(blind.results, None, [results], queue=False, **private)
-        # the API: hidden components give gradio_client plain strings and dicts
-        inputs = [film_file, question]
-        for name, fn, outputs, about in (
-            ("compare", h.compare, [gr.Textbox(visible=False), gr.Textbox(visible=False)],
-             '(film file, question) → (base answer, first adapter\'s answer; "" without an adapter)'),
-            ("compare_scores", h.compare_scores, [gr.JSON(visible=False)],
-             '(film file, question) → {"base": {"answer", "p_yes"}, "tuned": {...}}; p_yes null for open answers'),
-            ("compare_all", h.compare_all, [gr.JSON(visible=False)],
-             '(film file, question) → {model name: answer} for every model, remote ones included ("error: <why>" '
-             "for one that did not answer)"),
-            ("maps", maps.maps, [gr.JSON(visible=False)],
-             "(film file, question) → {model name: {answer, map: side x side relevance in [0, 1] or null, sinks, "
-             "available}}: where each model looked for its answer"),
-        ):  # fmt: skip
-            gr.Button(visible=False).click(
-                on_gpu(fn), inputs, outputs, api_name=name, api_description=about, **GPU_EVENT
-            )
+        reload = partial(report_updates, report_dir)  # a report may be written while the app runs (the demo's)
+        if report_dir is not None:
+            for event in (demo.load, refresh_btn.click):
+                event(reload, None, report_views, queue=False, **private)
+        if live is not None:
+            live.wire(demo, status, report_views, reload)
+        register_api(h, maps, [film_file, question], wrap=on_gpu, gpu_event=GPU_EVENT)
     return demo
 
 
@@ -260,14 +260,15 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own startup requests, one line each
     from cxr_vqa.model import load_model
 
-    demo = None
+    demo = builder = None
     try:
         with user_errors():
-            base, adapters, four_bit, extra = config.base, config.adapter, config.load_in_4bit, {}
+            base, adapters, four_bit, report = config.base, config.adapter, config.load_in_4bit, config.report
+            extra = {}
             if config.demo:  # tiny models: full precision (4-bit on a CPU only slows them down)
-                built = demo_models.prepare(config.demo_dir)
-                base, adapters, four_bit = built.base, [built.adapter], False
-                extra = {"header": demo_models.HEADER, "examples": built.examples}
+                built, builder = demo_models.start(config.demo_dir)  # serves once the base exists; training goes on
+                base, adapters, four_bit, report = built.base, [], False, report or built.report
+                extra = {"header": demo_models.HEADER, "examples": built.examples + film_examples(EXAMPLES_DIR)}
             # one retry: a person waits, and a dead endpoint must not hold the queue for minutes
             remotes = [RemoteModel(spec, timeout=config.remote_timeout, max_retries=1)
                        for spec in remote_specs(config.remote).values()]  # fmt: skip
@@ -276,10 +277,14 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 print(f"loading {base}" + (f" + {', '.join(adapters)}" if adapters else " (no adapter)"))
                 vqa = load_model(base, adapters, load_in_4bit=four_bit, device=config.device)
+            if config.demo:  # the fine-tuned pane: the newest checkpoint now, newer ones as they come
+                extra["live"] = demo_models.Live(built, vqa)
+                extra["live"].refresh()
+                extra["live"].watch()
             settings = GenerationSettings(max_new_tokens=config.max_new_tokens)
             extra |= {"dataset": config.dataset, "batch_limits": config.batch_limits()}
-            demo = create_demo(vqa, remotes=remotes, votes_db=config.votes_db, report_dir=config.report,
-                               settings=settings, **extra)  # fmt: skip
+            demo = create_demo(vqa, remotes=remotes, votes_db=config.votes_db, report_dir=report, settings=settings,
+                               **extra)  # fmt: skip
         print(f"serving on http://{config.host}:{config.port} (votes: {config.votes_db})")
         serve(
             demo, host=config.host, port=config.port, queue_size=config.queue_size, max_file_size=config.max_file_size
@@ -289,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
             demo.close()
         print("stopped before serving")
         return
+    finally:
+        demo_models.stop(builder)  # a demo still building stops with the app; its next start continues it
     print("server closed")
 
 

@@ -144,13 +144,15 @@ class Inputs:
 class Handlers(Inputs):
     """The film, the side-by-side panes and the API."""
 
-    def __init__(self, vqa: Lineup | VQAModel, votes: VoteStore, **kwargs):
+    def __init__(self, vqa: Lineup | VQAModel, votes: VoteStore, *, notes: Callable[[], dict] | None = None, **kwargs):
         super().__init__(vqa, votes, **kwargs)
         # the panes: every model, base first, remote last; a base without an adapter gets an empty fine-tuned pane
         # that says why
         models = self.vqa
         local = models.local_names if models.has_adapter or not models.local_names else [BASE, TUNED]
         self.panes = local + models.remote_names
+        # a line per model on what answers it, or why its pane is empty (a demo still training: which checkpoint)
+        self.notes = notes or dict
 
     def _empty(self):
         return [[] for _ in self.panes], ["" for _ in self.panes]
@@ -190,12 +192,12 @@ class Handlers(Inputs):
             question = self._clean(question)
             convs = {m: self.vqa.conversation(chats.get(m), question, settings.max_new_tokens) for m in models}
         texts, done_at, tokens = dict.fromkeys(models, ""), dict.fromkeys(models, 0.0), dict.fromkeys(models, 0)
-        start = time.perf_counter()
+        start, waiting_notes = time.perf_counter(), self.notes()
 
         def frame(stats: dict[str, str]):
             panes = [chat_messages(convs[m]) + [{"role": "assistant", "content": texts[m]}] if m in convs else []
                      for m in self.panes]  # fmt: skip
-            return *panes, *[stats.get(m, NO_ADAPTER) for m in self.panes]
+            return *panes, *[stats.get(m, waiting_notes.get(m, NO_ADAPTER)) for m in self.panes]
 
         waiting = dict.fromkeys(models, "…")
         yield *frame(waiting), chats, ""
@@ -217,7 +219,9 @@ class Handlers(Inputs):
                     if text != texts[m]:
                         texts[m], done_at[m], tokens[m] = text, now - start, steps[m]
                 yield *frame(waiting), chats, ""
-        stats = {m: pane_stats(done_at[m], tokens[m], answers.get(m)) for m in models}
+        notes = self.notes()  # what answered, now that it has
+        stats = {m: pane_stats(done_at[m], tokens[m], answers.get(m)) + (f" · {notes[m]}" if m in notes else "")
+                 for m in models}  # fmt: skip
         # a model that gave no answer keeps its conversation as it was, without the question it could not answer
         chats = {m: chats.get(m, []) if answers[m].error else convs[m] + [assistant_turn(texts[m])] for m in models}
         yield *frame(stats), chats, ""

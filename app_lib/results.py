@@ -49,3 +49,14 @@ def load_report(report_dir: str | Path | None) -> Report:
         notes.append(f"{plot} not found")
     note = f"Offline evaluation report from `{root}`." + (" " + "; ".join(notes) + "." if notes else "")
     return Report(metrics, str(plot) if plot.is_file() else None, note)
+
+
+def report_updates(report_dir) -> tuple:
+    """The Results tab's report views as the report folder holds them now."""
+    import gradio as gr
+    from PIL import Image
+
+    report = load_report(report_dir)
+    plot = Image.open(report.plot) if report.plot else None  # an image, not a path: no file outside Gradio's to serve
+    return (report.note, gr.JSON(report.metrics, visible=report.metrics is not None),
+            gr.Image(plot, visible=plot is not None))  # fmt: skip

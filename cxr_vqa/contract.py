@@ -1,12 +1,14 @@
 """The dataset contract between `dataprep` (which writes it) and training and evaluation (which read it): a
 `datasets.DatasetDict` saved with `save_to_disk`, splits `train` / `validation` / `test` by patient, one row per
-study. Its schema, its one reader, and the check of one row. Also the other files parts share: the marker of a
-demo build, written by `finetune.demo` and read by the app's `--demo`, and an examples index (examples.json: the
-films the app offers as examples, written by `dataprep.synthetic --examples` and `finetune.demo`).
+study. Its schema, its one reader, and the check of one row. Also the other files parts share: the marker and status
+of a demo build, written by `finetune.demo` and read by the app's `--demo`, which checkpoint of a training is
+complete, and an examples index (examples.json: the films the app offers as examples, written by `dataprep.synthetic
+--examples` and `finetune.demo`).
 
     splits = open_splits("data/cxr-vqa")                           # {name: Dataset}; raises UserError
     test = check_split(splits, "data/cxr-vqa", "test", "evaluate")  # present, non-empty, every column, row 0 valid
     marker = demo_build("runs/demo")                                # demo.json of a complete build, or None
+    checkpoint = latest_complete_checkpoint("runs/demo/adapter-seed0")  # newest checkpoint-N saved whole, or None
     examples = read_examples("assets/examples")                     # [Example(film, question, answer, label)]
 """
 
@@ -110,12 +112,19 @@ def check_row(row: dict) -> None:
         raise UserError("the image must appear exactly once in `messages`, in the first user turn")
 
 
-DEMO_MARKER, DEMO_FORMAT = "demo.json", 1  # {"format": 1, "base": DIR, "adapter": DIR, "examples": JSON, ...}
+# The demo build (`python -m finetune.demo OUT`, read by `python app.py --demo`). demo.json is written, whole, once the
+# demo can serve (its base and examples exist) and again, with "complete": true, when the build has ended:
+# {"format": 2, "complete": bool, "base": DIR, "adapter": DIR, "examples": JSON, "report": DIR, "stages": [...]},
+# paths relative to OUT. status.json says which stage runs; build.lock is held by the one process building OUT.
+DEMO_MARKER, DEMO_FORMAT, DEMO_STATUS, DEMO_LOCK = "demo.json", 2, "status.json", "build.lock"
+# what `python -m finetune` keeps in its output_dir while it trains: {"step", "max_steps", "epoch", "epochs",
+# "seconds"} (seconds of training so far), rewritten whole every few seconds
+TRAINING_PROGRESS = "progress.json"
 
 
-def demo_build(out: str | Path) -> dict | None:
-    """demo.json of a finished demo build in `out`, or None: none yet (it is written last), another format, or a file
-    it names gone. Its base, adapter and examples paths are relative to `out`."""
+def demo_build(out: str | Path, *, serving: bool = False) -> dict | None:
+    """demo.json of a complete demo build in `out` (with `serving`: of one that can serve, its adapter perhaps still
+    training), or None: none yet, another format, or a file it names gone."""
     out = Path(out)
     try:
         marker = json.loads((out / DEMO_MARKER).read_text())
@@ -123,8 +132,25 @@ def demo_build(out: str | Path) -> dict | None:
         return None
     if not isinstance(marker, dict) or marker.get("format") != DEMO_FORMAT:
         return None
-    paths = [marker.get(key) for key in ("base", "adapter", "examples")]
-    return marker if all(isinstance(p, str) and (out / p).exists() for p in paths) else None
+    keys = ("base", "examples") if serving else ("base", "adapter", "examples")
+    paths = [marker.get(key) for key in keys]
+    if not all(isinstance(p, str) and (out / p).exists() for p in paths):
+        return None
+    return marker if serving or marker.get("complete") else None
+
+
+def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The checkpoint-N with the highest N that holds a trainer_state.json (the Trainer writes it last), or None: a
+    run killed while saving, or a save in progress, leaves a checkpoint directory without it."""
+    steps = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        suffix = path.name.removeprefix("checkpoint-")
+        if path.is_dir() and suffix.isdigit():
+            steps.append((int(suffix), path))
+    for _step, path in sorted(steps, reverse=True):
+        if (path / "trainer_state.json").is_file():
+            return path
+    return None
 
 
 EXAMPLES_INDEX = "examples.json"  # [{"file", "findings": [...], "question", "answer", "source", ...}, ...]

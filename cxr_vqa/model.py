@@ -202,6 +202,37 @@ def attach_adapter(model, adapter: str | Source, *, name: str = TUNED, trainable
         raise ModelLoadError(f"cannot load adapter {adapter!r}{offline_hint()}: {str(err).splitlines()[0]}") from None
 
 
+def warm_up() -> None:
+    """Import what loading a model needs (transformers' LLaVA, PEFT: seconds on a small CPU), e.g. in a thread while
+    something else builds the model to load."""
+    import peft  # noqa: F401
+    from transformers import AutoProcessor, LlavaForConditionalGeneration  # noqa: F401
+
+
+def use_adapter(vqa: VQAModel, adapter: str | Source, *, name: str = TUNED) -> None:
+    """Serve `adapter` as model `name` from the next answer on: attached the first time, after that its weights
+    replace the ones loaded under that name (a newer checkpoint of the same training). Waits for the answer in
+    progress, if any: never mid-answer."""
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+    source = resolve(adapter, ADAPTER)
+    with vqa.lock:
+        if name not in vqa.adapters:
+            vqa.model = attach_adapter(vqa.model, source, name=name).eval()
+        else:
+            weights = load_peft_weights(source.name, device=str(vqa.device))
+            try:
+                unexpected = set_peft_model_state_dict(vqa.model, weights, adapter_name=name).unexpected_keys
+            except RuntimeError as err:  # a tensor of another shape
+                unexpected = [str(err).splitlines()[0][:200]]
+            if unexpected:
+                raise ModelLoadError(
+                    f"adapter {source.name!r} does not fit the adapter {name!r} it should replace (another rank or "
+                    f"other modules?): {unexpected[0]}"
+                )
+        vqa.adapters[name] = source.name
+
+
 def load_model(
     base: str = DEFAULT_BASE,
     adapter: str | Sequence[str] | None = None,

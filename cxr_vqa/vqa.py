@@ -63,7 +63,10 @@ class VQAModel:
         self.processor = processor
         self.base_name = base_name
         self.adapters = dict(adapters or {})  # model name -> where the adapter came from, in load order
-        self._lock = threading.Lock()  # one generate at a time: PEFT's adapter routing is per-call global state
+        self._lock = threading.RLock()  # one generate at a time: PEFT's adapter routing is per-call global state
+        # called under that lock before each answer: where new weights are swapped in (a demo that serves its newest
+        # checkpoint while it trains), so never mid-answer
+        self.before_answer: Callable[[], None] | None = None
         config = model.config
         self.budget = TokenBudget(config.text_config.max_position_embeddings, config.image_seq_length)
         self.yes_no = YesNoIds.from_tokenizer(processor.tokenizer)
@@ -79,6 +82,11 @@ class VQAModel:
     def model_names(self) -> list[str]:
         """The base first, then every adapter: the panes of the app, the models of an evaluation."""
         return [BASE, *self.adapters]
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held while an answer is computed: whoever changes the weights takes it too."""
+        return self._lock
 
     @property
     def is_4bit(self) -> bool:
@@ -162,9 +170,12 @@ class VQAModel:
     ) -> list[Answer]:
         """Answer each row's last question with its model (None: every row on the first adapter), all rows in ONE
         generate call: text and P(yes). `on_text`, for streaming, gets every row's text so far after each step."""
-        kwargs = self._inputs(images, conversations, models)
-        streamer = BatchStreamer(self.processor.tokenizer, len(images), on_text) if on_text else None
-        return self._answers(self._generate(kwargs, settings, streamer), kwargs["input_ids"].shape[1])
+        with self._lock:  # the hook, the inputs and the generate see one model
+            if self.before_answer is not None:
+                self.before_answer()
+            kwargs = self._inputs(images, conversations, models)
+            streamer = BatchStreamer(self.processor.tokenizer, len(images), on_text) if on_text else None
+            return self._answers(self._generate(kwargs, settings, streamer), kwargs["input_ids"].shape[1])
 
     def compare(
         self,

@@ -1,14 +1,16 @@
 """Write a miniature CheXpert Plus release: the real file names, CSV columns and label files, drawn films.
 
-    python -m dataprep.synthetic S --patients 40 [--seed 0] [--image-size 384] [--no-defects]
+    python -m dataprep.synthetic S --patients 40 [--seed 0] [--image-size 384] [--no-defects] [--no-laterals]
+        [--valid-patients N]
     python -m dataprep.synthetic --examples assets/examples        # a few labelled films for the app
     python -m dataprep.synthetic S --patients 40 --regions-only    # only S/regions.jsonl, for an older release
 
 Each study draws Cardiomegaly, Pleural Effusion, Consolidation, Pneumothorax and Support Devices independently
-(~40% each) and its report states them the way real ones do: ALL CAPS or not, prior-comparison sentences,
-sign-off boilerplate, de-identification marks. A few studies are broken on purpose (no report text, a missing or
-corrupt image, no label row) so every reject path of the builder runs; --no-defects turns that off. Beside the
-films, regions.jsonl records where each finding was drawn on each (`cxr_vqa.regions`), for the pointing game.
+(~40% each; dataprep/synthetic_reports.py) and its report states them the way real ones do: ALL CAPS or not,
+prior-comparison sentences, sign-off boilerplate, de-identification marks. A few studies are broken on purpose (no
+report text, a missing or corrupt image, no label row) so every reject path of the builder runs; --no-defects turns
+that off. Beside the films, regions.jsonl records where each finding was drawn on each (`cxr_vqa.regions`), for the
+pointing game.
 """
 
 from __future__ import annotations
@@ -27,102 +29,16 @@ import numpy as np
 from cxr_vqa.contract import SYNTHETIC_NOTE
 from cxr_vqa.contract import write_examples as write_examples_index
 from cxr_vqa.regions import REGIONS_FILE, region_record, write_regions
-from dataprep.chexpert import COLUMNS, CSV_NAME, LABEL_DIR, LABEL_FILES, LABELS, SYNTHETIC_MARKER
-from dataprep.synthetic_films import DEVICES, DRAWN, draw_film
+from dataprep.chexpert import COLUMNS, CSV_NAME, LABEL_DIR, LABEL_FILES, SYNTHETIC_MARKER
+from dataprep.synthetic_films import draw_film
+from dataprep.synthetic_reports import sample_findings, write_report
 
-PREVALENCE = 0.4
 DEFECTS = ("no_text", "missing_image", "corrupt_image", "no_labels")
-POSITIVE = {
-    "Cardiomegaly": ("The heart is enlarged.", "Cardiomegaly.", "Moderate enlargement of the cardiac silhouette."),
-    "Pleural Effusion": ("There is a {side} pleural effusion.", "{Side} pleural effusion."),
-    "Consolidation": ("Consolidation in the {side} {zone} lung.", "Dense {side} {zone} lung consolidation."),
-    "Pneumothorax": ("There is a {side} pneumothorax.", "{Side} pneumothorax."),
-}
-UNCERTAIN = {
-    "Pleural Effusion": "Possible small {side} pleural effusion.",
-    "Consolidation": "Possible {side} {zone} lung consolidation.",
-}
-NEGATIVE = {
-    "Cardiomegaly": ("Heart size is normal.", "The cardiac silhouette is not enlarged."),
-    "Pleural Effusion": ("No pleural effusion.",),
-    "Consolidation": ("No focal consolidation.",),
-    "Pneumothorax": ("No pneumothorax.",),
-    "Support Devices": ("No lines or tubes.",),
-}
-DEVICE_SENTENCE = {
-    "endotracheal tube": "Endotracheal tube tip is 4 cm above the carina.",
-    "central line": "Right internal jugular central venous catheter with the tip in the SVC.",
-    "pacemaker": "Left chest wall pacemaker with a lead in the right ventricle.",
-}
-PRIOR_SENTENCES = ("Compared to the prior study, there is no significant interval change.", "Stable appearance.")
-SIGN_OFF = "I have personally reviewed the images and agree with the report transcribed above."
-COMMUNICATION = "These findings were discussed with Dr. ___ at 10:30 on ___."
-
-
-def _side_words(details: dict) -> dict:
-    side = {"both": "bilateral"}.get(details.get("side", ""), details.get("side", ""))
-    return {"side": side, "Side": side.capitalize(), "zone": details.get("zone", "")}
-
-
-def sample_findings(rng: np.random.Generator) -> dict[str, dict]:
-    """Which drawn findings a study has, with side, zone or device."""
-    found = {}
-    for name in DRAWN:
-        if rng.random() >= PREVALENCE:
-            continue
-        if name == "Pleural Effusion":
-            found[name] = {"side": str(rng.choice(["left", "right", "both"], p=[0.4, 0.3, 0.3]))}
-        elif name in ("Consolidation", "Pneumothorax"):
-            found[name] = {"side": str(rng.choice(["left", "right"])), "zone": str(rng.choice(["upper", "lower"]))}
-        elif name == "Support Devices":
-            found[name] = {"device": str(rng.choice(DEVICES))}
-        else:
-            found[name] = {}
-    return found
-
-
-def write_report(found: dict[str, dict], rng: np.random.Generator) -> tuple[dict[str, str], dict, dict]:
-    """Report sections, CheXbert labels of the whole report, and of the impression alone."""
-    labels: dict = dict.fromkeys(LABELS)
-    impression_labels: dict = dict.fromkeys(LABELS)
-    findings, impression = [], []
-    if "Support Devices" in found:
-        findings.append(DEVICE_SENTENCE[found["Support Devices"]["device"]])
-        labels["Support Devices"] = 1.0
-    elif rng.random() < 0.5:
-        findings.append(NEGATIVE["Support Devices"][0])
-        labels["Support Devices"] = 0.0
-    for name in ("Cardiomegaly", "Consolidation", "Pneumothorax", "Pleural Effusion"):
-        if name in found:
-            uncertain = name in UNCERTAIN and rng.random() < 0.05
-            template = UNCERTAIN[name] if uncertain else str(rng.choice(POSITIVE[name]))
-            sentence = template.format(**_side_words(found[name]))
-            findings.append(sentence)
-            impression.append(sentence)
-            labels[name] = impression_labels[name] = -1.0 if uncertain else 1.0
-        elif rng.random() < 0.85:  # otherwise not mentioned: CheXbert says null
-            findings.append(str(rng.choice(NEGATIVE[name])))
-            labels[name] = 0.0
-    if not any(labels[name] in (1.0, -1.0) for name in POSITIVE):
-        impression.append("No acute cardiopulmonary abnormality.")
-        labels["No Finding"] = impression_labels["No Finding"] = 1.0
-    if rng.random() < 0.35:
-        findings.insert(0, str(rng.choice(PRIOR_SENTENCES)))
-    impression = [f"{i}. {s}" for i, s in enumerate(impression, 1)] if len(impression) > 1 else impression
-    if rng.random() < 0.2:
-        impression.append(COMMUNICATION)
-    if rng.random() < 0.5:
-        impression.append(SIGN_OFF)
-    sep = "\n" if rng.random() < 0.5 else " "
-    sections = {"section_findings": sep.join(findings), "section_impression": sep.join(impression)}
-    if rng.random() < 0.4:  # much of the release is dictated in capitals
-        sections = {k: v.upper() for k, v in sections.items()}
-    return sections, labels, impression_labels
 
 
 def _png_bytes(film) -> bytes:
     buffer = io.BytesIO()
-    film.save(buffer, format="PNG", compress_level=3)
+    film.save(buffer, format="PNG", compress_level=1)  # 2% larger than level 3, a third less time
     return buffer.getvalue()
 
 
@@ -164,7 +80,7 @@ def _row(path: str, view: str, patient: str, order: int, split: str, sections: d
 def _draw_study(job) -> tuple[list[dict], dict[str, list[str]], int, list[dict]]:
     """One study of the release: its films written under `out` (None: drawn, not written), its CSV rows and label
     lines, how many films, and where each film's findings were drawn (regions.jsonl lines)."""
-    out, seed, p, s, split, image_size, defect = job
+    out, seed, p, s, split, image_size, defect, laterals = job
     rng = np.random.default_rng([seed, 1, p, s])
     patient = f"patient{p + 1:05d}"
     found = sample_findings(rng)
@@ -175,6 +91,8 @@ def _draw_study(job) -> tuple[list[dict], dict[str, list[str]], int, list[dict]]
     views = [frontal, "lateral"] if rng.random() < 0.5 else [frontal]
     if rng.random() < 0.03:
         views = ["lateral"]
+    if not laterals:  # the frontal view, its film and its row are the same as with laterals: drawn first
+        views = views[:1]
     rows, label_lines, images, regions = [], {name: [] for name in LABEL_FILES}, 0, []
     by_file = {"report_fixed.json": labels, "findings_fixed.json": labels, "impression_fixed.json": impression_labels}
     for k, view in enumerate(views, 1):
@@ -205,14 +123,19 @@ def write_release(
     image_size: int = 384,
     defects: bool = True,
     workers: int | None = None,
+    laterals: bool = True,
+    valid_patients: int | None = None,
     regions_only: bool = False,
 ) -> dict:
     """Write the release under `out`; return counts (patients, studies, images, defects by kind). Studies are drawn
     in `workers` processes (default: every core); each has its own generator, so the release is the same for any
-    number of them. `regions_only`: draw it again but write only regions.jsonl, for a release from before it."""
+    number of them. Without `laterals`, a study with a frontal film has that film alone (a dataset keeps one film
+    per study, the frontal one: the laterals of a two-view study are a third of the drawing time, never used). The
+    last `valid_patients` patients (default a tenth) form the official `valid` split, as CheXpert Plus has one.
+    `regions_only`: draw it again but write only regions.jsonl, for a release from before it."""
     out = Path(out)
     plan_rng = np.random.default_rng([seed, 0])
-    n_valid = max(1, patients // 10) if patients >= 5 else 0
+    n_valid = (max(1, patients // 10) if patients >= 5 else 0) if valid_patients is None else valid_patients
     studies = [(p, s) for p in range(patients) for s in range(int(plan_rng.integers(1, 4)))]
     n_each = max(1, round(0.03 * len(studies))) if defects and len(studies) >= 10 else 0
     picked = plan_rng.choice(len(studies), size=n_each * len(DEFECTS), replace=False) if n_each else []
@@ -220,11 +143,12 @@ def write_release(
     rows, label_lines, regions = [], {name: [] for name in LABEL_FILES}, []
     counts = {"patients": patients, "studies": len(studies), "images": 0, "defects": dict.fromkeys(DEFECTS, 0)}
     jobs = [(None if regions_only else out, seed, p, s, "valid" if p >= patients - n_valid else "train", image_size,
-             defect_of.get((p, s))) for p, s in studies]  # fmt: skip
+             defect_of.get((p, s)), laterals) for p, s in studies]  # fmt: skip
     workers = min(workers or os.cpu_count() or 1, max(1, len(jobs) // 50))  # a pool is not worth it for a few
     with ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
         drawn = pool.map(_draw_study, jobs, chunksize=16) if pool else map(_draw_study, jobs)
-        for (*_, defect), (study_rows, study_labels, images, study_regions) in zip(jobs, drawn, strict=True):
+        for job, (study_rows, study_labels, images, study_regions) in zip(jobs, drawn, strict=True):
+            defect = job[6]
             if defect:
                 counts["defects"][defect] += 1
             counts["images"] += images
@@ -289,6 +213,9 @@ def main(argv: list[str] | None = None) -> None:
         default=True,
         help="break a few studies on purpose so the reject paths run",
     )
+    parser.add_argument("--laterals", action=argparse.BooleanOptionalAction, default=True,
+                        help="draw the lateral view of two-view studies (datasets keep the frontal)")  # fmt: skip
+    parser.add_argument("--valid-patients", type=int, help="official valid patients (default: a tenth)")
     parser.add_argument("--examples", metavar="DIR", help="also write labelled example films to DIR")
     regions_help = "write only OUT/regions.jsonl, for a release from before it (the same options draw the same films)"
     parser.add_argument("--regions-only", action="store_true", help=regions_help)
@@ -297,10 +224,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give OUT, --examples DIR, or both")
     if args.patients < 1 or args.image_size < 64:
         parser.error("--patients must be >= 1 and --image-size >= 64")
+    if args.valid_patients is not None and not 0 <= args.valid_patients <= args.patients:
+        parser.error("--valid-patients must be between 0 and --patients")
     if args.out:
-        counts = write_release(
-            args.out, args.patients, args.seed, args.image_size, args.defects, regions_only=args.regions_only
-        )
+        options = {"laterals": args.laterals, "valid_patients": args.valid_patients, "regions_only": args.regions_only}
+        counts = write_release(args.out, args.patients, args.seed, args.image_size, args.defects, **options)
         defects = ", ".join(f"{k} {v}" for k, v in counts["defects"].items() if v) or "none"
         print(
             f"wrote {Path(args.out, REGIONS_FILE) if args.regions_only else args.out}: {counts['patients']} patients, "

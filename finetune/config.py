@@ -15,6 +15,7 @@ import torch
 from trl import SFTConfig
 
 from cxr_vqa.cli import parse_config as parse
+from cxr_vqa.contract import latest_complete_checkpoint as complete_checkpoint
 from cxr_vqa.errors import UserError
 from cxr_vqa.model import DEFAULT_BASE, LANGUAGE_LORA_TARGETS
 
@@ -63,6 +64,16 @@ class ScriptArguments:
         default=False,
         metadata={"help": "Also write a merged 16-bit model to OUTPUT_DIR/merged (serving without PEFT)."},
     )
+    cache_film_features: bool = field(
+        default=False,
+        metadata={"help": "Keep each film's frozen vision-tower features (and its row's tokens) from the first epoch "
+                  "that uses them, and take the loss at answer positions only (finetune/film_cache.py)."},
+    )  # fmt: skip
+    shuffle_films: bool = field(
+        default=False,
+        metadata={"help": "Show each row another study's film, so films carry no information: the model learns the "
+                  "answers' language, not to read films (the demo's base). Needs cache_film_features."},
+    )  # fmt: skip
 
     def __post_init__(self):
         if self.lora_r < 1 or self.lora_alpha <= 0:
@@ -71,6 +82,8 @@ class ScriptArguments:
             raise UserError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if isinstance(self.lora_modules_to_save, str):  # a YAML scalar instead of a list
             self.lora_modules_to_save = [self.lora_modules_to_save]
+        if self.shuffle_films and not self.cache_film_features:
+            raise UserError("shuffle_films needs cache_film_features: true (films are shuffled in its cache)")
 
 
 @dataclass
@@ -183,16 +196,12 @@ def latest_complete_checkpoint(output_dir: str | Path) -> str | None:
     """The checkpoint-N with the highest N that holds a trainer_state.json (the Trainer writes it last), or None.
 
     A run killed while saving leaves a checkpoint directory without it; resuming from that one would fail."""
-    steps = []
+    found = complete_checkpoint(output_dir)
     for path in Path(output_dir).glob("checkpoint-*"):
         suffix = path.name.removeprefix("checkpoint-")
-        if path.is_dir() and suffix.isdigit():
-            steps.append((int(suffix), path))
-    for _step, path in sorted(steps, reverse=True):
-        if (path / "trainer_state.json").is_file():
-            return str(path)
-        log.warning("skipping %s: incomplete (no trainer_state.json), probably killed while saving", path)
-    return None
+        if suffix.isdigit() and (found is None or int(suffix) > int(found.name.removeprefix("checkpoint-"))):
+            log.warning("skipping %s: incomplete (no trainer_state.json), probably killed while saving", path)
+    return str(found) if found else None
 
 
 def resolve_checkpoint(train_args: TrainConfig) -> str | None:

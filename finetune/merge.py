@@ -45,7 +45,7 @@ def merge_adapter(base: str, adapter: str | Path, out: str | Path, dtype: torch.
     merged.save_pretrained(out)
     processor.save_pretrained(out)
     share(out)  # safetensors saves 0600
-    logger.info("merged %s + %s into %s (%s)", base, adapter, out, dtype)
+    logger.info("merged %s + %s into %s (%s)", base.name, adapter, out, dtype)
     return out
 
 

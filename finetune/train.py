@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import torch
+from datasets import Dataset
 from trl import SFTTrainer
 
 from cxr_vqa.contract import check_split, open_splits
@@ -21,7 +22,9 @@ from cxr_vqa.model import load_base_model, load_processor
 from cxr_vqa.sources import Source, resolve
 from finetune.collator import IGNORE_INDEX, AnswerOnlyCollator
 from finetune.config import ScriptArguments, TrainConfig, check_device, resolve_checkpoint
+from finetune.film_cache import FilmCacheCollator, answer_loss, check_frozen_tower
 from finetune.model_card import write_model_card
+from finetune.progress import ProgressFile
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +158,18 @@ class AnswerTokenSFTTrainer(SFTTrainer):
             output.metrics[f"{metric_key_prefix}_mean_token_accuracy"] = hits / max(tokens, 1)
         return output
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "film_features" not in inputs:  # rows collated with their films: TRL's loss
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, hits, count = answer_loss(model, inputs, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # as TRL does: DDP averages the gradients of the ranks
+        hits, count = (self.accelerator.gather_for_metrics(x).sum() for x in (hits, count))
+        self._metrics["train"]["mean_token_accuracy"].append((hits / count.clamp(min=1)).item())
+        self._total_train_tokens += self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+        self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        return (loss, None) if return_outputs else loss
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         if not prediction_loss_only:  # logits wanted for compute_metrics: TRL's path
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
@@ -174,23 +189,37 @@ class AnswerTokenSFTTrainer(SFTTrainer):
         return loss.detach(), None, None
 
 
+def check_film_cache(train_args: TrainConfig) -> None:
+    """Options the film cache cannot serve fail before the model loads."""
+    if train_args.eval_strategy != "no":
+        raise UserError("cache_film_features trains only: set eval_strategy: no (evaluate with python -m evaluation)")
+    if train_args.dataloader_num_workers > 0 and not train_args.dataloader_persistent_workers:
+        raise UserError(
+            "cache_film_features with dataloader workers needs dataloader_persistent_workers: true (the cache lives "
+            "in the worker, and a new worker each epoch would start it over)"
+        )
+
+
 def build_trainer(script_args: ScriptArguments, train_args: TrainConfig, callbacks=None):
     """Check the inputs, load the model; (a ready SFTTrainer, the dataset's counts for the model card)."""
     train_ds, eval_ds, stats = load_splits(script_args, train_args)
     check_device(script_args, train_args)
     base = resolve(script_args.model_name_or_path)  # checked and its config read once, before anything loads
     check_lora_targets(script_args, base.config)
+    if script_args.cache_film_features:  # the trainer then draws row numbers; the cache's collator reads the rows
+        check_film_cache(train_args)
+        train_rows = Dataset.from_dict({"row": range(len(train_ds))})
     model, processor = build_model(script_args, train_args, base)
     trainer = AnswerTokenSFTTrainer(
         model=model,
         args=train_args,
         # TRL's own VLM collator labels every non-padding token; ours trains the answers only.
         data_collator=AnswerOnlyCollator(processor, pad_to_multiple_of=train_args.pad_to_multiple_of),
-        train_dataset=train_ds,
+        train_dataset=train_rows if script_args.cache_film_features else train_ds,
         eval_dataset=eval_ds,
         processing_class=processor,
         peft_config=lora_config(script_args),
-        callbacks=callbacks,
+        callbacks=[ProgressFile(), *(callbacks or [])],
     )
     # TRL casts every trainable parameter of a quantized model to bf16 (the QLoRA paper's choice). That only fits
     # bf16 training: on CPU (fp32 compute) a bf16 projector copy cannot multiply fp32 activations, and fp16 AMP needs
@@ -199,6 +228,10 @@ def build_trainer(script_args: ScriptArguments, train_args: TrainConfig, callbac
     for param in trainer.model.parameters():
         if param.requires_grad and param.dtype != trainable_dtype:
             param.data = param.data.to(trainable_dtype)
+    if script_args.cache_film_features:
+        check_frozen_tower(trainer.model)
+        shuffle_seed = train_args.seed if script_args.shuffle_films else None
+        trainer.data_collator = FilmCacheCollator(train_ds, processor, trainer.model, shuffle_seed=shuffle_seed)
     n_trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     logger.info("LoRA on %s: %.2fM trainable parameters", script_args.model_name_or_path, n_trainable / 1e6)
     return trainer, stats

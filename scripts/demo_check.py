@@ -1,14 +1,17 @@
-"""`python app.py --demo` as a newcomer meets it: start it, time the first page, then ask `/compare` every example
-film's suggested question over HTTP, then the same questions on the normal film (expected: no), and score both
-answers (yes/no parsed as the evaluation parses it). The first start builds the demo (minutes); a built cache is
-reused.
+"""`python app.py --demo` as a newcomer meets it, timed: start it, time the first page, ask the demo's questions over
+HTTP while the adapter trains (each newly served checkpoint answers them), time until the final adapter serves and
+until the build's own report is there, then score the final answers, on the held-out films and on the committed
+examples of assets/examples/.
 
-    python scripts/demo_check.py                          # cache runs/demo, port 7861
-    python scripts/demo_check.py --demo-dir /tmp/demo --port 7870
+    python scripts/demo_check.py --fresh                  # empty runs/demo first: the first start, port 7861
+    python scripts/demo_check.py                          # whatever runs/demo holds (a built one: the cached start)
+    python scripts/demo_check.py --screenshots runs/screens   # also the page in Chromium (Playwright), twice
 
-Prints the start's last lines, each question with the expected, base and tuned answers, and last
-`RESULT first_page_s=.. examples=.. questions=.. expected_no=.. tuned_right=.. base_right=..`. Exits 1 when a
-fine-tuned answer is wrong, so it doubles as a check.
+The questions: each held-out example film's suggested question (yes), the same questions on its normal film (no),
+and the same for the committed phantoms of assets/examples/. Prints the machine's load, each stage's wall and CPU
+seconds (CPU seconds are what an idle machine would take, for the stages that run on one core), the answers, and
+last `RESULT first_page_s=.. final_adapter_s=.. report_s=.. questions=.. tuned_right=.. base_right=..
+committed_questions=.. committed_right=.. base_parsed=.. load=..`. Exits 1 when a final fine-tuned answer is wrong.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -44,52 +48,136 @@ def wait_for_page(url: str, app: subprocess.Popen, timeout: float) -> float:
     sys.exit(f"no page at {url} after {timeout:.0f} s")
 
 
+def wait_until(client, app: subprocess.Popen, key: str, start: float, timeout: float, on_state=None) -> dict:
+    """`/demo_status` once its `key` is true, polled every 2 s (`on_state` sees each); exits on a timeout."""
+    while not (state := client.predict(api_name="/demo_status"))[key]:
+        if on_state:
+            on_state(state)
+        if time.monotonic() - start > timeout or app.poll() is not None:
+            sys.exit(f"no {key} after {time.monotonic() - start:.0f} s: {state}")
+        time.sleep(2)
+    return state
+
+
+def questions(folder: Path) -> list[tuple[Path, str, str]]:
+    """(film, question, expected yes/no): each film's suggested question, and the same ones on its normal film."""
+    examples = json.loads((folder / "examples.json").read_text())
+    asked = [(folder / e["file"], e["question"], parse_yes_no(e["answer"])) for e in examples]
+    normal = next((folder / e["file"] for e in examples if not e["findings"]), None)
+    return asked + [(normal, e["question"], "no") for e in examples if e["findings"] and normal]
+
+
+def ask_all(client, asked, show: bool = False) -> tuple[int, int, int]:
+    """(fine-tuned right, base right, base answers that parse as yes/no) over `asked`."""
+    from gradio_client import handle_file
+
+    tuned_right = base_right = parsed = 0
+    for film, question, expected in asked:
+        base, tuned = client.predict(handle_file(str(film)), question, api_name="/compare")
+        tuned_ok, base_ok = parse_yes_no(tuned) == expected, parse_yes_no(base) == expected
+        tuned_right, base_right = tuned_right + tuned_ok, base_right + base_ok
+        parsed += parse_yes_no(base) is not None
+        if show:
+            print(f"  {film.name:<22} {question!r} expected {expected}\n"
+                  f"      base  {'right' if base_ok else 'wrong'}: {base[:70]!r}\n"
+                  f"      tuned {'right' if tuned_ok else 'wrong'}: {tuned[:70]!r}")  # fmt: skip
+    return tuned_right, base_right, parsed
+
+
+def screenshots(url: str, film: Path, question: str, out: Path) -> None:
+    """The side by side after one question, and the Results tab, in headless Chromium."""
+    from playwright.sync_api import expect, sync_playwright
+
+    out.mkdir(parents=True, exist_ok=True)
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync"]  # fmt: skip
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=args)
+        page = browser.new_page(viewport={"width": 1400, "height": 1300})
+        page.set_default_timeout(120_000)
+        page.goto(url)
+        page.locator("#film-file input[type=file]").set_input_files(str(film))
+        expect(page.locator("#film-status")).to_contain_text("letterboxed")
+        page.locator("#question textarea").fill(question)
+        page.locator("#ask").click()
+        for pane in ("base", "tuned"):
+            expect(page.locator(f"#{pane}-stats")).to_contain_text("tokens/s")
+        page.screenshot(path=str(out / "side_by_side.png"), full_page=True)
+        page.get_by_role("tab", name="Results").click()
+        expect(page.locator("#report-note")).to_contain_text("Offline evaluation report")
+        page.screenshot(path=str(out / "results.png"), full_page=True)
+        browser.close()
+    print(f"screenshots: {out / 'side_by_side.png'}, {out / 'results.png'}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo-dir", default="runs/demo", help="the demo's cache (built on first use)")
+    parser.add_argument("--fresh", action="store_true", help="delete the demo's cache first: the first start")
     parser.add_argument("--port", type=int, default=7861)
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the first page")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for each milestone")
+    parser.add_argument("--screenshots", metavar="DIR", help="also take screenshots of the page (Playwright)")
     args = parser.parse_args(argv)
 
-    from gradio_client import Client, handle_file
+    from gradio_client import Client
 
     demo_dir = Path(args.demo_dir).resolve()
+    if args.fresh and demo_dir.exists():
+        shutil.rmtree(demo_dir)
     log = demo_dir.parent / f"{demo_dir.name}-app.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()[0]
+    print(f"load average (1 min) at the start: {load:.2f} on {os.cpu_count()} cores")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "app.py", "--demo", "--demo-dir", str(demo_dir), "--port", str(args.port),
                "--votes-db", str(demo_dir.parent / f"{demo_dir.name}-votes.sqlite")]  # fmt: skip
     with open(log, "w") as sink:
         app = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    start = time.monotonic()
     try:
         url = f"http://127.0.0.1:{args.port}/"
         first_page = wait_for_page(url, app, args.timeout)
         print(f"first page after {first_page:.1f} s (app output: {log})")
-        print("\n".join("  | " + line for line in log.read_text(errors="replace").splitlines()[-4:]))
-        examples = json.loads((demo_dir / "examples" / "examples.json").read_text())
         client = Client(url, verbose=False)
-        # every suggested question is answered yes on its own film; the same questions on the normal film are the
-        # no's, so a model that always says yes cannot pass
-        asked = [(e["file"], e["question"], parse_yes_no(e["answer"])) for e in examples]
-        normal = next((e["file"] for e in examples if not e["findings"]), None)
-        asked += [(normal, e["question"], "no") for e in examples if e["findings"] and normal]
-        tuned_right = base_right = 0
-        for file, question, expected in asked:
-            start = time.monotonic()
-            base, tuned = client.predict(handle_file(str(demo_dir / "examples" / file)), question, api_name="/compare")
-            seconds = time.monotonic() - start
-            tuned_ok, base_ok = parse_yes_no(tuned) == expected, parse_yes_no(base) == expected
-            tuned_right, base_right = tuned_right + tuned_ok, base_right + base_ok
-            print(f"{file:<22} {question!r} expected {expected}  ({seconds:.1f} s)\n"
-                  f"    base  {'right' if base_ok else 'wrong'}: {base[:70]!r}\n"
-                  f"    tuned {'right' if tuned_ok else 'wrong'}: {tuned[:70]!r}")  # fmt: skip
+        asked = questions(demo_dir / "examples")
+        seen = []
+
+        def probe(state: dict) -> None:  # every newly served checkpoint answers the demo's questions
+            if seen and state["serving"] == seen[-1]:
+                return
+            seen.append(state["serving"])
+            t = time.monotonic() - start
+            tuned, base, parsed = ask_all(client, asked)
+            print(f"t={t:5.0f} s  {state['stage']}, epoch {state['epoch']}: fine-tuned pane "
+                  f"({state['serving'] or 'no checkpoint yet'}) {tuned}/{len(asked)} right; base {base}/{len(asked)} "
+                  f"right, {parsed} answers in yes/no")  # fmt: skip
+
+        wait_until(client, app, "final", start, args.timeout, probe)
+        final_adapter = time.monotonic() - start
+        print(f"final adapter serves after {final_adapter:.1f} s")
+        print("the held-out films (examples of the demo):")
+        tuned_right, base_right, base_parsed = ask_all(client, asked, show=True)
+        committed = questions(ROOT / "assets" / "examples")
+        print("the committed phantoms of assets/examples/:")
+        committed_right, _, _ = ask_all(client, committed, show=True)
+        wait_until(client, app, "report", start, args.timeout)
+        report = time.monotonic() - start
+        print(f"report after {report:.1f} s")
+        if args.screenshots:
+            film, question, _ = asked[1] if len(asked) > 1 else asked[0]
+            screenshots(url, film, question, Path(args.screenshots))
     finally:
         app.terminate()
         app.wait(timeout=60)
-    expected_no = sum(e == "no" for *_, e in asked)
-    print(f"RESULT first_page_s={first_page:.1f} examples={len(examples)} questions={len(asked)} "
-          f"expected_no={expected_no} tuned_right={tuned_right} base_right={base_right}")  # fmt: skip
-    sys.exit(0 if tuned_right == len(asked) else 1)
+    for record in sorted((demo_dir / "stages").glob("*.json")):
+        r = json.loads(record.read_text())
+        print(f"  stage {record.stem:<22} {r['seconds']:7.1f} s wall, {r.get('cpu_seconds', 0):7.1f} CPU-seconds")
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
+    print(f"RESULT first_page_s={first_page:.1f} final_adapter_s={final_adapter:.1f} report_s={report:.1f} "
+          f"questions={len(asked)} tuned_right={tuned_right} base_right={base_right} "
+          f"committed_questions={len(committed)} committed_right={committed_right} base_parsed={base_parsed} "
+          f"load={load:.2f}")  # fmt: skip
+    sys.exit(0 if tuned_right == len(asked) and committed_right == len(committed) else 1)
 
 
 if __name__ == "__main__":

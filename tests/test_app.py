@@ -164,7 +164,7 @@ def test_demo_has_compare_endpoint_examples_notice_report_and_zero_gpu(vqa, tmp_
     assert sorted(public) == ["batch", "compare", "compare_all", "compare_scores", "explore", "maps"]
     config = json.dumps(demo.get_config_file(), default=str)
     assert "not a medical device" in config and "Not for diagnosis" in config
-    assert vqa.adapters[TUNED] in config and "Synthetic phantom: cardiomegaly" in config
+    assert vqa.adapters[TUNED] in config and "Real chest X-ray (NIH ChestX-ray14): cardiomegaly" in config
     assert "closed_accuracy_marker" in config and "comparison.png" in config  # the report is on the results tab
 
 

@@ -24,8 +24,9 @@ from dataprep.chexpert import CSV_NAME, LABELS, Study, find_image, read_release
 from dataprep.clean import cites_text, clean_report, mentions_prior
 from dataprep.qa import check_pair, filter_pairs
 from dataprep.qa_labels import labels_to_qa
-from dataprep.synthetic import sample_findings, write_examples, write_release
+from dataprep.synthetic import write_examples, write_release
 from dataprep.synthetic_films import DRAWN, draw_film
+from dataprep.synthetic_reports import sample_findings
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,5 @@
 """`python app.py --demo` with a prepared cache serves at once, without building anything; with none it runs the
-builder's command and reports its failure in one line."""
+builder's command and reports its failure in one line; with a build running elsewhere it starts no second one."""
 
 from __future__ import annotations
 
@@ -11,20 +11,22 @@ import pytest
 
 import app
 from app_lib import demo as demo_models
+from app_lib.results import report_updates
 
 
 @pytest.fixture
 def prepared(tmp_path, tiny_model_dir, random_adapter_dir):
     """A finished build as `python -m finetune.demo` leaves it, made of the test suite's tiny model and adapter."""
     out = tmp_path / "demo"
-    shutil.copytree(tiny_model_dir, out / "tiny-llava")
+    shutil.copytree(tiny_model_dir, out / "speaking-base" / "merged")
     shutil.copytree(random_adapter_dir, out / "adapter-seed0")
     (out / "examples").mkdir()
     shutil.copy(app.EXAMPLES_DIR / "cardiomegaly.png", out / "examples" / "cardiomegaly.png")
     index = [{"file": "cardiomegaly.png", "findings": ["Cardiomegaly"], "question": "Is there cardiomegaly?",
               "answer": "Yes.", "source": "Held-out phantom", "study_id": "patient7/study1"}]  # fmt: skip
     (out / "examples" / "examples.json").write_text(json.dumps(index))
-    marker = {"format": 1, "base": "tiny-llava", "adapter": "adapter-seed0", "examples": "examples/examples.json"}
+    marker = {"format": 2, "complete": True, "trained": True, "base": "speaking-base/merged",
+              "adapter": "adapter-seed0", "examples": "examples/examples.json", "report": "report"}  # fmt: skip
     (out / "demo.json").write_text(json.dumps(marker))
     return out
 
@@ -40,11 +42,14 @@ def test_a_prepared_demo_serves_without_training(prepared, monkeypatch):
     config = json.dumps(served["demo"].get_config_file(), default=str)
     assert "Demo models" in config and "synthetic phantoms" in config and "never on patients" in config
     assert "Held-out phantom: cardiomegaly (expected: Yes.)" in config and served["port"] == 7999
+    assert "Synthetic phantom: pneumothorax" in config and "Real chest X-ray" not in config  # the demo's own films
+    assert "the final adapter" in config  # what the fine-tuned pane answers with, said above the panes
+    assert [fn.api_name for fn in served["demo"].fns.values() if fn.api_name == "demo_status"] == ["demo_status"]
 
 
 def test_an_incomplete_build_is_not_served(prepared):
     assert demo_models.read(prepared) is not None
-    shutil.rmtree(prepared / "adapter-seed0")
+    shutil.rmtree(prepared / "speaking-base")
     assert demo_models.read(prepared) is None  # a file the marker names is gone: build again
 
 
@@ -57,9 +62,13 @@ class Builder:
         self.command, self.kwargs, self.code, self.interrupted, self.terminated = command, kwargs, code, interrupted, 0
         Builder.started.append(self)
 
-    def wait(self, timeout=None):
+    def poll(self):  # the app polls its builder while it waits for the first page
         if self.interrupted and not self.terminated:
+            self.interrupted = False
             raise KeyboardInterrupt  # what the app turns SIGTERM into
+        return self.code  # None: still running
+
+    def wait(self, timeout=None):
         return self.code
 
     def terminate(self):
@@ -75,7 +84,46 @@ def test_a_failed_build_is_one_line(tmp_path, monkeypatch, run_cli):
 
 
 def test_stopping_the_app_during_the_build_stops_the_builder(tmp_path, monkeypatch):
-    monkeypatch.setattr(subprocess, "Popen", lambda command, **kw: Builder(command, interrupted=True, **kw))
+    monkeypatch.setattr(subprocess, "Popen", lambda command, **kw: Builder(command, code=None, interrupted=True, **kw))
     with pytest.raises(KeyboardInterrupt):
-        demo_models.prepare(tmp_path / "nothing")
+        demo_models.start(tmp_path / "nothing")
     assert Builder.started[-1].terminated == 1  # not left training on, orphaned
+
+
+def test_a_second_app_on_a_building_folder_starts_no_second_build(prepared, monkeypatch, capsys):
+    from finetune.demo import hold_lock
+
+    marker = json.loads((prepared / "demo.json").read_text())
+    (prepared / "demo.json").write_text(json.dumps({**marker, "complete": False, "trained": False}))
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("a second build was started"))
+    lock = hold_lock(prepared)  # the first app's builder
+    try:
+        found, builder = demo_models.start(prepared)
+    finally:
+        lock.close()
+    assert builder is None and found.base.endswith("merged")
+    assert "another process is building the demo" in capsys.readouterr().out
+
+
+def test_the_results_tab_shows_a_report_written_after_the_page_came_up(tmp_path):
+    from PIL import Image
+
+    report = tmp_path / "report"
+    note, metrics, plot = report_updates(report)  # the demo's page comes up before its evaluation ends
+    assert "not found" in note and metrics.visible is False and plot.visible is False
+    report.mkdir()
+    (report / "metrics.json").write_text(json.dumps({"models": {"tuned": {"closed_accuracy": 0.97}}}))
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(report / "comparison.png")
+    note, metrics, plot = report_updates(report)
+    assert "not found" not in note and metrics.value["models"]["tuned"]["closed_accuracy"] == 0.97
+    assert plot.visible is not False and plot.value is not None
+
+
+def test_a_build_left_unfinished_is_continued_by_the_next_start(prepared, monkeypatch):
+    marker = json.loads((prepared / "demo.json").read_text())
+    (prepared / "demo.json").write_text(json.dumps({**marker, "complete": False, "trained": False}))
+    monkeypatch.setattr(subprocess, "Popen", lambda command, **kw: Builder(command, code=None, **kw))
+    found, builder = demo_models.start(prepared)  # serves at once: its base is there, the builder continues
+    assert builder is Builder.started[-1] and builder.command[1:3] == ["-m", "finetune.demo"]
+    demo_models.stop(builder)  # the app's exit ends it; the next start continues again
+    assert builder.terminated == 1

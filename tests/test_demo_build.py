@@ -1,6 +1,6 @@
 """The demo builder (`python -m finetune.demo`): finished stages are skipped, a complete build is recognised and
-nothing runs again, examples come from held-out test studies showing one finding each; and, once, the whole build
-on a handful of patients."""
+nothing runs again, one process builds a folder at a time, examples come from held-out test studies showing one
+finding each; and, once, the whole build on a handful of patients."""
 
 from __future__ import annotations
 
@@ -16,26 +16,28 @@ from PIL import Image
 from cxr_vqa.contract import DEMO_FORMAT, DEMO_MARKER, SPLITS, demo_build, features, open_splits
 from cxr_vqa.errors import UserError
 from cxr_vqa.template import conversation_from_qa
-from finetune import demo
+from finetune import demo, demo_stages
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _json_stage(src: Path, dst: Path) -> demo.Stage:
+def _json_stage(src: Path, dst: Path) -> demo_stages.Stage:
     """A real, fast command line: `python -m json.tool SRC DST` (fails on a file that is not JSON)."""
-    return demo.Stage("copy", "json.tool", [src, dst])
+    return demo_stages.Stage("copy", "json.tool", [src, dst])
 
 
 def test_a_finished_stage_is_skipped_and_other_settings_stop_the_run(tmp_path):
     src, dst = tmp_path / "in.json", tmp_path / "out.json"
     src.write_text('{"a": 1}')
-    assert demo.run_stage(tmp_path, _json_stage(src, dst)) is not None
+    assert demo_stages.run_stage(tmp_path, _json_stage(src, dst)) is not None
     assert json.loads(dst.read_text()) == {"a": 1}
+    record = json.loads((tmp_path / "stages" / "copy.json").read_text())
+    assert record["seconds"] > 0 and record["cpu_seconds"] > 0  # the child's own CPU time, for loaded machines
     dst.unlink()
-    assert demo.run_stage(tmp_path, _json_stage(src, dst)) is None  # reused: the command did not run again
+    assert demo_stages.run_stage(tmp_path, _json_stage(src, dst)) is None  # reused: the command did not run again
     assert not dst.exists()
     with pytest.raises(UserError, match="built with other settings"):
-        demo.run_stage(tmp_path, _json_stage(src, tmp_path / "elsewhere.json"))
+        demo_stages.run_stage(tmp_path, _json_stage(src, tmp_path / "elsewhere.json"))
 
 
 def test_a_failing_stage_names_itself_and_records_nothing(tmp_path):
@@ -43,54 +45,52 @@ def test_a_failing_stage_names_itself_and_records_nothing(tmp_path):
     src.write_text("not json")
     log = tmp_path / "logs" / "copy.log"
     with pytest.raises(UserError, match=r"\[copy\] failed with exit code 1"):
-        demo.run_stage(tmp_path, _json_stage(src, tmp_path / "out.json"), log=log)
-    assert log.is_file() and not demo.finished(tmp_path, _json_stage(src, tmp_path / "out.json"))
+        demo_stages.run_stage(tmp_path, _json_stage(src, tmp_path / "out.json"), log=log)
+    assert log.is_file() and not demo_stages.finished(tmp_path, _json_stage(src, tmp_path / "out.json"))
 
 
 def test_training_resumes_only_from_a_complete_checkpoint(tmp_path, monkeypatch):
     commands = []
-    monkeypatch.setattr(
-        demo.subprocess, "run", lambda cmd, **kw: commands.append(cmd) or subprocess.CompletedProcess(cmd, 0)
-    )
+    monkeypatch.setattr(demo_stages, "_run", lambda cmd, env, sink: commands.append(cmd) or (0, 0.0))
     adapter = tmp_path / "adapter"
     (adapter / "checkpoint-4").mkdir(parents=True)  # killed while saving: no trainer_state.json
-    demo.run_stage(tmp_path, demo.train_stage(tmp_path, adapter, trainer_seed=3))
+    demo_stages.run_stage(tmp_path, demo_stages.train_stage(tmp_path, adapter, trainer_seed=3))
     (adapter / "checkpoint-2").mkdir()
     (adapter / "checkpoint-2" / "trainer_state.json").write_text("{}")
-    demo.run_stage(tmp_path, demo.train_stage(tmp_path, adapter, trainer_seed=4))
+    demo_stages.run_stage(tmp_path, demo_stages.train_stage(tmp_path, adapter, trainer_seed=4))
     assert "--resume_from_checkpoint" not in commands[0] and commands[1][-1] == "--resume_from_checkpoint"
     assert commands[0][commands[0].index("--seed") + 1] == "3"
 
 
 def test_a_killed_training_does_not_resume_under_other_settings(tmp_path, monkeypatch):
-    def killed(cmd, **kw):
+    def killed(cmd, env, sink):
         (adapter / "checkpoint-2").mkdir(parents=True)
         (adapter / "checkpoint-2" / "trainer_state.json").write_text("{}")
-        return subprocess.CompletedProcess(cmd, -9)
+        return -9, 0.0
 
     adapter = tmp_path / "adapter"
-    monkeypatch.setattr(demo.subprocess, "run", killed)
+    monkeypatch.setattr(demo_stages, "_run", killed)
     with pytest.raises(UserError, match="failed"):
-        demo.run_stage(tmp_path, demo.train_stage(tmp_path, adapter, extra=("--num_train_epochs", 0.3)))
-    monkeypatch.setattr(demo.subprocess, "run", lambda *a, **k: pytest.fail("resumed a 0.3-epoch run as another"))
+        demo_stages.run_stage(tmp_path, demo_stages.train_stage(tmp_path, adapter, extra=("--num_train_epochs", 0.3)))
+    monkeypatch.setattr(demo_stages, "_run", lambda *a, **k: pytest.fail("resumed a 0.3-epoch run as another"))
     with pytest.raises(UserError, match="unfinished 'train \\(seed 0\\)' with other settings"):
-        demo.run_stage(tmp_path, demo.train_stage(tmp_path, adapter))
+        demo_stages.run_stage(tmp_path, demo_stages.train_stage(tmp_path, adapter))
 
 
 def _prepared_build(out: Path) -> None:
     """What a finished build leaves (empty stand-ins for the model files)."""
-    for name in ("tiny-llava", "adapter-seed0", "examples"):
+    for name in ("speaking-base/merged", "adapter-seed0", "examples"):
         (out / name).mkdir(parents=True)
     (out / "examples" / "examples.json").write_text("[]")
-    stages = [s.identity for s in demo.demo_stages(out.resolve())]
-    marker = {"format": DEMO_FORMAT, "base": "tiny-llava", "adapter": "adapter-seed0",
+    stages = [s.identity for s in demo.demo_plan(out.resolve()).stages]
+    marker = {"format": DEMO_FORMAT, "complete": True, "base": "speaking-base/merged", "adapter": "adapter-seed0",
               "examples": "examples/examples.json", "stages": stages}  # fmt: skip
     (out / DEMO_MARKER).write_text(json.dumps(marker))
 
 
 def test_a_complete_build_is_detected_and_nothing_runs(tmp_path, monkeypatch, capsys):
     _prepared_build(tmp_path / "demo")
-    monkeypatch.setattr(demo.subprocess, "run", lambda *a, **k: pytest.fail("a stage ran on a complete build"))
+    monkeypatch.setattr(demo_stages, "_run", lambda *a, **k: pytest.fail("a stage ran on a complete build"))
     demo.main([str(tmp_path / "demo")])
     assert "already built" in capsys.readouterr().out
     assert demo_build(tmp_path / "demo")["adapter"] == "adapter-seed0"
@@ -99,15 +99,27 @@ def test_a_complete_build_is_detected_and_nothing_runs(tmp_path, monkeypatch, ca
 def test_an_incomplete_or_other_build_is_built_again(tmp_path, monkeypatch):
     _prepared_build(tmp_path / "demo")
     built = []
-    monkeypatch.setattr(demo, "build", lambda out, stages, **kw: built.append(stages[-1].identity))
+    monkeypatch.setattr(demo, "build", lambda out, plan, **kw: built.append(plan.train.identity))
     demo.main([str(tmp_path / "demo"), "--seed", "1"])  # another trainer seed: its own adapter
     assert built and built[0][built[0].index("--seed") + 1] == "1"
     assert not (tmp_path / "demo" / DEMO_MARKER).exists()  # gone until that build completes
     _prepared_build(tmp_path / "other")
     (tmp_path / "other" / "adapter-seed0").rmdir()
     assert demo_build(tmp_path / "other") is None and demo_build(tmp_path / "empty") is None
+    assert demo_build(tmp_path / "other", serving=True)  # no adapter yet: it can serve while the adapter trains
     (tmp_path / "other" / DEMO_MARKER).write_text("[1, 2]")  # not a marker at all
     assert demo_build(tmp_path / "other") is None
+
+
+def test_one_process_builds_a_folder_at_a_time(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "build", lambda *a, **k: pytest.fail("a second build started"))
+    lock = demo.hold_lock(tmp_path / "demo")  # as a running builder (or an app's) holds it
+    try:
+        demo.main([str(tmp_path / "demo")])
+        assert "another process is building the demo" in capsys.readouterr().out
+    finally:
+        lock.close()
+    assert demo.hold_lock(tmp_path / "demo") is not None  # released when its holder ends
 
 
 def _row(study: str, view: str, findings: dict[str, str], shade: int) -> dict:
@@ -152,13 +164,18 @@ def test_examples_are_held_out_films_showing_one_finding_each(tmp_path):
 def test_the_whole_build_on_a_handful_of_patients(tmp_path):
     """The real command line end to end, small: every stage runs once, demo.json comes last, a rerun does nothing."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "finetune.demo", str(tmp_path / "demo"), "--patients", "60", "--epochs", "0.2"]
-    first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "finetune.demo", str(tmp_path / "demo"), "--patients", "60", "--epochs", "0.2",
+               "--base-steps", "2"]  # fmt: skip
+    first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    assert [line for line in first.stdout.splitlines() if line.startswith("stage ")] == [
-        "stage 1/4: tiny model", "stage 2/4: release", "stage 3/4: dataprep", "stage 4/4: train (seed 0)"]  # fmt: skip
+    assert [line for line in first.stdout.splitlines() if line.startswith("stage")] == [
+        "stage 1/6: release", "stages 2-3/6: dataprep and tiny model, side by side", "stage 4/6: base",
+        "stage 5/6: train (seed 0)", "stage 6/6: evaluate (adapter-seed0)"]  # fmt: skip
     marker = demo_build(tmp_path / "demo")
-    assert marker and (tmp_path / "demo" / marker["adapter"] / "adapter_config.json").is_file()
+    assert marker and marker["complete"] and marker["trained"]
+    assert (tmp_path / "demo" / marker["adapter"] / "adapter_config.json").is_file()
+    assert (tmp_path / "demo" / marker["base"] / "config.json").is_file()  # the merged base
+    assert json.loads((tmp_path / "demo" / marker["report"] / "metrics.json").read_text())["models"]["tuned"]
     card = (tmp_path / "demo" / marker["adapter"] / "README.md").read_text()
     assert "A **demo** LoRA adapter" in card and "synthetic phantoms drawn by dataprep.synthetic, not patients" in card
     examples = json.loads((tmp_path / "demo" / marker["examples"]).read_text())
@@ -166,3 +183,28 @@ def test_the_whole_build_on_a_handful_of_patients(tmp_path):
     assert examples and all(e["study_id"] in test_studies for e in examples)
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "already built" in again.stdout
+
+
+def test_the_demos_release_keeps_each_frontal_film_and_drops_the_rest(tmp_path):
+    """--no-laterals draws the same first films (and rows) as a full release, without the second, lateral views no
+    dataset keeps; --valid-patients 0 leaves no official valid split to prepare for nothing."""
+    import csv
+
+    import numpy as np
+
+    from dataprep.synthetic import write_release
+
+    full = write_release(tmp_path / "full", patients=12, image_size=96, defects=False, workers=1)
+    lean = write_release(tmp_path / "lean", patients=12, image_size=96, defects=False, workers=1, laterals=False,
+                         valid_patients=0)  # fmt: skip
+
+    def films(root: Path) -> dict[str, Path]:  # by patient, study and view, whatever the split
+        return {"/".join(p.parts[-3:]): p for p in root.rglob("*.png")}
+
+    first, kept = films(tmp_path / "full"), films(tmp_path / "lean")
+    assert full["images"] > lean["images"] == len(kept) and any(name.endswith("view2_lateral.png") for name in first)
+    assert set(kept) == {name for name in first if "/view1_" in name}  # every study's first film, no second view
+    for name, path in kept.items():
+        assert np.array_equal(np.asarray(Image.open(first[name])), np.asarray(Image.open(path)))
+    with open(tmp_path / "lean" / "df_chexpert_plus_240401.csv", newline="") as file:
+        assert {row["split"] for row in csv.DictReader(file)} == {"train"}

@@ -1,0 +1,161 @@
+"""The stages of the demo build and of the learning bench: each a real command line, run in its own process, recorded
+in WORK/stages/NAME.json once it has finished (with its wall and CPU seconds) and skipped afterwards; a stage recorded
+with other settings stops the build instead of mixing them. Training resumes from its last complete checkpoint.
+
+    stages = [*data_stages(work), base_stage(work), train_stage(work, work / "adapter-seed0")]
+    for stage in stages:
+        run_stage(work, stage)          # seconds taken, or None when it had finished earlier
+
+The recipe is split in three: the model's shape and the data here (why these values: the YAML files' comments), the
+base's training in finetune/configs/tiny-synthetic-base.yaml, the adapter's in finetune/configs/tiny-synthetic.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cxr_vqa.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = Path(__file__).parent / "configs" / "tiny-synthetic.yaml"  # the adapter: learns to read the films
+BASE_RECIPE = Path(__file__).parent / "configs" / "tiny-synthetic-base.yaml"  # the base: learns the answers' words
+# The tiny model: a 4-layer, 64-wide random LLaVA whose CLIP tower sees 28 px patches (144 image tokens) with fixed
+# sine-cosine positions.
+TINY_ARGS = ("--hidden", "64", "--layers", "4", "--vision-hidden", "64", "--vision-layers", "2", "--patch-size", "28",
+             "--sincos-positions")  # fmt: skip
+PATIENTS = 1000
+# no broken studies (they test dataprep's reject paths, here they would only cost training data); films 292 px wide,
+# so 336 tall: dataprep's letterbox to the model's 336 px only pads them (at 384 px they took half again as long to
+# draw and were shrunk to the same 292 x 336 anyway); no lateral views (a study keeps its frontal film, drawn first:
+# the same film either way); no validation patients (training does not early-stop: the official valid tenth would be
+# drawn and prepared for nothing); 15% held out for test; every labelled finding asked, 8 pairs a study: more
+# supervision per film costs little next to its image tokens
+RELEASE_ARGS = ("--no-defects", "--image-size", "292", "--no-laterals", "--valid-patients", "0")
+DATAPREP_ARGS = ("--generator", "labels", "--split-fractions", "0.85,0,0.15", "--qa-per-study", "8")
+BASE_DIR, MERGED = "speaking-base", "speaking-base/merged"  # the base stage's adapter, and the merged base served
+
+
+@dataclass
+class Stage:
+    """One command line of the pipeline: `python -m module *args`, finished once its record says so."""
+
+    name: str
+    module: str
+    args: list[str]
+    resume_dir: Path | None = None  # training: resume from a complete checkpoint-* left here by a killed run
+    always: bool = False  # run every time (evaluation resumes on its own)
+    identity: list[str] = field(init=False)
+
+    def __post_init__(self):
+        self.args = [str(a) for a in self.args]
+        self.identity = [self.module, *self.args]
+
+
+def data_stages(work: Path, *, patients: int = PATIENTS, seed: int = 0) -> list[Stage]:
+    """The tiny checkpoint, the synthetic release and its QA dataset under `work` (tiny-llava/, release/, data/)."""
+    tiny, release, data = work / "tiny-llava", work / "release", work / "data"
+    return [
+        Stage("tiny model", "finetune.tiny_model", [tiny, *TINY_ARGS]),
+        Stage("release", "dataprep.synthetic", [release, "--patients", patients, "--seed", seed, *RELEASE_ARGS]),
+        Stage("dataprep", "dataprep", ["--chexpert-root", release, "--out", data, "--seed", seed, *DATAPREP_ARGS]),
+    ]
+
+
+def base_stage(work: Path, *, extra: tuple = ()) -> Stage:
+    """The speaking base: the tiny checkpoint trained on the dataset's answers with shuffled films, merged into
+    `work`/speaking-base/merged."""
+    args = ["--config", BASE_RECIPE.relative_to(ROOT), "--model_name_or_path", work / "tiny-llava",
+            "--dataset", work / "data", "--output_dir", work / BASE_DIR, *extra]  # fmt: skip
+    return Stage("base", "finetune", args)
+
+
+def train_stage(work: Path, adapter: Path, *, trainer_seed: int = 0, extra: tuple = ()) -> Stage:
+    """Fine-tune the speaking base of `work` on its dataset with the recipe into `adapter`."""
+    args = ["--config", RECIPE.relative_to(ROOT), "--model_name_or_path", work / MERGED,
+            "--dataset", work / "data", "--output_dir", adapter, "--seed", trainer_seed, *extra]  # fmt: skip
+    return Stage(f"train (seed {trainer_seed})", "finetune", args, resume_dir=adapter)
+
+
+def evaluate_stage(work: Path, adapter: Path, report: Path, *, limit: int | None = None, batch_size: int = 32,
+                   always: bool = False) -> Stage:  # fmt: skip
+    """The held-out test split, base vs tuned, with the blank-image ablation, into `report`."""
+    args = ["--dataset", work / "data", "--split", "test", "--base", work / MERGED, "--adapter", adapter,
+            "--out", report, "--no-4bit", "--device", "cpu", "--batch-size", batch_size, "--max-new-tokens", 24,
+            *(["--limit", limit] if limit else [])]  # fmt: skip
+    return Stage(f"evaluate ({adapter.name})", "evaluation", args, always=always)
+
+
+def _record(work: Path, stage: Stage) -> Path:
+    return work / "stages" / (stage.name.replace(" ", "-").replace("(", "").replace(")", "") + ".json")
+
+
+def finished(work: Path, stage: Stage) -> bool:
+    """Whether `stage` has finished under `work` with these settings; UserError if it finished with others."""
+    record = _record(work, stage)
+    if stage.always or not record.is_file():
+        return False
+    earlier = json.loads(record.read_text())["command"]
+    if earlier != stage.identity:
+        raise UserError(
+            f"{work} holds a '{stage.name}' stage built with other settings ({' '.join(earlier)}): "
+            "start over with --fresh or pick another directory"
+        )
+    return True
+
+
+def _run(command: list[str], env: dict, sink) -> tuple[int, float]:
+    """(exit code, CPU seconds of the process and its children) of `command`; killed if we are interrupted."""
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT if sink else None)
+    try:
+        _pid, status, usage = os.wait4(process.pid, 0)
+    except BaseException:  # Ctrl-C or SIGTERM: the stage ends with us instead of running on, orphaned
+        process.kill()
+        process.wait()
+        raise
+    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+    return process.returncode, usage.ru_utime + usage.ru_stime
+
+
+def run_stage(work: Path, stage: Stage, *, threads: int = 1, log: Path | None = None) -> float | None:
+    """Run `stage` unless it has finished; its output goes to `log` (or streams here). Seconds taken, None when
+    reused. A failing command raises UserError naming the stage (and the log's last lines)."""
+    if finished(work, stage):
+        print(f"[{stage.name}] finished earlier, reused", flush=True)
+        return None
+    command = [sys.executable, "-m", stage.module, *stage.args]
+    started = _record(work, stage).with_suffix(".started")  # the settings of a run that may have been killed
+    if stage.resume_dir and any(stage.resume_dir.glob("checkpoint-*/trainer_state.json")):  # written last
+        if started.is_file() and json.loads(started.read_text())["command"] != stage.identity:
+            raise UserError(
+                f"{stage.resume_dir} holds checkpoints of an unfinished '{stage.name}' with other settings: start "
+                "over with --fresh or pick another directory"
+            )
+        command.append("--resume_from_checkpoint")  # the latest complete checkpoint, skipping a half-written one
+    if not stage.always:
+        started.parent.mkdir(parents=True, exist_ok=True)
+        started.write_text(json.dumps({"command": stage.identity}) + "\n")
+    print(f"[{stage.name}] {' '.join(stage.identity)}" + (f"  (output: {log})" if log else ""), flush=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}  # fmt: skip
+    start = time.time()
+    if log:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as sink:
+            code, cpu = _run(command, env, sink)
+    else:
+        code, cpu = _run(command, env, None)
+    if code != 0:
+        tail = " | ".join(log.read_text().strip().splitlines()[-3:]) if log else "see its output above"
+        raise UserError(f"[{stage.name}] failed with exit code {code}: {tail}")
+    seconds = time.time() - start
+    if not stage.always:
+        record = {"command": stage.identity, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2)}
+        _record(work, stage).write_text(json.dumps(record) + "\n")
+    print(f"[{stage.name}] done in {seconds:.0f} s ({cpu:.0f} CPU-seconds)", flush=True)
+    return seconds

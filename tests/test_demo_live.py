@@ -1,0 +1,187 @@
+"""The demo serves while it learns: a stub trainer writes checkpoints on cue into a demo folder, and the fine-tuned
+answers follow them between two answers, never during one; a checkpoint still being written is never loaded; the
+final adapter replaces the last checkpoint when training ends; the page says all this in words."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import _random_adapter
+
+from app_lib import demo as demo_models
+from cxr_vqa.contract import DEMO_FORMAT, DEMO_MARKER, TRAINING_PROGRESS
+from cxr_vqa.generation import GenerationSettings
+from cxr_vqa.model import load_model
+from cxr_vqa.template import add_question
+from cxr_vqa.vqa import BASE, TUNED
+
+FILM = Path(__file__).resolve().parents[1] / "assets" / "examples" / "cardiomegaly.png"
+SETTINGS = GenerationSettings(max_new_tokens=8)
+QUESTION = add_question(None, "Is there cardiomegaly?")
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir, tmp_path_factory):
+    """Two adapters of one shape, as two checkpoints of one training would be."""
+    return [_random_adapter(tiny_model_dir, tmp_path_factory.mktemp(f"ckpt{seed}"), seed=seed) for seed in (3, 4)]
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_model_dir, adapters):
+    """What each adapter answers, loaded the ordinary way."""
+    answers = []
+    for adapter in adapters:
+        vqa = load_model(tiny_model_dir, adapter, load_in_4bit=False, device="cpu")
+        answers.append(vqa.compare(vqa.prepare_film(FILM).image, QUESTION, SETTINGS)[TUNED].text)
+    assert answers[0] != answers[1], "the two stand-in checkpoints must answer differently"
+    return answers
+
+
+class StubTrainer:
+    """Writes what `python -m finetune` leaves in its output_dir, on cue: checkpoint-N/ with the adapter files first
+    and trainer_state.json last (or not at all: killed while saving), progress.json, the final adapter."""
+
+    def __init__(self, out: Path):
+        self.out = out / "adapter-seed0"
+
+    def checkpoint(self, step: int, adapter: str, *, epoch: int, complete: bool = True) -> None:
+        target = self.out / f"checkpoint-{step}"
+        shutil.copytree(adapter, target)
+        if complete:
+            (target / "trainer_state.json").write_text(json.dumps({"epoch": float(epoch), "global_step": step}))
+
+    def progress(self, step: int, epoch: float, epochs: int = 8, max_steps: int = 80) -> None:
+        record = {"step": step, "max_steps": max_steps, "epoch": epoch, "epochs": epochs, "seconds_per_step": 0.5}
+        (self.out / TRAINING_PROGRESS).write_text(json.dumps(record))
+
+    def finish(self, adapter: str, out: Path) -> None:
+        shutil.copytree(adapter, self.out, dirs_exist_ok=True)
+        marker = json.loads((out / DEMO_MARKER).read_text())
+        (out / DEMO_MARKER).write_text(json.dumps({**marker, "trained": True}))
+
+
+@pytest.fixture
+def served(tmp_path, tiny_model_dir):
+    """A demo folder that can serve (base and examples, no adapter yet), the model the app loads, and its Live."""
+    out = tmp_path / "demo"
+    shutil.copytree(tiny_model_dir, out / "base")
+    (out / "examples").mkdir()
+    shutil.copy(FILM, out / "examples" / "cardiomegaly.png")
+    (out / "examples" / "examples.json").write_text(
+        json.dumps(
+            [
+                {
+                    "file": "cardiomegaly.png",
+                    "findings": ["Cardiomegaly"],
+                    "question": "Is there cardiomegaly?",
+                    "answer": "Yes.",
+                    "source": "Held-out phantom",
+                }
+            ]
+        )
+    )
+    marker = {"format": DEMO_FORMAT, "complete": False, "trained": False, "base": "base", "adapter": "adapter-seed0",
+              "examples": "examples/examples.json", "report": "report"}  # fmt: skip
+    (out / DEMO_MARKER).write_text(json.dumps(marker))
+    (out / "adapter-seed0").mkdir()
+    demo = demo_models.read(out)
+    vqa = load_model(demo.base, [], load_in_4bit=False, device="cpu")
+    return out, vqa, demo_models.Live(demo, vqa), StubTrainer(out)
+
+
+def ask(vqa, on_text=None) -> dict[str, str]:
+    answers = vqa.compare(vqa.prepare_film(FILM).image, QUESTION, SETTINGS, on_text=on_text)
+    return {name: answer.text for name, answer in answers.items()}
+
+
+def test_checkpoints_are_picked_up_between_answers_never_during_one(served, adapters, expected):
+    out, vqa, live, trainer = served
+    assert set(ask(vqa)) == {BASE} and live.notes()[TUNED].startswith("no checkpoint yet")
+
+    trainer.checkpoint(10, adapters[0], epoch=1)
+    assert set(ask(vqa)) == {BASE}  # picked up by this answer, which asked the models loaded when it came in
+    assert ask(vqa)[TUNED] == expected[0] and live.notes()[TUNED] == "answered by the epoch-1 checkpoint"
+
+    # checkpoint 2 arrives while an answer is being written: that answer finishes on checkpoint 1, and a look for
+    # new checkpoints from another thread waits for it to end
+    looked, seen_during = [], []
+
+    def on_text(texts):
+        if not seen_during:
+            trainer.checkpoint(20, adapters[1], epoch=2)
+            threading.Thread(target=lambda: (live.refresh(), looked.append(True))).start()
+            time.sleep(0.2)  # time enough for the look to run, were it not waiting for this answer
+        seen_during.append(bool(looked))
+
+    first = ask(vqa, on_text)
+    assert first[TUNED] == expected[0]  # the whole answer came from checkpoint 1
+    assert len(seen_during) >= 2 and not any(seen_during)  # the look waited for the answer's end
+    deadline = time.monotonic() + 30
+    while not looked and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ask(vqa)[TUNED] == expected[1] and live.state()["serving"] == "the epoch-2 checkpoint"
+
+    trainer.checkpoint(30, adapters[0], epoch=3, complete=False)  # still being written: no trainer_state.json
+    assert ask(vqa)[TUNED] == expected[1] and live.state()["serving"] == "the epoch-2 checkpoint"
+
+    trainer.finish(adapters[0], out)  # training ended: the final adapter, not the newest checkpoint
+    assert ask(vqa)[TUNED] == expected[0]
+    state = live.state()
+    assert state["final"] and state["serving"] == "the final adapter"
+
+
+def test_a_checkpoint_rotated_away_while_loading_is_retried_later(served, adapters, monkeypatch):
+    out, vqa, live, trainer = served
+    trainer.checkpoint(10, adapters[0], epoch=1)
+    import cxr_vqa.model
+
+    def gone(*args, **kwargs):
+        raise FileNotFoundError("checkpoint-10/adapter_model.safetensors")  # the trainer's rotation deleted it
+
+    monkeypatch.setattr(cxr_vqa.model, "use_adapter", gone)
+    live.refresh()
+    assert live.served is None and not vqa.has_adapter  # nothing half-loaded, nothing claimed
+    monkeypatch.undo()
+    live.refresh()
+    assert live.served is not None and vqa.has_adapter
+
+
+def test_the_watcher_loads_a_checkpoint_before_anyone_asks(served, adapters):
+    out, vqa, live, trainer = served
+    live.watch(every=0.1)
+    trainer.checkpoint(10, adapters[0], epoch=1)
+    deadline = time.monotonic() + 30
+    while live.state()["serving"] is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert live.state()["serving"] == "the epoch-1 checkpoint" and vqa.has_adapter
+
+
+def test_the_page_says_what_happens_in_words(served, adapters):
+    out, vqa, live, trainer = served
+    (out / "status.json").write_text(json.dumps({"running": ["train (seed 0)"]}))
+    from finetune.demo import hold_lock  # the builder's lock, held as a running build holds it
+
+    lock = hold_lock(out)
+    try:
+        assert "no checkpoint yet" in live.markdown() and "Preparing" in live.markdown()
+        trainer.checkpoint(20, adapters[0], epoch=2)
+        trainer.progress(step=25, epoch=2.5)
+        live.refresh()
+        text = live.markdown()
+        assert "epoch 3 of 8" in text and "about 30 s left" in text and "epoch-2 checkpoint" in text
+        state = live.state()
+        assert (state["stage"], state["building"], state["epoch"], state["final"]) == (
+            "train (seed 0)",
+            True,
+            2.5,
+            False,
+        )
+    finally:
+        lock.close()
+    stopped = live.markdown()
+    assert "The build stopped" in stopped and "Restart the app" in stopped and not live.state()["building"]

@@ -48,16 +48,26 @@ class ExploreView:
     def __init__(self, report_dir: str | Path | None, dataset: str | None = None, page_size: int = PAGE_SIZE):
         self.table: Table | None = None
         self.note, self.page_size = NO_REPORT, page_size
+        self.report_dir, self.dataset = report_dir, dataset
         self._folder: Path | None = None
         if report_dir is not None:
-            try:
-                self.table = open_report(report_dir, dataset)
-                self.note = f"{len(self.table):,} questions from `{report_dir}`; {self.table.films.note}."
-            except UserError as err:
-                logger.warning("Explore tab: %s", err)
-                self.note = f"The report in `{report_dir}` cannot be explored: {err}"
+            self._open()
+
+    def _open(self) -> None:
+        try:
+            self.table = open_report(self.report_dir, self.dataset)
+            self.note = f"{len(self.table):,} questions from `{self.report_dir}`; {self.table.films.note}."
+        except UserError as err:
+            if not Path(self.report_dir).exists():  # a demo's report comes when its build ends
+                self.note = (f"The report in `{self.report_dir}` is not written yet: `/explore` answers as soon as it "
+                             "is; start the app again to browse it here.")  # fmt: skip
+                return
+            logger.warning("Explore tab: %s", err)
+            self.note = f"The report in `{self.report_dir}` cannot be explored: {err}"
 
     def _table(self) -> Table:
+        if self.table is None and self.report_dir is not None:
+            self._open()  # written since the app started (the demo evaluates itself last)
         if self.table is None:
             raise UserError(self.note)
         return self.table

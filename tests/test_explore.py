@@ -182,6 +182,16 @@ def test_the_api_and_the_tab_without_a_report_say_what_to_do(tmp_path):
     assert "cannot be explored" in ExploreView(tmp_path).note
 
 
+def test_a_report_written_after_the_app_started_is_explored_by_the_api(varied_report, tmp_path):
+    later = tmp_path / "report"  # the demo's build evaluates itself last, while its app already serves
+    view = ExploreView(later)
+    assert "not written yet" in view.note
+    with pytest.raises(gr.Error, match="not written yet"):
+        view.explore("", "", "", False)
+    shutil.copytree(varied_report, later)
+    assert view.explore("", "", "", False) == ExploreView(varied_report).explore("", "", "", False)
+
+
 def test_a_script_s_mistakes_get_one_line_each(varied_report):
     view = ExploreView(varied_report)
     for args, message in [

@@ -1,10 +1,9 @@
 """How long the Explore tab takes to open and to filter a large evaluation report, and how much one page sends to the
 browser against what the whole table would. CPU, offline.
 
-    python -m evaluation --dataset runs/demo/data --split test --base runs/demo/tiny-llava \
-        --adapter runs/demo/adapter-seed0 --out runs/report --no-4bit --device cpu --max-new-tokens 24
-    python bench/explore.py --report runs/report                         # 20,000 questions
-    python bench/explore.py --report runs/report --questions 100000 --base runs/demo/tiny-llava   # + HTTP /explore
+    python app.py --demo             # or python -m finetune.demo: the demo build ends with its report, runs/demo/report
+    python bench/explore.py --report runs/demo/report                         # 20,000 questions
+    python bench/explore.py --report runs/demo/report --base runs/demo/speaking-base/merged   # + HTTP /explore
 
 The large report is NOT a larger evaluation: it repeats the real records of `--report` under new ids (`<id>~<k>`),
 with their films, answers and scores, until it holds `--questions` questions (the output says how many are real).

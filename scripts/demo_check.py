@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
             seen.append(state["serving"])
             t = time.monotonic() - start
             tuned, base, parsed = ask_all(client, asked)
-            print(f"t={t:5.0f} s  {state['stage']}, epoch {state['epoch']}: fine-tuned pane "
+            epoch = "" if state["epoch"] is None else f", epoch {state['epoch']:.2f}"
+            print(f"t={t:5.0f} s  {state['stage']}{epoch}: fine-tuned pane "
                   f"({state['serving'] or 'no checkpoint yet'}) {tuned}/{len(asked)} right; base {base}/{len(asked)} "
                   f"right, {parsed} answers in yes/no")  # fmt: skip
 

@@ -264,6 +264,39 @@ def test_the_lineup_asks_remote_models_during_the_local_generate_and_isolates_th
     assert answers["vis"].text == ""
 
 
+def test_a_remote_model_that_breaks_fails_its_own_answer_and_the_others_answer(server, film, caplog):
+    def on_text(update):
+        if "vis" in update:
+            raise RuntimeError("a pane that cannot be drawn, sk-never-logged")
+
+    local = SlowLocal(server)
+    with caplog.at_level(logging.DEBUG):
+        answers = Lineup(local, [remote(server)]).compare(film.image, add_question(None, "Why?"), on_text=on_text)
+    assert answers["base"].text == "local" and answers["vis"] == Answer("", None, "vis did not answer: RuntimeError")
+    assert "RuntimeError" in caplog.text and "sk-never" not in caplog.text
+
+
+def test_a_failing_local_generate_still_waits_for_the_remote_answers(film):
+    class FailingLocal(SlowLocal):
+        def compare(self, image, conversations, settings, on_text=None):
+            raise RuntimeError("out of memory")
+
+    pieces = []
+    with VisionServer({MODEL}, latency=0.5) as server:
+        lineup = Lineup(FailingLocal(server), [remote(server)])
+        with pytest.raises(RuntimeError, match="out of memory"):
+            lineup.compare(film.image, add_question(None, "Is there cardiomegaly?"), on_text=pieces.append)
+        done = list(pieces)  # what the remote thread had sent when compare gave up
+    assert done and done[-1]["vis"].endswith("turn 1.")  # it had answered in full: no thread outlives compare
+
+
+def test_two_remote_models_of_one_name_or_a_local_models_name_are_refused(server):
+    with pytest.raises(UserError, match="^remote model name vis is given twice: give each model its own name$"):
+        Lineup(None, [remote(server), remote(server)])
+    with pytest.raises(UserError, match="^remote model name base is a local model's: give each model its own name$"):
+        Lineup(SlowLocal(server), [RemoteModel(parse_remote(f"base={server.url}#{MODEL}"))])
+
+
 def test_the_lineup_never_waits_for_the_local_models_lock(tiny_model_dir, server, film):
     from cxr_vqa.model import load_model
 
@@ -273,5 +306,5 @@ def test_the_lineup_never_waits_for_the_local_models_lock(tiny_model_dir, server
         answers = lineup.compare(film.image, {"vis": add_question(None, "Is there cardiomegaly?")})
     assert answers["vis"].text.endswith("turn 1.")
     assert lineup.sources == {"base": tiny_model_dir, "vis": f"{server.url}#{MODEL}"}
-    with pytest.raises(UserError, match="taken"):
+    with pytest.raises(UserError, match="base is a local model's"):
         Lineup(vqa, [RemoteModel(parse_remote(f"base={server.url}#{MODEL}"))])

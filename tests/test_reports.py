@@ -1,5 +1,5 @@
 """The one reader of an evaluation's JSON-lines files (cxr_vqa.reports.iter_predictions): what a killed run leaves is
-skipped, a damaged file is named, never silently read short."""
+skipped, a damaged file is named, never silently read short; and the ledger behind --max-cost (cxr_vqa.costs)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from cxr_vqa.costs import Ledger
 from cxr_vqa.errors import UserError
 from cxr_vqa.reports import iter_predictions, read_predictions, split_variant
 
@@ -35,3 +36,11 @@ def test_a_bad_line_before_the_last_is_named_never_skipped(tmp_path, bad):
 
 def test_the_blank_image_variant_is_named_by_its_suffix():
     assert split_variant("tuned_blank") == ("tuned", True) and split_variant("tuned") == ("tuned", False)
+
+
+def test_a_reply_that_reports_zero_tokens_costs_zero_not_the_estimate():
+    ledger = Ledger((1.0, 2.0))
+    assert ledger.record({"prompt_tokens": 100, "completion_tokens": 0}, (500, 400)) == pytest.approx(100e-6)
+    assert (ledger.prompt_tokens, ledger.completion_tokens) == (100, 0)
+    assert ledger.record(None, (500, 400)) == pytest.approx((500 + 800) * 1e-6)  # none reported: the estimate
+    assert ledger.record({"prompt_tokens": 10, "completion_tokens": None}, (500, 400)) == pytest.approx(810e-6)

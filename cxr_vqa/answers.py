@@ -21,6 +21,8 @@ import torch
 
 YES, NO = "yes", "no"
 SPACE_PIECES = ("", "▁", "Ġ")  # none, SentencePiece's word start (Llama), byte-level BPE's space (GPT-2 style)
+# what may come before the first word of an endpoint's token text: its word-start marks, a space, a line break, a tab
+WORD_START = "".join(SPACE_PIECES) + " \n\t"
 
 
 def spellings(word: str) -> tuple[str, ...]:
@@ -89,10 +91,9 @@ def p_yes_of_candidates(candidates: Mapping[str, float]) -> float | None:
     """P(yes) from the log-probabilities of one step's candidate token texts (an OpenAI-compatible endpoint's
     `top_logprobs` of the first answer token): the yes spellings against the no spellings, with or without a leading
     space or word-start mark, as `p_yes` does over token ids. None when neither word is among the candidates."""
-    word_start = "".join(SPACE_PIECES) + " "
     mass = {YES: 0.0, NO: 0.0}
     for token, logprob in candidates.items():
-        word = token.lstrip(word_start)
+        word = token.lstrip(WORD_START)
         for target in mass:
             if word in spellings(target):
                 mass[target] += math.exp(logprob)

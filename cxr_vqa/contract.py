@@ -113,12 +113,16 @@ def check_row(row: dict) -> None:
 
 
 # The demo build (`python -m finetune.demo OUT`, read by `python app.py --demo`). demo.json is written, whole, once the
-# demo can serve (its base and examples exist) and again, with "complete": true, when the build has ended:
-# {"format": 2, "complete": bool, "base": DIR, "adapter": DIR, "examples": JSON, "report": DIR, "stages": [...]},
-# paths relative to OUT. status.json says which stage runs; build.lock is held by the one process building OUT.
+# demo can serve (its base and examples exist), again with "trained": true when the adapter has finished training, and
+# again with "complete": true and "seconds" (the build's wall time) when the build has ended:
+# {"format": 2, "complete": bool, "trained": bool, "base": DIR, "adapter": DIR, "report": DIR, "examples": JSON,
+#  "stages": [...], "recipe": [YAML, ...], "example_files": [PNG, ...]}, paths relative to OUT (the recipes' to the
+#  repository, the example files' to the examples' folder). status.json says which stage runs; build.lock is held by
+#  the one process building OUT.
 DEMO_MARKER, DEMO_FORMAT, DEMO_STATUS, DEMO_LOCK = "demo.json", 2, "status.json", "build.lock"
-# what `python -m finetune` keeps in its output_dir while it trains: {"step", "max_steps", "epoch", "epochs",
-# "seconds"} (seconds of training so far), rewritten whole every few seconds
+# what `python -m finetune` keeps in its output_dir while it trains (finetune/progress.py): {"step", "max_steps",
+# "epoch", "epochs", "seconds_per_step"} (epochs null for a run of max_steps; seconds_per_step, the mean over this
+# run's steps so far, null before its first), rewritten whole every few seconds
 TRAINING_PROGRESS = "progress.json"
 
 

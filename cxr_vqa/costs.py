@@ -33,7 +33,8 @@ def estimate_tokens(text: str) -> int:
 
 
 class Ledger:
-    """Tokens and dollars, and a budget that requests reserve before they are sent (concurrency overshoots)."""
+    """Tokens and dollars, and a budget that requests reserve before they are sent (concurrency overshoots).
+    Not thread-safe: use one from one thread or one event loop (its coroutines interleave only at awaits)."""
 
     def __init__(self, price: tuple[float, float], max_cost: float | None = None) -> None:
         self.price, self.max_cost = price, max_cost
@@ -55,8 +56,9 @@ class Ledger:
     def record(self, usage: dict | None, estimate: tuple[int, int], discount: float = 1.0) -> float:
         """Add one reply's tokens (the estimate where the server reports none); return its cost."""
         usage = usage or {}
-        prompt = usage.get("prompt_tokens") or estimate[0]
-        completion = usage.get("completion_tokens") or estimate[1]
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        prompt = estimate[0] if prompt is None else prompt  # a reported 0 (an empty answer) costs 0, not a guess
+        completion = estimate[1] if completion is None else completion
         self.prompt_tokens += prompt
         self.completion_tokens += completion
         cost = self.cost(prompt, completion, discount)

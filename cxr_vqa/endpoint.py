@@ -16,14 +16,17 @@ The one retry mechanism of the project: what may be sent again (408, 409, 425, 4
 connections: nothing was billed and a later send may pass), what never passes (401, 403, 404: a setup error that
 stops the caller instead of failing every request), and the jittered backoff between sends. Callers keep their own
 loop, because what they count differs (dataprep also retries billed, malformed replies). The client's own retries
-are switched off, so that every send is counted here. `openai` is imported only when a client is made or used.
+are switched off, so that every send is counted here. A key never travels in clear: plain http to another machine
+gets none. `openai` is imported only when a client is made or used.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -34,9 +37,15 @@ from cxr_vqa.errors import UserError
 if TYPE_CHECKING:
     import openai
 
+logger = logging.getLogger(__name__)
+
 RETRY_STATUS = {408, 409, 425, 429}  # and every 5xx
 SETUP_STATUS = {401: "the API key was refused", 403: "permission denied", 404: "unknown model or endpoint"}
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
+NO_KEY = "unused"  # what a server that gets no key is sent: the client insists on one
+REASON_CHARS = 200  # of a server's reason for a refused request: enough for "max_tokens is not supported ..."
+# long runs of key or base64 characters: an API key or a film that a server echoed into its reason
+SECRET_LIKE = re.compile(r"[A-Za-z0-9+/=_-]{32,}")
 
 
 class EndpointSetupError(UserError):
@@ -49,8 +58,8 @@ class Reply:
 
     content: str | None = None
     usage: dict | None = None
-    # (code, detail): code "unavailable" (retryable) or "error"; the detail is a status or an exception's name,
-    # never the request, the reply or the key
+    # (code, detail): code "unavailable" (retryable) or "error"; the detail is a status (with the server's reason
+    # for a refused request, one line, long tokens cut out) or an exception's name, never the request or the key
     failure: tuple[str, str] | None = None
     retryable: bool = False  # a failure that costs nothing and may pass later: 429, 5xx, timeouts, connections
     retry_after: float | None = None  # seconds the server asked us to wait
@@ -83,11 +92,13 @@ async def send_chat(client: openai.AsyncOpenAI, body: dict, on_text: Callable[[s
         return await _stream(client, body, on_text)
     except openai.APIStatusError as exc:
         status = exc.status_code
+        # a 4xx says why (a model that takes no `logprobs`, an unknown model); a refused key's reason may echo it
+        why = _reason(exc.body, client.api_key) if 400 <= status < 500 and status not in (401, 403) else ""
         if status in SETUP_STATUS:
-            raise EndpointSetupError(f"HTTP {status} from the endpoint: {SETUP_STATUS[status]}") from None
+            raise EndpointSetupError(f"HTTP {status} from the endpoint: {SETUP_STATUS[status]}{why}") from None
         retryable = status in RETRY_STATUS or status >= 500
         return Reply(
-            failure=("unavailable" if retryable else "error", f"HTTP {status}"),
+            failure=("unavailable" if retryable else "error", f"HTTP {status}{why}"),
             retryable=retryable,
             retry_after=_seconds(exc.response.headers.get("retry-after")),
         )
@@ -97,7 +108,8 @@ async def send_chat(client: openai.AsyncOpenAI, body: dict, on_text: Callable[[s
 
 async def _stream(client: openai.AsyncOpenAI, body: dict, on_text: Callable[[str], None]) -> Reply:
     parts, logprobs, usage = [], [], None
-    stream = await client.chat.completions.create(**body, stream=True)
+    # usage comes as a last chunk only when asked for (OpenAI, vLLM): without it the ledger would only estimate
+    stream = await client.chat.completions.create(**body, stream=True, stream_options={"include_usage": True})
     async for chunk in stream:
         usage = chunk.usage.model_dump() if chunk.usage else usage
         for choice in chunk.choices[:1]:
@@ -106,6 +118,19 @@ async def _stream(client: openai.AsyncOpenAI, body: dict, on_text: Callable[[str
                 parts.append(choice.delta.content)
                 on_text("".join(parts))
     return Reply("".join(parts), usage, logprobs=_logprobs(logprobs))
+
+
+def _reason(body: object, key: str | None) -> str:
+    """The server's reason for refusing a request as ": <one line>", or "" when it gave none; never the key."""
+    if isinstance(body, dict):
+        body = body.get("message") or body.get("detail") or ""
+    text = " ".join(str(body or "").split())
+    if key and key != NO_KEY:
+        text = text.replace(key, "***")
+    text = SECRET_LIKE.sub("...", text)
+    if len(text) > REASON_CHARS:
+        text = text[: REASON_CHARS - 3] + "..."
+    return f": {text}" if text else ""
 
 
 def _logprobs(per_choice: list) -> tuple[dict[str, float], ...] | None:
@@ -139,11 +164,24 @@ def is_local(base_url: str | None) -> bool:
     return urlparse(base_url or "").hostname in LOCAL_HOSTS
 
 
-def read_api_key(env_var: str = "OPENAI_API_KEY", base_url: str | None = None, *, required: bool = True) -> str:
+def in_clear(base_url: str | None) -> bool:
+    """Plain http to another machine: whatever is sent, a key included, can be read on the way."""
+    return urlparse(base_url or "").scheme == "http" and not is_local(base_url)
+
+
+def read_api_key(env_var: str | None = "OPENAI_API_KEY", base_url: str | None = None, *, required: bool = True) -> str:
     """The key in $env_var: from the environment only, never a flag or a file, so it never reaches a config, a log
-    or a shell history. A local server gets a placeholder (the client insists on a key); a missing key for any other
-    endpoint is a UserError, unless not `required` (a dry run that sends nothing)."""
+    or a shell history. No key (a placeholder: the client insists on one) when `env_var` is None, for a plain-http
+    server on another machine (it would travel in clear) and for a local server whose variable is not set; a
+    missing key for any other endpoint is a UserError, unless not `required` (a dry run that sends nothing)."""
+    if env_var is None:
+        return NO_KEY
     key = os.environ.get(env_var)
+    if in_clear(base_url):
+        if key:
+            logger.warning("$%s is not sent to %s: plain http would carry it in clear (use https)", env_var,
+                           urlparse(base_url).hostname)  # fmt: skip
+        return NO_KEY
     if key:
         return key
     if required and not is_local(base_url):
@@ -152,18 +190,18 @@ def read_api_key(env_var: str = "OPENAI_API_KEY", base_url: str | None = None, *
             f"${env_var} is not set: export the API key for {where} (keys are read from the environment only), "
             "or use a local OpenAI-compatible server"
         )
-    return "unused"
+    return NO_KEY
 
 
 def open_client(
     base_url: str | None = None,
     *,
-    api_key_env: str = "OPENAI_API_KEY",
+    api_key_env: str | None = "OPENAI_API_KEY",
     timeout: float = 120.0,
     require_key: bool = True,
 ) -> openai.AsyncOpenAI:
     """An async client for `base_url` (default $OPENAI_BASE_URL, else OpenAI) with its own retries off: callers
-    retry through `send_chat` and `Backoff`, and count every send."""
+    retry through `send_chat` and `Backoff`, and count every send. The key as `read_api_key` gives it."""
     import openai
 
     base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None

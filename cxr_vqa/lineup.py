@@ -15,6 +15,7 @@ after each piece it sent.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 
@@ -29,6 +30,8 @@ from cxr_vqa.remote import RemoteError, RemoteModel
 from cxr_vqa.template import CONTROL_TEXTS, add_question
 from cxr_vqa.vqa import VQAModel
 
+logger = logging.getLogger(__name__)
+
 INPUT_SIZE = 336  # LLaVA-1.5's input: what remote models are sent when no local model says otherwise
 NO_BASE = "none"  # `--base none`: remote models only
 
@@ -37,11 +40,12 @@ class Lineup:
     def __init__(self, vqa: VQAModel | None, remotes: Sequence[RemoteModel] = ()):
         self.local = vqa
         self.remotes = {r.name: r for r in remotes}
+        if len(self.remotes) != len(remotes):
+            twice = next(r.name for i, r in enumerate(remotes) if r.name in (s.name for s in remotes[:i]))
+            raise UserError(f"remote model name {twice} is given twice: give each model its own name")
         taken = [n for n in self.remotes if vqa is not None and n in vqa.model_names]
-        if taken or len(self.remotes) != len(remotes):
-            raise UserError(
-                f"remote model name {(taken or ['given twice'])[0]} is taken: give each model its own name"
-            )
+        if taken:
+            raise UserError(f"remote model name {taken[0]} is a local model's: give each model its own name")
         if vqa is None and not remotes:
             raise UserError("no model to serve: without a local base (--base none) give at least one --remote")
 
@@ -126,14 +130,20 @@ class Lineup:
                 answers[name] = self.remotes[name].answer(image, conversations[name], settings, relay)
             except RemoteError as err:
                 answers[name] = Answer("", None, error=str(err))
+            except Exception as err:  # a malformed stream, a failing on_text: this pane fails, the others answer
+                # the type only: an exception's text may quote the request or the key
+                logger.warning("remote model %s failed: %s", name, type(err).__name__)
+                answers[name] = Answer("", None, error=f"{name} did not answer: {type(err).__name__}")
 
         threads = [threading.Thread(target=ask, args=(name,), daemon=True)
                    for name in conversations if name in self.remotes]  # fmt: skip
         for thread in threads:
             thread.start()
         local = {name: c for name, c in conversations.items() if name not in self.remotes}
-        if local:
-            answers.update(self.local.compare(image, local, settings, on_text=on_text))
-        for thread in threads:
-            thread.join()
+        try:
+            if local:
+                answers.update(self.local.compare(image, local, settings, on_text=on_text))
+        finally:  # a failed local generate still waits for the remote calls: none outlives the request
+            for thread in threads:
+                thread.join()
         return {name: answers[name] for name in conversations}

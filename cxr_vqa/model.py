@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from cxr_vqa.reports import BLANK
 from cxr_vqa.sources import ADAPTER, ModelLoadError, Source, offline_hint, resolve
 from cxr_vqa.template import CHAT_TEMPLATE
 from cxr_vqa.vqa import BASE, TUNED, VQAModel
@@ -28,7 +29,10 @@ DEFAULT_BASE = "llava-hf/llava-1.5-7b-hf"
 KEEP_UNQUANTIZED = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 # The seed recipe's LoRA targets: attention and MLP projections of the language model, not of the CLIP tower.
 LANGUAGE_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# A model's name in panes, votes and report columns, adapters and remote models alike. It may not end in "_blank" (any
+# case): the evaluation names a model's blank-film run NAME_blank (cxr_vqa.reports), so "x_blank" would read as x's.
+ADAPTER_NAME = re.compile(rf"(?!.*{BLANK}\Z)[A-Za-z0-9][A-Za-z0-9_.-]*", re.IGNORECASE)
+NAME_RULE = f"letters, digits, . _ -, not ending in {BLANK} (it marks a model's blank-film run)"
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -168,10 +172,11 @@ def adapter_specs(adapters: str | Sequence[str] | None) -> dict[str, str]:
     specs: dict[str, str] = {}
     for item in items:
         name, sep, source = item.partition("=")
-        if not (sep and ADAPTER_NAME.fullmatch(name)):  # "runs/lr=1e-4" is a path, not NAME=PATH
+        reserved = sep and name.lower().endswith(BLANK) and ADAPTER_NAME.fullmatch(name[: -len(BLANK)])
+        if not (sep and ADAPTER_NAME.fullmatch(name)) and not reserved:  # "runs/lr=1e-4" is a path, not NAME=PATH
             name, source = (TUNED if len(items) == 1 else Path(item.rstrip("/")).name), item
         if not source or not ADAPTER_NAME.fullmatch(name):
-            raise ModelLoadError(f"--adapter {item!r}: give NAME=PATH (a name of letters, digits, . _ -) or a path")
+            raise ModelLoadError(f"--adapter {item!r}: give NAME=PATH (a name of {NAME_RULE}) or a path")
         if name == BASE or name in specs:
             taken = "is the base model's name" if name == BASE else "is given twice"
             raise ModelLoadError(f"--adapter {item!r}: the name {name!r} {taken}; name it with NAME=PATH")

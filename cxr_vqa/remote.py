@@ -7,10 +7,12 @@ the app's or the evaluation's decoding settings, and P(yes) from the first answe
     answer = remote.answer(film.image, conversation, settings, on_text=print)   # streamed; Answer(text, p_yes)
 
 `--remote NAME=BASE_URL#MODEL[#KEY_VARIABLE]`: the model's name in panes, votes and reports; the endpoint's base URL
-(ending in /v1); the model id the endpoint serves (for vLLM, the base or a `--lora-modules` name); and, optionally,
-the environment variable that holds its API key (upper-case letters, digits and _; default OPENAI_API_KEY). The key
-itself is read from the environment only, never from a flag, a file or the URL, and a server on this machine needs
-none. Sends go through the core's one retry mechanism (`cxr_vqa.endpoint`): 429, 5xx, timeouts and refused
+(ending in /v1, no query string); the model id the endpoint serves (for vLLM, the base or a `--lora-modules` name);
+and, optionally, the environment variable that holds its API key (upper-case letters, digits and _). Which key goes
+where: an https endpoint gets $OPENAI_API_KEY unless the entry names another variable; a server on this machine gets
+a key only from a variable the entry names; plain http to another machine never gets one (naming a variable for it
+is refused: the key would travel in clear). The key itself is read from the environment only, never from a flag, a
+file or the URL. Sends go through the core's one retry mechanism (`cxr_vqa.endpoint`): 429, 5xx, timeouts and refused
 connections are retried with backoff, a refused key stops at once, and what is left is one line (RemoteError).
 Nothing of the key or the film is logged.
 """
@@ -27,16 +29,17 @@ from urllib.parse import urlparse
 
 from PIL import Image
 
-from cxr_vqa.answers import Answer, p_yes_of_candidates
+from cxr_vqa import endpoint
+from cxr_vqa.answers import WORD_START, Answer, p_yes_of_candidates
 from cxr_vqa.endpoint import Backoff, EndpointSetupError, Reply, is_local, open_client, read_api_key, send_chat
 from cxr_vqa.errors import UserError
 from cxr_vqa.generation import GenerationSettings
+from cxr_vqa.model import ADAPTER_NAME, NAME_RULE
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 TOP_LOGPROBS = 20  # OpenAI's maximum and vLLM's default --max-logprobs: the yes/no spellings are all among them
 MAX_RETRIES = 3
 SETTINGS = GenerationSettings()
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # as adapter names: panes, votes and report columns use it
 KEY_ENV = re.compile(r"[A-Z_][A-Z0-9_]*")  # upper case only: a pasted key (mixed case) is refused, never echoed
 SPEC_FORM = "NAME=BASE_URL#MODEL[#KEY_VARIABLE]"
 
@@ -54,7 +57,7 @@ class RemoteSpec:
     name: str
     base_url: str
     model: str
-    key_env: str = DEFAULT_KEY_ENV
+    key_env: str | None = DEFAULT_KEY_ENV  # None: no key is sent
 
     @property
     def source(self) -> str:
@@ -65,8 +68,8 @@ class RemoteSpec:
 def parse_remote(item: str) -> RemoteSpec:
     """One `--remote` value; messages name the entry by its name only, so a key pasted into it is never printed."""
     name, sep, rest = item.partition("=")
-    if not (sep and NAME.fullmatch(name)):
-        raise UserError(f"--remote: give {SPEC_FORM}, with a name of letters, digits, . _ -")
+    if not (sep and ADAPTER_NAME.fullmatch(name)):
+        raise UserError(f"--remote: give {SPEC_FORM}, with a name of {NAME_RULE}")
     url, _, tail = rest.partition("#")
     model, _, key_env = tail.partition("#")
     parsed = urlparse(url)
@@ -74,12 +77,18 @@ def parse_remote(item: str) -> RemoteSpec:
         raise UserError(f"--remote {name}: the base URL must be http(s)://host[:port]/v1 ({SPEC_FORM})")
     if parsed.username or parsed.password:
         raise UserError(f"--remote {name}: no credentials in the URL; put the key in an environment variable")
+    if parsed.query:  # Azure's ?api-key=: the URL reaches votes and reports (a "#" starts MODEL)
+        raise UserError(f"--remote {name}: no query string in the base URL; put a key in an environment variable")
     if not model:
         raise UserError(f"--remote {name}: name the model after the URL ({SPEC_FORM})")
     if key_env and not KEY_ENV.fullmatch(key_env):
         raise UserError(f"--remote {name}: the part after the second # names an environment variable (A-Z, 0-9, _) "
                         "that holds the key, never the key itself")  # fmt: skip
-    return RemoteSpec(name, url.rstrip("/"), model, key_env or DEFAULT_KEY_ENV)
+    if key_env and endpoint.in_clear(url):
+        raise UserError(f"--remote {name}: ${key_env} would travel in clear over http to {parsed.hostname}: "
+                        "use https, or no key")  # fmt: skip
+    default = None if is_local(url) or endpoint.in_clear(url) else DEFAULT_KEY_ENV  # OpenAI's key: https only
+    return RemoteSpec(name, url.rstrip("/"), model, key_env or default)
 
 
 def remote_specs(items: Sequence[str] | None, taken: Sequence[str] = ()) -> dict[str, RemoteSpec]:
@@ -122,7 +131,7 @@ def answer_of(reply: Reply) -> Answer:
 def p_yes_of(reply: Reply) -> float | None:
     """P(yes) from the first answer token that is not blank, where the endpoint returned logprobs."""
     for candidates in reply.logprobs or ():
-        if next(iter(candidates), "").strip(" ▁Ġ\n\t"):
+        if next(iter(candidates), "").strip(WORD_START):
             return p_yes_of_candidates(candidates)
     return None
 
@@ -155,13 +164,15 @@ class RemoteModel:
             try:
                 reply = await send_chat(client, body, on_text)
             except EndpointSetupError as err:
-                raise RemoteError(f"{self.name}: {err} (key from ${self.spec.key_env})", fatal=True) from None
+                key = f"key from ${self.spec.key_env}" if self.spec.key_env else "no key sent"
+                raise RemoteError(f"{self.name}: {err} ({key})", fatal=True) from None
             if not (reply.failure and reply.retryable) or attempt == self.max_retries:
                 break
             await self.backoff.wait(attempt, reply.retry_after)
         if reply.failure:
-            raise RemoteError(f"{self.name} did not answer: {self._why(reply.failure[1])} after {attempt + 1} "
-                              f"attempt{'s' if attempt else ''}")  # fmt: skip
+            detail, _, reason = reply.failure[1].partition(": ")  # "HTTP 400: the server's reason"
+            raise RemoteError(f"{self.name} did not answer: {self._why(detail)} after {attempt + 1} "
+                              f"attempt{'s' if attempt else ''}" + (f": {reason}" if reason else ""))  # fmt: skip
         return reply
 
     def _why(self, detail: str) -> str:

@@ -46,13 +46,24 @@ def with_image(names) -> list[str]:
 
 
 def iter_predictions(path: str | Path) -> Iterator[dict]:
-    """The records of a predictions file in order; a last line cut short by a killed run is skipped."""
+    """The records of a JSON-lines file (predictions, the remote cache) in order. A last line that is no record is
+    skipped: a killed run leaves one cut short. A bad line before the last is a UserError naming it: skipping it would
+    silently drop an answer (an edited file, two runs writing at once)."""
+    bad = None  # the number of a line that is no record: fatal once another line follows it
     with open(path, encoding="utf-8") as file:
-        for line in file:
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
+        for number, line in enumerate(file, 1):
+            if bad is not None:
+                raise UserError(f"{path}: line {bad} is not a JSON record; repair or remove that line and run again")
+            if not line.strip():
                 continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                yield record
+            else:
+                bad = number
 
 
 def read_predictions(path: str | Path) -> list[dict]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from llm_server import OpenAIServer
+from vision_server import VisionServer
 
 from cxr_vqa.endpoint import Backoff, EndpointSetupError, Reply, open_client, read_api_key, send_chat
 from cxr_vqa.errors import UserError
@@ -28,8 +29,8 @@ def server():
         yield server
 
 
-def send(url: str, timeout: float = 5.0) -> Reply:
-    client = open_client(url, timeout=timeout)
+def send(url: str, timeout: float = 5.0, api_key_env: str = "OPENAI_API_KEY") -> Reply:
+    client = open_client(url, api_key_env=api_key_env, timeout=timeout)
 
     async def run() -> Reply:
         try:
@@ -51,14 +52,48 @@ def test_a_reply_carries_the_content_and_the_usage(server):
 def test_busy_or_failing_servers_are_free_to_retry_and_the_client_does_not_retry_itself(server, status):
     server.fail(status)
     reply = send(server.url)
-    assert reply.failure == ("unavailable", f"HTTP {status}") and reply.retryable and reply.content is None
+    why = f": scripted {status}" if status.startswith("4") else ""  # the server's reason, for a 4xx
+    assert reply.failure == ("unavailable", f"HTTP {status}{why}") and reply.retryable and reply.content is None
     assert server.count["chat"] == 1  # one send is one request: every retry is the caller's, and counted
 
 
 @pytest.mark.parametrize("status", ["400", "422"])
-def test_a_request_the_server_cannot_take_is_not_retried(server, status):
+def test_a_request_the_server_cannot_take_is_not_retried_and_says_why(server, status):
     server.fail(status)
-    assert send(server.url) == Reply(failure=("error", f"HTTP {status}"), retryable=False)
+    assert send(server.url) == Reply(failure=("error", f"HTTP {status}: scripted {status}"), retryable=False)
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        ({"error": {"message": "Unsupported parameter: 'max_tokens' is not supported with this model."}},
+         ": Unsupported parameter: 'max_tokens' is not supported with this model."),
+        ({"object": "error", "message": "top_logprobs must be\nat most 5", "code": 400},  # vLLM's form, two lines
+         ": top_logprobs must be at most 5"),
+        ({"error": "model 'llava' not found"}, ": model 'llava' not found"),  # Ollama's
+        ({"detail": "data:image/png;base64," + "iVBORw0KGgo" * 40}, ": data:image/png;base64,..."),  # an echoed film
+        ({"error": {"message": "long " + "y " * 150}}, ": " + ("long " + "y " * 150)[:197] + "..."),  # 200 chars
+        ({}, ""),
+    ],
+)  # fmt: skip
+def test_the_servers_reason_for_a_4xx_is_one_short_line(body, why):
+    with VisionServer() as server:
+        server.refuse(400, body)
+        assert send(server.url) == Reply(failure=("error", f"HTTP 400{why}"), retryable=False)
+
+
+def test_a_4xx_reason_never_holds_the_key_and_a_refused_key_gives_none(monkeypatch):
+    monkeypatch.setenv("MY_KEY", "short-key")
+    with VisionServer(api_key="short-key") as server:
+        server.refuse(422, {"error": {"message": "bad request from short-key, or sk-" + "A1b2C3" * 10}})
+        assert send(server.url, api_key_env="MY_KEY").failure == ("error", "HTTP 422: bad request from ***, or ...")
+        server.refuse(404, {"error": {"message": "The model `gpt-x` does not exist"}})
+        with pytest.raises(EndpointSetupError, match=r"^HTTP 404 .*: unknown model or endpoint: The model `gpt-x`"):
+            send(server.url, api_key_env="MY_KEY")
+        monkeypatch.setenv("MY_KEY", "sk-wrong-key")  # the server echoes a refused key (OpenAI does, in part)
+        with pytest.raises(EndpointSetupError) as err:
+            send(server.url, api_key_env="MY_KEY")
+    assert str(err.value) == "HTTP 401 from the endpoint: the API key was refused"
 
 
 @pytest.mark.parametrize(
@@ -109,6 +144,17 @@ def test_the_key_comes_from_the_environment_and_a_local_server_needs_none(monkey
     for local in ("http://127.0.0.1:8000/v1", "http://localhost:11434/v1"):
         assert read_api_key("MY_ENDPOINT_KEY", local) == "unused"  # vLLM and Ollama take any key
     assert read_api_key("MY_ENDPOINT_KEY", "https://api.example.com/v1", required=False) == "unused"
+
+
+def test_a_key_never_travels_in_clear_and_none_is_sent_where_none_is_named(monkeypatch, caplog):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-secret")
+    assert read_api_key("OPENAI_API_KEY", "https://api.example.com/v1") == "sk-openai-secret"
+    assert read_api_key("OPENAI_API_KEY", None) == "sk-openai-secret"  # OpenAI itself
+    assert read_api_key("OPENAI_API_KEY", "http://127.0.0.1:8000/v1") == "sk-openai-secret"  # named, on this machine
+    assert read_api_key(None, "http://127.0.0.1:8000/v1") == "unused" == read_api_key(None, "https://h.example/v1")
+    assert read_api_key("OPENAI_API_KEY", "http://gpu-box:8000/v1") == "unused"  # plain http to another machine
+    assert open_client("http://gpu-box:8000/v1").api_key == "unused"
+    assert "not sent to gpu-box" in caplog.text and "sk-openai" not in caplog.text
 
 
 def test_importing_the_endpoint_does_not_import_openai(tmp_path):

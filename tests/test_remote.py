@@ -3,6 +3,7 @@ vision server of tests/vision_server.py, which checks every request strictly and
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -20,6 +21,7 @@ from cxr_vqa.errors import UserError
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.images import load_film
 from cxr_vqa.lineup import Lineup
+from cxr_vqa.model import adapter_specs
 from cxr_vqa.remote import RemoteError, RemoteModel, parse_remote, remote_specs
 from cxr_vqa.template import add_question, assistant_turn
 
@@ -136,10 +138,11 @@ def test_specs_name_their_key_variable_and_never_echo_a_pasted_key(monkeypatch):
     spec = parse_remote("gpt=https://api.openai.com/v1#gpt-4o#MY_OPENAI_KEY")
     assert (spec.base_url, spec.model, spec.key_env) == ("https://api.openai.com/v1", "gpt-4o", "MY_OPENAI_KEY")
     assert spec.source == "https://api.openai.com/v1#gpt-4o"
-    assert parse_remote("local=http://127.0.0.1:8000/v1/#llava-hf/llava-1.5-7b-hf").key_env == "OPENAI_API_KEY"
     for bad, says in [
         ("gpt=https://api.openai.com/v1#gpt-4o#sk-proj-AbC123secret", "never the key itself"),
         ("gpt=https://user:sk-secret@api.example.com/v1#m", "no credentials in the URL"),
+        ("az=https://x.openai.azure.com/openai/v1?api-key=secret#gpt-4o", "no query string"),
+        ("az=https://x.openai.azure.com/openai/v1?api-version=1#gpt-4o#AZ_KEY", "no query string"),
         ("gpt=api.openai.com#gpt-4o", "must be http(s)"),
         ("gpt=https://api.openai.com/v1", "name the model"),
         ("no name https://h/v1#m", "NAME=BASE_URL#MODEL"),
@@ -154,11 +157,78 @@ def test_specs_name_their_key_variable_and_never_echo_a_pasted_key(monkeypatch):
         RemoteModel(parse_remote("gpt=https://api.openai.com/v1#gpt-4o"))
 
 
+@pytest.mark.parametrize(
+    ("entry", "key_env"),
+    [
+        ("gpt=https://api.openai.com/v1#gpt-4o", "OPENAI_API_KEY"),  # https: OpenAI's key unless another is named
+        ("vllm=https://vllm.example.org/v1#tuned#VLLM_KEY", "VLLM_KEY"),
+        ("local=http://127.0.0.1:8000/v1/#llava-hf/llava-1.5-7b-hf", None),  # this machine: only a named key
+        ("local=http://localhost:8000/v1#tuned#VLLM_KEY", "VLLM_KEY"),
+        ("box=http://gpu-box:8000/v1#tuned", None),  # plain http elsewhere: never a key
+    ],
+)
+def test_each_endpoint_gets_only_the_key_its_entry_allows(entry, key_env):
+    assert parse_remote(entry).key_env == key_env
+
+
+def test_a_key_named_for_plain_http_to_another_machine_is_refused_and_a_local_server_gets_none_unnamed(
+    server, film, monkeypatch
+):
+    with pytest.raises(UserError, match=r"^--remote box: \$BOX_KEY would travel in clear over http to gpu-box"):
+        parse_remote("box=http://gpu-box:8000/v1#tuned#BOX_KEY")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-secret")
+    monkeypatch.setenv("VIS_KEY", "sk-vis")
+    conversation = add_question(None, "Is there cardiomegaly?")
+    remote(server).answer(film.image, conversation)
+    remote(server, key_env="VIS_KEY").answer(film.image, conversation)
+    assert server.keys == ["unused", "sk-vis"]  # OpenAI's key never reached the local server
+
+
+def test_a_4xx_says_the_servers_reason_in_one_line_without_the_key(server, film, monkeypatch):
+    monkeypatch.setenv("VIS_KEY", "sk-vis-secret")
+    server.refuse(400, {"error": {"message": "Unsupported parameter: 'logprobs'\nwith sk-vis-secret"}})
+    with pytest.raises(RemoteError) as err:
+        remote(server, key_env="VIS_KEY").answer(film.image, add_question(None, "Is there cardiomegaly?"))
+    assert re.fullmatch(r"vis did not answer: HTTP 400 from 127\.0\.0\.1:\d+ after 1 attempt: Unsupported parameter: "
+                        r"'logprobs' with \*\*\*", str(err.value))  # fmt: skip
+    assert server.count["chat"] == 1  # a request the server cannot take is not sent again
+
+
+def test_a_stream_asks_for_its_usage_and_counts_it_as_a_plain_reply_does(server, film):
+    model = remote(server)
+
+    async def ask(on_text):
+        client = model.client()
+        try:
+            return await model.aanswer(client, film.image, add_question(None, "Is there cardiomegaly?"),
+                                       GenerationSettings(), on_text)  # fmt: skip
+        finally:
+            await client.close()
+
+    streamed, streamed_usage = asyncio.run(ask(lambda _: None))
+    plain, plain_usage = asyncio.run(ask(None))
+    assert streamed == plain and server.violations == []
+    assert streamed_usage == plain_usage and streamed_usage["completion_tokens"] == 11  # "Yes" "," and 9 words
+
+
+@pytest.mark.parametrize("name", ["x_blank", "X_BLANK", "tuned_Blank"])
+def test_a_model_name_ending_in_blank_is_refused_for_remote_models_and_adapters(name):
+    with pytest.raises(UserError, match="not ending in _blank"):
+        parse_remote(f"{name}=https://api.openai.com/v1#gpt-4o")
+    with pytest.raises(UserError, match="not ending in _blank"):
+        adapter_specs([f"{name}=runs/a"])
+    with pytest.raises(UserError, match="not ending in _blank"):
+        adapter_specs(["a=runs/a", f"runs/{name}"])  # a bare path is named after its last part
+    assert parse_remote("blank_x=https://h.example/v1#m").name == "blank_x"
+    assert list(adapter_specs(["x_blanket=runs/a", "blank=runs/b"])) == ["x_blanket", "blank"]
+
+
 def test_p_yes_of_candidates_counts_every_spelling_of_yes_and_no():
     logp = np.log
     candidates = {"Yes": logp(0.3), "▁yes": logp(0.1), " YES": logp(0.1), "No": logp(0.2), "Ġno": logp(0.05),
-                  "The": logp(0.25)}  # fmt: skip
-    assert p_yes_of_candidates(candidates) == pytest.approx(0.5 / 0.75)
+                  "The": logp(0.25), "\nyes": logp(0.05), "\tNo": logp(0.05)}  # fmt: skip
+    assert p_yes_of_candidates(candidates) == pytest.approx(0.55 / 0.85)
+    assert p_yes_of_candidates({"\nYes": np.log(0.9), "No": np.log(0.1)}) == pytest.approx(0.9)
     assert p_yes_of_candidates({"The": 0.0, "Yesterday": -1.0, "Nope": -2.0}) is None
 
 
@@ -194,6 +264,39 @@ def test_the_lineup_asks_remote_models_during_the_local_generate_and_isolates_th
     assert answers["vis"].text == ""
 
 
+def test_a_remote_model_that_breaks_fails_its_own_answer_and_the_others_answer(server, film, caplog):
+    def on_text(update):
+        if "vis" in update:
+            raise RuntimeError("a pane that cannot be drawn, sk-never-logged")
+
+    local = SlowLocal(server)
+    with caplog.at_level(logging.DEBUG):
+        answers = Lineup(local, [remote(server)]).compare(film.image, add_question(None, "Why?"), on_text=on_text)
+    assert answers["base"].text == "local" and answers["vis"] == Answer("", None, "vis did not answer: RuntimeError")
+    assert "RuntimeError" in caplog.text and "sk-never" not in caplog.text
+
+
+def test_a_failing_local_generate_still_waits_for_the_remote_answers(film):
+    class FailingLocal(SlowLocal):
+        def compare(self, image, conversations, settings, on_text=None):
+            raise RuntimeError("out of memory")
+
+    pieces = []
+    with VisionServer({MODEL}, latency=0.5) as server:
+        lineup = Lineup(FailingLocal(server), [remote(server)])
+        with pytest.raises(RuntimeError, match="out of memory"):
+            lineup.compare(film.image, add_question(None, "Is there cardiomegaly?"), on_text=pieces.append)
+        done = list(pieces)  # what the remote thread had sent when compare gave up
+    assert done and done[-1]["vis"].endswith("turn 1.")  # it had answered in full: no thread outlives compare
+
+
+def test_two_remote_models_of_one_name_or_a_local_models_name_are_refused(server):
+    with pytest.raises(UserError, match="^remote model name vis is given twice: give each model its own name$"):
+        Lineup(None, [remote(server), remote(server)])
+    with pytest.raises(UserError, match="^remote model name base is a local model's: give each model its own name$"):
+        Lineup(SlowLocal(server), [RemoteModel(parse_remote(f"base={server.url}#{MODEL}"))])
+
+
 def test_the_lineup_never_waits_for_the_local_models_lock(tiny_model_dir, server, film):
     from cxr_vqa.model import load_model
 
@@ -203,5 +306,5 @@ def test_the_lineup_never_waits_for_the_local_models_lock(tiny_model_dir, server
         answers = lineup.compare(film.image, {"vis": add_question(None, "Is there cardiomegaly?")})
     assert answers["vis"].text.endswith("turn 1.")
     assert lineup.sources == {"base": tiny_model_dir, "vis": f"{server.url}#{MODEL}"}
-    with pytest.raises(UserError, match="taken"):
+    with pytest.raises(UserError, match="base is a local model's"):
         Lineup(vqa, [RemoteModel(parse_remote(f"base={server.url}#{MODEL}"))])

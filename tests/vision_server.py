@@ -8,13 +8,17 @@ packages: pytest finds it on `tests/`, bench/remote.py adds `tests/` to its path
         server.fail("500", times=None)     # every request from now on
         server.fail("hang")                # no reply until `hang_seconds` pass (or the server stops)
         server.fail("nologprobs")          # a reply without logprobs
+        server.refuse(400, {"error": {"message": "max_tokens is not supported"}})   # the next request, unchecked
         server.requests, server.violations # what each request carried (film size, mean grey and pixel hash, the
                                            # questions, the answers before); what broke the rules (then HTTP 400)
+        server.keys                        # the bearer key of each chat request, as sent
 
 Checked on every request: the bearer key (when `api_key` is set: else 401), the model id (else 404), only known
 fields, roles alternating user/assistant from a user turn to a user turn, exactly one image, in the first turn, as an
 `image_url` part before the text, a data URL that decodes to an RGB PNG of `film_size` x `film_size`, `logprobs`
-true with `top_logprobs` = `top_logprobs`, and temperature, top_p and max_tokens in range.
+true with `top_logprobs` = `top_logprobs`, temperature, top_p and max_tokens in range, and `stream_options` only as
+{"include_usage": bool} on a streamed request. A stream ends with a usage chunk only when it was asked for, as
+OpenAI's does.
 
 The answer depends on the picture: its mean grey m decides the verdict (Yes when m >= 127.5) and P(yes) = m / 255
 (clipped to [0.02, 0.98]), given as the first token's top_logprobs over several spellings of yes and no plus one
@@ -81,6 +85,8 @@ class VisionServer(OpenAIServer):
         self.requests: list[dict] = []  # per chat request: model, film size, mean grey and pixels, questions, answers
         self.violations: list[str] = []
         self._release = threading.Event()
+        self._refusals: list[tuple[int, dict]] = []
+        self.keys: list[str | None] = []
         super().__init__(latency=latency)  # latency: seconds per answer, spread over its tokens when streamed
 
     def __exit__(self, *exc) -> None:
@@ -91,6 +97,12 @@ class VisionServer(OpenAIServer):
         """No scripted failures left; counts and records kept."""
         with self._lock:
             self._failures.clear()
+            self._refusals.clear()
+
+    def refuse(self, status: int, body: dict) -> None:
+        """The next chat request, whatever it holds, gets HTTP `status` with this JSON body: a server's own reason."""
+        with self._lock:
+            self._refusals.append((status, body))
 
     # -- the rules ---------------------------------------------------------------------------------------------
 
@@ -104,6 +116,11 @@ class VisionServer(OpenAIServer):
         if not (isinstance(temperature, int | float) and 0 <= temperature <= 2 and isinstance(top_p, int | float)
                 and 0 < top_p <= 1 and isinstance(max_tokens, int) and max_tokens >= 1):  # fmt: skip
             raise BadRequest(f"settings out of range: {temperature}, {top_p}, {max_tokens}")
+        options = body.get("stream_options")
+        if options is not None and not (body.get("stream") is True and isinstance(options, dict)
+                                        and options.keys() == {"include_usage"}
+                                        and isinstance(options["include_usage"], bool)):  # fmt: skip
+            raise BadRequest(f"stream_options must be {{'include_usage': bool}} on a streamed request, got {options}")
         messages = body["messages"]
         roles = [m.get("role") for m in messages] if isinstance(messages, list) else []
         if not roles or roles != ["user", "assistant"] * (len(roles) // 2) + ["user"]:
@@ -164,10 +181,16 @@ class VisionServer(OpenAIServer):
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if not self.path.endswith("/chat/completions"):
                     return self._error(404, f"no route {self.path}")
+                auth = self.headers.get("Authorization") or ""
                 with server._lock:
                     server.count["chat"] += 1
-                if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":
-                    return self._error(401, "invalid API key")
+                    server.keys.append(auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None)
+                if server.api_key and auth != f"Bearer {server.api_key}":  # echoing the key, as OpenAI does (in part)
+                    return self._error(401, f"Incorrect API key provided: {auth.removeprefix('Bearer ')}")
+                with server._lock:
+                    refusal = server._refusals.pop(0) if server._refusals else None
+                if refusal:
+                    return self._json(*refusal)
                 try:
                     body = json.loads(raw)
                     seen = server.check(body)
@@ -193,7 +216,8 @@ class VisionServer(OpenAIServer):
                          "completion_tokens": len(tokens)}  # fmt: skip
                 usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
                 if body.get("stream"):
-                    return self._stream(body["model"], tokens, logprobs, finish, usage)
+                    asked = (body.get("stream_options") or {}).get("include_usage")
+                    return self._stream(body["model"], tokens, logprobs, finish, usage if asked else None)
                 time.sleep(server.latency)
                 choice = {
                     "index": 0,
@@ -204,7 +228,8 @@ class VisionServer(OpenAIServer):
                 self._json(200, {"id": "chatcmpl-vision", "object": "chat.completion", "created": 0,
                                  "model": body["model"], "choices": [choice], "usage": usage})  # fmt: skip
 
-            def _stream(self, model: str, tokens: list[str], logprobs: list | None, finish: str, usage: dict) -> None:
+            def _stream(self, model: str, tokens: list[str], logprobs: list | None, finish: str,
+                        usage: dict | None) -> None:  # fmt: skip
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Connection", "close")  # the body ends when the connection does
@@ -220,7 +245,8 @@ class VisionServer(OpenAIServer):
                     self.wfile.flush()
                 last = {"index": 0, "delta": {}, "finish_reason": finish, "logprobs": None}
                 self.wfile.write(f"data: {json.dumps({**head, 'choices': [last]})}\n\n".encode())
-                self.wfile.write(f"data: {json.dumps({**head, 'choices': [], 'usage': usage})}\n\n".encode())
+                if usage:
+                    self.wfile.write(f"data: {json.dumps({**head, 'choices': [], 'usage': usage})}\n\n".encode())
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
 

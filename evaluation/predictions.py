@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from cxr_vqa.answers import Answer
 from cxr_vqa.errors import UserError
+from cxr_vqa.files import write_text_atomic
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.reports import PREDICTIONS, RUN, iter_predictions, variant_name
 from cxr_vqa.template import add_question
@@ -59,7 +60,11 @@ def resume(out: Path, run: dict) -> dict[str, dict]:
     out.mkdir(parents=True, exist_ok=True)
     run_file, pred_file = out / RUN, out / PREDICTIONS
     if run_file.is_file() and pred_file.is_file() and pred_file.stat().st_size:  # an empty file answered nothing
-        earlier = json.loads(run_file.read_text())
+        try:
+            earlier = json.loads(run_file.read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(f"{run_file} cannot be read ({err}): the settings of the answers in {out} are unknown, "
+                            "pick a new --out") from None  # fmt: skip
         same = {k: v for k, v in earlier.items() if k not in NOT_IDENTITY}
         wanted = {k: v for k, v in run.items() if k not in NOT_IDENTITY}
         if same != wanted:
@@ -72,14 +77,12 @@ def resume(out: Path, run: dict) -> dict[str, dict]:
             )  # fmt: skip
     else:
         pred_file.unlink(missing_ok=True)
-    run_file.write_text(json.dumps(run, indent=2) + "\n")
+    write_text_atomic(run_file, json.dumps(run, indent=2) + "\n")
     done: dict[str, dict] = {}
     if pred_file.is_file():
         done = {record["id"]: record for record in iter_predictions(pred_file)}
         # without the cut-short line, whole or not at all: a kill here must not lose what was answered
-        partial = pred_file.with_name(pred_file.name + ".tmp")
-        partial.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
-        partial.replace(pred_file)
+        write_text_atomic(pred_file, "".join(json.dumps(r) + "\n" for r in done.values()))
     return done
 
 

@@ -39,7 +39,11 @@ class EvalConfig:
                   "for several; its key from $OPENAI_API_KEY or the variable named after the second #", **REPEATABLE},
     )  # fmt: skip
     concurrency: int = field(default=8, metadata={"help": "remote requests in flight at once"})
-    max_cost: float | None = field(default=None, metadata={"help": "stop sending remote requests past this (USD)"})
+    max_cost: float | None = field(
+        default=None,
+        metadata={"help": "stop sending remote requests past this (USD), counting what earlier runs into the same "
+                  "--out spent (their answers are cached there): one cap over reruns"},
+    )  # fmt: skip
     price_input: float | None = field(
         default=None, metadata={"help": "USD per million input tokens of the remote models (default: list prices)"}
     )

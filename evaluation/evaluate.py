@@ -81,9 +81,10 @@ def evaluate(cfg: EvalConfig) -> dict:
         answered = {}
         if remotes:  # greedy, as the local models; their answers are in hand before the first record is written
             left = [q for q in questions if q["id"] not in done]
+            cache = RemoteCache(out / REMOTE_CACHE)  # what earlier runs into this --out spent counts in --max-cost
+            budget = Budget(list(remotes.values()), cfg.price, cfg.max_cost, earlier=cache.cost)
             answered = answer_remote(remotes, films, left, [v for v in asked if v[1] in remotes], settings,
-                                     cache=RemoteCache(out / REMOTE_CACHE), concurrency=cfg.concurrency,
-                                     budget=Budget(list(remotes.values()), cfg.price, cfg.max_cost))  # fmt: skip
+                                     cache=cache, concurrency=cfg.concurrency, budget=budget)  # fmt: skip
         with open(out / PREDICTIONS, "a") as sink:
             answer_all(vqa, films, questions, done, asked, settings, cfg.batch_size, sink, answered)
         done = resume(out, run)

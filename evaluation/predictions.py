@@ -97,8 +97,8 @@ def answer_all(
 ) -> int:
     """Answer every question not in `done` under every variant, a batch of rows per generate call, appending records
     to `sink`; `films(row)` gives a question's film. `answered` holds the variants answered elsewhere (remote models):
-    {variant: {question id: (Answer, token usage)}}; the local model `vqa` answers the others. Returns how many
-    generate calls were made."""
+    {variant: {question id: (Answer, token usage, why it was refused or None)}}; the local model `vqa` answers the
+    others. Returns how many generate calls were made."""
     answered = answered or {}
     local = [v for v in variants if v[0] not in answered]
     per_call = max(1, batch_size // max(len(local), 1))
@@ -128,7 +128,9 @@ def answer_all(
                 record["answers"] = {name: a.text for name, a in got.items()}
                 record["p_yes"] = {name: a.p_yes for name, a in got.items()}
                 if given:
-                    record["usage"] = {name: usage for name, (_, usage) in given.items()}
+                    record["usage"] = {name: usage for name, (_, usage, _) in given.items()}
+                    if errors := {name: error for name, (_, _, error) in given.items() if error}:
+                        record["errors"] = errors  # refused: scored as the empty answer it is
                 record["scores"] = {
                     name: score_answer(text, kind=q["kind"], reference=q["reference"], label=q["label"])
                     for name, text in record["answers"].items()
@@ -139,13 +141,14 @@ def answer_all(
     return calls
 
 
-def _given(answers: dict, done: dict, variant: str, qid: str) -> tuple[Answer, dict | None]:
+def _given(answers: dict, done: dict, variant: str, qid: str) -> tuple[Answer, dict | None, str | None]:
     """A variant's answer given beforehand; for a question an earlier run finished (its batch is answered again
     whole), the one that run recorded."""
     if qid in answers:
         return answers[qid]
     record = done[qid]
-    return Answer(record["answers"][variant], record["p_yes"][variant]), record.get("usage", {}).get(variant)
+    answer = Answer(record["answers"][variant], record["p_yes"][variant])
+    return answer, record.get("usage", {}).get(variant), record.get("errors", {}).get(variant)
 
 
 def _answer(vqa, pics, convs, models, settings) -> list:

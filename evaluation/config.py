@@ -87,6 +87,8 @@ class EvalConfig:
         self.remotes = remote_specs(self.remote, taken=[BASE, *adapters])
         if self.base == NO_BASE and (adapters or not self.remotes):
             raise UserError("--base none evaluates remote models only: give --remote, and no --adapter")
+        if self.base == NO_BASE and self.maps:
+            raise UserError("--maps draws where local models looked: it needs a --base, and --base none has none")
         if self.concurrency < 1 or self.remote_timeout <= 0 or (self.max_cost is not None and self.max_cost < 0):
             raise UserError("--concurrency and --remote-timeout must be positive, --max-cost not negative")
         if (self.price_input is None) != (self.price_output is None):

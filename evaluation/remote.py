@@ -205,7 +205,7 @@ def answer_remote(
     cache: RemoteCache,
     concurrency: int,
     budget: Budget,
-) -> dict[str, dict[str, tuple[Answer, dict | None]]]:
+) -> dict[str, dict[str, tuple[Answer, dict | None, str | None]]]:
     """{variant: {question id: (answer, token usage, why it was refused or None)}} for every question under every
     remote variant (variant name, remote model name, blank image?); UserError naming what is missing when some could
     not be had."""

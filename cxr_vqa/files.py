@@ -4,6 +4,7 @@ allows, and a file that exists but cannot be read is named as such, with the fix
     model.save_pretrained(out)
     share(out)                        # every file under out gets a+r (dirs a+rx), less what the umask masks
     unreadable(out)                   # [] when this user can read every file in out
+    write_text_atomic(out / "progress.json", text)   # whole or not at all, as readable as any other file
 
 Why it is needed: safetensors writes through a private temporary file and renames it, so every
 `*.safetensors` (adapters, checkpoints, merged and tiny models) lands as 0600 whatever the umask, and
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 READ = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
@@ -88,3 +90,21 @@ def unreadable_message(file: str | os.PathLike) -> str:
         f"permission denied: {file} exists but this user (uid {os.getuid()}) cannot read it ({owner}): make it "
         f"readable, e.g. `chmod -R a+rX {folder}` (older versions of this project saved weights as 0600)"
     )
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` through a temporary file beside it and a rename: a reader in another process, or a kill
+    halfway, sees the old file or the new one, never half of one. Not fsynced: it guards against killed processes
+    (builds and runs are killed and resumed), not power cuts. Returns `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # a name of its own
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it 0600: give it the mode a plain write would
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from cxr_vqa.cli import user_errors
+from cxr_vqa.errors import UserError
 from dataprep.chexpert import read_release
 from dataprep.config import Config, parse_config
 from dataprep.qa_labels import LabelsGenerator
@@ -40,9 +41,7 @@ def make_generator(cfg: Config):
 
     # a dry run sends nothing, so it needs no key
     client = open_client(cfg.base_url, api_key_env=cfg.api_key_env, timeout=cfg.timeout, require_key=not cfg.dry_run)
-    price = None
-    if cfg.price_input is not None or cfg.price_output is not None:
-        price = (cfg.price_input or 0.0, cfg.price_output or 0.0)
+    price = None if cfg.price_input is None else (cfg.price_input, cfg.price_output)
     cache = Path(cfg.cache_dir or Path(cfg.out) / "cache")
     return LLMGenerator(client, cfg.model, cache, price=price, **options(cfg, LLM_OPTIONS))
 
@@ -78,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("dataprep").setLevel(logging.INFO)  # e.g. batch ids, which a person may need
     with user_errors():
+        # one price alone would count the other side free, and --max-cost would let more through than it says
+        if (cfg.price_input is None) != (cfg.price_output is None):
+            raise UserError("give both --price-input and --price-output, or neither (list prices)")
         return run(cfg)
 
 

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     from cxr_vqa.reports import METRICS
     from evaluation.config import EvalConfig
     from evaluation.evaluate import evaluate
+    from evaluation.maps import MAPS_PNG
     from evaluation.report import summary_lines
 
     (cfg,) = parse_config([EvalConfig], argv, prog="python -m evaluation", description=__doc__)
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     with user_errors():
         result = evaluate(cfg)
     print("\n".join(summary_lines(result)))
-    maps = ", maps.png" if cfg.maps else ""
+    maps = ", maps.png" if cfg.maps and (Path(cfg.out) / MAPS_PNG).is_file() else ""  # none drawn without records
     print(f"wrote {Path(cfg.out) / METRICS}, report.md, predictions.jsonl, comparison.png, confidence.png{maps}")
 
 

@@ -39,7 +39,11 @@ class EvalConfig:
                   "for several; its key from $OPENAI_API_KEY or the variable named after the second #", **REPEATABLE},
     )  # fmt: skip
     concurrency: int = field(default=8, metadata={"help": "remote requests in flight at once"})
-    max_cost: float | None = field(default=None, metadata={"help": "stop sending remote requests past this (USD)"})
+    max_cost: float | None = field(
+        default=None,
+        metadata={"help": "stop sending remote requests past this (USD), counting what earlier runs into the same "
+                  "--out spent (their answers are cached there): one cap over reruns"},
+    )  # fmt: skip
     price_input: float | None = field(
         default=None, metadata={"help": "USD per million input tokens of the remote models (default: list prices)"}
     )
@@ -83,6 +87,8 @@ class EvalConfig:
         self.remotes = remote_specs(self.remote, taken=[BASE, *adapters])
         if self.base == NO_BASE and (adapters or not self.remotes):
             raise UserError("--base none evaluates remote models only: give --remote, and no --adapter")
+        if self.base == NO_BASE and self.maps:
+            raise UserError("--maps draws where local models looked: it needs a --base, and --base none has none")
         if self.concurrency < 1 or self.remote_timeout <= 0 or (self.max_cost is not None and self.max_cost < 0):
             raise UserError("--concurrency and --remote-timeout must be positive, --max-cost not negative")
         if (self.price_input is None) != (self.price_output is None):

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from cxr_vqa.contract import check_split, open_splits
-from cxr_vqa.files import share
+from cxr_vqa.files import share, write_text_atomic
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.images import ImageLoadError, load_film
 from cxr_vqa.lineup import INPUT_SIZE
@@ -65,7 +65,9 @@ def evaluate(cfg: EvalConfig) -> dict:
     out = Path(cfg.out)
     source = {"benchmark": cfg.benchmark} if cfg.benchmark else {"split": cfg.split}
     sources = {name: spec.source for name, spec in cfg.remotes.items()}
-    run = {"dataset": str(Path(cfg.dataset).resolve()), **source, "base": cfg.base, "adapter": cfg.adapter,
+    # a benchmark's rows index its filtered film list: another filter would mix films into the resumed answers
+    filters = {"all_organs": cfg.all_organs, "all_languages": cfg.all_languages} if cfg.benchmark else {}
+    run = {"dataset": str(Path(cfg.dataset).resolve()), **source, **filters, "base": cfg.base, "adapter": cfg.adapter,
            "variants": names, "max_new_tokens": cfg.max_new_tokens, "4bit": cfg.load_in_4bit,
            "batch_size": cfg.batch_size, **({"remote": sources} if sources else {})}  # fmt: skip
     remotes = {name: RemoteModel(spec, timeout=cfg.remote_timeout) for name, spec in cfg.remotes.items()}
@@ -81,9 +83,10 @@ def evaluate(cfg: EvalConfig) -> dict:
         answered = {}
         if remotes:  # greedy, as the local models; their answers are in hand before the first record is written
             left = [q for q in questions if q["id"] not in done]
+            cache = RemoteCache(out / REMOTE_CACHE)  # what earlier runs into this --out spent counts in --max-cost
+            budget = Budget(list(remotes.values()), cfg.price, cfg.max_cost, earlier=cache.cost)
             answered = answer_remote(remotes, films, left, [v for v in asked if v[1] in remotes], settings,
-                                     cache=RemoteCache(out / REMOTE_CACHE), concurrency=cfg.concurrency,
-                                     budget=Budget(list(remotes.values()), cfg.price, cfg.max_cost))  # fmt: skip
+                                     cache=cache, concurrency=cfg.concurrency, budget=budget)  # fmt: skip
         with open(out / PREDICTIONS, "a") as sink:
             answer_all(vqa, films, questions, done, asked, settings, cfg.batch_size, sink, answered)
         done = resume(out, run)
@@ -97,9 +100,10 @@ def evaluate(cfg: EvalConfig) -> dict:
                            n_resamples=cfg.resamples, seed=cfg.seed, remotes=list(remotes))  # fmt: skip
     if cfg.extra_metrics == "radeval":
         result["extra"] = {"radeval": radeval_scores(records, names)}
-    (out / METRICS).write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / METRICS, json.dumps(result, indent=2) + "\n")  # the app may read it meanwhile
     write_report(out, result)
-    if cfg.maps and cfg.local_models:  # where each local model looked, for a sample of right and wrong answers
+    if cfg.maps:  # where each local model looked, for a sample of right and wrong answers (config: local models)
+        (out / MAPS_PNG).unlink(missing_ok=True)  # the sheet there is this run's, or there is none
         vqa = vqa or load_model(cfg.base, cfg.adapter, load_in_4bit=cfg.load_in_4bit, device=cfg.device)
         films = films if callable(films) else _benchmark_films(films, vqa.input_size)
         write_contact_sheet(vqa, films, records, cfg.local_models, cfg.maps, out / MAPS_PNG, seed=cfg.seed)

@@ -30,7 +30,8 @@ def sample(records: Sequence[dict], judged: str, n: int, seed: int = 0) -> list[
     closed = [r for r in records if r["kind"] == "closed" and "correct" in r["scores"].get(judged, {})]
     right = [r for r in closed if r["scores"][judged]["correct"]]
     wrong = [r for r in closed if not r["scores"][judged]["correct"]]
-    rest = [r for r in records if r not in closed]
+    in_closed = {id(r) for r in closed}  # by identity: `r not in closed` compares dicts, n x n of them
+    rest = [r for r in records if id(r) not in in_closed]
     for group in (right, wrong, rest):
         rng.shuffle(group)
     take_wrong = min(len(wrong), n // 2)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from cxr_vqa.answers import Answer
 from cxr_vqa.errors import UserError
+from cxr_vqa.files import write_text_atomic
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.reports import PREDICTIONS, RUN, iter_predictions, variant_name
 from cxr_vqa.template import add_question
@@ -59,7 +60,11 @@ def resume(out: Path, run: dict) -> dict[str, dict]:
     out.mkdir(parents=True, exist_ok=True)
     run_file, pred_file = out / RUN, out / PREDICTIONS
     if run_file.is_file() and pred_file.is_file() and pred_file.stat().st_size:  # an empty file answered nothing
-        earlier = json.loads(run_file.read_text())
+        try:
+            earlier = json.loads(run_file.read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(f"{run_file} cannot be read ({err}): the settings of the answers in {out} are unknown, "
+                            "pick a new --out") from None  # fmt: skip
         same = {k: v for k, v in earlier.items() if k not in NOT_IDENTITY}
         wanted = {k: v for k, v in run.items() if k not in NOT_IDENTITY}
         if same != wanted:
@@ -72,14 +77,12 @@ def resume(out: Path, run: dict) -> dict[str, dict]:
             )  # fmt: skip
     else:
         pred_file.unlink(missing_ok=True)
-    run_file.write_text(json.dumps(run, indent=2) + "\n")
+    write_text_atomic(run_file, json.dumps(run, indent=2) + "\n")
     done: dict[str, dict] = {}
     if pred_file.is_file():
         done = {record["id"]: record for record in iter_predictions(pred_file)}
         # without the cut-short line, whole or not at all: a kill here must not lose what was answered
-        partial = pred_file.with_name(pred_file.name + ".tmp")
-        partial.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
-        partial.replace(pred_file)
+        write_text_atomic(pred_file, "".join(json.dumps(r) + "\n" for r in done.values()))
     return done
 
 
@@ -94,8 +97,8 @@ def answer_all(
 ) -> int:
     """Answer every question not in `done` under every variant, a batch of rows per generate call, appending records
     to `sink`; `films(row)` gives a question's film. `answered` holds the variants answered elsewhere (remote models):
-    {variant: {question id: (Answer, token usage)}}; the local model `vqa` answers the others. Returns how many
-    generate calls were made."""
+    {variant: {question id: (Answer, token usage, why it was refused or None)}}; the local model `vqa` answers the
+    others. Returns how many generate calls were made."""
     answered = answered or {}
     local = [v for v in variants if v[0] not in answered]
     per_call = max(1, batch_size // max(len(local), 1))
@@ -125,7 +128,9 @@ def answer_all(
                 record["answers"] = {name: a.text for name, a in got.items()}
                 record["p_yes"] = {name: a.p_yes for name, a in got.items()}
                 if given:
-                    record["usage"] = {name: usage for name, (_, usage) in given.items()}
+                    record["usage"] = {name: usage for name, (_, usage, _) in given.items()}
+                    if errors := {name: error for name, (_, _, error) in given.items() if error}:
+                        record["errors"] = errors  # refused: scored as the empty answer it is
                 record["scores"] = {
                     name: score_answer(text, kind=q["kind"], reference=q["reference"], label=q["label"])
                     for name, text in record["answers"].items()
@@ -136,13 +141,14 @@ def answer_all(
     return calls
 
 
-def _given(answers: dict, done: dict, variant: str, qid: str) -> tuple[Answer, dict | None]:
+def _given(answers: dict, done: dict, variant: str, qid: str) -> tuple[Answer, dict | None, str | None]:
     """A variant's answer given beforehand; for a question an earlier run finished (its batch is answered again
     whole), the one that run recorded."""
     if qid in answers:
         return answers[qid]
     record = done[qid]
-    return Answer(record["answers"][variant], record["p_yes"][variant]), record.get("usage", {}).get(variant)
+    answer = Answer(record["answers"][variant], record["p_yes"][variant])
+    return answer, record.get("usage", {}).get(variant), record.get("errors", {}).get(variant)
 
 
 def _answer(vqa, pics, convs, models, settings) -> list:

@@ -4,13 +4,20 @@ through the core's `RemoteModel`, cached by content so that a killed run never a
 
     answered = answer_remote(remotes, films, questions, variants, settings, cache=RemoteCache(out / REMOTE_CACHE),
                              concurrency=8, budget=Budget(remotes, price=None, max_cost=5.0))
-    answered["gpt4o_blank"]["study1#0"]      # (Answer, usage): what `predictions.answer_all` writes for it
+    answered["gpt4o_blank"]["study1#0"]      # (Answer, usage, error): what `predictions.answer_all` writes for it
 
 The cache key hashes the whole request (the endpoint, the model id, the conversation, the film as sent, the decoding
 settings), so a changed film, question or setting is asked again and nothing else is. The cache file holds one JSON
-line per answer (its text, P(yes), token usage and cost), never the film, the request or the key; a line cut short by
-a kill is skipped. A question a remote model could not answer (after the core's retries) or that the budget stops is
-left out, and the run ends with one line saying how many, after everything else was asked: a rerun asks only those.
+line per answer (its key, that hash; its text, P(yes), token usage and cost), never the film, the request or the API
+key; a line cut short by a kill is skipped. `--max-cost` counts what the cache says was spent, so it caps every run
+into the same --out together.
+
+A request the endpoint refuses for good (a 4xx no retry passes, e.g. a content refusal) is cached as an answer with
+empty text, no P(yes) and an "error" (scored as a wrong, unparseable answer, and counted as refused in the report),
+provided that model answered other requests: a model that refuses every one is set up wrongly, not refusing. A
+question a remote model could not answer for now (timeouts, 429, 5xx, no connection: after the core's retries) or that
+the budget stops is left out, and the run ends with one line saying how many, after everything else was asked: a
+rerun asks only those.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -28,6 +37,7 @@ from tqdm import tqdm
 
 from cxr_vqa.answers import Answer
 from cxr_vqa.costs import Ledger, estimate_tokens, price_of
+from cxr_vqa.endpoint import RETRY_STATUS
 from cxr_vqa.errors import UserError
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.remote import RemoteError, RemoteModel, answer_of, png_data_url
@@ -45,7 +55,21 @@ class RemoteCache:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.entries = {e["key"]: e for e in iter_predictions(self.path)} if self.path.is_file() else {}
+        self.entries = {}
+        if self.path.is_file():
+            self.entries = {e["key"]: e for e in iter_predictions(self.path)}
+            with open(self.path, "rb") as file:
+                size = file.seek(0, os.SEEK_END)
+                file.seek(max(size - 1, 0))
+                cut = size > 0 and file.read(1) != b"\n"
+            if cut:  # a line cut short by a kill: end it, or the next answer would join it and be lost with it
+                with open(self.path, "a", encoding="utf-8") as file:
+                    file.write("\n")
+
+    @property
+    def cost(self) -> float:
+        """USD spent on the answers it holds, whichever run asked them."""
+        return sum(e.get("cost_usd") or 0.0 for e in self.entries.values())
 
     def get(self, key: str) -> dict | None:
         return self.entries.get(key)
@@ -61,16 +85,18 @@ def request_key(remote: RemoteModel, body: dict) -> str:
 
 
 class Budget:
-    """Tokens and dollars per remote model (its own price) under one --max-cost for all of them."""
+    """Tokens and dollars per remote model (its own price) under one --max-cost for all of them, `earlier` USD of
+    which earlier runs into the same --out spent (`RemoteCache.cost`)."""
 
-    def __init__(self, remotes: Sequence[RemoteModel], price: tuple[float, float] | None, max_cost: float | None):
+    def __init__(self, remotes: Sequence[RemoteModel], price: tuple[float, float] | None, max_cost: float | None,
+                 earlier: float = 0.0):  # fmt: skip
         self.ledgers = {r.name: Ledger(price_of(r.spec.model, price)) for r in remotes}
-        self.max_cost = max_cost
+        self.max_cost, self.earlier = max_cost, earlier
 
     def reserve(self, name: str, tokens: tuple[int, int]) -> float | None:
         """The estimate reserved before a send; None when it would pass --max-cost."""
         estimate = self.ledgers[name].cost(*tokens)
-        used = sum(ledger.spent + ledger.reserved for ledger in self.ledgers.values())
+        used = self.earlier + sum(ledger.spent + ledger.reserved for ledger in self.ledgers.values())
         if self.max_cost is not None and used + estimate > self.max_cost:
             return None
         self.ledgers[name].reserve(estimate)
@@ -78,7 +104,16 @@ class Budget:
 
     @property
     def spent(self) -> float:
+        """USD spent by this run."""
         return sum(ledger.spent for ledger in self.ledgers.values())
+
+
+def refused(err: RemoteError) -> bool:
+    """Whether the endpoint refused this one request for good: an HTTP 4xx that no retry passes (a content refusal, a
+    request too large), not a gap a rerun may fill (429, 5xx, timeouts, no connection) or a refused key (fatal).
+    RemoteError says so only in its message ("... HTTP 400 from host ..."), read here with the core's retry rule."""
+    status = re.search(r"\bHTTP (\d{3})\b", str(err))
+    return not err.fatal and status is not None and int(status[1]) < 500 and int(status[1]) not in RETRY_STATUS
 
 
 def _tasks(remotes, films, questions, variants, settings) -> Iterator[tuple[str, str, RemoteModel, dict]]:
@@ -108,6 +143,7 @@ async def _ask(tasks: Iterator, cache: RemoteCache, concurrency: int, budget: Bu
     keys: dict[tuple, str] = {}
     seen: set[str] = set()  # requests sent or being sent: the same blank film and question is asked once
     missing: dict[str, str] = {}
+    refusals: dict[str, tuple[str, str]] = {}  # cache key: (model, why), refused for good
     fatal: list[RemoteError] = []
     sent: Counter = Counter()
 
@@ -130,8 +166,11 @@ async def _ask(tasks: Iterator, cache: RemoteCache, concurrency: int, budget: Bu
             try:
                 reply = await remote.send(client, body)
             except RemoteError as err:
-                missing[key] = str(err)
-                fatal.extend([err] if err.fatal else [])
+                if refused(err):
+                    refusals[key] = (remote.name, str(err))
+                else:
+                    missing[key] = str(err)
+                    fatal.extend([err] if err.fatal else [])
                 continue
             finally:
                 budget.ledgers[remote.name].release(estimate)
@@ -146,6 +185,12 @@ async def _ask(tasks: Iterator, cache: RemoteCache, concurrency: int, budget: Bu
     finally:
         for client in clients.values():
             await client.close()
+    answering = {e["model"] for e in cache.entries.values() if "error" not in e}
+    for key, (name, why) in refusals.items():
+        if name in answering:  # a wrong answer it will always give: cached, so no rerun stops on it again
+            cache.put(key, {"model": name, "text": "", "p_yes": None, "usage": None, "cost_usd": 0.0, "error": why})
+        else:
+            missing[key] = f"{why}; {name} answered no request: check its endpoint and model"
     logger.info("remote answers sent this run: %s; spent %.4f USD", dict(sent) or "none", budget.spent)
     return keys, missing
 
@@ -160,9 +205,10 @@ def answer_remote(
     cache: RemoteCache,
     concurrency: int,
     budget: Budget,
-) -> dict[str, dict[str, tuple[Answer, dict | None]]]:
-    """{variant: {question id: (answer, token usage)}} for every question under every remote variant (variant name,
-    remote model name, blank image?); UserError naming what is missing when some could not be had."""
+) -> dict[str, dict[str, tuple[Answer, dict | None, str | None]]]:
+    """{variant: {question id: (answer, token usage, why it was refused or None)}} for every question under every
+    remote variant (variant name, remote model name, blank image?); UserError naming what is missing when some could
+    not be had."""
     total = len(questions) * len(variants)
     tasks = _tasks(remotes, films, questions, variants, settings)
     with tqdm(total=total, desc="remote answers", unit="answer") as bar:
@@ -175,17 +221,18 @@ def answer_remote(
     answered: dict[str, dict] = {variant: {} for variant, _, _ in variants}
     for (qid, variant), key in keys.items():
         entry = cache.get(key)
-        answered[variant][qid] = (Answer(entry["text"], entry["p_yes"]), entry.get("usage"))
+        answered[variant][qid] = (Answer(entry["text"], entry["p_yes"]), entry.get("usage"), entry.get("error"))
     return answered
 
 
 def remote_usage(records: Sequence[dict], remotes: dict[str, RemoteModel], price: tuple[float, float] | None) -> dict:
     """Per remote model, over every answer the records hold (whichever run asked it): its source, answers, requests
-    (identical ones are asked once), tokens (as its endpoint reported them) and their cost at the given or list
-    prices."""
+    (identical ones are asked once), answers refused (scored as wrong), tokens (as its endpoint reported them) and
+    their cost at the given or list prices."""
     out = {}
     for name, remote in remotes.items():
         ledger, answers, requests = Ledger(price_of(remote.spec.model, price)), 0, set()
+        refusals = sum(split_variant(v)[0] == name for r in records for v in r.get("errors", {}))
         for record in records:
             for variant, usage in record.get("usage", {}).items():
                 model, blank = split_variant(variant)
@@ -195,7 +242,7 @@ def remote_usage(records: Sequence[dict], remotes: dict[str, RemoteModel], price
                     requests.add(request)
                     ledger.record(usage, (0, 0))
                 answers += model == name
-        out[name] = {"source": remote.spec.source, "answers": answers, "requests": len(requests),
+        out[name] = {"source": remote.spec.source, "answers": answers, "requests": len(requests), "refused": refusals,
                      "prompt_tokens": ledger.prompt_tokens,
                      "completion_tokens": ledger.completion_tokens, "price_per_mtok": list(ledger.price),
                      "cost_usd": round(ledger.spent, 6)}  # fmt: skip

@@ -82,6 +82,9 @@ def summary_lines(m: dict) -> list[str]:
     for name, d in m["ablation"].items():
         lines.append(f"  blank-image drop ({name}) closed acc {_diff(d['closed_accuracy'])}; "
                      f"macro AUROC {_diff(d['macro_auroc'])}")  # fmt: skip
+    for name, r in m.get("remote", {}).items():
+        if r.get("refused"):
+            lines.append(f"  {name}: {r['refused']} answers refused by its endpoint, scored as wrong (report.md)")
     return lines
 
 
@@ -104,6 +107,8 @@ def _markdown(m: dict) -> str:
         *[f"- remote model `{n}` = `{r['source']}`: the same conversation and film (a PNG of the letterboxed "
           f"picture), greedy; {r['answers']} answers, {r['prompt_tokens']:,} + {r['completion_tokens']:,} tokens, "
           f"{r['cost_usd']:.2f} USD at {r['price_per_mtok'][0]:g}/{r['price_per_mtok'][1]:g} USD per million"
+          + (f"; **{r['refused']} refused** by its endpoint (an HTTP 4xx, e.g. a content refusal), scored as "
+             "empty answers: wrong, and unparseable where yes or no is asked" if r.get("refused") else "")
           for n, r in remote.items()],
         *([f"- P(yes) unavailable for {', '.join(no_p_yes)} (its endpoint returned no logprobs): AUROC and "
            "calibration are not reported for it"] if no_p_yes else []),

@@ -79,10 +79,14 @@ def tensor_shapes(adapter: Path) -> dict[str, list[int]]:
     """Tensor name -> shape, from the safetensors header (or a torch .bin): no weights are read."""
     file = adapter / "adapter_model.safetensors"
     if file.is_file():
-        with open(file, "rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(size))
-        return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+        try:
+            with open(file, "rb") as handle:
+                (size,) = struct.unpack("<Q", handle.read(8))
+                header = json.loads(handle.read(size))
+            return {k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+        except (struct.error, ValueError, AttributeError, KeyError, TypeError) as err:  # ValueError: JSON, UTF-8
+            raise UserError(f"{file} is not a whole safetensors file (cut short, or another format: "
+                            f"{type(err).__name__}): save or download the adapter again") from None  # fmt: skip
     if (adapter / "adapter_model.bin").is_file():
         import torch
 
@@ -128,7 +132,10 @@ def check_adapter(adapter: str | Path, *, max_lora_rank: int = 64, tower_connect
             verdict.rank = max(verdict.rank, shape[0])
     verdict.served = sorted(set(verdict.served))
     verdict.rank = verdict.rank or int(config.get("r", 0))
-    if verdict.rank > max_lora_rank:
+    if verdict.rank > MAX_LORA_RANKS[-1]:
+        say.append(f"rank {verdict.rank} is above vLLM's largest --max-lora-rank ({MAX_LORA_RANKS[-1]}): no server "
+                   f"can load it; retrain with lora_r {MAX_LORA_RANKS[-1]} or less, or merge the adapter")  # fmt: skip
+    elif verdict.rank > max_lora_rank:
         say.append(f"rank {verdict.rank} is above --max-lora-rank {max_lora_rank}: vLLM refuses it; serve with "
                    f"--max-lora-rank {min(r for r in MAX_LORA_RANKS if r >= verdict.rank)}")  # fmt: skip
     if refused:

@@ -13,7 +13,8 @@ studies, so it answers in fluent sentences at chance (`python -m finetune --conf
 finetune/configs/tiny-synthetic-base.yaml`, merged into OUT/speaking-base/merged). OUT/demo.json is written then:
 the app can serve. Then the adapter (`python -m finetune --config finetune/configs/tiny-synthetic.yaml`, a checkpoint
 every epoch, which the app serves as they come; it resumes from the last one) and the evaluation of base and adapter
-on the held-out patients (`python -m evaluation`, into OUT/report/). demo.json is rewritten, "complete", last.
+on the held-out patients (`python -m evaluation`, into OUT/report/; another seed's into OUT/report-seedN/). demo.json
+is rewritten, "complete", last.
 
 One process builds OUT at a time: it holds OUT/build.lock, and another finds it held and leaves. OUT/status.json
 says which stage runs. bench/learn_synthetic.py runs the same stages with three trainer seeds.
@@ -34,12 +35,14 @@ from pathlib import Path
 
 from cxr_vqa.contract import DEMO_FORMAT, DEMO_LOCK, DEMO_MARKER, DEMO_STATUS, demo_build, write_examples
 from cxr_vqa.errors import UserError
+from cxr_vqa.files import write_text_atomic
 from finetune.demo_stages import (
     BASE_RECIPE,
     MERGED,
     PATIENTS,
     RECIPE,
     ROOT,
+    Children,
     Stage,
     base_stage,
     data_stages,
@@ -80,12 +83,14 @@ def pick_examples(dataset: Path, out: Path) -> list[dict]:
 
 @dataclass
 class Plan:
-    """The demo's stages in order: the first page needs `serving` done, `final` trains the adapter it ends with."""
+    """The demo's stages in order: the app can serve once `data` and `base` are done, `train` writes the adapter the
+    demo ends with, `evaluate` its report into `report` (a folder name under OUT)."""
 
     data: list[Stage]
     base: Stage
     train: Stage
     evaluate: Stage
+    report: str = "report"
 
     @property
     def stages(self) -> list[Stage]:
@@ -94,16 +99,19 @@ class Plan:
 
 def demo_plan(out: Path, *, seed: int = 0, patients: int = PATIENTS, epochs: float | None = None,
               base_steps: int | None = None) -> Plan:  # fmt: skip
-    """Every stage of the demo's build into `out`, the adapter trained with trainer seed `seed`."""
+    """Every stage of the demo's build into `out`, the adapter trained with trainer seed `seed`. Seed 0 reports into
+    OUT/report (where the app and bench/explore.py look), another seed into its own OUT/report-seedN: evaluation
+    resumes from what it finds in its folder, and another adapter's finished report there would stop it."""
     base = base_stage(out, extra=("--max_steps", base_steps) if base_steps is not None else ())
     adapter = out / f"adapter-seed{seed}"
-    train = train_stage(out, adapter, trainer_seed=seed, extra=("--num_train_epochs", epochs) if epochs else ())
-    return Plan(data_stages(out, patients=patients), base, train, evaluate_stage(out, adapter, out / "report"))
+    extra = ("--num_train_epochs", epochs) if epochs is not None else ()
+    train = train_stage(out, adapter, trainer_seed=seed, extra=extra)
+    report = "report" if seed == 0 else f"report-seed{seed}"
+    return Plan(data_stages(out, patients=patients), base, train, evaluate_stage(out, adapter, out / report), report)
 
 
 def _write_json(path: Path, content: dict) -> None:
-    path.with_suffix(".tmp").write_text(json.dumps(content, indent=1) + "\n")
-    path.with_suffix(".tmp").replace(path)  # whole or absent, never half-written
+    write_text_atomic(path, json.dumps(content, indent=1) + "\n")  # the app reads it while the build runs
 
 
 def _status(out: Path, running: list[Stage], plan: Plan, **extra) -> None:
@@ -114,25 +122,38 @@ def _status(out: Path, running: list[Stage], plan: Plan, **extra) -> None:
 
 def build(out: Path, plan: Plan, *, threads: int = 1) -> dict:
     """Run (or finish) the stages of `plan` into `out`, writing demo.json once the app can serve and again, complete,
-    at the end; returns its content."""
+    at the end; returns its content. However it ends (a failed stage, SIGTERM, Ctrl-C), no stage runs on."""
+    children = Children()
+    try:
+        return _build(out, plan, threads, children)
+    finally:
+        children.kill()  # the stages still running, those that threads wait on included
+
+
+def _build(out: Path, plan: Plan, threads: int, children: Children) -> dict:
     start, n = time.time(), len(plan.stages)
     tiny, release, dataprep = plan.data
     _status(out, [release], plan)
     print(f"stage 1/{n}: {release.name}", flush=True)
-    run_stage(out, release, threads=threads)  # it draws in a process per core
+    run_stage(out, release, threads=threads, children=children)  # it draws in a process per core
     _status(out, [dataprep, tiny], plan)
     print(f"stages 2-3/{n}: {dataprep.name} and {tiny.name}, side by side", flush=True)
-    with ThreadPoolExecutor(2) as pool:  # dataprep's threads leave a core idle part of the time: the tiny model's
-        for done in [pool.submit(run_stage, out, stage, threads=threads) for stage in (dataprep, tiny)]:
+    # dataprep's threads leave a core idle part of the time: the tiny model's construction fills it. Not `with`: its
+    # exit would wait for both stages before an exception (SIGTERM) reaches build(), which kills them.
+    pool = ThreadPoolExecutor(2)
+    try:
+        for done in [pool.submit(run_stage, out, s, threads=threads, children=children) for s in (dataprep, tiny)]:
             done.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     examples = pick_examples(out / "data", out / "examples")
     _status(out, [plan.base], plan)
     print(f"stage 4/{n}: {plan.base.name}", flush=True)
-    run_stage(out, plan.base, threads=threads)
+    run_stage(out, plan.base, threads=threads, children=children)
     adapter = plan.train.resume_dir.name
     marker = {
         "format": DEMO_FORMAT, "complete": False, "trained": False, "base": MERGED, "adapter": adapter,
-        "report": "report", "examples": "examples/examples.json", "stages": [s.identity for s in plan.stages],
+        "report": plan.report, "examples": "examples/examples.json", "stages": [s.identity for s in plan.stages],
         "recipe": [str(p.relative_to(ROOT)) for p in (BASE_RECIPE, RECIPE)],
         "example_files": [e["file"] for e in examples],
     }  # fmt: skip
@@ -141,14 +162,14 @@ def build(out: Path, plan: Plan, *, threads: int = 1) -> dict:
     for k, stage in enumerate([plan.train, plan.evaluate], n - 1):
         _status(out, [stage], plan)
         print(f"stage {k}/{n}: {stage.name}", flush=True)
-        run_stage(out, stage, threads=threads)
+        run_stage(out, stage, threads=threads, children=children)
         if stage is plan.train:  # the final adapter is there: the app serves it from its next answer
             marker.update(trained=True)
             _write_json(out / DEMO_MARKER, marker)
     marker.update(complete=True, seconds=round(time.time() - start))
     _write_json(out / DEMO_MARKER, marker)
     _status(out, [], plan, complete=True)
-    print(f"demo complete in {out} ({time.time() - start:.0f} s): adapter {out / adapter}, report {out / 'report'}")
+    print(f"demo complete in {out} ({time.time() - start:.0f} s): adapter {out / adapter}, report {out / plan.report}")
     return marker
 
 
@@ -166,6 +187,12 @@ def hold_lock(out: Path):
     return None
 
 
+def stop_on_sigterm() -> None:
+    """Terminated (e.g. by the app): unwind through build(), which kills the running stages instead of orphaning
+    them."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+
 def main(argv: list[str] | None = None) -> None:
     from cxr_vqa.cli import parse_config, user_errors
 
@@ -173,8 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv and not argv[0].startswith("-"):
         argv = ["--out", *argv]  # OUT may come first, without its flag
     (cfg,) = parse_config([DemoConfig], argv, prog="python -m finetune.demo", description=__doc__)
-    # terminated (e.g. by the app): unwind, so the running stage is killed instead of orphaned
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    stop_on_sigterm()
     out = Path(cfg.out).resolve()
     with user_errors():
         lock = hold_lock(out)
@@ -205,14 +231,19 @@ class DemoConfig:
     threads: int = field(default=1, metadata={"help": "torch threads per stage: 1 is fastest on a busy machine"})
     fresh: bool = field(default=False, metadata={"help": "delete OUT first and build everything again"})
     patients: int = field(default=PATIENTS, metadata={"help": "synthetic patients; fewer only for a smoke run"})
-    epochs: float | None = field(default=None, metadata={"help": "override the recipe's epochs (smoke runs)"})
-    base_steps: int | None = field(default=None, metadata={"help": "override the base's steps (smoke runs)"})
+    epochs: float | None = field(
+        default=None, metadata={"help": "override the recipe's epochs, > 0 (smoke runs: a fraction, e.g. 0.2)"}
+    )
+    base_steps: int | None = field(default=None, metadata={"help": "override the base's steps, >= 1 (smoke runs)"})
 
     def __post_init__(self):
         if not self.out:
             raise UserError("give OUT, the directory to build the demo in")
         if self.threads < 1 or self.patients < 20:
             raise UserError(f"--threads must be >= 1 and --patients >= 20, got {self.threads} and {self.patients}")
+        # not 0: the Trainer reads --max_steps 0 as "no step limit" and trains the base's whole epochs
+        if (self.epochs is not None and self.epochs <= 0) or (self.base_steps is not None and self.base_steps < 1):
+            raise UserError(f"--epochs must be > 0 and --base-steps >= 1, got {self.epochs} and {self.base_steps}")
 
 
 if __name__ == "__main__":

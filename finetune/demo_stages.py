@@ -12,15 +12,19 @@ base's training in finetune/configs/tiny-synthetic-base.yaml, the adapter's in f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxr_vqa.errors import UserError
+from cxr_vqa.files import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = Path(__file__).parent / "configs" / "tiny-synthetic.yaml"  # the adapter: learns to read the films
@@ -100,7 +104,9 @@ def finished(work: Path, stage: Stage) -> bool:
     record = _record(work, stage)
     if stage.always or not record.is_file():
         return False
-    earlier = json.loads(record.read_text())["command"]
+    earlier = _command(record)
+    if earlier is None:  # cut short by a kill before records were written whole: run the stage again
+        return False
     if earlier != stage.identity:
         raise UserError(
             f"{work} holds a '{stage.name}' stage built with other settings ({' '.join(earlier)}): "
@@ -109,37 +115,84 @@ def finished(work: Path, stage: Stage) -> bool:
     return True
 
 
-def _run(command: list[str], env: dict, sink) -> tuple[int, float]:
+def _command(record: Path) -> list[str] | None:
+    """The command a stage record (or .started file) holds; None when it cannot be read."""
+    try:
+        return json.loads(record.read_text())["command"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class Children:
+    """The stages' processes running now, whichever thread waits on each. A signal (SIGTERM, Ctrl-C) reaches only the
+    main thread, so the build kills them here, all at once (`kill`), instead of waiting for those its threads run.
+    Each stage leads its own process group, so what a stage started (a DataLoader worker, a drawing pool) dies too."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self._stopped = False
+
+    def start(self, command: list[str], **options) -> subprocess.Popen:
+        with self._lock:  # a stage starting while `kill` runs would be missed by it
+            if self._stopped:
+                raise UserError("the build was stopped: no further stage starts")
+            process = subprocess.Popen(command, start_new_session=True, **options)  # its own process group
+            self._running.add(process)
+        return process
+
+    def reaped(self, process: subprocess.Popen) -> None:
+        with self._lock:
+            self._running.discard(process)
+
+    def kill(self) -> None:
+        """Kill every running stage with everything it started, and wait until each has ended; none starts after."""
+        with self._lock:
+            self._stopped, running = True, list(self._running)
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+                os.killpg(process.pid, signal.SIGKILL)
+        for process in running:
+            with contextlib.suppress(ChildProcessError):  # reaped meanwhile by the thread that waits on it
+                process.wait()
+
+
+def _run(command: list[str], env: dict, sink, children: Children) -> tuple[int, float]:
     """(exit code, CPU seconds of the process and its children) of `command`; killed if we are interrupted."""
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT if sink else None)
+    process = children.start(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT if sink else None)
     try:
         _pid, status, usage = os.wait4(process.pid, 0)
     except BaseException:  # Ctrl-C or SIGTERM: the stage ends with us instead of running on, orphaned
-        process.kill()
-        process.wait()
+        children.kill()
         raise
+    children.reaped(process)
     process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
     return process.returncode, usage.ru_utime + usage.ru_stime
 
 
-def run_stage(work: Path, stage: Stage, *, threads: int = 1, log: Path | None = None) -> float | None:
-    """Run `stage` unless it has finished; its output goes to `log` (or streams here). Seconds taken, None when
-    reused. A failing command raises UserError naming the stage (and the log's last lines)."""
+def run_stage(work: Path, stage: Stage, *, threads: int = 1, log: Path | None = None,
+              children: Children | None = None) -> float | None:  # fmt: skip
+    """Run `stage` unless it has finished; its output goes to `log` (or streams here); `children` holds its process
+    while it runs (a build's stages side by side share one). Seconds taken, None when reused. A failing command
+    raises UserError naming the stage (and the log's last lines)."""
+    children = children or Children()
     if finished(work, stage):
         print(f"[{stage.name}] finished earlier, reused", flush=True)
         return None
     command = [sys.executable, "-m", stage.module, *stage.args]
     started = _record(work, stage).with_suffix(".started")  # the settings of a run that may have been killed
     if stage.resume_dir and any(stage.resume_dir.glob("checkpoint-*/trainer_state.json")):  # written last
-        if started.is_file() and json.loads(started.read_text())["command"] != stage.identity:
+        earlier = _command(started) if started.is_file() else stage.identity
+        if earlier != stage.identity:
+            settings = "with other settings" if earlier else f"whose settings {started.name} does not say"
             raise UserError(
-                f"{stage.resume_dir} holds checkpoints of an unfinished '{stage.name}' with other settings: start "
-                "over with --fresh or pick another directory"
+                f"{stage.resume_dir} holds checkpoints of an unfinished '{stage.name}' {settings}: start over with "
+                "--fresh or pick another directory"
             )
         command.append("--resume_from_checkpoint")  # the latest complete checkpoint, skipping a half-written one
     if not stage.always:
         started.parent.mkdir(parents=True, exist_ok=True)
-        started.write_text(json.dumps({"command": stage.identity}) + "\n")
+        write_text_atomic(started, json.dumps({"command": stage.identity}) + "\n")
     print(f"[{stage.name}] {' '.join(stage.identity)}" + (f"  (output: {log})" if log else ""), flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}  # fmt: skip
@@ -147,15 +200,15 @@ def run_stage(work: Path, stage: Stage, *, threads: int = 1, log: Path | None = 
     if log:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as sink:
-            code, cpu = _run(command, env, sink)
+            code, cpu = _run(command, env, sink, children)
     else:
-        code, cpu = _run(command, env, None)
+        code, cpu = _run(command, env, None, children)
     if code != 0:
         tail = " | ".join(log.read_text().strip().splitlines()[-3:]) if log else "see its output above"
         raise UserError(f"[{stage.name}] failed with exit code {code}: {tail}")
     seconds = time.time() - start
     if not stage.always:
         record = {"command": stage.identity, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2)}
-        _record(work, stage).write_text(json.dumps(record) + "\n")
+        write_text_atomic(_record(work, stage), json.dumps(record) + "\n")
     print(f"[{stage.name}] done in {seconds:.0f} s ({cpu:.0f} CPU-seconds)", flush=True)
     return seconds

@@ -9,6 +9,11 @@ every epoch; the projector, which is trained, runs on it at every step. The loss
 only: the logits of the other positions (most of a row: its image tokens and questions) are never computed.
 `tests/test_film_cache.py` checks that the loss equals the model's own on the same batch.
 
+The cache is RAM: one film's features per training row, its image tokens x the tower's width x 2 bytes (the tower
+in bf16/fp16; 4 in fp32 on CPU), kept on the CPU for the whole run (`feature_bytes`; training logs the total). For
+LLaVA-1.5-7B that is 576 x 1024 x 2 bytes = 1.2 MB a film, 1.2 GB per 1,000 films; the tiny demo model's 144 x 64 x
+4 bytes are 37 kB. On CUDA the collator runs in the main process (`finetune.train.check_film_cache`).
+
 With `shuffle_films`, row i is shown the film of another study (a fixed random permutation): the films then carry no
 information about the answers, and the model learns the language of the answers and each question's prior, not to
 read a film. That is how the demo's base learns to speak without learning to see.
@@ -36,6 +41,15 @@ def check_frozen_tower(model) -> None:
             f"cache_film_features needs a frozen vision tower, but {trained[0]} is trained (lora_target_modules or "
             "lora_modules_to_save reach the tower): set cache_film_features: false or leave the tower out"
         )
+
+
+def feature_bytes(model) -> int:
+    """Bytes of RAM one cached film takes: its image tokens x the vision tower's width x the tower's dtype."""
+    llava, _ = llava_parts(model)
+    config, tower = llava.config, llava.vision_tower
+    tokens = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
+    tokens += config.vision_feature_select_strategy != "default"  # "full" keeps the CLS token
+    return tokens * config.vision_config.hidden_size * next(tower.parameters()).element_size()
 
 
 def tower_features(llava, pixel_values: torch.Tensor) -> torch.Tensor:

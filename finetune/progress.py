@@ -14,6 +14,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from cxr_vqa.contract import TRAINING_PROGRESS
+from cxr_vqa.files import write_text_atomic
 
 
 class ProgressFile(TrainerCallback):
@@ -33,8 +34,7 @@ class ProgressFile(TrainerCallback):
                   "epochs": epochs, "seconds_per_step": round(seconds / steps, 4) if steps else None}  # fmt: skip
         path = Path(args.output_dir) / TRAINING_PROGRESS
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.with_suffix(".tmp").write_text(json.dumps(record) + "\n")
-        path.with_suffix(".tmp").replace(path)  # whole or absent, never half-written
+        write_text_atomic(path, json.dumps(record) + "\n")  # the app reads it while it changes
         self.written = time.time()
 
     def on_train_begin(self, args, state, control, **kwargs):

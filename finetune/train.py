@@ -22,7 +22,7 @@ from cxr_vqa.model import load_base_model, load_processor
 from cxr_vqa.sources import Source, resolve
 from finetune.collator import IGNORE_INDEX, AnswerOnlyCollator
 from finetune.config import ScriptArguments, TrainConfig, check_device, resolve_checkpoint
-from finetune.film_cache import FilmCacheCollator, answer_loss, check_frozen_tower
+from finetune.film_cache import FilmCacheCollator, answer_loss, check_frozen_tower, feature_bytes
 from finetune.model_card import write_model_card
 from finetune.progress import ProgressFile
 
@@ -190,9 +190,16 @@ class AnswerTokenSFTTrainer(SFTTrainer):
 
 
 def check_film_cache(train_args: TrainConfig) -> None:
-    """Options the film cache cannot serve fail before the model loads."""
+    """Options the film cache cannot serve fail before the model loads; on CUDA its collator runs in this process."""
     if train_args.eval_strategy != "no":
         raise UserError("cache_film_features trains only: set eval_strategy: no (evaluate with python -m evaluation)")
+    if train_args.dataloader_num_workers > 0 and torch.cuda.is_available() and not train_args.use_cpu:
+        # the collator runs the vision tower, on the GPU: a forked DataLoader worker cannot use CUDA ("Cannot
+        # re-initialize CUDA in forked subprocess"). After the first epoch it only pads, so little is lost.
+        workers = train_args.dataloader_num_workers
+        logger.info("cache_film_features on CUDA: the collator runs the vision tower on the GPU, which a forked "
+                    "DataLoader worker cannot: dataloader_num_workers %d -> 0", workers)  # fmt: skip
+        train_args.dataloader_num_workers, train_args.dataloader_persistent_workers = 0, False
     if train_args.dataloader_num_workers > 0 and not train_args.dataloader_persistent_workers:
         raise UserError(
             "cache_film_features with dataloader workers needs dataloader_persistent_workers: true (the cache lives "
@@ -232,6 +239,9 @@ def build_trainer(script_args: ScriptArguments, train_args: TrainConfig, callbac
         check_frozen_tower(trainer.model)
         shuffle_seed = train_args.seed if script_args.shuffle_films else None
         trainer.data_collator = FilmCacheCollator(train_ds, processor, trainer.model, shuffle_seed=shuffle_seed)
+        per_film = feature_bytes(trainer.model)
+        logger.info("film cache: %.2f MB of RAM per film, %.2f GB once all %d training rows are seen",
+                    per_film / 1e6, per_film * len(train_ds) / 1e9, len(train_ds))  # fmt: skip
     n_trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     logger.info("LoRA on %s: %.2fM trainable parameters", script_args.model_name_or_path, n_trainable / 1e6)
     return trainer, stats

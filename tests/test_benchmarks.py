@@ -111,12 +111,16 @@ def test_vqa_rad_end_to_end_through_the_cli(vqa_rad, tiny_model_dir, random_adap
     assert not open_report(out).films.available and open_report(out, dataset=str(moved)).films.available
 
 
-def test_slake_end_to_end_through_the_cli_base_only(slake, tiny_model_dir, tmp_path):
+def test_slake_end_to_end_through_the_cli_base_only(slake, tiny_model_dir, tmp_path, run_cli):
     out = tmp_path / "report"
-    ev.main(["--benchmark", "slake", "--dataset", str(slake), "--base", tiny_model_dir, "--out", str(out), "--no-4bit",
-             "--device", "cpu", "--max-new-tokens", "3", "--resamples", "100", "--no-ablation"])  # fmt: skip
+    argv = ["--benchmark", "slake", "--dataset", str(slake), "--base", tiny_model_dir, "--out", str(out), "--no-4bit",
+            "--device", "cpu", "--max-new-tokens", "3", "--resamples", "100", "--no-ablation"]  # fmt: skip
+    ev.main(argv)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["questions"] == {"total": 3, "closed": 2, "open": 1} and list(metrics["models"]) == ["base"]
+    # rows index the filtered film list: a resume under another filter would mix films into the answers
+    code, line = run_cli(ev.main, [*argv, "--all-organs"])
+    assert code == 2 and "holds a run with other settings (all_organs)" in line
 
 
 def test_a_missing_film_or_file_is_one_line(vqa_rad, tmp_path, run_cli):

@@ -126,6 +126,35 @@ def test_names_vllm_would_not_match_are_reported_as_served_silently_as_the_base(
     assert ce.check_adapter(old_layout).served == ce.check_adapter(random_adapter_dir).served
 
 
+def header_only(out: Path, header: bytes, rank: int = 8) -> str:
+    """An adapter folder whose safetensors file holds `header` after its 8-byte length (no weights: none are read)."""
+    out.mkdir()
+    (out / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": rank, "lora_alpha": 16}))
+    (out / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    return str(out)
+
+
+def test_a_rank_no_vllm_server_accepts_is_said_in_one_line(tmp_path, capsys):
+    q_proj = "base_model.model.model.language_model.layers.0.self_attn.q_proj"
+    header = {f"{q_proj}.lora_A.weight": {"dtype": "F32", "shape": [1024, 64], "data_offsets": [0, 0]},
+              f"{q_proj}.lora_B.weight": {"dtype": "F32", "shape": [64, 1024], "data_offsets": [0, 0]}}  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        ce.main([header_only(tmp_path / "a", json.dumps(header).encode(), rank=1024), "--max-lora-rank", "512"])
+    assert exit_info.value.code == 1
+    assert "rank 1024 is above vLLM's largest --max-lora-rank (512): no server can load it" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cut", ["length", "header", "json"])
+def test_a_truncated_or_garbled_weights_file_is_a_usage_error(cut, random_adapter_dir, tmp_path, run_cli):
+    data = (Path(random_adapter_dir) / "adapter_model.safetensors").read_bytes()
+    out = tmp_path / "a"
+    header_only(out, b"")
+    broken = {"length": data[:5], "header": data[:40], "json": struct.pack("<Q", 9) + b"{not json"}[cut]
+    (out / "adapter_model.safetensors").write_bytes(broken)
+    code, line = run_cli(ce.main, [str(out)])
+    assert code == 2 and "adapter_model.safetensors is not a whole safetensors file (cut short" in line
+
+
 def test_a_missing_adapter_is_a_usage_error(tmp_path, run_cli):
     code, line = run_cli(ce.main, [str(tmp_path / "nothing-here")])
     assert code == 2 and "not found" in line

@@ -220,6 +220,14 @@ def test_dry_run_estimates_and_sends_nothing(server, release, tmp_path, capsys):
     assert "dry run" in printed and "requests to gpt-4o-mini" in printed and "$" in printed
 
 
+@pytest.mark.parametrize("price", [["--price-input", "2.5"], ["--price-output", "10"]])
+def test_one_price_without_the_other_is_a_usage_error(price, release, tmp_path, run_cli):
+    """As in `python -m evaluation`: one price alone would count the other side free under --max-cost."""
+    argv = ["--chexpert-root", str(release), "--out", str(tmp_path / "D"), "--generator", "llm", "--dry-run", *price]
+    code, line = run_cli(main, argv)
+    assert code == 2 and "give both --price-input and --price-output, or neither" in line
+
+
 def test_batch_api_resumes_a_submitted_batch_instead_of_paying_twice(studies, tmp_path):
     async def stop_once_submitted(generator: LLMGenerator) -> None:
         task = asyncio.create_task(generator.agenerate(studies))

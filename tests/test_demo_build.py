@@ -4,10 +4,13 @@ finding each; and, once, the whole build on a handful of patients."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,7 +54,7 @@ def test_a_failing_stage_names_itself_and_records_nothing(tmp_path):
 
 def test_training_resumes_only_from_a_complete_checkpoint(tmp_path, monkeypatch):
     commands = []
-    monkeypatch.setattr(demo_stages, "_run", lambda cmd, env, sink: commands.append(cmd) or (0, 0.0))
+    monkeypatch.setattr(demo_stages, "_run", lambda cmd, *_: commands.append(cmd) or (0, 0.0))
     adapter = tmp_path / "adapter"
     (adapter / "checkpoint-4").mkdir(parents=True)  # killed while saving: no trainer_state.json
     demo_stages.run_stage(tmp_path, demo_stages.train_stage(tmp_path, adapter, trainer_seed=3))
@@ -63,7 +66,7 @@ def test_training_resumes_only_from_a_complete_checkpoint(tmp_path, monkeypatch)
 
 
 def test_a_killed_training_does_not_resume_under_other_settings(tmp_path, monkeypatch):
-    def killed(cmd, env, sink):
+    def killed(cmd, *_):
         (adapter / "checkpoint-2").mkdir(parents=True)
         (adapter / "checkpoint-2" / "trainer_state.json").write_text("{}")
         return -9, 0.0
@@ -75,6 +78,97 @@ def test_a_killed_training_does_not_resume_under_other_settings(tmp_path, monkey
     monkeypatch.setattr(demo_stages, "_run", lambda *a, **k: pytest.fail("resumed a 0.3-epoch run as another"))
     with pytest.raises(UserError, match="unfinished 'train \\(seed 0\\)' with other settings"):
         demo_stages.run_stage(tmp_path, demo_stages.train_stage(tmp_path, adapter))
+
+
+def test_an_unreadable_record_is_not_finished_and_unreadable_settings_do_not_resume(tmp_path, monkeypatch):
+    src, dst = tmp_path / "in.json", tmp_path / "out.json"
+    src.write_text('{"a": 1}')
+    stage = _json_stage(src, dst)
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "copy.json").write_text('{"command": ["json.to')  # cut short by a kill
+    assert not demo_stages.finished(tmp_path, stage)
+    assert demo_stages.run_stage(tmp_path, stage) is not None and demo_stages.finished(tmp_path, stage)
+    adapter = tmp_path / "adapter"
+    (adapter / "checkpoint-2").mkdir(parents=True)
+    (adapter / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (tmp_path / "stages" / "train-seed-0.started").write_text('{"comm')
+    monkeypatch.setattr(demo_stages, "_run", lambda *a: pytest.fail("resumed checkpoints of unknown settings"))
+    with pytest.raises(UserError, match="whose settings train-seed-0.started does not say"):
+        demo_stages.run_stage(tmp_path, demo_stages.train_stage(tmp_path, adapter))
+
+
+def test_another_seed_reports_into_its_own_folder(tmp_path, monkeypatch):
+    """Evaluation resumes what its --out holds: seed 1's report beside seed 0's, never over it."""
+    ran = []
+    monkeypatch.setattr(demo, "run_stage", lambda work, stage, **kw: ran.append(stage))
+    monkeypatch.setattr(demo, "pick_examples", lambda *a: [])
+    assert demo.demo_plan(tmp_path).report == "report"
+    plan = demo.demo_plan(tmp_path, seed=1)
+    marker = demo.build(tmp_path, plan)
+    assert marker["report"] == json.loads((tmp_path / DEMO_MARKER).read_text())["report"] == "report-seed1"
+    evaluate = ran[-1].args
+    assert evaluate[evaluate.index("--out") + 1] == str(tmp_path / "report-seed1")
+    assert evaluate[evaluate.index("--adapter") + 1] == str(tmp_path / "adapter-seed1")
+
+
+@pytest.mark.parametrize("flags", [["--epochs", "0"], ["--epochs", "-1"], ["--base-steps", "0"]])
+def test_zero_epochs_or_base_steps_are_usage_errors(flags, tmp_path, monkeypatch, run_cli):
+    monkeypatch.setattr(demo, "build", lambda *a, **k: pytest.fail("built with 0 epochs or steps"))
+    code, line = run_cli(demo.main, [str(tmp_path / "demo"), *flags])
+    assert code == 2 and "--epochs must be > 0 and --base-steps >= 1" in line
+
+
+SLEEPER = """import os, pathlib, subprocess, time
+grandchild = subprocess.Popen(["sleep", "60"])
+pathlib.Path(PIDS).write_text(f"{os.getpid()} {grandchild.pid}")
+time.sleep(60)"""
+BUILDER = """import sys
+from pathlib import Path
+from finetune import demo
+from finetune.demo_stages import Stage
+
+out = Path(sys.argv[1])
+quick = Stage("release", "timeit", ["-n", "1", "-r", "1", "pass"])
+sleep = [sys.argv[2].replace("PIDS", repr(str(out / name))) for name in ("tiny", "dataprep")]
+sleeper = [Stage(name, "timeit", ["-n", "1", "-r", "1", stmt]) for name, stmt in zip(("tiny", "dataprep"), sleep)]
+demo.stop_on_sigterm()
+demo.build(out, demo.Plan([sleeper[0], quick, sleeper[1]], quick, quick, quick))"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def test_sigterm_during_the_stages_side_by_side_kills_them_and_what_they_started(tmp_path):
+    """The app stops a build with SIGTERM while dataprep and the tiny model run in threads: both stages (and their own
+    children) end with the builder instead of running on, orphaned."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    builder = subprocess.Popen([sys.executable, "-c", BUILDER, str(tmp_path), SLEEPER], cwd=REPO, env=env)
+    pids: list[int] = []
+    try:
+        for _ in range(600):  # both stages started and wrote their pids (a loaded machine may take a while)
+            files = [tmp_path / "tiny", tmp_path / "dataprep"]
+            if all(f.is_file() and f.read_text() for f in files):
+                pids = [int(pid) for f in files for pid in f.read_text().split()]
+                break
+            assert builder.poll() is None, "the builder ended before its stages started"
+            time.sleep(0.1)
+        assert len(pids) == 4 and all(_alive(pid) for pid in pids)
+        builder.send_signal(signal.SIGTERM)
+        assert builder.wait(timeout=30) == 128 + signal.SIGTERM
+        for _ in range(50):  # the grandchildren, killed with their group, are reaped by whoever adopted them
+            if not any(_alive(pid) for pid in pids):
+                break
+            time.sleep(0.1)
+        assert [pid for pid in pids if _alive(pid)] == []
+    finally:
+        builder.kill()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _prepared_build(out: Path) -> None:

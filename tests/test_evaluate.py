@@ -9,12 +9,14 @@ import json
 import pytest
 from PIL import Image, ImageDraw
 
+from cxr_vqa.errors import UserError
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.model import load_model
 from cxr_vqa.template import add_question, conversation_from_qa
 from cxr_vqa.vqa import BASE, TUNED
 from evaluation import __main__ as ev
 from evaluation import evaluate as evaluate_module
+from evaluation.predictions import resume
 
 MAX_NEW_TOKENS = 6
 STUDIES = [  # (patient, study, [(question, answer, kind, finding)])
@@ -183,6 +185,14 @@ def test_bad_input_is_one_line(change, message, dataset_dir, tmp_path, run_cli):
 def test_changed_settings_do_not_mix_into_an_old_report(report, dataset_dir, checkpoint, run_cli):
     code, line = run_cli(ev.main, _args(dataset_dir, report, checkpoint[0]))  # same --out, no adapter this time
     assert code == 2 and "other settings" in line
+
+
+def test_an_unreadable_run_file_is_one_line_not_a_traceback(tmp_path, run_cli):
+    (tmp_path / "predictions.jsonl").write_text('{"id": "patient1/study1#0"}\n')
+    (tmp_path / "run.json").write_text('{"dataset": "/da')  # cut short by a kill (before it was written atomically)
+    with pytest.raises(UserError, match="run.json cannot be read .*pick a new --out"):
+        resume(tmp_path, {"dataset": "/data"})
+    assert (tmp_path / "predictions.jsonl").read_text() == '{"id": "patient1/study1#0"}\n'  # kept as it was
 
 
 def test_missing_radeval_fails_before_generating(dataset_dir, tmp_path, run_cli):

@@ -25,6 +25,29 @@ def test_the_sample_is_half_right_half_wrong_where_it_can_be():
     assert len(sample(records, "tuned", 40)) == len(records)  # the open one fills in at the end
 
 
+class Record(dict):
+    """A prediction record that fails when compared by value: the sample must tell records apart by identity."""
+
+    def __eq__(self, other):
+        raise AssertionError("records compared by value: n x n dict comparisons")
+
+    __hash__ = None
+
+
+def test_the_sample_tells_records_apart_by_identity():
+    records = [Record(record(i, i % 3 == 0)) for i in range(30)] + [Record(record(99, None, "open"))]
+    picked = sample(records, "tuned", 40)
+    assert len(picked) == 31 and picked[-1]["id"] == "99"  # every closed one, then the open one
+
+
+def test_maps_without_a_local_model_is_a_usage_error(tmp_path, run_cli):
+    argv = ["--dataset", str(tmp_path), "--out", str(tmp_path / "r"), "--base", "none", "--remote",
+            "vis=http://127.0.0.1:9/v1#m", "--maps", "4"]  # fmt: skip
+    code, line = run_cli(ev.main, argv)
+    assert code == 2 and "--maps draws where local models looked" in line
+    assert not (tmp_path / "r").exists()  # refused before anything ran
+
+
 def test_maps_flag_draws_a_contact_sheet_and_is_off_by_default(dataset_dir, tiny_model_dir, random_adapter_dir,  # noqa: F811
                                                                 tmp_path, capsys):  # fmt: skip
     ev.main(_args(dataset_dir, tmp_path / "off", tiny_model_dir, random_adapter_dir, "--no-ablation"))

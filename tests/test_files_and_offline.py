@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cxr_vqa.files import current_umask, share, unreadable, unreadable_message
+from cxr_vqa.files import current_umask, share, unreadable, unreadable_message, write_text_atomic
 from dataprep.__main__ import main as dataprep_main
 from dataprep.llm.cache import DiskCache
 from dataprep.synthetic import write_release
@@ -112,6 +112,15 @@ def test_the_llm_reply_cache_is_not_private(tmp_path, umask_022):
     cache.put("ab" * 32, {"content": "{}"})
     assert stat.S_IMODE(cache.path("ab" * 32).stat().st_mode) == 0o644  # mkstemp alone gives 0600
     assert cache.get("ab" * 32) == {"content": "{}"}
+
+
+def test_an_atomic_write_is_whole_or_absent_and_not_private(tmp_path, umask_022):
+    target = tmp_path / "run.json"
+    write_text_atomic(target, '{"a": 1}\n')
+    assert target.read_text() == '{"a": 1}\n' and stat.S_IMODE(target.stat().st_mode) == 0o644
+    with pytest.raises(UnicodeEncodeError):  # fails halfway through the write: the old file stays as it was
+        write_text_atomic(target, '{"a": 2, "b": "' + "x" * 70_000 + '\udc80"}')
+    assert target.read_text() == '{"a": 1}\n' and [p.name for p in tmp_path.iterdir()] == ["run.json"]
 
 
 def test_the_tiny_checkpoint_is_shared(tiny_model_dir):

@@ -12,8 +12,8 @@ from test_train import STUDIES, Recorder, config, contract_row, save_dataset
 
 from cxr_vqa.errors import UserError
 from finetune.collator import AnswerOnlyCollator
-from finetune.film_cache import FilmCacheCollator, answer_loss, check_frozen_tower
-from finetune.train import build_trainer, train
+from finetune.film_cache import FilmCacheCollator, answer_loss, check_frozen_tower, feature_bytes
+from finetune.train import build_trainer, check_film_cache, train
 
 CACHED = ["--cache_film_features", "--eval_strategy", "no", "--load_in_4bit", "false", "--dataloader_num_workers", "0"]
 
@@ -83,3 +83,31 @@ def test_shuffled_films_need_the_cache_and_a_trained_tower_is_refused(tiny_model
     next(p for n, p in trainer.model.named_parameters() if "vision_tower" in n).requires_grad_(True)
     with pytest.raises(UserError, match="needs a frozen vision tower"):
         check_frozen_tower(trainer.model)
+
+
+def test_on_cuda_the_collator_runs_in_the_main_process(tiny_model_dir, data, tmp_path, monkeypatch, caplog):
+    """It runs the tower on the GPU: a forked DataLoader worker would fail ("Cannot re-initialize CUDA in forked
+    subprocess"). On CPU the recipes' worker stays, and keeps the cache across epochs."""
+    workers = ["--cache_film_features", "--eval_strategy", "no", "--dataloader_num_workers", "1",
+               "--dataloader_persistent_workers", "true"]  # fmt: skip
+    _, cpu = config(tiny_model_dir, data, tmp_path / "out", *workers)
+    _, gpu = config(tiny_model_dir, data, tmp_path / "out", *workers)
+    check_film_cache(cpu)
+    assert (cpu.dataloader_num_workers, cpu.dataloader_persistent_workers) == (1, True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gpu.use_cpu = False  # as TrainConfig leaves it where CUDA is
+    with caplog.at_level("INFO", logger="finetune.train"):
+        check_film_cache(gpu)
+    assert (gpu.dataloader_num_workers, gpu.dataloader_persistent_workers) == (0, False)
+    assert "forked DataLoader worker cannot" in caplog.text
+
+
+def test_the_cache_costs_what_the_docs_say_per_film():
+    """1.2 MB a film for LLaVA-1.5-7B's tower (576 tokens x 1024 wide, fp16), built from its config, empty."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    config = LlavaConfig()  # LLaVA-1.5's CLIP ViT-L/14 at 336 px; a 1-layer stand-in for the rest
+    config.vision_config.num_hidden_layers = config.text_config.num_hidden_layers = 1
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config).to(torch.float16)
+    assert feature_bytes(model) == 576 * 1024 * 2 == 1_179_648

@@ -12,6 +12,7 @@ from vision_server import VisionServer
 
 from evaluation import __main__ as ev
 from evaluation.metrics import comparisons
+from evaluation.remote import RemoteCache
 
 MODEL = "vision-test"
 MAX_NEW_TOKENS = 6
@@ -117,6 +118,8 @@ def test_max_cost_stops_sending_and_a_rerun_with_more_budget_asks_only_the_rest(
     code, line = run_cli(ev.main, args(qa_dataset, tmp_path, server, *prices, "--max-cost", "2"))
     assert code == 2 and "--max-cost 2 USD would be exceeded" in line and "rerun the same command" in line
     assert len(server.requests) == 3
+    code, line = run_cli(ev.main, args(qa_dataset, tmp_path, server, *prices, "--max-cost", "2"))
+    assert code == 2 and len(server.requests) == 3  # the same cap over reruns: the 1.77 USD paid count
     ev.main(args(qa_dataset, tmp_path, server, *prices, "--max-cost", "10"))
     assert len(server.requests) == 9  # the three paid for were not asked again
     usage = json.loads((tmp_path / "metrics.json").read_text())["remote"]["vis"]
@@ -129,6 +132,41 @@ def test_a_remote_model_that_never_answers_stops_the_run_in_one_line(qa_dataset,
     server.fail("500", times=None)
     code, line = run_cli(ev.main, args(qa_dataset, tmp_path, server, "--no-ablation", "--remote-timeout", "5"))
     assert code == 2 and "5 of 5 remote answers missing (vis did not answer: HTTP 500" in line
+
+
+def test_a_refused_question_is_a_wrong_answer_reported_and_never_asked_again(qa_dataset, tmp_path, server, capsys):
+    server.fail("400")  # e.g. a content refusal: no retry passes it
+    ev.main(args(qa_dataset, tmp_path, server, "--no-ablation"))
+    assert len(server.requests) == 5
+    (refused,) = [r for r in records(tmp_path) if "errors" in r]
+    assert refused["answers"]["vis"] == "" and refused["p_yes"]["vis"] is None
+    assert "vis did not answer: HTTP 400" in refused["errors"]["vis"]
+    score = refused["scores"]["vis"]  # an empty answer: wrong, unparseable where yes or no is asked
+    assert (score["correct"], score["parsed"]) == (False, None) if refused["kind"] == "closed" else score["f1"] == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["remote"]["vis"]["refused"] == 1 and metrics["models"]["vis"]["closed_accuracy"]["n"] == 4
+    assert "**1 refused** by its endpoint" in (tmp_path / "report.md").read_text()
+    assert "vis: 1 answers refused by its endpoint" in capsys.readouterr().out
+    (tmp_path / "predictions.jsonl").unlink()  # answered again from the cache, the refusal included
+    ev.main(args(qa_dataset, tmp_path, server, "--no-ablation"))
+    assert len(server.requests) == 5 and json.loads((tmp_path / "metrics.json").read_text()) == metrics
+
+
+def test_a_model_that_refuses_every_request_is_set_up_wrongly_and_stops(qa_dataset, tmp_path, server, run_cli):
+    server.fail("400", times=None)
+    code, line = run_cli(ev.main, args(qa_dataset, tmp_path, server, "--no-ablation"))
+    assert code == 2 and "5 of 5 remote answers missing" in line and "vis answered no request" in line
+    assert not (tmp_path / "remote_cache.jsonl").exists()  # nothing cached: a fixed endpoint is asked again
+
+
+def test_a_cache_line_cut_short_is_ended_before_the_next_answer(tmp_path):
+    path = tmp_path / "remote_cache.jsonl"
+    path.write_text('{"key": "a", "text": "Yes.", "cost_usd": 0.5}\n{"key": "b", "te')  # killed mid-write
+    cache = RemoteCache(path)
+    assert cache.get("a") and cache.get("b") is None and cache.cost == 0.5
+    cache.put("c", {"text": "No.", "cost_usd": 0.25})
+    again = RemoteCache(path)
+    assert again.get("c") == {"key": "c", "text": "No.", "cost_usd": 0.25} and again.cost == 0.75
 
 
 def test_comparisons_put_each_remote_model_against_every_model_before_it():

@@ -6,6 +6,7 @@ packages: pytest finds it on `tests/`, bench/remote.py adds `tests/` to its path
         remote = RemoteModel(parse_remote(f"x={server.url}#gpt-x"))
         server.fail("429")                 # the next chat request gets HTTP 429 (Retry-After: 0), then they pass
         server.fail("500", times=None)     # every request from now on
+        server.fail("400")                 # refused for good (as a content refusal is)
         server.fail("hang")                # no reply until `hang_seconds` pass (or the server stops)
         server.fail("nologprobs")          # a reply without logprobs
         server.refuse(400, {"error": {"message": "max_tokens is not supported"}})   # the next request, unchecked
@@ -203,7 +204,7 @@ class VisionServer(OpenAIServer):
                 with server._lock:
                     server.requests.append(seen)
                 mode = server._take_failure(body["model"])
-                if mode in ("429", "500", "503"):
+                if mode in ("400", "429", "500", "503"):
                     return self._error(int(mode), f"scripted {mode}", {"Retry-After": "0"} if mode == "429" else None)
                 if mode == "hang":
                     server._release.wait(server.hang_seconds)

@@ -2,7 +2,8 @@
 
     generator.py   LLMGenerator: what to send, paying for, validating, caching and retrying each reply
     prompt.py      the versioned prompt, the reply's JSON schema and its validation
-    budget.py      list prices, the --max-cost ledger and the retry budgets (MAX_SENDS_PER_REPORT)
+    budget.py      the token estimate before a send and the retry budgets (MAX_SENDS_PER_REPORT); list prices and
+                   the --max-cost ledger are the core's (cxr_vqa/costs.py)
     batch_api.py   the OpenAI Batch API transport (--batch-api)
     cache.py       the content-addressed reply cache, rejections remembered included
 

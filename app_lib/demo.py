@@ -44,6 +44,7 @@ HEADER = (
     "llava-hf/llava-1.5-7b-hf --adapter YOUR_ADAPTER`."
 )
 WAIT_SECONDS = 0.5
+STOP_SECONDS = 60  # for the builder to end its stage on SIGTERM, before it is killed
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,12 @@ def stop(builder: subprocess.Popen | None) -> None:
     orphaned); the next start continues it."""
     if builder is not None and builder.poll() is None:
         builder.terminate()
-        builder.wait(timeout=60)
+        try:
+            builder.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            log.warning("the demo build did not stop within %d s of SIGTERM: killed", STOP_SECONDS)
+            builder.kill()
+            builder.wait()
 
 
 def _read_json(path: Path) -> dict:

@@ -210,11 +210,13 @@ def status_markdown(state: dict, patients: int | None) -> str:
 class Live:
     """The fine-tuned pane follows the build: before each answer, under the model's lock (`VQAModel.before_answer`),
     the newest complete checkpoint, or the final adapter, replaces what answered before. Never mid-answer, never a
-    checkpoint the trainer is still writing (one without its trainer_state.json, written last)."""
+    checkpoint the trainer is still writing (one without its trainer_state.json, written last). One that fails to load
+    is logged and passed over until a newer one comes: what answered before answers on."""
 
     def __init__(self, demo: Demo, vqa):
         self.demo, self.vqa = demo, vqa
         self.served: tuple[Path, bool] | None = None
+        self.failed: tuple[Path, bool] | None = None  # not tried again on every answer: its files do not change
         self.label: str | None = None  # named when loaded: the trainer deletes an older checkpoint, served or not
         vqa.before_answer = self.refresh
         self.patients = _read_json(demo.out / "data" / "stats.json").get("splits", {}).get("train", {}).get("patients")
@@ -223,16 +225,18 @@ class Live:
         from cxr_vqa.model import use_adapter
 
         with self.vqa.lock:  # the answers' lock (re-entrant: the hook holds it): one look and load at a time
-            target = newest(self.demo)
-            if target is None or target == self.served:
-                return
-            label = served_label(*target)
+            target = None
             try:
+                target = newest(self.demo)
+                if target is None or target in (self.served, self.failed):
+                    return
+                label = served_label(*target)
                 use_adapter(self.vqa, target[0])
-            except (OSError, UserError) as err:  # rotated away by the trainer while read: the next look tries again
-                log.warning("kept %s: %s", self.label or "no adapter", err)
+            except Exception as err:  # rotated away while read, cut short, ...: never the answer's error
+                self.failed = target
+                log.warning("kept %s: %s", self.label or "no adapter", (str(err) or repr(err)).splitlines()[0])
                 return
-            self.served, self.label = target, label
+            self.served, self.label, self.failed = target, label, None
         log.info("fine-tuned pane: %s (%s)", label, target[0])
 
     def watch(self, every: float = 2.0) -> threading.Thread:
@@ -240,8 +244,13 @@ class Live:
         the page and `/demo_status` say what answers before anyone asks; ends once the build is complete."""
 
         def loop():
-            while not (self.served and self.served[1] and self.demo.reread().get("complete")):
-                self.refresh()
+            while True:
+                try:  # a watcher that died would leave the page and `/demo_status` saying the same forever
+                    if self.served and self.served[1] and self.demo.reread().get("complete"):
+                        return
+                    self.refresh()
+                except Exception:
+                    log.exception("looking for a newer checkpoint failed; looking again in %g s", every)
                 time.sleep(every)
 
         thread = threading.Thread(target=loop, name="demo-checkpoints", daemon=True)

@@ -135,20 +135,85 @@ def test_checkpoints_are_picked_up_between_answers_never_during_one(served, adap
     assert state["final"] and state["serving"] == "the final adapter"
 
 
-def test_a_checkpoint_rotated_away_while_loading_is_retried_later(served, adapters, monkeypatch):
+def test_a_checkpoint_rotated_away_while_loading_is_passed_over_for_the_next(served, adapters, monkeypatch):
     out, vqa, live, trainer = served
     trainer.checkpoint(10, adapters[0], epoch=1)
     import cxr_vqa.model
 
-    def gone(*args, **kwargs):
-        raise FileNotFoundError("checkpoint-10/adapter_model.safetensors")  # the trainer's rotation deleted it
+    tried = []
+
+    def gone(vqa, path):
+        tried.append(Path(path).name)
+        raise FileNotFoundError(f"{path}/adapter_model.safetensors")  # the trainer's rotation deleted it
 
     monkeypatch.setattr(cxr_vqa.model, "use_adapter", gone)
     live.refresh()
-    assert live.served is None and not vqa.has_adapter  # nothing half-loaded, nothing claimed
+    live.refresh()  # every answer looks: the one that failed is not tried again
+    assert tried == ["checkpoint-10"] and live.served is None and not vqa.has_adapter  # nothing claimed
     monkeypatch.undo()
+    trainer.checkpoint(20, adapters[1], epoch=2)  # what rotated it away
     live.refresh()
-    assert live.served is not None and vqa.has_adapter
+    assert live.served[0].name == "checkpoint-20" and live.label == "the epoch-2 checkpoint" and vqa.has_adapter
+
+
+def cut_short(checkpoint: Path) -> None:
+    """The checkpoint's weights file as a full disk or a killed copy leaves it: its first half."""
+    weights = checkpoint / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+def test_a_checkpoint_that_cannot_be_read_is_skipped_and_the_old_one_answers(served, adapters, expected, caplog):
+    out, vqa, live, trainer = served
+    trainer.checkpoint(10, adapters[0], epoch=1)
+    assert set(ask(vqa)) == {BASE} and ask(vqa)[TUNED] == expected[0]
+    trainer.checkpoint(20, adapters[1], epoch=2)
+    cut_short(trainer.out / "checkpoint-20")
+    with caplog.at_level("WARNING", logger="app_lib.demo"):
+        assert ask(vqa)[TUNED] == expected[0] and ask(vqa)[TUNED] == expected[0]  # no error in anyone's answer
+    assert live.state()["serving"] == "the epoch-1 checkpoint"
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "kept the epoch-1 checkpoint" in warned[0] and "checkpoint-20" in warned[0]
+    trainer.checkpoint(30, adapters[1], epoch=3)  # a newer one is tried
+    assert ask(vqa)[TUNED] == expected[1] and live.state()["serving"] == "the epoch-3 checkpoint"
+
+
+def test_use_adapter_leaves_the_model_as_it_was_when_it_fails(served, adapters, expected, second_adapter_dir):
+    from cxr_vqa.model import use_adapter
+    from cxr_vqa.sources import ModelLoadError
+
+    out, vqa, live, trainer = served
+    base = ask(vqa)[BASE]
+    trainer.checkpoint(10, adapters[0], epoch=1, complete=False)
+    cut_short(trainer.out / "checkpoint-10")
+    with pytest.raises(ModelLoadError, match="checkpoint-10"):  # the first attach: PEFT had wrapped the layers
+        use_adapter(vqa, trainer.out / "checkpoint-10")
+    assert not vqa.has_adapter and ask(vqa) == {BASE: base}
+    import peft.peft_model
+
+    def misfit(*args, **kwargs):
+        raise RuntimeError("size mismatch for lora_A")  # after PEFT wrapped the base's layers in their LoRA ones
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(peft.peft_model, "set_peft_model_state_dict", misfit)
+        with pytest.raises(ModelLoadError, match="does not fit"):
+            use_adapter(vqa, adapters[0])
+    assert not vqa.has_adapter and ask(vqa) == {BASE: base}  # those layers would change the base's answers
+    use_adapter(vqa, adapters[0])
+    assert ask(vqa) == {BASE: base, TUNED: expected[0]}
+    with pytest.raises(ModelLoadError, match="checkpoint-10"):  # a swap
+        use_adapter(vqa, trainer.out / "checkpoint-10")
+    with pytest.raises(ModelLoadError, match="does not fit"):  # rank 4 for rank 8: nothing copied, not half
+        use_adapter(vqa, second_adapter_dir)
+    shutil.rmtree(trainer.out / "checkpoint-10")
+    gone = Path(adapters[1]).parent / "gone"
+    shutil.copytree(adapters[1], gone)
+    from cxr_vqa.sources import resolve
+
+    source = resolve(str(gone), "adapter")
+    shutil.rmtree(gone)  # deleted after it was checked
+    with pytest.raises(ModelLoadError, match="gone"):
+        use_adapter(vqa, source)
+    assert ask(vqa) == {BASE: base, TUNED: expected[0]} and vqa.adapters[TUNED] == adapters[0]
 
 
 def test_the_watcher_loads_a_checkpoint_before_anyone_asks(served, adapters):
@@ -159,6 +224,26 @@ def test_the_watcher_loads_a_checkpoint_before_anyone_asks(served, adapters):
     while live.state()["serving"] is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert live.state()["serving"] == "the epoch-1 checkpoint" and vqa.has_adapter
+
+
+def test_the_watcher_outlives_a_failed_look(served, adapters, monkeypatch):
+    out, vqa, live, trainer = served
+    looks = []
+
+    def refresh():
+        looks.append(True)
+        if len(looks) == 1:
+            raise RuntimeError("the disk went away for a moment")
+        Live.refresh(live)
+
+    Live = demo_models.Live
+    monkeypatch.setattr(live, "refresh", refresh)
+    watcher = live.watch(every=0.05)
+    trainer.checkpoint(10, adapters[0], epoch=1)
+    deadline = time.monotonic() + 30
+    while live.state()["serving"] is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(looks) > 1 and watcher.is_alive() and live.state()["serving"] == "the epoch-1 checkpoint"
 
 
 def test_the_page_says_what_happens_in_words(served, adapters):

@@ -204,9 +204,9 @@ class VQAModel:
         """Where each row's model looked for `answers[i]`, the answer it gave to `conversations[i]`: a map over the
         film's patches per row (`cxr_vqa.relevance`), every row in one forward and one backward, only when asked."""
         full = [[*c, assistant_turn(a)] for c, a in zip(conversations, answers, strict=True)]
-        kwargs = self._inputs(images, full, models, add_generation_prompt=False)
-        counts = [self._answer_tokens(c, a) for c, a in zip(conversations, answers, strict=True)]
-        with self._lock:
+        with self._lock:  # the inputs (adapter names, device, dtype) and the forward see one model
+            kwargs = self._inputs(images, full, models, add_generation_prompt=False)
+            counts = [self._answer_tokens(c, a) for c, a in zip(conversations, answers, strict=True)]
             return explain(self.model, kwargs, counts, self.processor.image_token_id)
 
     def _answer_tokens(self, conversation: Sequence[dict], answer: str) -> int:

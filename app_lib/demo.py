@@ -231,7 +231,7 @@ class Live:
                 if target is None or target in (self.served, self.failed):
                     return
                 label = served_label(*target)
-                use_adapter(self.vqa, target[0])
+                use_adapter(self.vqa, str(target[0]))  # a str: votes store where each model came from
             except Exception as err:  # rotated away while read, cut short, ...: never the answer's error
                 self.failed = target
                 log.warning("kept %s: %s", self.label or "no adapter", (str(err) or repr(err)).splitlines()[0])

@@ -224,6 +224,7 @@ def test_the_watcher_loads_a_checkpoint_before_anyone_asks(served, adapters):
     while live.state()["serving"] is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert live.state()["serving"] == "the epoch-1 checkpoint" and vqa.has_adapter
+    assert vqa.adapters[TUNED] == str(trainer.out / "checkpoint-10")  # a str: a blind vote stores it in SQLite
 
 
 def test_the_watcher_outlives_a_failed_look(served, adapters, monkeypatch):

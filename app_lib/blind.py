@@ -7,6 +7,7 @@ import csv
 import functools
 import sqlite3
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -22,6 +23,15 @@ NO_BLIND = (
 )
 VOTE_FIRST = "no pair to vote on: press “Answer blind” first (each pair takes one vote)"
 CHOICES = {"A": "A", "B": "B", "tie": "a tie", "both_wrong": "both wrong"}
+
+
+@dataclass(frozen=True)
+class BlindTrial(Trial):
+    """A trial and where its two models came from when they answered: a demo swaps in checkpoints meanwhile, and the
+    vote is on these answers."""
+
+    source_a: str
+    source_b: str
 
 
 class Blind(Inputs):
@@ -46,16 +56,23 @@ class Blind(Inputs):
             for answer in answers.values():
                 if answer.error:  # a pair with one answer is no trial: say which model failed, and vote on none
                     raise UserError(answer.error)
-        trial = Trial(question=question, model_a=model_a, model_b=model_b, answer_a=answers[model_a].text,
-                      answer_b=answers[model_b].text, image_sha256=film.sha256)  # fmt: skip
+        local = self.vqa.local if {model_a, model_b} & set(self.vqa.local_names) else None
+        used = local.last_weights() if local is not None else None  # read right after this thread's answer
+        sources = self.sources | (used.sources if used is not None else {})
+        trial = BlindTrial(question=question, model_a=model_a, model_b=model_b, answer_a=answers[model_a].text,
+                           answer_b=answers[model_b].text, image_sha256=film.sha256, source_a=sources[model_a],
+                           source_b=sources[model_b])  # fmt: skip
         return trial.answer_a, trial.answer_b, trial, "Which answer is better? Vote to reveal which model wrote which."
 
     def vote(self, choice: str, trial: Trial | None):
         """(reveal line, Trial state): store the vote in SQLite, then say which side was which."""
         if trial is None:
             raise gr.Error(VOTE_FIRST)
+        sources = self.sources  # a plain Trial: where the models come from now
+        if isinstance(trial, BlindTrial):
+            sources = {trial.model_a: trial.source_a, trial.model_b: trial.source_b}
         try:
-            self.votes.add(trial, choice, sources=self.sources, base_model=self.vqa.base_name)
+            self.votes.add(trial, choice, sources=sources, base_model=self.vqa.base_name)
         except (OSError, sqlite3.Error, ValueError) as err:
             raise gr.Error(f"could not store the vote: {err}") from None
         reveal = (f"You voted {CHOICES[choice]}. **A** was **{trial.model_a}**, **B** was **{trial.model_b}**. "

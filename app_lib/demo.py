@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cxr_vqa.contract import (
     DEMO_LOCK,
@@ -32,6 +33,9 @@ from cxr_vqa.contract import (
     read_examples,
 )
 from cxr_vqa.errors import UserError
+
+if TYPE_CHECKING:  # as for TUNED below, the model code (torch) is imported where it is used
+    from cxr_vqa.vqa import Weights
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]  # where `python -m finetune.demo` runs
@@ -45,6 +49,7 @@ HEADER = (
 )
 WAIT_SECONDS = 0.5
 STOP_SECONDS = 60  # for the builder to end its stage on SIGTERM, before it is killed
+WAITING = "no checkpoint yet: the fine-tuned model answers once the first epoch of fine-tuning ends"
 
 
 @dataclass(frozen=True)
@@ -218,6 +223,7 @@ class Live:
         self.served: tuple[Path, bool] | None = None
         self.failed: tuple[Path, bool] | None = None  # not tried again on every answer: its files do not change
         self.label: str | None = None  # named when loaded: the trainer deletes an older checkpoint, served or not
+        self.named: dict[int, str] = {}  # each weights version (`VQAModel.version`) -> the label of what it served
         vqa.before_answer = self.refresh
         self.patients = _read_json(demo.out / "data" / "stats.json").get("splits", {}).get("train", {}).get("patients")
 
@@ -237,6 +243,7 @@ class Live:
                 log.warning("kept %s: %s", self.label or "no adapter", (str(err) or repr(err)).splitlines()[0])
                 return
             self.served, self.label, self.failed = target, label, None
+            self.named[self.vqa.version] = label
         log.info("fine-tuned pane: %s (%s)", label, target[0])
 
     def watch(self, every: float = 2.0) -> threading.Thread:
@@ -265,13 +272,21 @@ class Live:
     def markdown(self, state: dict | None = None) -> str:
         return status_markdown(state or self.state(), self.patients)
 
-    def notes(self) -> dict[str, str]:
-        """What the fine-tuned pane says under its answer, or in place of one."""
+    def names(self, weights: Weights | None = None) -> dict[str, str]:
+        """{TUNED: what the fine-tuned model was with `weights` (`VQAModel.last_weights`; None: the weights loaded
+        now), e.g. "the epoch-2 checkpoint"}, or {} before the first checkpoint."""
         from cxr_vqa.vqa import TUNED
 
-        if self.served is None:
-            return {TUNED: "no checkpoint yet: this pane answers once the first epoch of fine-tuning ends"}
-        return {TUNED: f"answered by {self.label}"}
+        version = self.vqa.version if weights is None else weights.version
+        return {TUNED: self.named[version]} if version in self.named else {}
+
+    def notes(self, weights: Weights | None = None) -> dict[str, str]:
+        """What the fine-tuned pane says under an answer given with `weights` (None: the weights loaded now), or in
+        place of one."""
+        from cxr_vqa.vqa import TUNED
+
+        named = self.names(weights)
+        return {TUNED: f"answered by {named[TUNED]}" if named else WAITING}
 
     def wire(self, blocks, status, report_views: list, reload_report) -> None:
         """Inside `blocks`: `status` (a Markdown) current from the page's load, then every 2 s until the build is

@@ -28,7 +28,7 @@ from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.images import Film
 from cxr_vqa.lineup import Lineup
 from cxr_vqa.template import assistant_turn
-from cxr_vqa.vqa import BASE, TUNED, VQAModel
+from cxr_vqa.vqa import BASE, TUNED, VQAModel, Weights
 
 NO_ADAPTER = (
     "No fine-tuned adapter is loaded, so this pane stays empty: start the app with `--adapter DIR` "
@@ -85,6 +85,13 @@ def scores(answer: Answer | None) -> dict | None:
     if answer is None:
         return None
     return {"answer": answer.text, "p_yes": answer.p_yes if answer.is_closed else None}
+
+
+class Chats(dict):
+    """The panes' conversations, {model: conversation}, and the local weights their last answers came from
+    (`VQAModel.last_weights`): a demo swaps in checkpoints between answers, and a map drawn later says so."""
+
+    weights: Weights | None = None
 
 
 def streamed(call: Callable[[Callable], dict]) -> Iterator[tuple[dict | None, dict | None]]:
@@ -144,15 +151,18 @@ class Inputs:
 class Handlers(Inputs):
     """The film, the side-by-side panes and the API."""
 
-    def __init__(self, vqa: Lineup | VQAModel, votes: VoteStore, *, notes: Callable[[], dict] | None = None, **kwargs):
+    def __init__(
+        self, vqa: Lineup | VQAModel, votes: VoteStore, *, notes: Callable[..., dict] | None = None, **kwargs
+    ):
         super().__init__(vqa, votes, **kwargs)
         # the panes: every model, base first, remote last; a base without an adapter gets an empty fine-tuned pane
         # that says why
         models = self.vqa
         local = models.local_names if models.has_adapter or not models.local_names else [BASE, TUNED]
         self.panes = local + models.remote_names
-        # a line per model on what answers it, or why its pane is empty (a demo still training: which checkpoint)
-        self.notes = notes or dict
+        # a line per model on what answered it with the given weights (None: those loaded now), or why its pane is
+        # empty (a demo still training: which checkpoint)
+        self.notes = notes or (lambda weights=None: {})
 
     def _empty(self):
         return [[] for _ in self.panes], ["" for _ in self.panes]
@@ -203,15 +213,21 @@ class Handlers(Inputs):
         yield *frame(waiting), chats, ""
         answers: dict[str, Answer] = {}
         steps = dict.fromkeys(models, 0)
+        local = self.vqa.local
+
+        def call(on_text):  # the weights are read in the thread that answered, right after its answer
+            found = self.vqa.compare(film.image, convs, settings, on_text=on_text)
+            return found, local.last_weights() if local is not None else None
+
+        used = None
         with ui_errors():
             # a streamed step of the local models = one new token per unfinished row, of a remote model = one piece it
             # sent; a model's latency and token count run to its step where its text last grew, since each local row
             # stops at its own EOS while the batch runs to the last one
-            call = lambda on_text: self.vqa.compare(film.image, convs, settings, on_text=on_text)  # noqa: E731
             for step, done in streamed(call):
                 if done is not None:  # the final texts, decoded whole
-                    answers = done
-                    texts.update({m: answer_text(a) for m, a in done.items()})
+                    answers, used = done
+                    texts.update({m: answer_text(a) for m, a in answers.items()})
                     break
                 now = time.perf_counter()
                 for m, text in step.items():
@@ -219,11 +235,13 @@ class Handlers(Inputs):
                     if text != texts[m]:
                         texts[m], done_at[m], tokens[m] = text, now - start, steps[m]
                 yield *frame(waiting), chats, ""
-        notes = self.notes()  # what answered, now that it has
+        notes = self.notes(used)  # what answered: a checkpoint swapped in since does not change it
         stats = {m: pane_stats(done_at[m], tokens[m], answers.get(m)) + (f" · {notes[m]}" if m in notes else "")
                  for m in models}  # fmt: skip
         # a model that gave no answer keeps its conversation as it was, without the question it could not answer
-        chats = {m: chats.get(m, []) if answers[m].error else convs[m] + [assistant_turn(texts[m])] for m in models}
+        chats = Chats({m: chats.get(m, []) if answers[m].error else convs[m] + [assistant_turn(texts[m])]
+                       for m in models})  # fmt: skip
+        chats.weights = used
         yield *frame(stats), chats, ""
 
     def clear(self):

@@ -239,6 +239,7 @@ def use_adapter(vqa: VQAModel, adapter: str | Source, *, name: str = TUNED) -> N
         except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # gone since resolved, truncated, ...
             raise ModelLoadError(f"cannot load adapter {source.name!r}: {str(err).splitlines()[0][:200]}") from None
         vqa.adapters[name] = source.name
+        vqa.version += 1
 
 
 def _misfit(loaded: dict, weights: dict) -> str | None:

@@ -5,6 +5,7 @@ final adapter replaces the last checkpoint when training ends; the page says all
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import threading
 import time
@@ -14,6 +15,10 @@ import pytest
 from conftest import _random_adapter
 
 from app_lib import demo as demo_models
+from app_lib.blind import Blind
+from app_lib.handlers import Handlers
+from app_lib.maps import Maps
+from app_lib.votes import VoteStore
 from cxr_vqa.contract import DEMO_FORMAT, DEMO_MARKER, TRAINING_PROGRESS
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.model import load_model
@@ -245,6 +250,54 @@ def test_the_watcher_outlives_a_failed_look(served, adapters, monkeypatch):
     while live.state()["serving"] is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(looks) > 1 and watcher.is_alive() and live.state()["serving"] == "the epoch-1 checkpoint"
+
+
+def test_the_note_the_map_and_the_vote_name_the_checkpoint_that_answered(served, adapters, tmp_path):
+    out, vqa, live, trainer = served
+    trainer.checkpoint(10, adapters[0], epoch=1)
+    live.refresh()
+    looks = []
+
+    def notes(weights=None):  # the watcher swaps in checkpoint 20 after the answer, before its note is written
+        looks.append(weights)
+        if len(looks) == 2:
+            trainer.checkpoint(20, adapters[1], epoch=2)
+            live.refresh()
+        return live.notes(weights)
+
+    votes = VoteStore(tmp_path / "votes.sqlite")
+    h = Handlers(vqa, votes, settings=SETTINGS, notes=notes)
+    film = h.load_film(str(FILM))[1]
+    *_, tuned_stats, chats, _ = list(h.ask(film, "Is there cardiomegaly?", None, 8, 0.0, 1.0))[-1]
+    assert tuned_stats.endswith("answered by the epoch-1 checkpoint") and live.label == "the epoch-2 checkpoint"
+
+    maps = Maps(vqa, votes, settings=SETTINGS, names=live.names)
+    _, status = maps.show_maps(film, chats)  # drawn with checkpoint 20, for an answer of checkpoint 10
+    assert "**Fine-tuned**: drawn with the epoch-2 checkpoint; the answer came from the epoch-1 checkpoint" in status
+    assert "Base" not in status  # its weights did not change
+    *_, chats, _ = list(h.ask(film, "Is the heart enlarged?", chats, 8, 0.0, 1.0))[-1]
+    assert "drawn with" not in maps.show_maps(film, chats)[1]  # a map of an answer of these weights
+
+    blind = Blind(vqa, votes, settings=SETTINGS, rng=random.Random(0))
+    *_, trial, _ = blind.answer(film, "Is there cardiomegaly?", 8, 0.0, 1.0)
+    trainer.checkpoint(30, adapters[0], epoch=3)
+    live.refresh()  # before the vote is cast
+    blind.vote("A", trial)
+    (vote,) = votes.all()
+    sources = {vote["model_a"]: vote["source_a"], vote["model_b"]: vote["source_b"]}
+    assert sources == {BASE: vqa.base_name, TUNED: str(trainer.out / "checkpoint-20")}
+
+    explain = maps.explain
+
+    def explain_after_a_swap(*args):  # `/maps`: checkpoint 40 comes between the answer and its map
+        trainer.checkpoint(40, adapters[1], epoch=4)
+        live.refresh()
+        return explain(*args)
+
+    maps.explain = explain_after_a_swap
+    found = maps.maps(str(FILM), "Is there cardiomegaly?")
+    assert found[TUNED]["note"] == "drawn with the epoch-4 checkpoint; the answer came from the epoch-3 checkpoint"
+    assert "note" not in found[BASE] and found[TUNED]["available"]
 
 
 def test_the_page_says_what_happens_in_words(served, adapters):

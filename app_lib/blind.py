@@ -7,6 +7,7 @@ import csv
 import functools
 import sqlite3
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,10 @@ class BlindTrial(Trial):
 
 
 class Blind(Inputs):
+    def __init__(self, vqa, votes, *, notes: Callable[[], dict[str, str]] | None = None, **kwargs):
+        super().__init__(vqa, votes, **kwargs)
+        self.notes = notes or dict  # {model: why it does not answer yet}, e.g. a demo's adapter still training
+
     @property
     def sources(self) -> dict[str, str]:
         """Where each model came from: the base model's id, each adapter's path or Hub id, each remote model's
@@ -45,7 +50,12 @@ class Blind(Inputs):
         """(answer A, answer B, Trial state, reveal line): both answers from one call, pair and sides at random."""
         with ui_errors():
             if len(self.vqa.model_names) < 2:
-                raise UserError(NO_BLIND)
+                waiting = [note for model, note in self.notes().items() if model not in self.vqa.model_names]
+                raise UserError(
+                    f"blind A/B needs two models, and the fine-tuned one is still training ({waiting[0]})"
+                    if waiting
+                    else NO_BLIND
+                )
             if film is None:
                 raise UserError(NO_IMAGE)
             settings = self._settings(max_new_tokens, temperature, top_p)

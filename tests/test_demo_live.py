@@ -300,6 +300,20 @@ def test_the_note_the_map_and_the_vote_name_the_checkpoint_that_answered(served,
     assert "note" not in found[BASE] and found[TUNED]["available"]
 
 
+def test_blind_a_b_before_the_first_checkpoint_says_the_fine_tuned_model_is_training(served, adapters, tmp_path):
+    import gradio as gr
+
+    out, vqa, live, trainer = served
+    blind = Blind(vqa, VoteStore(tmp_path / "votes.sqlite"), settings=SETTINGS, notes=live.notes)
+    film = vqa.prepare_film(FILM)
+    with pytest.raises(gr.Error) as refused:
+        blind.answer(film, "Is there cardiomegaly?", 8, 0.0, 1.0)
+    assert "still training (no checkpoint yet" in refused.value.message and "--adapter" not in refused.value.message
+    trainer.checkpoint(10, adapters[0], epoch=1)
+    live.refresh()
+    assert blind.answer(film, "Is there cardiomegaly?", 8, 0.0, 1.0)[2].model_a in (BASE, TUNED)
+
+
 def test_the_page_says_what_happens_in_words(served, adapters):
     out, vqa, live, trainer = served
     (out / "status.json").write_text(json.dumps({"running": ["train (seed 0)"]}))

@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from queue import Queue
 
 import gradio as gr
@@ -94,23 +94,42 @@ class Chats(dict):
     weights: Weights | None = None
 
 
+class _Stopped(Exception):
+    """Nobody reads the stream any more (the browser left): ends the local generate at its next token."""
+
+
 def streamed(call: Callable[[Callable], dict]) -> Iterator[tuple[dict | None, dict | None]]:
     """Run `call(on_text)` in a thread and yield (update, None) for each update it reports, then (None, its result);
-    an error it raises is raised here, in the caller's thread."""
+    an error it raises is raised here, in the caller's thread. Closed early (Gradio closes the handler's generator
+    when the browser disconnects), it stops the local generate at its next token, so that it does not hold the model's
+    lock to max_new_tokens; a remote model's thread, which holds no lock, ends on its own."""
     updates: Queue = Queue()
     result: list = []
+    stopped = threading.Event()
+
+    def on_text(update) -> None:
+        if not stopped.is_set():
+            updates.put(update)
+        elif threading.current_thread() is runner:  # the local generate reports from this thread
+            raise _Stopped
 
     def run():
         try:
-            result.append(call(updates.put))
+            result.append(call(on_text))
+        except _Stopped:
+            pass
         except BaseException as err:  # surfaced below
             result.append(err)
         finally:
             updates.put(None)
 
-    threading.Thread(target=run, daemon=True).start()
-    while (update := updates.get()) is not None:
-        yield update, None
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    try:
+        while (update := updates.get()) is not None:
+            yield update, None
+    finally:
+        stopped.set()
     if isinstance(result[0], BaseException):
         raise result[0]
     yield None, result[0]
@@ -220,11 +239,11 @@ class Handlers(Inputs):
             return found, local.last_weights() if local is not None else None
 
         used = None
-        with ui_errors():
+        with ui_errors(), closing(streamed(call)) as stream:  # closed with this generator: the generate stops too
             # a streamed step of the local models = one new token per unfinished row, of a remote model = one piece it
             # sent; a model's latency and token count run to its step where its text last grew, since each local row
             # stops at its own EOS while the batch runs to the last one
-            for step, done in streamed(call):
+            for step, done in stream:
                 if done is not None:  # the final texts, decoded whole
                     answers, used = done
                     texts.update({m: answer_text(a) for m, a in answers.items()})

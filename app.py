@@ -106,9 +106,9 @@ def create_demo(
     models = Lineup(vqa, remotes)  # every model the panes, blind trials and /compare_all ask
     votes = VoteStore(votes_db)
     h = Handlers(models, votes, settings=settings, rng=rng, notes=live.notes if live else None)
-    blind = Blind(models, votes, settings=settings, rng=rng)
+    blind = Blind(models, votes, settings=settings, rng=rng, notes=live.notes if live else None)
     can_blind = len(models.model_names) > 1 or live is not None  # the demo's adapter comes with its first epoch
-    maps = Maps(models, votes, settings=settings, rng=rng)
+    maps = Maps(models, votes, settings=settings, rng=rng, names=live.names if live else None)
     report = load_report(report_dir)
     adapters = ", ".join(f"`{name}` = `{source}`" for name, source in models.adapters.items())
     if live is not None:

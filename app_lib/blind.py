@@ -7,6 +7,8 @@ import csv
 import functools
 import sqlite3
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -24,7 +26,20 @@ VOTE_FIRST = "no pair to vote on: press “Answer blind” first (each pair take
 CHOICES = {"A": "A", "B": "B", "tie": "a tie", "both_wrong": "both wrong"}
 
 
+@dataclass(frozen=True)
+class BlindTrial(Trial):
+    """A trial and where its two models came from when they answered: a demo swaps in checkpoints meanwhile, and the
+    vote is on these answers."""
+
+    source_a: str
+    source_b: str
+
+
 class Blind(Inputs):
+    def __init__(self, vqa, votes, *, notes: Callable[[], dict[str, str]] | None = None, **kwargs):
+        super().__init__(vqa, votes, **kwargs)
+        self.notes = notes or dict  # {model: why it does not answer yet}, e.g. a demo's adapter still training
+
     @property
     def sources(self) -> dict[str, str]:
         """Where each model came from: the base model's id, each adapter's path or Hub id, each remote model's
@@ -35,7 +50,12 @@ class Blind(Inputs):
         """(answer A, answer B, Trial state, reveal line): both answers from one call, pair and sides at random."""
         with ui_errors():
             if len(self.vqa.model_names) < 2:
-                raise UserError(NO_BLIND)
+                waiting = [note for model, note in self.notes().items() if model not in self.vqa.model_names]
+                raise UserError(
+                    f"blind A/B needs two models, and the fine-tuned one is still training ({waiting[0]})"
+                    if waiting
+                    else NO_BLIND
+                )
             if film is None:
                 raise UserError(NO_IMAGE)
             settings = self._settings(max_new_tokens, temperature, top_p)
@@ -46,16 +66,23 @@ class Blind(Inputs):
             for answer in answers.values():
                 if answer.error:  # a pair with one answer is no trial: say which model failed, and vote on none
                     raise UserError(answer.error)
-        trial = Trial(question=question, model_a=model_a, model_b=model_b, answer_a=answers[model_a].text,
-                      answer_b=answers[model_b].text, image_sha256=film.sha256)  # fmt: skip
+        local = self.vqa.local if {model_a, model_b} & set(self.vqa.local_names) else None
+        used = local.last_weights() if local is not None else None  # read right after this thread's answer
+        sources = self.sources | (used.sources if used is not None else {})
+        trial = BlindTrial(question=question, model_a=model_a, model_b=model_b, answer_a=answers[model_a].text,
+                           answer_b=answers[model_b].text, image_sha256=film.sha256, source_a=sources[model_a],
+                           source_b=sources[model_b])  # fmt: skip
         return trial.answer_a, trial.answer_b, trial, "Which answer is better? Vote to reveal which model wrote which."
 
     def vote(self, choice: str, trial: Trial | None):
         """(reveal line, Trial state): store the vote in SQLite, then say which side was which."""
         if trial is None:
             raise gr.Error(VOTE_FIRST)
+        sources = self.sources  # a plain Trial: where the models come from now
+        if isinstance(trial, BlindTrial):
+            sources = {trial.model_a: trial.source_a, trial.model_b: trial.source_b}
         try:
-            self.votes.add(trial, choice, sources=self.sources, base_model=self.vqa.base_name)
+            self.votes.add(trial, choice, sources=sources, base_model=self.vqa.base_name)
         except (OSError, sqlite3.Error, ValueError) as err:
             raise gr.Error(f"could not store the vote: {err}") from None
         reveal = (f"You voted {CHOICES[choice]}. **A** was **{trial.model_a}**, **B** was **{trial.model_b}**. "

@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cxr_vqa.contract import (
     DEMO_LOCK,
@@ -33,6 +34,9 @@ from cxr_vqa.contract import (
 )
 from cxr_vqa.errors import UserError
 
+if TYPE_CHECKING:  # as for TUNED below, the model code (torch) is imported where it is used
+    from cxr_vqa.vqa import Weights
+
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]  # where `python -m finetune.demo` runs
 HEADER = (
@@ -44,6 +48,8 @@ HEADER = (
     "llava-hf/llava-1.5-7b-hf --adapter YOUR_ADAPTER`."
 )
 WAIT_SECONDS = 0.5
+STOP_SECONDS = 60  # for the builder to end its stage on SIGTERM, before it is killed
+WAITING = "no checkpoint yet: the fine-tuned model answers once the first epoch of fine-tuning ends"
 
 
 @dataclass(frozen=True)
@@ -125,7 +131,12 @@ def stop(builder: subprocess.Popen | None) -> None:
     orphaned); the next start continues it."""
     if builder is not None and builder.poll() is None:
         builder.terminate()
-        builder.wait(timeout=60)
+        try:
+            builder.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            log.warning("the demo build did not stop within %d s of SIGTERM: killed", STOP_SECONDS)
+            builder.kill()
+            builder.wait()
 
 
 def _read_json(path: Path) -> dict:
@@ -204,12 +215,15 @@ def status_markdown(state: dict, patients: int | None) -> str:
 class Live:
     """The fine-tuned pane follows the build: before each answer, under the model's lock (`VQAModel.before_answer`),
     the newest complete checkpoint, or the final adapter, replaces what answered before. Never mid-answer, never a
-    checkpoint the trainer is still writing (one without its trainer_state.json, written last)."""
+    checkpoint the trainer is still writing (one without its trainer_state.json, written last). One that fails to load
+    is logged and passed over until a newer one comes: what answered before answers on."""
 
     def __init__(self, demo: Demo, vqa):
         self.demo, self.vqa = demo, vqa
         self.served: tuple[Path, bool] | None = None
+        self.failed: tuple[Path, bool] | None = None  # not tried again on every answer: its files do not change
         self.label: str | None = None  # named when loaded: the trainer deletes an older checkpoint, served or not
+        self.named: dict[int, str] = {}  # each weights version (`VQAModel.version`) -> the label of what it served
         vqa.before_answer = self.refresh
         self.patients = _read_json(demo.out / "data" / "stats.json").get("splits", {}).get("train", {}).get("patients")
 
@@ -217,16 +231,19 @@ class Live:
         from cxr_vqa.model import use_adapter
 
         with self.vqa.lock:  # the answers' lock (re-entrant: the hook holds it): one look and load at a time
-            target = newest(self.demo)
-            if target is None or target == self.served:
-                return
-            label = served_label(*target)
+            target = None
             try:
-                use_adapter(self.vqa, target[0])
-            except (OSError, UserError) as err:  # rotated away by the trainer while read: the next look tries again
-                log.warning("kept %s: %s", self.label or "no adapter", err)
+                target = newest(self.demo)
+                if target is None or target in (self.served, self.failed):
+                    return
+                label = served_label(*target)
+                use_adapter(self.vqa, str(target[0]))  # a str: votes store where each model came from
+            except Exception as err:  # rotated away while read, cut short, ...: never the answer's error
+                self.failed = target
+                log.warning("kept %s: %s", self.label or "no adapter", (str(err) or repr(err)).splitlines()[0])
                 return
-            self.served, self.label = target, label
+            self.served, self.label, self.failed = target, label, None
+            self.named[self.vqa.version] = label
         log.info("fine-tuned pane: %s (%s)", label, target[0])
 
     def watch(self, every: float = 2.0) -> threading.Thread:
@@ -234,8 +251,13 @@ class Live:
         the page and `/demo_status` say what answers before anyone asks; ends once the build is complete."""
 
         def loop():
-            while not (self.served and self.served[1] and self.demo.reread().get("complete")):
-                self.refresh()
+            while True:
+                try:  # a watcher that died would leave the page and `/demo_status` saying the same forever
+                    if self.served and self.served[1] and self.demo.reread().get("complete"):
+                        return
+                    self.refresh()
+                except Exception:
+                    log.exception("looking for a newer checkpoint failed; looking again in %g s", every)
                 time.sleep(every)
 
         thread = threading.Thread(target=loop, name="demo-checkpoints", daemon=True)
@@ -250,13 +272,21 @@ class Live:
     def markdown(self, state: dict | None = None) -> str:
         return status_markdown(state or self.state(), self.patients)
 
-    def notes(self) -> dict[str, str]:
-        """What the fine-tuned pane says under its answer, or in place of one."""
+    def names(self, weights: Weights | None = None) -> dict[str, str]:
+        """{TUNED: what the fine-tuned model was with `weights` (`VQAModel.last_weights`; None: the weights loaded
+        now), e.g. "the epoch-2 checkpoint"}, or {} before the first checkpoint."""
         from cxr_vqa.vqa import TUNED
 
-        if self.served is None:
-            return {TUNED: "no checkpoint yet: this pane answers once the first epoch of fine-tuning ends"}
-        return {TUNED: f"answered by {self.label}"}
+        version = self.vqa.version if weights is None else weights.version
+        return {TUNED: self.named[version]} if version in self.named else {}
+
+    def notes(self, weights: Weights | None = None) -> dict[str, str]:
+        """What the fine-tuned pane says under an answer given with `weights` (None: the weights loaded now), or in
+        place of one."""
+        from cxr_vqa.vqa import TUNED
+
+        named = self.names(weights)
+        return {TUNED: f"answered by {named[TUNED]}" if named else WAITING}
 
     def wire(self, blocks, status, report_views: list, reload_report) -> None:
         """Inside `blocks`: `status` (a Markdown) current from the page's load, then every 2 s until the build is

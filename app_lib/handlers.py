@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from queue import Queue
 
 import gradio as gr
@@ -28,7 +28,7 @@ from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.images import Film
 from cxr_vqa.lineup import Lineup
 from cxr_vqa.template import assistant_turn
-from cxr_vqa.vqa import BASE, TUNED, VQAModel
+from cxr_vqa.vqa import BASE, TUNED, VQAModel, Weights
 
 NO_ADAPTER = (
     "No fine-tuned adapter is loaded, so this pane stays empty: start the app with `--adapter DIR` "
@@ -87,23 +87,49 @@ def scores(answer: Answer | None) -> dict | None:
     return {"answer": answer.text, "p_yes": answer.p_yes if answer.is_closed else None}
 
 
+class Chats(dict):
+    """The panes' conversations, {model: conversation}, and the local weights their last answers came from
+    (`VQAModel.last_weights`): a demo swaps in checkpoints between answers, and a map drawn later says so."""
+
+    weights: Weights | None = None
+
+
+class _Stopped(Exception):
+    """Nobody reads the stream any more (the browser left): ends the local generate at its next token."""
+
+
 def streamed(call: Callable[[Callable], dict]) -> Iterator[tuple[dict | None, dict | None]]:
     """Run `call(on_text)` in a thread and yield (update, None) for each update it reports, then (None, its result);
-    an error it raises is raised here, in the caller's thread."""
+    an error it raises is raised here, in the caller's thread. Closed early (Gradio closes the handler's generator
+    when the browser disconnects), it stops the local generate at its next token, so that it does not hold the model's
+    lock to max_new_tokens; a remote model's thread, which holds no lock, ends on its own."""
     updates: Queue = Queue()
     result: list = []
+    stopped = threading.Event()
+
+    def on_text(update) -> None:
+        if not stopped.is_set():
+            updates.put(update)
+        elif threading.current_thread() is runner:  # the local generate reports from this thread
+            raise _Stopped
 
     def run():
         try:
-            result.append(call(updates.put))
+            result.append(call(on_text))
+        except _Stopped:
+            pass
         except BaseException as err:  # surfaced below
             result.append(err)
         finally:
             updates.put(None)
 
-    threading.Thread(target=run, daemon=True).start()
-    while (update := updates.get()) is not None:
-        yield update, None
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    try:
+        while (update := updates.get()) is not None:
+            yield update, None
+    finally:
+        stopped.set()
     if isinstance(result[0], BaseException):
         raise result[0]
     yield None, result[0]
@@ -144,15 +170,18 @@ class Inputs:
 class Handlers(Inputs):
     """The film, the side-by-side panes and the API."""
 
-    def __init__(self, vqa: Lineup | VQAModel, votes: VoteStore, *, notes: Callable[[], dict] | None = None, **kwargs):
+    def __init__(
+        self, vqa: Lineup | VQAModel, votes: VoteStore, *, notes: Callable[..., dict] | None = None, **kwargs
+    ):
         super().__init__(vqa, votes, **kwargs)
         # the panes: every model, base first, remote last; a base without an adapter gets an empty fine-tuned pane
         # that says why
         models = self.vqa
         local = models.local_names if models.has_adapter or not models.local_names else [BASE, TUNED]
         self.panes = local + models.remote_names
-        # a line per model on what answers it, or why its pane is empty (a demo still training: which checkpoint)
-        self.notes = notes or dict
+        # a line per model on what answered it with the given weights (None: those loaded now), or why its pane is
+        # empty (a demo still training: which checkpoint)
+        self.notes = notes or (lambda weights=None: {})
 
     def _empty(self):
         return [[] for _ in self.panes], ["" for _ in self.panes]
@@ -203,15 +232,21 @@ class Handlers(Inputs):
         yield *frame(waiting), chats, ""
         answers: dict[str, Answer] = {}
         steps = dict.fromkeys(models, 0)
-        with ui_errors():
+        local = self.vqa.local
+
+        def call(on_text):  # the weights are read in the thread that answered, right after its answer
+            found = self.vqa.compare(film.image, convs, settings, on_text=on_text)
+            return found, local.last_weights() if local is not None else None
+
+        used = None
+        with ui_errors(), closing(streamed(call)) as stream:  # closed with this generator: the generate stops too
             # a streamed step of the local models = one new token per unfinished row, of a remote model = one piece it
             # sent; a model's latency and token count run to its step where its text last grew, since each local row
             # stops at its own EOS while the batch runs to the last one
-            call = lambda on_text: self.vqa.compare(film.image, convs, settings, on_text=on_text)  # noqa: E731
-            for step, done in streamed(call):
+            for step, done in stream:
                 if done is not None:  # the final texts, decoded whole
-                    answers = done
-                    texts.update({m: answer_text(a) for m, a in done.items()})
+                    answers, used = done
+                    texts.update({m: answer_text(a) for m, a in answers.items()})
                     break
                 now = time.perf_counter()
                 for m, text in step.items():
@@ -219,11 +254,13 @@ class Handlers(Inputs):
                     if text != texts[m]:
                         texts[m], done_at[m], tokens[m] = text, now - start, steps[m]
                 yield *frame(waiting), chats, ""
-        notes = self.notes()  # what answered, now that it has
+        notes = self.notes(used)  # what answered: a checkpoint swapped in since does not change it
         stats = {m: pane_stats(done_at[m], tokens[m], answers.get(m)) + (f" · {notes[m]}" if m in notes else "")
                  for m in models}  # fmt: skip
         # a model that gave no answer keeps its conversation as it was, without the question it could not answer
-        chats = {m: chats.get(m, []) if answers[m].error else convs[m] + [assistant_turn(texts[m])] for m in models}
+        chats = Chats({m: chats.get(m, []) if answers[m].error else convs[m] + [assistant_turn(texts[m])]
+                       for m in models})  # fmt: skip
+        chats.weights = used
         yield *frame(stats), chats, ""
 
     def clear(self):

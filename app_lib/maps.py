@@ -1,7 +1,8 @@
 """The "Where did it look?" view: each model's relevance map for its last answer in the side-by-side panes, as a heat
 overlay on the film as the model saw it, one per pane; and the `/maps` API. Computed only when asked (the button, or an
 API call): one extra forward and backward over every local model's row (`VQAModel.relevance`). A model whose
-weights are not here (a remote one) or that is not loaded has no map, and says so.
+weights are not here (a remote one) or that is not loaded has no map, and says so; one whose weights changed since its
+answer (a demo swaps in each new checkpoint) is mapped with the weights it has now, and says that too.
 
     maps = Maps(vqa, votes)
     view = maps.view(film, chats, len(panes), GPU_EVENT)  # inside the Side by side tab: button, gallery, status
@@ -12,6 +13,7 @@ weights are not here (a remote one) or that is not loaded has no map, and says s
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gradio as gr
@@ -21,6 +23,7 @@ from cxr_vqa.errors import UserError
 from cxr_vqa.images import Film
 from cxr_vqa.relevance import RelevanceMap, overlay
 from cxr_vqa.template import assistant_turn
+from cxr_vqa.vqa import Weights
 
 ASK_FIRST = "no answer to explain yet: ask a question first, then press “Where did it look?”"
 NOT_AVAILABLE = "not available: its weights are not in this app (a remote model, or no adapter loaded)"
@@ -51,6 +54,10 @@ class View:
 
 
 class Maps(Inputs):
+    def __init__(self, vqa, votes, *, names: Callable[[Weights], dict[str, str]] | None = None, **kwargs):
+        super().__init__(vqa, votes, **kwargs)
+        self.names = names  # {model: what it was with those weights}, e.g. "the epoch-2 checkpoint"; else its source
+
     def explain(self, film: Film, conversations: dict[str, list[dict]]) -> dict[str, tuple[str, RelevanceMap | None]]:
         """{model: (its last answer, its map or None when it has none)} for the models that have answered."""
         answered = {m: found for m, c in conversations.items() if (found := last_answer(c)) is not None}
@@ -59,6 +66,22 @@ class Maps(Inputs):
         maps = self.vqa.local.relevance([film.image] * len(local), convs, answers, local) if local else []
         found = dict(zip(local, maps, strict=True))
         return {m: (answer, found.get(m)) for m, (_, answer) in answered.items()}
+
+    def _moved(self, answered: Weights | None, drawn: Weights | None) -> dict[str, str]:
+        """{model: a note} for each local model whose map was drawn with other weights than gave its answer."""
+        if answered is None or drawn is None or answered.version == drawn.version:
+            return {}
+        then, now = self._named(answered), self._named(drawn)
+        changed = [m for m, source in drawn.sources.items() if answered.sources.get(m, source) != source]
+        return {m: f"drawn with {now[m]}; the answer came from {then[m]}" for m in changed}
+
+    def _named(self, weights: Weights) -> dict[str, str]:
+        named = {m: f"`{source}`" for m, source in weights.sources.items()}
+        return named | (self.names(weights) if self.names else {})
+
+    def _last_weights(self) -> Weights | None:
+        """The local weights of this thread's last answer or map."""
+        return self.vqa.local.last_weights() if self.vqa.local is not None else None
 
     def show_maps(self, film: Film | None, chats: dict | None):
         """The button: (gallery of (overlay, caption), one per pane that has a map; status line)."""
@@ -70,34 +93,41 @@ class Maps(Inputs):
             if not explained:
                 raise UserError(ASK_FIRST)
         seconds = time.perf_counter() - began
-        gallery, missing = [], []
+        moved = self._moved(getattr(chats, "weights", None), self._last_weights())
+        gallery, notes = [], []
         for model, (answer, found) in explained.items():
             if found is None:
-                missing.append(f"**{pane_label(model, remote=model in self.vqa.remotes)}**: {NOT_AVAILABLE}")
+                notes.append(f"**{pane_label(model, remote=model in self.vqa.remotes)}**: {NOT_AVAILABLE}")
                 continue
+            if model in moved:
+                notes.append(f"**{pane_label(model)}**: {moved[model]}")
             sinks = f" · {len(found.sinks)} sink patch(es) left out" if found.sinks else ""
             gallery.append((overlay(film.image, found.grid), f"{pane_label(model)}: “{answer[:80]}”{sinks}"))
         status = f"Maps of {len(gallery)} model(s) in {seconds:.1f} s (one forward and backward for all of them)."
-        return gallery, "  \n".join([status, *missing])
+        return gallery, "  \n".join([status, *notes])
 
     def maps(self, path: str | None, question: str) -> dict:
         """`/maps`: every model answers (film, question) as in `/compare_all`, then {model: {"answer", "map": side x
         side floats in [0, 1], row-major over the film's patches, peak 1, or None, "sinks": patches left out,
-        "available"}}; a model without a map has "map": None, "available": False and a "note"."""
+        "available"}}; a model without a map has "map": None, "available": False and a "note", one whose weights
+        changed between its answer and its map (a demo's new checkpoint) a "note" that says so."""
         with ui_errors():
             if not path:
                 raise UserError(NO_IMAGE)
             film = self.vqa.prepare_film(path)
             conversation = self.vqa.conversation(None, self._clean(question), self.settings.max_new_tokens)
             answers = self.vqa.compare(film.image, conversation, self.settings)
+            answered = self._last_weights()  # by this thread's last call: the answer
             chats = {m: [*conversation, assistant_turn(a.text)] for m, a in answers.items()}
             explained = self.explain(film, chats)
+        moved = self._moved(answered, self._last_weights())
         return {
             model: {
                 "answer": answer,
                 "map": found.grid.round(4).tolist(),
                 "sinks": list(found.sinks),
                 "available": True,
+                **({"note": moved[model]} if model in moved else {}),
             }
             if found is not None
             else {"answer": answer, "map": None, "sinks": [], "available": False, "note": NOT_AVAILABLE}

@@ -217,25 +217,62 @@ def warm_up() -> None:
 def use_adapter(vqa: VQAModel, adapter: str | Source, *, name: str = TUNED) -> None:
     """Serve `adapter` as model `name` from the next answer on: attached the first time, after that its weights
     replace the ones loaded under that name (a newer checkpoint of the same training). Waits for the answer in
-    progress, if any: never mid-answer."""
-    from peft.utils import load_peft_weights, set_peft_model_state_dict
+    progress, if any: never mid-answer. One that cannot be loaded (gone, truncated, another shape) raises
+    ModelLoadError and leaves the model as it was: the adapter loaded before, or the bare base."""
+    from peft.utils import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
+    from safetensors import SafetensorError
 
     source = resolve(adapter, ADAPTER)
     with vqa.lock:
-        if name not in vqa.adapters:
-            vqa.model = attach_adapter(vqa.model, source, name=name).eval()
-        else:
+        try:
+            # read whole first: a folder deleted or a file cut short since `resolve` fails here, touching nothing
             weights = load_peft_weights(source.name, device=str(vqa.device))
-            try:
-                unexpected = set_peft_model_state_dict(vqa.model, weights, adapter_name=name).unexpected_keys
-            except RuntimeError as err:  # a tensor of another shape
-                unexpected = [str(err).splitlines()[0][:200]]
-            if unexpected:
-                raise ModelLoadError(
-                    f"adapter {source.name!r} does not fit the adapter {name!r} it should replace (another rank or "
-                    f"other modules?): {unexpected[0]}"
-                )
+            if name not in vqa.adapters:
+                try:
+                    vqa.model = attach_adapter(vqa.model, source, name=name).eval()
+                except Exception:
+                    _remove_tuner_layers(vqa.model, name)  # PEFT wraps the base's layers before it loads weights
+                    raise
+            else:  # checked whole before any tensor is copied: a failed swap must not leave half of each
+                loaded = get_peft_model_state_dict(vqa.model, adapter_name=name)
+                if misfit := _misfit(loaded, weights):
+                    raise ModelLoadError(
+                        f"adapter {source.name!r} does not fit the adapter {name!r} it should replace (another rank "
+                        f"or other modules?): {misfit}"
+                    )
+                set_peft_model_state_dict(vqa.model, weights, adapter_name=name)
+        except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # gone since resolved, truncated, ...
+            raise ModelLoadError(f"cannot load adapter {source.name!r}: {str(err).splitlines()[0][:200]}") from None
         vqa.adapters[name] = source.name
+        vqa.version += 1
+
+
+def _misfit(loaded: dict, weights: dict) -> str | None:
+    """Why `weights` cannot replace the `loaded` adapter weights (a tensor missing, extra, or of another shape)."""
+    for key in sorted(loaded.keys() | weights.keys()):
+        if key not in weights or key not in loaded:
+            return f"{key} is {'missing' if key not in weights else 'not in the adapter it replaces'}"
+        if weights[key].shape != loaded[key].shape:
+            return f"{key} is {tuple(weights[key].shape)}, not {tuple(loaded[key].shape)}"
+    return None
+
+
+def _remove_tuner_layers(model, name: str) -> None:
+    """Undo a first attach of `name` that failed half-way: PEFT's layers back to the base layers they wrap, its
+    config gone."""
+    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if isinstance(model, PeftModel):  # adding to the adapters of one: that adapter goes, the others stay
+        if name in model.peft_config:
+            model.delete_adapter(name)
+        return
+    for path, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            parent, _, child = path.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.get_base_layer())
+    if "peft_config" in vars(model):
+        del model.peft_config
 
 
 def load_model(

@@ -9,12 +9,14 @@ the prompt a model is trained on is the prompt it is served with.
     answers = vqa.compare(film.image, conversation)                # {"base": Answer, "tuned": Answer}: one generate
     answers = vqa.answer(images, conversations, models)            # any rows, each on its model: one generate
     maps = vqa.relevance(images, conversations, texts, models)     # where each answer looked: cxr_vqa.relevance
+    vqa.last_weights()                                             # the weights this thread's last call used
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -29,6 +31,15 @@ from cxr_vqa.template import CHAT_TEMPLATE, add_question, assistant_turn
 BASE = "base"  # the model name of the base; every loaded adapter answers under its own name
 TUNED = "tuned"  # the name of a lone adapter given without one
 PEFT_BASE = "__base__"  # PEFT's adapter name for "no adapter" in a mixed batch
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The weights a call used: `version` counts the adapters swapped in since loading (`cxr_vqa.model.use_adapter`),
+    `sources` says where each model's came from (the base's id, each adapter's path)."""
+
+    version: int
+    sources: dict[str, str]
 
 
 def render(processor, messages: Sequence[dict], *, add_generation_prompt: bool) -> str:
@@ -63,6 +74,8 @@ class VQAModel:
         self.processor = processor
         self.base_name = base_name
         self.adapters = dict(adapters or {})  # model name -> where the adapter came from, in load order
+        self.version = 0  # one more for every adapter attached or swapped in after loading
+        self._used = threading.local()  # the Weights of each thread's last answer or map
         self._lock = threading.RLock()  # one generate at a time: PEFT's adapter routing is per-call global state
         # called under that lock before each answer: where new weights are swapped in (a demo that serves its newest
         # checkpoint while it trains), so never mid-answer
@@ -87,6 +100,16 @@ class VQAModel:
     def lock(self) -> threading.RLock:
         """Held while an answer is computed: whoever changes the weights takes it too."""
         return self._lock
+
+    def weights(self) -> Weights:
+        """The weights loaded now (version and sources read together: `use_adapter` changes both under the lock)."""
+        with self._lock:
+            return Weights(self.version, {BASE: self.base_name, **self.adapters})
+
+    def last_weights(self) -> Weights | None:
+        """The weights of this thread's last answer or relevance map (None before any): a demo swaps in checkpoints
+        between calls, so what answered is read here, right after the call, not from what is loaded by then."""
+        return getattr(self._used, "weights", None)
 
     @property
     def is_4bit(self) -> bool:
@@ -175,7 +198,9 @@ class VQAModel:
                 self.before_answer()
             kwargs = self._inputs(images, conversations, models)
             streamer = BatchStreamer(self.processor.tokenizer, len(images), on_text) if on_text else None
-            return self._answers(self._generate(kwargs, settings, streamer), kwargs["input_ids"].shape[1])
+            answers = self._answers(self._generate(kwargs, settings, streamer), kwargs["input_ids"].shape[1])
+            self._used.weights = self.weights()
+            return answers
 
     def compare(
         self,
@@ -204,10 +229,12 @@ class VQAModel:
         """Where each row's model looked for `answers[i]`, the answer it gave to `conversations[i]`: a map over the
         film's patches per row (`cxr_vqa.relevance`), every row in one forward and one backward, only when asked."""
         full = [[*c, assistant_turn(a)] for c, a in zip(conversations, answers, strict=True)]
-        kwargs = self._inputs(images, full, models, add_generation_prompt=False)
-        counts = [self._answer_tokens(c, a) for c, a in zip(conversations, answers, strict=True)]
-        with self._lock:
-            return explain(self.model, kwargs, counts, self.processor.image_token_id)
+        with self._lock:  # the inputs (adapter names, device, dtype) and the forward see one model
+            kwargs = self._inputs(images, full, models, add_generation_prompt=False)
+            counts = [self._answer_tokens(c, a) for c, a in zip(conversations, answers, strict=True)]
+            maps = explain(self.model, kwargs, counts, self.processor.image_token_id)
+            self._used.weights = self.weights()
+            return maps
 
     def _answer_tokens(self, conversation: Sequence[dict], answer: str) -> int:
         """Tokens `answer` and its end of sequence add after the prompt: the inference prompt is a prefix of the

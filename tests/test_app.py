@@ -265,6 +265,22 @@ def test_panes_stream_and_match_the_model_core(handlers, vqa):
         assert float(seconds) > 0 and 1 <= int(tokens) <= SETTINGS[0]
 
 
+def test_a_page_closed_mid_answer_frees_the_model_within_a_few_tokens(handlers, vqa, monkeypatch):
+    from cxr_vqa.generation import BatchStreamer
+
+    steps = []
+    put = BatchStreamer.put
+    monkeypatch.setattr(BatchStreamer, "put", lambda streamer, value: (steps.append(1), put(streamer, value))[1])
+    film = handlers.load_film(str(FILM))[1]
+    asking = handlers.ask(film, "Is there cardiomegaly?", None, 512, 0.0, 1.0)
+    next(asking), next(asking)  # the waiting panes, then the first token
+    asking.close()  # what Gradio does when the browser disconnects
+    closed_at = len(steps)
+    assert vqa.lock.acquire(timeout=120)  # the generate, which holds it, has ended
+    vqa.lock.release()
+    assert len(steps) - closed_at <= 3  # not the 512 tokens asked for
+
+
 def test_follow_up_continues_both_conversations_and_clear_resets(handlers, vqa):
     film = load_film(FILM, 336)
     first = run(handlers.ask(film, "Is there cardiomegaly?", None, *SETTINGS))[-1]

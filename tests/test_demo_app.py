@@ -127,3 +127,20 @@ def test_a_build_left_unfinished_is_continued_by_the_next_start(prepared, monkey
     assert builder is Builder.started[-1] and builder.command[1:3] == ["-m", "finetune.demo"]
     demo_models.stop(builder)  # the app's exit ends it; the next start continues again
     assert builder.terminated == 1
+
+
+def test_a_builder_that_ignores_sigterm_is_killed():
+    class Stuck(Builder):
+        killed = 0
+
+        def wait(self, timeout=None):
+            if timeout is not None and not self.killed:
+                raise subprocess.TimeoutExpired(self.command, timeout)
+            return -9
+
+        def kill(self):
+            self.killed += 1
+
+    builder = Stuck(["python", "-m", "finetune.demo"], code=None)
+    demo_models.stop(builder)  # no TimeoutExpired in the app's exit, no builder left training on
+    assert (builder.terminated, builder.killed) == (1, 1)

@@ -5,6 +5,7 @@ final adapter replaces the last checkpoint when training ends; the page says all
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import threading
 import time
@@ -14,6 +15,10 @@ import pytest
 from conftest import _random_adapter
 
 from app_lib import demo as demo_models
+from app_lib.blind import Blind
+from app_lib.handlers import Handlers
+from app_lib.maps import Maps
+from app_lib.votes import VoteStore
 from cxr_vqa.contract import DEMO_FORMAT, DEMO_MARKER, TRAINING_PROGRESS
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.model import load_model
@@ -135,20 +140,85 @@ def test_checkpoints_are_picked_up_between_answers_never_during_one(served, adap
     assert state["final"] and state["serving"] == "the final adapter"
 
 
-def test_a_checkpoint_rotated_away_while_loading_is_retried_later(served, adapters, monkeypatch):
+def test_a_checkpoint_rotated_away_while_loading_is_passed_over_for_the_next(served, adapters, monkeypatch):
     out, vqa, live, trainer = served
     trainer.checkpoint(10, adapters[0], epoch=1)
     import cxr_vqa.model
 
-    def gone(*args, **kwargs):
-        raise FileNotFoundError("checkpoint-10/adapter_model.safetensors")  # the trainer's rotation deleted it
+    tried = []
+
+    def gone(vqa, path):
+        tried.append(Path(path).name)
+        raise FileNotFoundError(f"{path}/adapter_model.safetensors")  # the trainer's rotation deleted it
 
     monkeypatch.setattr(cxr_vqa.model, "use_adapter", gone)
     live.refresh()
-    assert live.served is None and not vqa.has_adapter  # nothing half-loaded, nothing claimed
+    live.refresh()  # every answer looks: the one that failed is not tried again
+    assert tried == ["checkpoint-10"] and live.served is None and not vqa.has_adapter  # nothing claimed
     monkeypatch.undo()
+    trainer.checkpoint(20, adapters[1], epoch=2)  # what rotated it away
     live.refresh()
-    assert live.served is not None and vqa.has_adapter
+    assert live.served[0].name == "checkpoint-20" and live.label == "the epoch-2 checkpoint" and vqa.has_adapter
+
+
+def cut_short(checkpoint: Path) -> None:
+    """The checkpoint's weights file as a full disk or a killed copy leaves it: its first half."""
+    weights = checkpoint / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+def test_a_checkpoint_that_cannot_be_read_is_skipped_and_the_old_one_answers(served, adapters, expected, caplog):
+    out, vqa, live, trainer = served
+    trainer.checkpoint(10, adapters[0], epoch=1)
+    assert set(ask(vqa)) == {BASE} and ask(vqa)[TUNED] == expected[0]
+    trainer.checkpoint(20, adapters[1], epoch=2)
+    cut_short(trainer.out / "checkpoint-20")
+    with caplog.at_level("WARNING", logger="app_lib.demo"):
+        assert ask(vqa)[TUNED] == expected[0] and ask(vqa)[TUNED] == expected[0]  # no error in anyone's answer
+    assert live.state()["serving"] == "the epoch-1 checkpoint"
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "kept the epoch-1 checkpoint" in warned[0] and "checkpoint-20" in warned[0]
+    trainer.checkpoint(30, adapters[1], epoch=3)  # a newer one is tried
+    assert ask(vqa)[TUNED] == expected[1] and live.state()["serving"] == "the epoch-3 checkpoint"
+
+
+def test_use_adapter_leaves_the_model_as_it_was_when_it_fails(served, adapters, expected, second_adapter_dir):
+    from cxr_vqa.model import use_adapter
+    from cxr_vqa.sources import ModelLoadError
+
+    out, vqa, live, trainer = served
+    base = ask(vqa)[BASE]
+    trainer.checkpoint(10, adapters[0], epoch=1, complete=False)
+    cut_short(trainer.out / "checkpoint-10")
+    with pytest.raises(ModelLoadError, match="checkpoint-10"):  # the first attach: PEFT had wrapped the layers
+        use_adapter(vqa, trainer.out / "checkpoint-10")
+    assert not vqa.has_adapter and ask(vqa) == {BASE: base}
+    import peft.peft_model
+
+    def misfit(*args, **kwargs):
+        raise RuntimeError("size mismatch for lora_A")  # after PEFT wrapped the base's layers in their LoRA ones
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(peft.peft_model, "set_peft_model_state_dict", misfit)
+        with pytest.raises(ModelLoadError, match="does not fit"):
+            use_adapter(vqa, adapters[0])
+    assert not vqa.has_adapter and ask(vqa) == {BASE: base}  # those layers would change the base's answers
+    use_adapter(vqa, adapters[0])
+    assert ask(vqa) == {BASE: base, TUNED: expected[0]}
+    with pytest.raises(ModelLoadError, match="checkpoint-10"):  # a swap
+        use_adapter(vqa, trainer.out / "checkpoint-10")
+    with pytest.raises(ModelLoadError, match="does not fit"):  # rank 4 for rank 8: nothing copied, not half
+        use_adapter(vqa, second_adapter_dir)
+    shutil.rmtree(trainer.out / "checkpoint-10")
+    gone = Path(adapters[1]).parent / "gone"
+    shutil.copytree(adapters[1], gone)
+    from cxr_vqa.sources import resolve
+
+    source = resolve(str(gone), "adapter")
+    shutil.rmtree(gone)  # deleted after it was checked
+    with pytest.raises(ModelLoadError, match="gone"):
+        use_adapter(vqa, source)
+    assert ask(vqa) == {BASE: base, TUNED: expected[0]} and vqa.adapters[TUNED] == adapters[0]
 
 
 def test_the_watcher_loads_a_checkpoint_before_anyone_asks(served, adapters):
@@ -159,6 +229,89 @@ def test_the_watcher_loads_a_checkpoint_before_anyone_asks(served, adapters):
     while live.state()["serving"] is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert live.state()["serving"] == "the epoch-1 checkpoint" and vqa.has_adapter
+    assert vqa.adapters[TUNED] == str(trainer.out / "checkpoint-10")  # a str: a blind vote stores it in SQLite
+
+
+def test_the_watcher_outlives_a_failed_look(served, adapters, monkeypatch):
+    out, vqa, live, trainer = served
+    looks = []
+
+    def refresh():
+        looks.append(True)
+        if len(looks) == 1:
+            raise RuntimeError("the disk went away for a moment")
+        Live.refresh(live)
+
+    Live = demo_models.Live
+    monkeypatch.setattr(live, "refresh", refresh)
+    watcher = live.watch(every=0.05)
+    trainer.checkpoint(10, adapters[0], epoch=1)
+    deadline = time.monotonic() + 30
+    while live.state()["serving"] is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(looks) > 1 and watcher.is_alive() and live.state()["serving"] == "the epoch-1 checkpoint"
+
+
+def test_the_note_the_map_and_the_vote_name_the_checkpoint_that_answered(served, adapters, tmp_path):
+    out, vqa, live, trainer = served
+    trainer.checkpoint(10, adapters[0], epoch=1)
+    live.refresh()
+    looks = []
+
+    def notes(weights=None):  # the watcher swaps in checkpoint 20 after the answer, before its note is written
+        looks.append(weights)
+        if len(looks) == 2:
+            trainer.checkpoint(20, adapters[1], epoch=2)
+            live.refresh()
+        return live.notes(weights)
+
+    votes = VoteStore(tmp_path / "votes.sqlite")
+    h = Handlers(vqa, votes, settings=SETTINGS, notes=notes)
+    film = h.load_film(str(FILM))[1]
+    *_, tuned_stats, chats, _ = list(h.ask(film, "Is there cardiomegaly?", None, 8, 0.0, 1.0))[-1]
+    assert tuned_stats.endswith("answered by the epoch-1 checkpoint") and live.label == "the epoch-2 checkpoint"
+
+    maps = Maps(vqa, votes, settings=SETTINGS, names=live.names)
+    _, status = maps.show_maps(film, chats)  # drawn with checkpoint 20, for an answer of checkpoint 10
+    assert "**Fine-tuned**: drawn with the epoch-2 checkpoint; the answer came from the epoch-1 checkpoint" in status
+    assert "Base" not in status  # its weights did not change
+    *_, chats, _ = list(h.ask(film, "Is the heart enlarged?", chats, 8, 0.0, 1.0))[-1]
+    assert "drawn with" not in maps.show_maps(film, chats)[1]  # a map of an answer of these weights
+
+    blind = Blind(vqa, votes, settings=SETTINGS, rng=random.Random(0))
+    *_, trial, _ = blind.answer(film, "Is there cardiomegaly?", 8, 0.0, 1.0)
+    trainer.checkpoint(30, adapters[0], epoch=3)
+    live.refresh()  # before the vote is cast
+    blind.vote("A", trial)
+    (vote,) = votes.all()
+    sources = {vote["model_a"]: vote["source_a"], vote["model_b"]: vote["source_b"]}
+    assert sources == {BASE: vqa.base_name, TUNED: str(trainer.out / "checkpoint-20")}
+
+    explain = maps.explain
+
+    def explain_after_a_swap(*args):  # `/maps`: checkpoint 40 comes between the answer and its map
+        trainer.checkpoint(40, adapters[1], epoch=4)
+        live.refresh()
+        return explain(*args)
+
+    maps.explain = explain_after_a_swap
+    found = maps.maps(str(FILM), "Is there cardiomegaly?")
+    assert found[TUNED]["note"] == "drawn with the epoch-4 checkpoint; the answer came from the epoch-3 checkpoint"
+    assert "note" not in found[BASE] and found[TUNED]["available"]
+
+
+def test_blind_a_b_before_the_first_checkpoint_says_the_fine_tuned_model_is_training(served, adapters, tmp_path):
+    import gradio as gr
+
+    out, vqa, live, trainer = served
+    blind = Blind(vqa, VoteStore(tmp_path / "votes.sqlite"), settings=SETTINGS, notes=live.notes)
+    film = vqa.prepare_film(FILM)
+    with pytest.raises(gr.Error) as refused:
+        blind.answer(film, "Is there cardiomegaly?", 8, 0.0, 1.0)
+    assert "still training (no checkpoint yet" in refused.value.message and "--adapter" not in refused.value.message
+    trainer.checkpoint(10, adapters[0], epoch=1)
+    live.refresh()
+    assert blind.answer(film, "Is there cardiomegaly?", 8, 0.0, 1.0)[2].model_a in (BASE, TUNED)
 
 
 def test_the_page_says_what_happens_in_words(served, adapters):

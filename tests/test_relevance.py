@@ -57,6 +57,22 @@ def test_a_row_gets_the_same_map_alone_and_inside_a_mixed_batch(vqa):
         np.testing.assert_allclose(mixed.attention, alone.attention, atol=1e-4)
 
 
+def test_the_maps_inputs_are_built_under_the_models_lock(vqa, monkeypatch):
+    """A demo attaches its first adapter under that lock, replacing `vqa.model`: inputs built outside it could name
+    an adapter, a device or a dtype of another model than the one they run on."""
+    owned = []
+    for name in ("_inputs", "_answer_tokens"):
+        real = getattr(vqa, name)
+
+        def spy(*args, real=real, **kwargs):
+            owned.append(vqa.lock._is_owned())  # by this thread: a use_adapter elsewhere waits for the map
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(vqa, name, spy)
+    vqa.relevance([film()], [QUESTION], ["Yes."], [TUNED])
+    assert owned == [True, True]
+
+
 def test_the_maps_forward_is_the_models_own_and_sdpa_comes_back(vqa):
     texts = [[*QUESTION, assistant_turn("Yes, there is a large one on the left.")], [*QUESTION, assistant_turn("No")]]
     batch = vqa._inputs([film(), film(40)], texts, [BASE, TUNED], add_generation_prompt=False)

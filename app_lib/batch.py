@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from app_lib.tables import spreadsheet_safe
 from cxr_vqa.answers import Answer
 from cxr_vqa.errors import UserError
 from cxr_vqa.generation import GenerationSettings
@@ -210,12 +211,6 @@ def write_csv(path: str | Path, rows: Sequence[dict], models: Sequence[str]) -> 
             cells = []
             for m in models:
                 p = row["p_yes"].get(m)
-                cells += [_no_formula(row["answers"].get(m, "")), "" if p is None else f"{p:.4f}"]
-            writer.writerow([_no_formula(row["film"]), _no_formula(row["question"]), *cells])
+                cells += [spreadsheet_safe(row["answers"].get(m, "")), "" if p is None else f"{p:.4f}"]
+            writer.writerow([spreadsheet_safe(row["film"]), spreadsheet_safe(row["question"]), *cells])
     return Path(path)
-
-
-def _no_formula(text: str) -> str:
-    """A cell a spreadsheet would run as a formula (=, +, -, @ first) gets a leading quote: model output and file
-    names are not trusted."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

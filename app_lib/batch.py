@@ -16,16 +16,22 @@ from __future__ import annotations
 import csv
 import io
 import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from app_lib.tables import spreadsheet_safe
 from cxr_vqa.answers import Answer
 from cxr_vqa.errors import UserError
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.images import Film
+from cxr_vqa.questions import MAX_QUESTION_CHARS
+
+ENTRIES_PER_FILM = 10  # files and folders a batch's uploads may hold per film allowed: room for folders and notes
 
 
 @dataclass(frozen=True)
@@ -54,66 +60,98 @@ def _is_junk(name: str) -> bool:
     return name.endswith("/") or name.startswith("__MACOSX/") or Path(name).name.startswith(".")
 
 
-def _entries(paths: Sequence[str]) -> list[tuple[str, str, str | None]]:
-    """(shown name, file path, zip member or None) for every film the uploads hold, in upload order."""
-    entries = []
+def _entries(paths: Sequence[str], most: int) -> list[tuple[str, str, str | None]]:
+    """(shown name, file path, zip member or None) for every film the uploads hold, in upload order; UserError past
+    `most` entries in all, junk included (a zip of a million empty folders is no batch)."""
+    entries, seen = [], 0
     for path in paths:
         name = Path(path).name
         if not name.lower().endswith(".zip"):
             entries.append((name, path, None))
-            continue
-        try:
-            with zipfile.ZipFile(path) as archive:
-                members = [m for m in archive.namelist() if not _is_junk(m)]
-        except (zipfile.BadZipFile, OSError):
-            entries.append((name, path, ""))  # reported as unreadable when decoded
-            continue
-        entries += [(member, path, member) for member in members]
+            seen += 1
+        else:
+            try:
+                with zipfile.ZipFile(path) as archive:
+                    members = archive.namelist()
+            except (zipfile.BadZipFile, OSError):
+                members = None
+            seen += len(members or [None])
+            if members is None:
+                entries.append((name, path, ""))  # reported as unreadable when decoded
+            else:
+                entries += [(member, path, member) for member in members if not _is_junk(member)]
+        if seen > most:
+            raise UserError(f"the uploads hold {seen:,} or more files and folders (a zip's entries counted), over "
+                            f"this app's limit of {most:,} a batch: zip only the films")  # fmt: skip
     return entries
 
 
-def _read(path: str, member: str | None, limit: int | None) -> io.BytesIO:
+def _unique(names: Sequence[str]) -> list[str]:
+    """The names with a repeat numbered ("x.png (2)"): two uploads of one name stay apart in the table and the CSV."""
+    unique: list[str] = []
+    for name in names:
+        shown, n = name, 1
+        while shown in unique:
+            n += 1
+            shown = f"{name} ({n})"
+        unique.append(shown)
+    return unique
+
+
+def _read(file: IO[bytes], name: str, limit: int | None) -> io.BytesIO:
     """The film's bytes, never more than `limit` read (a zip's sizes are only what it claims)."""
-    if member is None:
-        with open(path, "rb") as file:
-            data = file.read(limit + 1 if limit else -1)
-    elif member == "":
-        raise UserError("not a readable zip archive")
-    else:
-        with zipfile.ZipFile(path) as archive, archive.open(member) as file:
-            data = file.read(limit + 1 if limit else -1)
+    data = file.read(limit + 1 if limit else -1)
     if limit and len(data) > limit:
         raise UserError(f"over this app's upload limit of {limit:,} bytes")
     buffer = io.BytesIO(data)
-    buffer.name = member or path  # the loader knows a DICOM without a preamble by its .dcm name
+    buffer.name = name  # the loader knows a DICOM without a preamble by its .dcm name
     return buffer
 
 
 def list_films(paths: Sequence[str] | None, limits: BatchLimits) -> list[tuple[str, str, str | None]]:
-    """The films the uploads hold (zips listed, nothing decoded yet); UserError for none or more than the limit."""
-    entries = _entries(list(paths or []))
+    """The films the uploads hold (zips listed, nothing decoded yet), each with a name of its own; UserError for none,
+    more than the limit, or a zip of far more entries than films."""
+    entries = _entries(list(paths or []), ENTRIES_PER_FILM * limits.max_files)
     if not entries:
         raise UserError("no films: upload PNG, JPEG or DICOM files, or a zip of them")
     if len(entries) > limits.max_files:
         raise UserError(f"{len(entries)} films, over this app's limit of {limits.max_files} a batch: split them")
-    return entries
+    names = _unique([name for name, _, _ in entries])
+    return [(shown, path, member) for shown, (_, path, member) in zip(names, entries, strict=True)]
 
 
 def read_films(
     entries: Sequence[tuple[str, str, str | None]], limits: BatchLimits, decode: Callable[[io.BytesIO], Film]
 ) -> tuple[list[tuple[str, Film]], list[dict]]:
-    """([(name, film)] that decode, [{"film": name, "error": one line}] that do not)."""
+    """([(name, film)] that decode, [{"film": name, "error": one line}] that do not); each zip is opened once."""
     films, errors = [], []
-    for name, path, member in entries:
-        try:
-            films.append((name, decode(_read(path, member, limits.max_file_bytes))))
-        except (UserError, zipfile.BadZipFile, OSError, RuntimeError) as err:  # zipfile: CRC, encryption
-            errors.append({"film": name, "error": str(err).splitlines()[0] if str(err) else type(err).__name__})
+    with ExitStack() as stack:
+        archives: dict[str, zipfile.ZipFile] = {}
+        for name, path, member in entries:
+            try:
+                if member == "":
+                    raise UserError("not a readable zip archive")
+                if member is None:
+                    with open(path, "rb") as file:
+                        data = _read(file, path, limits.max_file_bytes)
+                else:
+                    if path not in archives:
+                        archives[path] = stack.enter_context(zipfile.ZipFile(path))
+                    with archives[path].open(member) as file:
+                        data = _read(file, member, limits.max_file_bytes)
+                films.append((name, decode(data)))
+            except (zipfile.BadZipFile, zlib.error, EOFError) as err:  # a member's bytes: bad CRC, deflate, cut short
+                errors.append({"film": name, "error": f"corrupt in its zip ({str(err) or 'cut short'})"})
+            except (UserError, OSError, RuntimeError, NotImplementedError) as err:  # encrypted, unknown compression
+                errors.append({"film": name, "error": str(err).splitlines()[0] if str(err) else type(err).__name__})
     return films, errors
 
 
 def read_questions(text: str | None, limits: BatchLimits, n_films: int) -> list[str]:
     """The non-empty lines of `text`, checked against the question and row limits."""
+    if len(text or "") > limits.max_questions * MAX_QUESTION_CHARS:  # before splitting: a pasted book is one line
+        raise UserError(f"{len(text):,} characters of questions: type at most {limits.max_questions} short questions, "
+                        "one a line")  # fmt: skip
     questions = [line.strip() for line in (text or "").splitlines() if line.strip()]
     if not questions:
         raise UserError("no question: type one or more, one a line")

@@ -170,16 +170,15 @@ class LocalModels:
     def __init__(self, vqa, conversations: dict[str, list[dict]]):
         self.vqa = vqa
         self.conversations = conversations  # question -> its conversation, checked against the token budget
-
-    @property
-    def names(self) -> list[str]:
-        return self.vqa.model_names
+        # fixed for the whole batch: the demo's hook (`before_answer`) may load its first checkpoint between two
+        # calls, and a model that answered only the later rows would leave the earlier ones without its column
+        self.names: list[str] = list(vqa.model_names)
 
     def answer(self, images, questions, settings: GenerationSettings) -> list[dict[str, Answer]]:
         names = self.names
         answers = iter(self.vqa.answer(
             [image for image in images for _ in names], [self.conversations[q] for q in questions for _ in names],
-            [name for _ in images for name in names], settings,
+            models=[name for _ in images for name in names], settings=settings,
         ))  # fmt: skip
         return [{name: next(answers) for name in names} for _ in images]
 

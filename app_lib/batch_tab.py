@@ -73,9 +73,10 @@ class BatchView(Inputs):
     @staticmethod
     def present(result: dict, models: list[str], films: list):
         """The tab's (table with thumbnails, CSV file, status line) of a batch's result."""
-        thumbs = {name: thumbnail(film.image) for name, film in films}
+        thumbs = {name: thumbnail(film.image) for name, film in films}  # names are unique: list_films numbers repeats
         data = [[thumbs[r["film"]], r["film"], r["question"],
-                 *(answer_cell(r["answers"][m], r["p_yes"][m]) for m in models)] for r in result["rows"]]  # fmt: skip
+                 *(answer_cell(r["answers"].get(m, ""), r["p_yes"].get(m)) for m in models)]
+                for r in result["rows"]]  # fmt: skip
         table = gr.Dataframe(value={"headers": ["film", "name", "question", *models], "data": data},
                              **layout([84, 160, 240, *[260] * len(models)]))  # fmt: skip
         csv = write_csv(_export_dir() / "batch.csv", result["rows"], models)  # the worker runs one batch at a time

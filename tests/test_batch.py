@@ -175,6 +175,20 @@ def decoded(paths, limits=BatchLimits()):
     return read_films(list_films(paths, limits), limits, decode=lambda data: load_film(data, 336))
 
 
+def test_a_model_loaded_mid_batch_neither_joins_it_nor_breaks_its_table(tmp_path):
+    films, _ = decoded([str(EXAMPLES / f"{name}.png") for name in ("normal", "cardiomegaly", "pneumothorax")])
+    vqa = GrowingVQA()
+    source = LocalModels(vqa, {q: add_question(None, q) for q in QUESTIONS[:2]})
+    rows = answer_rows(films, QUESTIONS[:2], [source], SETTINGS, batch_size=2)  # 3 generate calls
+    assert source.names == ["base"] and vqa.asked == ["base"] * 6 and vqa.model_names == ["base", "tuned"]
+    assert all(r["answers"] == {"base": "base: No."} for r in rows)
+    table, _, status = BatchView.present({"rows": rows, "errors": []}, source.names, films)
+    assert [row[3] for row in table.value["data"]] == ["base: No."] * 6 and status.startswith("6 answers from each")
+    rows[0]["answers"].pop("base"), rows[0]["p_yes"].pop("base")  # a model without an answer in a row: empty cell
+    table, _, _ = BatchView.present({"rows": rows, "errors": []}, ["base"], films)
+    assert table.value["data"][0][3] == ""
+
+
 def test_films_of_one_name_keep_their_own_thumbnails_and_csv_rows(tmp_path):
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     Image.open(EXAMPLES / "normal.png").save(tmp_path / "a" / "x.png")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -183,21 +185,36 @@ class LocalModels:
         return [{name: next(answers) for name in names} for _ in images]
 
 
+def endpoint_down(err: UserError) -> bool:
+    """Whether a remote model's failure says no later request will do better soon: no reply in time, no connection,
+    the endpoint unavailable (HTTP 502-504 after its retries), or never passing (its key or model name refused)."""
+    return getattr(err, "fatal", False) or bool(_DOWN.search(str(err)))
+
+
+_DOWN = re.compile(r"no reply from|cannot connect to|HTTP 50[234] from")  # RemoteError's words (cxr_vqa.remote)
+
+
 class RemoteModels:
     """Models behind OpenAI-compatible endpoints: each (film, question) asked of every one of them, concurrently; an
-    endpoint that fails gives that row "error: <why>" and the others still answer."""
+    endpoint that fails gives that row "error: <why>" and the others still answer. A model whose endpoint is down is
+    asked no more in this batch (each of its rows would wait out the timeout and the retries): its later rows say
+    "error: skipped after <its first failure>"."""
 
     def __init__(self, remotes: dict, conversations: dict[str, list[dict]], workers: int = 8):
         self.remotes, self.conversations, self.workers = remotes, conversations, workers
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.remotes)
+        self.names: list[str] = list(remotes)
+        self.down: dict[str, str] = {}  # model -> its first failure that said the endpoint is down
+        self._lock = threading.Lock()
 
     def _ask(self, name: str, image, question: str, settings: GenerationSettings) -> Answer:
+        if name in self.down:
+            return Answer(f"error: skipped after {self.down[name]}")
         try:
             return self.remotes[name].answer(image, self.conversations[question], settings)
         except UserError as err:  # RemoteError: down, slow, refused
+            if endpoint_down(err):
+                with self._lock:
+                    self.down.setdefault(name, str(err))
             return Answer(f"error: {err}")
 
     def answer(self, images, questions, settings: GenerationSettings) -> list[dict[str, Answer]]:

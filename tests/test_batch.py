@@ -16,10 +16,13 @@ import pytest
 from conftest import _random_adapter
 from films import dicom_bytes, make_dicom
 from PIL import Image
+from test_browser import free_port
+from vision_server import VisionServer
 
 from app_lib.batch import (
     BatchLimits,
     LocalModels,
+    RemoteModels,
     answer_rows,
     csv_columns,
     list_films,
@@ -31,10 +34,12 @@ from app_lib.batch import (
 from app_lib.batch_tab import BatchView
 from app_lib.votes import VoteStore
 from cxr_vqa.answers import Answer
+from cxr_vqa.endpoint import Backoff
 from cxr_vqa.errors import UserError
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.images import load_film
 from cxr_vqa.model import load_model
+from cxr_vqa.remote import RemoteModel, parse_remote
 from cxr_vqa.template import add_question
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
@@ -270,3 +275,29 @@ def test_a_zip_of_junk_and_a_pasted_book_are_one_line_each_and_a_zip_is_opened_o
     monkeypatch.setattr(zipfile, "ZipFile", Counted)
     found, errors = decoded([str(films)], BatchLimits(max_files=3))
     assert len(found) == 3 and errors == [] and opened == [str(films)] * 2  # listed once, read once
+
+
+def test_a_remote_model_whose_endpoint_is_down_is_skipped_for_the_rest_of_the_batch():
+    films, _ = decoded([str(EXAMPLES / f"{name}.png") for name in ("normal", "cardiomegaly", "pneumothorax")])
+    conversations = {q: add_question(None, q) for q in QUESTIONS[:2]}
+    with VisionServer({"slow", "fast", "flaky"}, hang_seconds=10) as server:
+        server.fail("hang", times=None, match="slow")
+        server.fail("500", times=2, match="flaky")  # one row's two attempts fail: an error, not a dead endpoint
+        remotes = {name: RemoteModel(parse_remote(f"{name}={server.url}#{name}"), timeout=0.5, max_retries=1,
+                                     backoff=Backoff(0.01)) for name in ("slow", "fast", "flaky")}  # fmt: skip
+        remotes["gone"] = RemoteModel(parse_remote(f"gone=http://127.0.0.1:{free_port()}/v1#gone"), timeout=0.5,
+                                      max_retries=1, backoff=Backoff(0.01))  # fmt: skip
+        source = RemoteModels(remotes, conversations, workers=1)
+        rows = answer_rows(films, QUESTIONS[:2], [source], SETTINGS, batch_size=8)  # 3 calls of 2 rows
+        asked = [r["model"] for r in server.requests]
+    assert asked.count("slow") == 2 and asked.count("fast") == 6 and asked.count("flaky") == 7  # slow: 1 retry
+    slow = [r["answers"]["slow"] for r in rows]
+    first = "slow did not answer: no reply from 127.0.0.1"
+    assert slow[0].startswith(f"error: {first}") and "within 0.5 s after 2 attempts" in slow[0]
+    assert all(cell == f"error: skipped after {slow[0][len('error: ') :]}" for cell in slow[1:])
+    gone = [r["answers"]["gone"] for r in rows]
+    assert "cannot connect to 127.0.0.1" in gone[0] and all(c.startswith("error: skipped after") for c in gone[1:])
+    flaky = [r["answers"]["flaky"] for r in rows]
+    assert flaky[0].startswith("error: flaky did not answer: HTTP 500 from 127.0.0.1") and "2 attempts" in flaky[0]
+    assert not any(cell.startswith("error") for cell in flaky[1:] + [r["answers"]["fast"] for r in rows])
+    assert set(source.down) == {"slow", "gone"}

@@ -1,15 +1,17 @@
 """The Batch tab's work as plain functions: read several films (files or zips) under the host's limits, the
-questions one a line, have every model answer every (film, question) in batched generate calls, and the CSV.
+questions one a line, have every model answer every (film, question), and the CSV.
 
     entries = list_films(paths, limits)                                  # zips listed, nothing decoded
     questions = read_questions(text, limits, len(entries))               # checked before any film is read
     films, errors = read_films(entries, limits, decode=vqa.prepare_film)  # [(name, Film)], [{"film", "error"}]
-    rows = answer_rows(films, questions, [LocalModels(vqa, asked)], settings, limits.batch_size, on_step)
-    write_csv(path, rows, models)
+    conversations = {q: vqa.conversation(None, q) for q in questions}     # each checked against the token budget
+    sources = [LocalModels(vqa, conversations), RemoteModels(remotes, conversations)]
+    rows = answer_rows(films, questions, sources, settings, limits.batch_size, on_step)
+    write_csv(path, rows, [name for source in sources for name in source.names])
 
 A model source is anything with `names` and `answer(images, questions, settings) -> [{name: Answer}]`: the loaded
-LLaVA base and adapters (`LocalModels`) today; a remote endpoint later adds its own, and its columns, unchanged.
-"""
+LLaVA base and adapters (`LocalModels`, in batched generate calls), and the models behind OpenAI-compatible endpoints
+(`RemoteModels`, concurrent requests); each adds its own columns."""
 
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ class BatchLimits:
 
     max_files: int = 20  # films, zips unpacked
     max_questions: int = 5
-    max_rows: int = 60  # films x questions: bounds how long one batch holds the model worker
+    max_rows: int = 60  # films x questions: the answers each model gives one batch (generate rows, remote requests)
     batch_size: int = 16  # generate rows per call (each (film, question) is one row per model)
     max_file_bytes: int | None = None  # each film, also inside a zip; None: no limit of its own
 

@@ -1,8 +1,11 @@
-"""The Batch tab: several films (files or a zip) and questions one a line; every loaded model answers every (film,
-question) in batched generates, with a progress bar; a table with thumbnails, a CSV, and the `/batch` API.
+"""The Batch tab: several films (files or a zip) and questions one a line; every model answers every (film, question),
+the local ones in batched generates and the remote ones in concurrent requests, with a progress bar; a table with
+thumbnails, a CSV, and the `/batch` API.
 
 The batch runs as one event in the model worker's queue (the caller passes the app's GPU event settings), so it waits
-its turn like a single question, and the host's limits (`BatchLimits`) bound how long it holds the worker.
+its turn like a single question. The host's limits (`BatchLimits`) bound the answers each model gives a batch; a remote
+model whose endpoint is down is skipped after its first failure, so it holds the queue for one timeout (and its
+retries), not one a row.
 """
 
 from __future__ import annotations

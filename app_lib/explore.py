@@ -23,7 +23,7 @@ from pathlib import Path
 from app_lib.report_films import ReportFilms, find_films
 from app_lib.tables import answer_cell, thumbnail
 from cxr_vqa.errors import UserError
-from cxr_vqa.reports import PREDICTIONS, read_predictions, read_run, split_variant, with_image
+from cxr_vqa.reports import METRICS, PREDICTIONS, read_predictions, read_run, split_variant, with_image
 
 OPEN_RIGHT_RECALL = 0.5
 PAGE_SIZE = 20
@@ -77,10 +77,11 @@ class Query:
 
 
 class Table:
-    """An evaluation report's questions, indexed for filtering; `films` finds each question's film."""
+    """An evaluation report's questions, indexed for filtering; `films` finds each question's film. `complete`: the
+    evaluation had written its metrics.json (last) before these records were read, so no more will come."""
 
-    def __init__(self, records: list[dict], variants: list[str], films: ReportFilms, source: str = ""):
-        self.records, self.variants, self.films, self.source = records, variants, films, source
+    def __init__(self, records: list[dict], variants: list[str], films: ReportFilms, complete: bool = True):
+        self.records, self.variants, self.films, self.complete = records, variants, films, complete
         self.models = with_image(variants)  # the models as evaluated, with their films
         self.findings = sorted({r["finding"] for r in records if r.get("finding")})
         self.ids = [r["id"] for r in records]
@@ -199,9 +200,12 @@ def _label(variant: str) -> str:
 
 
 def open_report(report_dir: str | Path, dataset: str | None = None) -> Table:
-    """The report in `report_dir` (the --out of `python -m evaluation`) as a Table; UserError if it is none."""
+    """The report in `report_dir` (the --out of `python -m evaluation`) as a Table, complete or as far as the running
+    evaluation has written it (it appends predictions batch by batch and writes metrics.json last); UserError if it is
+    none."""
     report_dir = Path(report_dir)
     run = read_run(report_dir)
+    complete = (report_dir / METRICS).is_file()  # looked at first: predictions read after it are all there is
     path = report_dir / PREDICTIONS
     if not path.is_file():
         raise UserError(f"{path} not found: the evaluation has not answered anything yet")
@@ -209,4 +213,4 @@ def open_report(report_dir: str | Path, dataset: str | None = None) -> Table:
     if not records:
         raise UserError(f"{path} holds no questions yet")
     variants = run.get("variants") or list(records[0]["answers"])
-    return Table(records, variants, find_films(run, records, dataset), source=str(report_dir))
+    return Table(records, variants, find_films(run, records, dataset), complete=complete)

@@ -55,6 +55,7 @@ def expected_ids(records, finding="", model="", outcome="", disagree=False, kind
 def varied_report(synthetic_report, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("varied-report")
     shutil.copy(synthetic_report / "run.json", out / "run.json")
+    shutil.copy(synthetic_report / "metrics.json", out / "metrics.json")  # a finished report (its scores are not read)
     rng = random.Random(0)
     flip = {"yes": "No.", "no": "Yes."}
     lines = []
@@ -84,7 +85,8 @@ def test_each_filter_keeps_exactly_the_rows_predictions_jsonl_says(which, synthe
             for disagree in (False, True):
                 wanted = expected_ids(records, finding, model, outcome, disagree)
                 got = view.explore(finding, model, outcome, disagree)
-                assert got == {"total": len(wanted), "ids": wanted}, (finding, model, outcome, disagree)
+                query = (finding, model, outcome, disagree)
+                assert got == {"total": len(wanted), "ids": wanted, "complete": True}, query
                 counts[finding, model, outcome, disagree] = len(wanted)
     for kind in ("closed", "open"):
         assert [table.ids[i] for i in table.select(Query(kind=kind))] == expected_ids(records, kind=kind)
@@ -202,3 +204,26 @@ def test_a_script_s_mistakes_get_one_line_each(varied_report):
     ]:
         with pytest.raises(gr.Error, match=message):
             view.explore(*args)
+
+
+def test_a_report_still_being_written_is_read_again_as_it_grows_and_kept_once_finished(varied_report, tmp_path):
+    lines = (varied_report / "predictions.jsonl").read_text().splitlines(keepends=True)
+    ids = [json.loads(line)["id"] for line in lines]
+    report = tmp_path / "report"  # the evaluation appends predictions batch by batch and writes metrics.json last
+    report.mkdir()
+    shutil.copy(varied_report / "run.json", report / "run.json")
+    (report / "predictions.jsonl").write_text("".join(lines[:100]))
+    view = ExploreView(report)
+    assert "100 questions so far" in view.note and "still writing" in view.note
+    assert view.explore("", "", "", False) == {"total": 100, "ids": ids[:100], "complete": False}
+    with open(report / "predictions.jsonl", "a") as file:
+        file.write("".join(lines[100:250]) + lines[250][:40])  # a batch and the start of a line being written
+    assert view.explore("", "", "", False) == {"total": 250, "ids": ids[:250], "complete": False}
+    *_, line, _, _ = view.page(Query(), 13)
+    assert line == "Page 13 of 13 · rows 241–250 of 250 so far (the evaluation is still writing this report)"
+    with open(report / "predictions.jsonl", "a") as file:
+        file.write(lines[250][40:] + "".join(lines[251:]))
+    shutil.copy(varied_report / "metrics.json", report / "metrics.json")
+    assert view.explore("", "", "", False) == {"total": len(ids), "ids": ids, "complete": True}
+    (report / "predictions.jsonl").write_text("")  # finished: read once and kept
+    assert view.explore("", "", "", False)["total"] == len(ids) and "so far" not in view.page(Query(), 1)[2]

@@ -17,6 +17,8 @@ Everything is computed once when the report opens, so a filter over 20,000 quest
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +27,12 @@ from app_lib.tables import answer_cell, thumbnail
 from cxr_vqa.errors import UserError
 from cxr_vqa.reports import METRICS, PREDICTIONS, read_predictions, read_run, split_variant, with_image
 
+logger = logging.getLogger(__name__)
+
 OPEN_RIGHT_RECALL = 0.5
 PAGE_SIZE = 20
 THUMBS_KEPT = 2000  # thumbnails kept in memory (a few KB each)
+UNREADABLE = "unreadable film"  # in place of the thumbnail of a film that cannot be decoded
 REPORT_ORDER, P_YES_GAP, CONFIDENTLY_WRONG = "report order", "P(yes) gap", "confidently wrong"
 SORTS = (REPORT_ORDER, P_YES_GAP, CONFIDENTLY_WRONG)
 OUTCOMES, KINDS = ("right", "wrong"), ("closed", "open")
@@ -95,6 +100,7 @@ class Table:
         self._wrong_p = {v: [wrong_confidence(r, v) if self._yes_no[i] else None for i, r in enumerate(records)]
                          for v in variants}  # fmt: skip
         self._thumbs: dict = {}
+        self._thumbs_lock = threading.Lock()  # pages of several sessions are built at once
 
     def __len__(self) -> int:
         return len(self.records)
@@ -181,13 +187,23 @@ class Table:
         return rows
 
     def _thumbnail(self, record: dict) -> str:
-        """The film's thumbnail, kept for the next page that shows it (a study's questions share one film)."""
+        """The film's thumbnail, kept for the next page that shows it (a study's questions share one film); a film
+        that cannot be decoded says so in its cell, and the rest of its row is shown."""
         key = record.get("film") or record["row"]
-        if key not in self._thumbs:
+        with self._thumbs_lock:
+            found = self._thumbs.get(key)
+        if found is not None:
+            return found
+        try:
+            found = thumbnail(self.films.image(record))  # outside the lock: other pages need not wait for this film
+        except (UserError, OSError) as err:  # not kept: a film put right is shown on the next page that holds it
+            logger.warning("Explore: the film of %s cannot be shown: %s", record["id"], err)
+            return UNREADABLE
+        with self._thumbs_lock:
             if len(self._thumbs) >= THUMBS_KEPT:
-                self._thumbs.pop(next(iter(self._thumbs)))  # the oldest: dicts keep insertion order
-            self._thumbs[key] = thumbnail(self.films.image(record))
-        return self._thumbs[key]
+                self._thumbs.pop(next(iter(self._thumbs)), None)  # the oldest: dicts keep insertion order
+            self._thumbs[key] = found
+        return found
 
     @staticmethod
     def headers(shown: list[str]) -> list[str]:

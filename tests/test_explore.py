@@ -13,17 +13,22 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 import pytest
 
-from app_lib.explore import CONFIDENTLY_WRONG, P_YES_GAP, PAGE_SIZE, Query, open_report
+from app_lib import explore
+from app_lib.explore import CONFIDENTLY_WRONG, P_YES_GAP, PAGE_SIZE, UNREADABLE, Query, open_report
 from app_lib.explore_tab import ExploreView
 from app_lib.handlers import Handlers
+from app_lib.report_films import ReportFilms
 from app_lib.votes import VoteStore
 from cxr_vqa.contract import open_splits
+from cxr_vqa.images import ImageLoadError
 from cxr_vqa.model import load_model
 from evaluation.scoring import score_answer
 
@@ -227,3 +232,40 @@ def test_a_report_still_being_written_is_read_again_as_it_grows_and_kept_once_fi
     assert view.explore("", "", "", False) == {"total": len(ids), "ids": ids, "complete": True}
     (report / "predictions.jsonl").write_text("")  # finished: read once and kept
     assert view.explore("", "", "", False)["total"] == len(ids) and "so far" not in view.page(Query(), 1)[2]
+
+
+def test_an_unreadable_film_is_a_note_in_its_row_and_the_page_still_shows(varied_report):
+    view = ExploreView(varied_report)
+    table = view.table
+    readable = table.films._image
+    broken = {table.records[0]["row"]: ImageLoadError("PNG image is truncated"), table.records[3]["row"]: OSError()}
+
+    def image(record):
+        if record["row"] in broken:
+            raise broken[record["row"]]
+        return readable(record)
+
+    table.films = ReportFilms(table.films.note, image)
+    frame, *_ = view.page(Query(), 1)
+    films = [row[0] for row in frame["data"]]
+    for record, film in zip(table.records[:PAGE_SIZE], films, strict=True):
+        assert film == UNREADABLE if record["row"] in broken else film.startswith("![film](data:image/png;base64,")
+    assert films[0] == films[3] == UNREADABLE
+    assert [row[1] for row in frame["data"]] == table.ids[:PAGE_SIZE]  # every row with the rest of its cells
+
+
+def test_the_shared_thumbnails_evict_safely_under_concurrent_pages(varied_report, monkeypatch):
+    class Slow(dict):
+        def __iter__(self):  # another page's thread runs between finding the oldest thumbnail and dropping it
+            for key in list(super().__iter__()):
+                time.sleep(0.002)
+                yield key
+
+    table = open_report(varied_report)
+    monkeypatch.setattr(explore, "THUMBS_KEPT", 2)
+    monkeypatch.setattr(explore, "thumbnail", lambda image: "thumb")  # the cache is under test, not the PNG
+    table.films, table._thumbs = ReportFilms("films", lambda record: None), Slow()
+    records = [{"film": f"f{i}", "row": i, "id": str(i)} for i in range(200)]
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(table._thumbnail, records)) == ["thumb"] * len(records)
+    assert len(table._thumbs) == 2

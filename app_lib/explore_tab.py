@@ -40,6 +40,7 @@ HELP = (
     "question into the side-by-side view above, then press *Ask* to have the live models answer it again."
 )
 ALL = ""
+ID_COLUMN = 1  # the question id's place in a row (FIXED_COLUMNS)
 WIDTHS = (84, 160, 120, 70, 240, 220)  # px of film, id, finding, kind, question, reference; then 240 a model
 
 
@@ -141,7 +142,10 @@ class ExploreView:
         return str(path), record["question"], status
 
     def choose(self, page_ids: list[str] | None, event: gr.SelectData):
-        """A click on a row of the page → its film and question into the side-by-side view."""
+        """A click on a row of the page → its film and question into the side-by-side view. The row says its own id:
+        its place on screen is not its place on the page once a header click has sorted the table in the browser."""
+        if isinstance(event.row_value, (list, tuple)) and len(event.row_value) > ID_COLUMN:
+            return self.choose_id(str(event.row_value[ID_COLUMN]))
         row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
         if not page_ids or not 0 <= row < len(page_ids):
             raise gr.Error("that row is no longer on the page: choose it again")

@@ -254,6 +254,17 @@ def test_an_unreadable_film_is_a_note_in_its_row_and_the_page_still_shows(varied
     assert [row[1] for row in frame["data"]] == table.ids[:PAGE_SIZE]  # every row with the rest of its cells
 
 
+def test_a_row_chosen_after_a_header_sort_is_the_row_clicked(varied_report):
+    view = ExploreView(varied_report)
+    *_, ids = view.page(Query(), 1)
+    frame, *_ = view.page(Query(), 1)
+    clicked = frame["data"][7]  # shown at the top once the browser sorted the page by a column
+    _, question, status = view.choose(ids, gr.SelectData(None, {"index": [0, 4], "value": "x", "row_value": clicked}))
+    assert ids[7] in status and question == view.table.records[7]["question"]
+    _, _, status = view.choose(ids, gr.SelectData(None, {"index": [2, 4], "value": "x"}))  # no row value: the index
+    assert ids[2] in status
+
+
 def test_the_shared_thumbnails_evict_safely_under_concurrent_pages(varied_report, monkeypatch):
     class Slow(dict):
         def __iter__(self):  # another page's thread runs between finding the oldest thumbnail and dropping it

@@ -20,6 +20,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
+from PIL import Image
 
 from app_lib import explore
 from app_lib.explore import CONFIDENTLY_WRONG, P_YES_GAP, PAGE_SIZE, UNREADABLE, Query, open_report
@@ -280,3 +281,11 @@ def test_the_shared_thumbnails_evict_safely_under_concurrent_pages(varied_report
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(table._thumbnail, records)) == ["thumb"] * len(records)
     assert len(table._thumbs) == 2
+
+
+def test_studies_with_dotted_ids_get_a_film_file_each(tmp_path):
+    shades = {"1.2.840.113619.2.55.1": 40, "1.2.840.113619.2.55.2": 200, "p1_s1": 120}  # DICOM UIDs differ at the end
+    films = ReportFilms("films", lambda record: Image.new("RGB", (8, 8), (shades[record["study_id"]],) * 3))
+    paths = [films.copy({"study_id": study}, tmp_path) for study in shades]
+    assert [p.name for p in paths] == [f"{study}.png" for study in shades]
+    assert [Image.open(p).getpixel((0, 0)) for p in paths] == [(v, v, v) for v in shades.values()]

@@ -29,7 +29,7 @@ from app_lib.blind import NO_BLIND, VOTE_FIRST, Blind
 from app_lib.config import parse_config
 from app_lib.handlers import NO_ADAPTER, NO_IMAGE, Handlers
 from app_lib.ratings import results_markdown
-from app_lib.results import load_report, wilson_interval
+from app_lib.results import load_report, report_updates, wilson_interval
 from app_lib.votes import VoteStore
 from cxr_vqa.errors import UserError
 from cxr_vqa.generation import GenerationSettings
@@ -390,3 +390,15 @@ def test_results_table_and_report(tmp_path):
     assert report.metrics == {"base": {"closed_accuracy": 0.5}} and report.plot == str(tmp_path / "comparison.png")
     (tmp_path / "metrics.json").write_text("{not json")
     assert report.metrics is not None and "could not be read" in load_report(tmp_path).note
+
+
+def test_a_comparison_png_still_being_written_is_a_note_not_a_crash(tmp_path):
+    Image.new("RGB", (64, 64), (200, 0, 0)).save(tmp_path / "comparison.png")
+    whole = (tmp_path / "comparison.png").read_bytes()
+    for part, error in [(whole[:60], "OSError"), (whole[:5], "UnidentifiedImageError")]:  # cut in its data, its header
+        (tmp_path / "comparison.png").write_bytes(part)
+        note, _, plot = report_updates(tmp_path)
+        assert f"comparison.png could not be read ({error}): press Refresh" in note and plot.visible is False
+    (tmp_path / "comparison.png").write_bytes(whole)
+    note, _, plot = report_updates(tmp_path)
+    assert "could not be read" not in note and plot.visible is not False

@@ -62,7 +62,7 @@ def report_updates(report_dir) -> tuple:
         try:
             with Image.open(report.plot) as image:
                 plot = image.copy()  # decoded now: a comparison.png still being written fails here, in one line
-        except (OSError, UnidentifiedImageError) as err:
-            note += f" {report.plot} could not be read ({type(err).__name__}): press Refresh once it is written."
+        except (OSError, UnidentifiedImageError, SyntaxError):  # PIL: cut in its data, its header, between chunks
+            note += f" {report.plot} could not be read: press Refresh once the evaluation has written it."
     return (note, gr.JSON(report.metrics, visible=report.metrics is not None),
             gr.Image(plot, visible=plot is not None))  # fmt: skip

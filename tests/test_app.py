@@ -393,12 +393,14 @@ def test_results_table_and_report(tmp_path):
 
 
 def test_a_comparison_png_still_being_written_is_a_note_not_a_crash(tmp_path):
-    Image.new("RGB", (64, 64), (200, 0, 0)).save(tmp_path / "comparison.png")
+    Image.effect_noise((200, 200), 50).convert("RGB").save(tmp_path / "comparison.png")  # ~100 KB: two IDAT chunks
     whole = (tmp_path / "comparison.png").read_bytes()
-    for part, error in [(whole[:60], "OSError"), (whole[:5], "UnidentifiedImageError")]:  # cut in its data, its header
-        (tmp_path / "comparison.png").write_bytes(part)
+    first_idat = whole.index(b"IDAT") - 4
+    second = first_idat + 12 + int.from_bytes(whole[first_idat : first_idat + 4], "big")
+    for cut in (5, 2000, second + 4):  # in its header, in its data, in the next chunk's head: three errors of PIL
+        (tmp_path / "comparison.png").write_bytes(whole[:cut])
         note, _, plot = report_updates(tmp_path)
-        assert f"comparison.png could not be read ({error}): press Refresh" in note and plot.visible is False
+        assert "comparison.png could not be read: press Refresh" in note and plot.visible is False, cut
     (tmp_path / "comparison.png").write_bytes(whole)
     note, _, plot = report_updates(tmp_path)
     assert "could not be read" not in note and plot.visible is not False

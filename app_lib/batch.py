@@ -145,7 +145,8 @@ def read_films(
                         data = _read(file, member, limits.max_file_bytes)
                 films.append((name, decode(data)))
             except (zipfile.BadZipFile, zlib.error, EOFError) as err:  # a member's bytes: bad CRC, deflate, cut short
-                errors.append({"film": name, "error": f"corrupt in its zip ({str(err) or 'cut short'})"})
+                where = " in its zip" if member else ""
+                errors.append({"film": name, "error": f"corrupt{where} ({str(err) or 'cut short'})"})
             except (UserError, OSError, RuntimeError, NotImplementedError) as err:  # encrypted, unknown compression
                 errors.append({"film": name, "error": str(err).splitlines()[0] if str(err) else type(err).__name__})
     return films, errors

@@ -1,30 +1,41 @@
 """The Batch tab's work as plain functions: read several films (files or zips) under the host's limits, the
-questions one a line, have every model answer every (film, question) in batched generate calls, and the CSV.
+questions one a line, have every model answer every (film, question), and the CSV.
 
     entries = list_films(paths, limits)                                  # zips listed, nothing decoded
     questions = read_questions(text, limits, len(entries))               # checked before any film is read
     films, errors = read_films(entries, limits, decode=vqa.prepare_film)  # [(name, Film)], [{"film", "error"}]
-    rows = answer_rows(films, questions, [LocalModels(vqa, asked)], settings, limits.batch_size, on_step)
-    write_csv(path, rows, models)
+    conversations = {q: vqa.conversation(None, q) for q in questions}     # each checked against the token budget
+    sources = [LocalModels(vqa, conversations), RemoteModels(remotes, conversations)]
+    rows = answer_rows(films, questions, sources, settings, limits.batch_size, on_step)
+    write_csv(path, rows, [name for source in sources for name in source.names])
 
 A model source is anything with `names` and `answer(images, questions, settings) -> [{name: Answer}]`: the loaded
-LLaVA base and adapters (`LocalModels`) today; a remote endpoint later adds its own, and its columns, unchanged.
-"""
+LLaVA base and adapters (`LocalModels`, in batched generate calls), and the models behind OpenAI-compatible endpoints
+(`RemoteModels`, concurrent requests); each adds its own columns."""
 
 from __future__ import annotations
 
 import csv
 import io
+import re
+import threading
 import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
+from app_lib.tables import spreadsheet_safe
 from cxr_vqa.answers import Answer
 from cxr_vqa.errors import UserError
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.images import Film
+from cxr_vqa.questions import MAX_QUESTION_CHARS
+
+ENTRIES_PER_FILM = 10  # files and folders a batch's uploads may hold per film allowed: room for folders and notes
 
 
 @dataclass(frozen=True)
@@ -33,7 +44,7 @@ class BatchLimits:
 
     max_files: int = 20  # films, zips unpacked
     max_questions: int = 5
-    max_rows: int = 60  # films x questions: bounds how long one batch holds the model worker
+    max_rows: int = 60  # films x questions: the answers each model gives one batch (generate rows, remote requests)
     batch_size: int = 16  # generate rows per call (each (film, question) is one row per model)
     max_file_bytes: int | None = None  # each film, also inside a zip; None: no limit of its own
 
@@ -53,66 +64,99 @@ def _is_junk(name: str) -> bool:
     return name.endswith("/") or name.startswith("__MACOSX/") or Path(name).name.startswith(".")
 
 
-def _entries(paths: Sequence[str]) -> list[tuple[str, str, str | None]]:
-    """(shown name, file path, zip member or None) for every film the uploads hold, in upload order."""
-    entries = []
+def _entries(paths: Sequence[str], most: int) -> list[tuple[str, str, str | None]]:
+    """(shown name, file path, zip member or None) for every film the uploads hold, in upload order; UserError past
+    `most` entries in all, junk included (a zip of a million empty folders is no batch)."""
+    entries, seen = [], 0
     for path in paths:
         name = Path(path).name
         if not name.lower().endswith(".zip"):
             entries.append((name, path, None))
-            continue
-        try:
-            with zipfile.ZipFile(path) as archive:
-                members = [m for m in archive.namelist() if not _is_junk(m)]
-        except (zipfile.BadZipFile, OSError):
-            entries.append((name, path, ""))  # reported as unreadable when decoded
-            continue
-        entries += [(member, path, member) for member in members]
+            seen += 1
+        else:
+            try:
+                with zipfile.ZipFile(path) as archive:
+                    members = archive.namelist()
+            except (zipfile.BadZipFile, OSError):
+                members = None
+            seen += len(members or [None])
+            if members is None:
+                entries.append((name, path, ""))  # reported as unreadable when decoded
+            else:
+                entries += [(member, path, member) for member in members if not _is_junk(member)]
+        if seen > most:
+            raise UserError(f"the uploads hold {seen:,} or more files and folders (a zip's entries counted), over "
+                            f"this app's limit of {most:,} a batch: zip only the films")  # fmt: skip
     return entries
 
 
-def _read(path: str, member: str | None, limit: int | None) -> io.BytesIO:
+def _unique(names: Sequence[str]) -> list[str]:
+    """The names with a repeat numbered ("x.png (2)"): two uploads of one name stay apart in the table and the CSV."""
+    unique: list[str] = []
+    for name in names:
+        shown, n = name, 1
+        while shown in unique:
+            n += 1
+            shown = f"{name} ({n})"
+        unique.append(shown)
+    return unique
+
+
+def _read(file: IO[bytes], name: str, limit: int | None) -> io.BytesIO:
     """The film's bytes, never more than `limit` read (a zip's sizes are only what it claims)."""
-    if member is None:
-        with open(path, "rb") as file:
-            data = file.read(limit + 1 if limit else -1)
-    elif member == "":
-        raise UserError("not a readable zip archive")
-    else:
-        with zipfile.ZipFile(path) as archive, archive.open(member) as file:
-            data = file.read(limit + 1 if limit else -1)
+    data = file.read(limit + 1 if limit else -1)
     if limit and len(data) > limit:
         raise UserError(f"over this app's upload limit of {limit:,} bytes")
     buffer = io.BytesIO(data)
-    buffer.name = member or path  # the loader knows a DICOM without a preamble by its .dcm name
+    buffer.name = name  # the loader knows a DICOM without a preamble by its .dcm name
     return buffer
 
 
 def list_films(paths: Sequence[str] | None, limits: BatchLimits) -> list[tuple[str, str, str | None]]:
-    """The films the uploads hold (zips listed, nothing decoded yet); UserError for none or more than the limit."""
-    entries = _entries(list(paths or []))
+    """The films the uploads hold (zips listed, nothing decoded yet), each with a name of its own; UserError for none,
+    more than the limit, or a zip of far more entries than films."""
+    entries = _entries(list(paths or []), ENTRIES_PER_FILM * limits.max_files)
     if not entries:
         raise UserError("no films: upload PNG, JPEG or DICOM files, or a zip of them")
     if len(entries) > limits.max_files:
         raise UserError(f"{len(entries)} films, over this app's limit of {limits.max_files} a batch: split them")
-    return entries
+    names = _unique([name for name, _, _ in entries])
+    return [(shown, path, member) for shown, (_, path, member) in zip(names, entries, strict=True)]
 
 
 def read_films(
     entries: Sequence[tuple[str, str, str | None]], limits: BatchLimits, decode: Callable[[io.BytesIO], Film]
 ) -> tuple[list[tuple[str, Film]], list[dict]]:
-    """([(name, film)] that decode, [{"film": name, "error": one line}] that do not)."""
+    """([(name, film)] that decode, [{"film": name, "error": one line}] that do not); each zip is opened once."""
     films, errors = [], []
-    for name, path, member in entries:
-        try:
-            films.append((name, decode(_read(path, member, limits.max_file_bytes))))
-        except (UserError, zipfile.BadZipFile, OSError, RuntimeError) as err:  # zipfile: CRC, encryption
-            errors.append({"film": name, "error": str(err).splitlines()[0] if str(err) else type(err).__name__})
+    with ExitStack() as stack:
+        archives: dict[str, zipfile.ZipFile] = {}
+        for name, path, member in entries:
+            try:
+                if member == "":
+                    raise UserError("not a readable zip archive")
+                if member is None:
+                    with open(path, "rb") as file:
+                        data = _read(file, path, limits.max_file_bytes)
+                else:
+                    if path not in archives:
+                        archives[path] = stack.enter_context(zipfile.ZipFile(path))
+                    with archives[path].open(member) as file:
+                        data = _read(file, member, limits.max_file_bytes)
+                films.append((name, decode(data)))
+            except (zipfile.BadZipFile, zlib.error, EOFError) as err:  # a member's bytes: bad CRC, deflate, cut short
+                where = " in its zip" if member else ""
+                errors.append({"film": name, "error": f"corrupt{where} ({str(err) or 'cut short'})"})
+            except (UserError, OSError, RuntimeError, NotImplementedError) as err:  # encrypted, unknown compression
+                errors.append({"film": name, "error": str(err).splitlines()[0] if str(err) else type(err).__name__})
     return films, errors
 
 
 def read_questions(text: str | None, limits: BatchLimits, n_films: int) -> list[str]:
     """The non-empty lines of `text`, checked against the question and row limits."""
+    if len(text or "") > limits.max_questions * MAX_QUESTION_CHARS:  # before splitting: a pasted book is one line
+        raise UserError(f"{len(text):,} characters of questions: type at most {limits.max_questions} short questions, "
+                        "one a line")  # fmt: skip
     questions = [line.strip() for line in (text or "").splitlines() if line.strip()]
     if not questions:
         raise UserError("no question: type one or more, one a line")
@@ -131,35 +175,49 @@ class LocalModels:
     def __init__(self, vqa, conversations: dict[str, list[dict]]):
         self.vqa = vqa
         self.conversations = conversations  # question -> its conversation, checked against the token budget
-
-    @property
-    def names(self) -> list[str]:
-        return self.vqa.model_names
+        # fixed for the whole batch: the demo's hook (`before_answer`) may load its first checkpoint between two
+        # calls, and a model that answered only the later rows would leave the earlier ones without its column
+        self.names: list[str] = list(vqa.model_names)
 
     def answer(self, images, questions, settings: GenerationSettings) -> list[dict[str, Answer]]:
         names = self.names
         answers = iter(self.vqa.answer(
             [image for image in images for _ in names], [self.conversations[q] for q in questions for _ in names],
-            [name for _ in images for name in names], settings,
+            models=[name for _ in images for name in names], settings=settings,
         ))  # fmt: skip
         return [{name: next(answers) for name in names} for _ in images]
 
 
+def endpoint_down(err: UserError) -> bool:
+    """Whether a remote model's failure says no later request will do better soon: no reply in time, no connection,
+    the endpoint unavailable (HTTP 502-504 after its retries), or never passing (its key or model name refused)."""
+    return getattr(err, "fatal", False) or bool(_DOWN.search(str(err)))
+
+
+_DOWN = re.compile(r"no reply from|cannot connect to|HTTP 50[234] from")  # RemoteError's words (cxr_vqa.remote)
+
+
 class RemoteModels:
     """Models behind OpenAI-compatible endpoints: each (film, question) asked of every one of them, concurrently; an
-    endpoint that fails gives that row "error: <why>" and the others still answer."""
+    endpoint that fails gives that row "error: <why>" and the others still answer. A model whose endpoint is down is
+    asked no more in this batch (each of its rows would wait out the timeout and the retries): its later rows say
+    "error: skipped after <its first failure>"."""
 
     def __init__(self, remotes: dict, conversations: dict[str, list[dict]], workers: int = 8):
         self.remotes, self.conversations, self.workers = remotes, conversations, workers
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.remotes)
+        self.names: list[str] = list(remotes)
+        self.down: dict[str, str] = {}  # model -> its first failure that said the endpoint is down
+        self._lock = threading.Lock()
 
     def _ask(self, name: str, image, question: str, settings: GenerationSettings) -> Answer:
+        if name in self.down:
+            return Answer(f"error: skipped after {self.down[name]}")
         try:
             return self.remotes[name].answer(image, self.conversations[question], settings)
         except UserError as err:  # RemoteError: down, slow, refused
+            if endpoint_down(err):
+                with self._lock:
+                    self.down.setdefault(name, str(err))
             return Answer(f"error: {err}")
 
     def answer(self, images, questions, settings: GenerationSettings) -> list[dict[str, Answer]]:
@@ -210,12 +268,6 @@ def write_csv(path: str | Path, rows: Sequence[dict], models: Sequence[str]) -> 
             cells = []
             for m in models:
                 p = row["p_yes"].get(m)
-                cells += [_no_formula(row["answers"].get(m, "")), "" if p is None else f"{p:.4f}"]
-            writer.writerow([_no_formula(row["film"]), _no_formula(row["question"]), *cells])
+                cells += [spreadsheet_safe(row["answers"].get(m, "")), "" if p is None else f"{p:.4f}"]
+            writer.writerow([spreadsheet_safe(row["film"]), spreadsheet_safe(row["question"]), *cells])
     return Path(path)
-
-
-def _no_formula(text: str) -> str:
-    """A cell a spreadsheet would run as a formula (=, +, -, @ first) gets a leading quote: model output and file
-    names are not trusted."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

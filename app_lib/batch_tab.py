@@ -1,8 +1,11 @@
-"""The Batch tab: several films (files or a zip) and questions one a line; every loaded model answers every (film,
-question) in batched generates, with a progress bar; a table with thumbnails, a CSV, and the `/batch` API.
+"""The Batch tab: several films (files or a zip) and questions one a line; every model answers every (film, question),
+the local ones in batched generates and the remote ones in concurrent requests, with a progress bar; a table with
+thumbnails, a CSV, and the `/batch` API.
 
 The batch runs as one event in the model worker's queue (the caller passes the app's GPU event settings), so it waits
-its turn like a single question, and the host's limits (`BatchLimits`) bound how long it holds the worker.
+its turn like a single question. The host's limits (`BatchLimits`) bound the answers each model gives a batch; a remote
+model whose endpoint is down is skipped after its first failure, so it holds the queue for one timeout (and its
+retries), not one a row.
 """
 
 from __future__ import annotations
@@ -73,9 +76,10 @@ class BatchView(Inputs):
     @staticmethod
     def present(result: dict, models: list[str], films: list):
         """The tab's (table with thumbnails, CSV file, status line) of a batch's result."""
-        thumbs = {name: thumbnail(film.image) for name, film in films}
+        thumbs = {name: thumbnail(film.image) for name, film in films}  # names are unique: list_films numbers repeats
         data = [[thumbs[r["film"]], r["film"], r["question"],
-                 *(answer_cell(r["answers"][m], r["p_yes"][m]) for m in models)] for r in result["rows"]]  # fmt: skip
+                 *(answer_cell(r["answers"].get(m, ""), r["p_yes"].get(m)) for m in models)]
+                for r in result["rows"]]  # fmt: skip
         table = gr.Dataframe(value={"headers": ["film", "name", "question", *models], "data": data},
                              **layout([84, 160, 240, *[260] * len(models)]))  # fmt: skip
         csv = write_csv(_export_dir() / "batch.csv", result["rows"], models)  # the worker runs one batch at a time

@@ -15,6 +15,7 @@ import gradio as gr
 
 from app_lib.handlers import NO_IMAGE, Inputs, ui_errors
 from app_lib.ratings import results_markdown
+from app_lib.tables import spreadsheet_safe
 from app_lib.votes import COLUMNS, Trial
 from cxr_vqa.errors import UserError
 from cxr_vqa.images import Film
@@ -98,7 +99,8 @@ class Blind(Inputs):
         with open(path, "w", newline="", encoding="utf-8") as file:
             writer = csv.DictWriter(file, fieldnames=COLUMNS)
             writer.writeheader()
-            writer.writerows(self.votes.all())
+            for vote in self.votes.all():  # questions and answers are typed by people and written by models
+                writer.writerow({k: spreadsheet_safe(v) if isinstance(v, str) else v for k, v in vote.items()})
         return str(path)
 
 

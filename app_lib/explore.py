@@ -17,17 +17,22 @@ Everything is computed once when the report opens, so a filter over 20,000 quest
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from app_lib.report_films import ReportFilms, find_films
 from app_lib.tables import answer_cell, thumbnail
 from cxr_vqa.errors import UserError
-from cxr_vqa.reports import PREDICTIONS, read_predictions, read_run, split_variant, with_image
+from cxr_vqa.reports import METRICS, PREDICTIONS, read_predictions, read_run, split_variant, with_image
+
+logger = logging.getLogger(__name__)
 
 OPEN_RIGHT_RECALL = 0.5
 PAGE_SIZE = 20
 THUMBS_KEPT = 2000  # thumbnails kept in memory (a few KB each)
+UNREADABLE = "unreadable film"  # in place of the thumbnail of a film that cannot be decoded
 REPORT_ORDER, P_YES_GAP, CONFIDENTLY_WRONG = "report order", "P(yes) gap", "confidently wrong"
 SORTS = (REPORT_ORDER, P_YES_GAP, CONFIDENTLY_WRONG)
 OUTCOMES, KINDS = ("right", "wrong"), ("closed", "open")
@@ -77,10 +82,11 @@ class Query:
 
 
 class Table:
-    """An evaluation report's questions, indexed for filtering; `films` finds each question's film."""
+    """An evaluation report's questions, indexed for filtering; `films` finds each question's film. `complete`: the
+    evaluation had written its metrics.json (last) before these records were read, so no more will come."""
 
-    def __init__(self, records: list[dict], variants: list[str], films: ReportFilms, source: str = ""):
-        self.records, self.variants, self.films, self.source = records, variants, films, source
+    def __init__(self, records: list[dict], variants: list[str], films: ReportFilms, complete: bool = True):
+        self.records, self.variants, self.films, self.complete = records, variants, films, complete
         self.models = with_image(variants)  # the models as evaluated, with their films
         self.findings = sorted({r["finding"] for r in records if r.get("finding")})
         self.ids = [r["id"] for r in records]
@@ -94,6 +100,7 @@ class Table:
         self._wrong_p = {v: [wrong_confidence(r, v) if self._yes_no[i] else None for i, r in enumerate(records)]
                          for v in variants}  # fmt: skip
         self._thumbs: dict = {}
+        self._thumbs_lock = threading.Lock()  # pages of several sessions are built at once
 
     def __len__(self) -> int:
         return len(self.records)
@@ -180,13 +187,23 @@ class Table:
         return rows
 
     def _thumbnail(self, record: dict) -> str:
-        """The film's thumbnail, kept for the next page that shows it (a study's questions share one film)."""
+        """The film's thumbnail, kept for the next page that shows it (a study's questions share one film); a film
+        that cannot be decoded says so in its cell, and the rest of its row is shown."""
         key = record.get("film") or record["row"]
-        if key not in self._thumbs:
+        with self._thumbs_lock:
+            found = self._thumbs.get(key)
+        if found is not None:
+            return found
+        try:
+            found = thumbnail(self.films.image(record))  # outside the lock: other pages need not wait for this film
+        except (UserError, OSError) as err:  # not kept: a film put right is shown on the next page that holds it
+            logger.warning("Explore: the film of %s cannot be shown: %s", record["id"], err)
+            return UNREADABLE
+        with self._thumbs_lock:
             if len(self._thumbs) >= THUMBS_KEPT:
-                self._thumbs.pop(next(iter(self._thumbs)))  # the oldest: dicts keep insertion order
-            self._thumbs[key] = thumbnail(self.films.image(record))
-        return self._thumbs[key]
+                self._thumbs.pop(next(iter(self._thumbs)), None)  # the oldest: dicts keep insertion order
+            self._thumbs[key] = found
+        return found
 
     @staticmethod
     def headers(shown: list[str]) -> list[str]:
@@ -199,9 +216,12 @@ def _label(variant: str) -> str:
 
 
 def open_report(report_dir: str | Path, dataset: str | None = None) -> Table:
-    """The report in `report_dir` (the --out of `python -m evaluation`) as a Table; UserError if it is none."""
+    """The report in `report_dir` (the --out of `python -m evaluation`) as a Table, complete or as far as the running
+    evaluation has written it (it appends predictions batch by batch and writes metrics.json last); UserError if it is
+    none."""
     report_dir = Path(report_dir)
     run = read_run(report_dir)
+    complete = (report_dir / METRICS).is_file()  # looked at first: predictions read after it are all there is
     path = report_dir / PREDICTIONS
     if not path.is_file():
         raise UserError(f"{path} not found: the evaluation has not answered anything yet")
@@ -209,4 +229,4 @@ def open_report(report_dir: str | Path, dataset: str | None = None) -> Table:
     if not records:
         raise UserError(f"{path} holds no questions yet")
     variants = run.get("variants") or list(records[0]["answers"])
-    return Table(records, variants, find_films(run, records, dataset), source=str(report_dir))
+    return Table(records, variants, find_films(run, records, dataset), complete=complete)

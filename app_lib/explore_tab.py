@@ -29,6 +29,7 @@ from app_lib.explore import (
 from app_lib.handlers import ui_errors
 from app_lib.tables import layout
 from cxr_vqa.errors import UserError
+from cxr_vqa.reports import METRICS, PREDICTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ HELP = (
     "question into the side-by-side view above, then press *Ask* to have the live models answer it again."
 )
 ALL = ""
+ID_COLUMN = 1  # the question id's place in a row (FIXED_COLUMNS)
 WIDTHS = (84, 160, 120, 70, 240, 220)  # px of film, id, finding, kind, question, reference; then 240 a model
 
 
@@ -50,13 +52,27 @@ class ExploreView:
         self.note, self.page_size = NO_REPORT, page_size
         self.report_dir, self.dataset = report_dir, dataset
         self._folder: Path | None = None
+        self._seen: tuple[int, int] | None = None  # (size, mtime) of the predictions.jsonl the table was read from
         if report_dir is not None:
             self._open()
 
-    def _open(self) -> None:
+    def _stamp(self) -> tuple[int, int] | None:
         try:
-            self.table = open_report(self.report_dir, self.dataset)
-            self.note = f"{len(self.table):,} questions from `{self.report_dir}`; {self.table.films.note}."
+            found = (Path(self.report_dir) / PREDICTIONS).stat()
+        except OSError:
+            return None
+        return found.st_size, found.st_mtime_ns
+
+    def _open(self) -> None:
+        stamp = self._stamp()  # before reading: a line appended meanwhile makes the next look read it again
+        try:
+            self.table, self._seen = open_report(self.report_dir, self.dataset), stamp
+            if self.table.complete:
+                self.note = f"{len(self.table):,} questions from `{self.report_dir}`; {self.table.films.note}."
+            else:
+                self.note = (f"{len(self.table):,} questions so far from `{self.report_dir}`: no metrics.json yet, so "
+                             "the evaluation is still writing this report (or stopped before its end), and each new "
+                             f"page reads what it has added; {self.table.films.note}.")  # fmt: skip
         except UserError as err:
             if not Path(self.report_dir).exists():  # a demo's report comes when its build ends
                 self.note = (f"The report in `{self.report_dir}` is not written yet: `/explore` answers as soon as it "
@@ -65,22 +81,30 @@ class ExploreView:
             logger.warning("Explore tab: %s", err)
             self.note = f"The report in `{self.report_dir}` cannot be explored: {err}"
 
+    def _stale(self) -> bool:
+        if self.table is None:
+            return True
+        return not self.table.complete and (self._stamp() != self._seen or (Path(self.report_dir) / METRICS).is_file())
+
     def _table(self) -> Table:
-        if self.table is None and self.report_dir is not None:
-            self._open()  # written since the app started (the demo evaluates itself last)
+        """The report's table: read once it is complete; while the evaluation writes it (the demo evaluates itself
+        last, while its app serves), read again whenever predictions.jsonl has grown or metrics.json has come."""
+        if self.report_dir is not None and self._stale():
+            self._open()
         if self.table is None:
             raise UserError(self.note)
         return self.table
 
     def explore(self, finding: str | None, model: str | None, outcome: str | None, disagree) -> dict:
-        """`/explore`: {"total": n, "ids": question ids of predictions.jsonl in the table's order}."""
+        """`/explore`: {"total": n, "ids": question ids of predictions.jsonl in the table's order, "complete": false
+        while the evaluation is still writing the report (then total and ids count what it has written so far)}."""
         with ui_errors():
             table = self._table()
             query = Query(finding=finding or ALL, model=model or ALL, outcome=outcome or ALL, disagree=bool(disagree))
             if query.model and query.model not in table.models:  # the API compares the models with their films
                 raise UserError(f"unknown model {query.model!r}: this report has {', '.join(table.models)}")
             order = table.select(query)
-            return {"total": len(order), "ids": [table.ids[i] for i in order]}
+            return {"total": len(order), "ids": [table.ids[i] for i in order], "complete": table.complete}
 
     def show(self, finding, kind, model, outcome, disagree, blank, sort, gap_a, gap_b, page):
         """(table, page line, page number, the page's question ids) of page `page` (from 1) of this view."""
@@ -101,6 +125,7 @@ class ExploreView:
         rows = table.page(order, page - 1, shown, self.page_size)
         first = (page - 1) * self.page_size
         line = f"Page {page} of {pages} · rows {first + 1 if rows else 0}–{first + len(rows)} of {len(order):,}"
+        line += "" if table.complete else " so far (the evaluation is still writing this report)"
         ids = [table.ids[i] for i in order[first : first + len(rows)]]
         return {"headers": table.headers(shown), "data": rows}, layout([*WIDTHS, *[240] * len(shown)]), line, page, ids
 
@@ -117,7 +142,10 @@ class ExploreView:
         return str(path), record["question"], status
 
     def choose(self, page_ids: list[str] | None, event: gr.SelectData):
-        """A click on a row of the page → its film and question into the side-by-side view."""
+        """A click on a row of the page → its film and question into the side-by-side view. The row says its own id:
+        its place on screen is not its place on the page once a header click has sorted the table in the browser."""
+        if isinstance(event.row_value, (list, tuple)) and len(event.row_value) > ID_COLUMN:
+            return self.choose_id(str(event.row_value[ID_COLUMN]))
         row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
         if not page_ids or not 0 <= row < len(page_ids):
             raise gr.Error("that row is no longer on the page: choose it again")
@@ -169,5 +197,6 @@ def explore_tab(view: ExploreView, film_file: gr.File, question: gr.Textbox, not
                       gr.Checkbox(visible=False)]  # fmt: skip
         gr.Button(visible=False).click(
             view.explore, api_inputs, [gr.JSON(visible=False)], api_name="explore", concurrency_limit=4,
-            api_description='(finding or "", model or "", "right"/"wrong"/"", disagree) → {"total": n, "ids": [...]}',
+            api_description='(finding or "", model or "", "right"/"wrong"/"", disagree) → {"total": n, "ids": [...], '
+            '"complete": false while the report is still being written}',
         )  # fmt: skip

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from app_lib.handlers import NO_IMAGE, Inputs, pane_label, ui_errors
+from app_lib.handlers import NO_IMAGE, Inputs, answer_text, pane_label, ui_errors
 from cxr_vqa.errors import UserError
 from cxr_vqa.images import Film
 from cxr_vqa.relevance import RelevanceMap, overlay
@@ -121,17 +121,18 @@ class Maps(Inputs):
             chats = {m: [*conversation, assistant_turn(a.text)] for m, a in answers.items()}
             explained = self.explain(film, chats)
         moved = self._moved(answered, self._last_weights())
+        texts = {m: answer_text(a) for m, a in answers.items()}  # as /compare_all: a failed remote model says why
         return {
             model: {
-                "answer": answer,
+                "answer": texts[model],
                 "map": found.grid.round(4).tolist(),
                 "sinks": list(found.sinks),
                 "available": True,
                 **({"note": moved[model]} if model in moved else {}),
             }
             if found is not None
-            else {"answer": answer, "map": None, "sinks": [], "available": False, "note": NOT_AVAILABLE}
-            for model, (answer, found) in explained.items()
+            else {"answer": texts[model], "map": None, "sinks": [], "available": False, "note": NOT_AVAILABLE}
+            for model, (_, found) in explained.items()
         }
 
     def view(self, film: gr.State, chats: gr.State, columns: int, gpu_event: dict, wrap=lambda fn: fn) -> View:

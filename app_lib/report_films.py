@@ -44,7 +44,9 @@ class ReportFilms:
         """A file of the record's film in `folder`, for the upload box: the release's own file for a benchmark (its
         format, DICOM included), a PNG of the dataset's film otherwise."""
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(record.get("film") or record["study_id"]))  # no path tricks
-        target = folder / name if self._path is not None else (folder / name).with_suffix(".png")
+        if self._path is None and not name.lower().endswith(".png"):
+            name += ".png"  # not with_suffix: a dotted study id (a DICOM UID, 1.2.840...) would lose its last part
+        target = folder / name
         # written aside, then renamed: two people choosing the same film never read a half-written file
         partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
         if self._path is not None:

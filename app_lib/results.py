@@ -54,9 +54,15 @@ def load_report(report_dir: str | Path | None) -> Report:
 def report_updates(report_dir) -> tuple:
     """The Results tab's report views as the report folder holds them now."""
     import gradio as gr
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     report = load_report(report_dir)
-    plot = Image.open(report.plot) if report.plot else None  # an image, not a path: no file outside Gradio's to serve
-    return (report.note, gr.JSON(report.metrics, visible=report.metrics is not None),
+    note, plot = report.note, None  # an image, not a path: no file outside Gradio's to serve
+    if report.plot:
+        try:
+            with Image.open(report.plot) as image:
+                plot = image.copy()  # decoded now: a comparison.png still being written fails here, in one line
+        except (OSError, UnidentifiedImageError, SyntaxError):  # PIL: cut in its data, its header, between chunks
+            note += f" {report.plot} could not be read: press Refresh once the evaluation has written it."
+    return (note, gr.JSON(report.metrics, visible=report.metrics is not None),
             gr.Image(plot, visible=plot is not None))  # fmt: skip

@@ -1,4 +1,5 @@
-"""Cells shared by the Explore and Batch tables: a film's thumbnail, inline, and one model's answer.
+"""Cells shared by the app's tables: a film's thumbnail, inline, one model's answer, and a CSV cell a spreadsheet will
+not run.
 
 Thumbnails go inline as data URLs in a markdown cell: a page of the table carries its own small pictures, so no
 film is written to the server's disk to show it, and only the rows of the page on screen are ever encoded.
@@ -32,3 +33,9 @@ def answer_cell(text: str, p_yes: float | None, right: bool | None = None) -> st
 def layout(widths: list[int]) -> dict:
     """`gr.Dataframe`'s column types and widths (px) for a table whose first column holds the thumbnails."""
     return {"datatype": ["markdown"] + ["str"] * (len(widths) - 1), "column_widths": [f"{w}px" for w in widths]}
+
+
+def spreadsheet_safe(text: str) -> str:
+    """A CSV cell a spreadsheet would run as a formula (=, +, -, @ first) gets a leading quote: questions, model output
+    and file names are not trusted. Every CSV the app writes (a batch, the votes) goes through here."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

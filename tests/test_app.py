@@ -29,7 +29,7 @@ from app_lib.blind import NO_BLIND, VOTE_FIRST, Blind
 from app_lib.config import parse_config
 from app_lib.handlers import NO_ADAPTER, NO_IMAGE, Handlers
 from app_lib.ratings import results_markdown
-from app_lib.results import load_report, wilson_interval
+from app_lib.results import load_report, report_updates, wilson_interval
 from app_lib.votes import VoteStore
 from cxr_vqa.errors import UserError
 from cxr_vqa.generation import GenerationSettings
@@ -406,3 +406,17 @@ def test_results_table_and_report(tmp_path):
     assert report.metrics == {"base": {"closed_accuracy": 0.5}} and report.plot == str(tmp_path / "comparison.png")
     (tmp_path / "metrics.json").write_text("{not json")
     assert report.metrics is not None and "could not be read" in load_report(tmp_path).note
+
+
+def test_a_comparison_png_still_being_written_is_a_note_not_a_crash(tmp_path):
+    Image.effect_noise((200, 200), 50).convert("RGB").save(tmp_path / "comparison.png")  # ~100 KB: two IDAT chunks
+    whole = (tmp_path / "comparison.png").read_bytes()
+    first_idat = whole.index(b"IDAT") - 4
+    second = first_idat + 12 + int.from_bytes(whole[first_idat : first_idat + 4], "big")
+    for cut in (5, 2000, second + 4):  # in its header, in its data, in the next chunk's head: three errors of PIL
+        (tmp_path / "comparison.png").write_bytes(whole[:cut])
+        note, _, plot = report_updates(tmp_path)
+        assert "comparison.png could not be read: press Refresh" in note and plot.visible is False, cut
+    (tmp_path / "comparison.png").write_bytes(whole)
+    note, _, plot = report_updates(tmp_path)
+    assert "could not be read" not in note and plot.visible is not False

@@ -13,17 +13,23 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 import pytest
+from PIL import Image
 
-from app_lib.explore import CONFIDENTLY_WRONG, P_YES_GAP, PAGE_SIZE, Query, open_report
+from app_lib import explore
+from app_lib.explore import CONFIDENTLY_WRONG, P_YES_GAP, PAGE_SIZE, UNREADABLE, Query, open_report
 from app_lib.explore_tab import ExploreView
 from app_lib.handlers import Handlers
+from app_lib.report_films import ReportFilms
 from app_lib.votes import VoteStore
 from cxr_vqa.contract import open_splits
+from cxr_vqa.images import ImageLoadError
 from cxr_vqa.model import load_model
 from evaluation.scoring import score_answer
 
@@ -55,6 +61,7 @@ def expected_ids(records, finding="", model="", outcome="", disagree=False, kind
 def varied_report(synthetic_report, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("varied-report")
     shutil.copy(synthetic_report / "run.json", out / "run.json")
+    shutil.copy(synthetic_report / "metrics.json", out / "metrics.json")  # a finished report (its scores are not read)
     rng = random.Random(0)
     flip = {"yes": "No.", "no": "Yes."}
     lines = []
@@ -84,7 +91,8 @@ def test_each_filter_keeps_exactly_the_rows_predictions_jsonl_says(which, synthe
             for disagree in (False, True):
                 wanted = expected_ids(records, finding, model, outcome, disagree)
                 got = view.explore(finding, model, outcome, disagree)
-                assert got == {"total": len(wanted), "ids": wanted}, (finding, model, outcome, disagree)
+                query = (finding, model, outcome, disagree)
+                assert got == {"total": len(wanted), "ids": wanted, "complete": True}, query
                 counts[finding, model, outcome, disagree] = len(wanted)
     for kind in ("closed", "open"):
         assert [table.ids[i] for i in table.select(Query(kind=kind))] == expected_ids(records, kind=kind)
@@ -202,3 +210,82 @@ def test_a_script_s_mistakes_get_one_line_each(varied_report):
     ]:
         with pytest.raises(gr.Error, match=message):
             view.explore(*args)
+
+
+def test_a_report_still_being_written_is_read_again_as_it_grows_and_kept_once_finished(varied_report, tmp_path):
+    lines = (varied_report / "predictions.jsonl").read_text().splitlines(keepends=True)
+    ids = [json.loads(line)["id"] for line in lines]
+    report = tmp_path / "report"  # the evaluation appends predictions batch by batch and writes metrics.json last
+    report.mkdir()
+    shutil.copy(varied_report / "run.json", report / "run.json")
+    (report / "predictions.jsonl").write_text("".join(lines[:100]))
+    view = ExploreView(report)
+    assert "100 questions so far" in view.note and "still writing" in view.note
+    assert view.explore("", "", "", False) == {"total": 100, "ids": ids[:100], "complete": False}
+    with open(report / "predictions.jsonl", "a") as file:
+        file.write("".join(lines[100:250]) + lines[250][:40])  # a batch and the start of a line being written
+    assert view.explore("", "", "", False) == {"total": 250, "ids": ids[:250], "complete": False}
+    *_, line, _, _ = view.page(Query(), 13)
+    assert line == "Page 13 of 13 · rows 241–250 of 250 so far (the evaluation is still writing this report)"
+    with open(report / "predictions.jsonl", "a") as file:
+        file.write(lines[250][40:] + "".join(lines[251:]))
+    shutil.copy(varied_report / "metrics.json", report / "metrics.json")
+    assert view.explore("", "", "", False) == {"total": len(ids), "ids": ids, "complete": True}
+    (report / "predictions.jsonl").write_text("")  # finished: read once and kept
+    assert view.explore("", "", "", False)["total"] == len(ids) and "so far" not in view.page(Query(), 1)[2]
+
+
+def test_an_unreadable_film_is_a_note_in_its_row_and_the_page_still_shows(varied_report):
+    view = ExploreView(varied_report)
+    table = view.table
+    readable = table.films._image
+    broken = {table.records[0]["row"]: ImageLoadError("PNG image is truncated"), table.records[3]["row"]: OSError()}
+
+    def image(record):
+        if record["row"] in broken:
+            raise broken[record["row"]]
+        return readable(record)
+
+    table.films = ReportFilms(table.films.note, image)
+    frame, *_ = view.page(Query(), 1)
+    films = [row[0] for row in frame["data"]]
+    for record, film in zip(table.records[:PAGE_SIZE], films, strict=True):
+        assert film == UNREADABLE if record["row"] in broken else film.startswith("![film](data:image/png;base64,")
+    assert films[0] == films[3] == UNREADABLE
+    assert [row[1] for row in frame["data"]] == table.ids[:PAGE_SIZE]  # every row with the rest of its cells
+
+
+def test_a_row_chosen_after_a_header_sort_is_the_row_clicked(varied_report):
+    view = ExploreView(varied_report)
+    *_, ids = view.page(Query(), 1)
+    frame, *_ = view.page(Query(), 1)
+    clicked = frame["data"][7]  # shown at the top once the browser sorted the page by a column
+    _, question, status = view.choose(ids, gr.SelectData(None, {"index": [0, 4], "value": "x", "row_value": clicked}))
+    assert ids[7] in status and question == view.table.records[7]["question"]
+    _, _, status = view.choose(ids, gr.SelectData(None, {"index": [2, 4], "value": "x"}))  # no row value: the index
+    assert ids[2] in status
+
+
+def test_the_shared_thumbnails_evict_safely_under_concurrent_pages(varied_report, monkeypatch):
+    class Slow(dict):
+        def __iter__(self):  # another page's thread runs between finding the oldest thumbnail and dropping it
+            for key in list(super().__iter__()):
+                time.sleep(0.002)
+                yield key
+
+    table = open_report(varied_report)
+    monkeypatch.setattr(explore, "THUMBS_KEPT", 2)
+    monkeypatch.setattr(explore, "thumbnail", lambda image: "thumb")  # the cache is under test, not the PNG
+    table.films, table._thumbs = ReportFilms("films", lambda record: None), Slow()
+    records = [{"film": f"f{i}", "row": i, "id": str(i)} for i in range(200)]
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(table._thumbnail, records)) == ["thumb"] * len(records)
+    assert len(table._thumbs) == 2
+
+
+def test_studies_with_dotted_ids_get_a_film_file_each(tmp_path):
+    shades = {"1.2.840.113619.2.55.1": 40, "1.2.840.113619.2.55.2": 200, "p1_s1": 120}  # DICOM UIDs differ at the end
+    films = ReportFilms("films", lambda record: Image.new("RGB", (8, 8), (shades[record["study_id"]],) * 3))
+    paths = [films.copy({"study_id": study}, tmp_path) for study in shades]
+    assert [p.name for p in paths] == [f"{study}.png" for study in shades]
+    assert [Image.open(p).getpixel((0, 0)) for p in paths] == [(v, v, v) for v in shades.values()]

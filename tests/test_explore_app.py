@@ -40,11 +40,11 @@ def client(server):
 def test_explore_over_http(client, synthetic_report):
     records = [json.loads(line) for line in (synthetic_report / "predictions.jsonl").read_text().splitlines()]
     everything = client.predict("", "", "", False, api_name="/explore")
-    assert everything == {"total": len(records), "ids": [r["id"] for r in records]}
+    assert everything == {"total": len(records), "ids": [r["id"] for r in records], "complete": True}
     finding = records[0]["finding"]
     wanted = [r["id"] for r in records if r["finding"] == finding and not r["scores"]["tuned"]["correct"]]
-    assert client.predict(finding, "tuned", "wrong", False, api_name="/explore") == {"total": len(wanted),
-                                                                                        "ids": wanted}  # fmt: skip
+    assert client.predict(finding, "tuned", "wrong", False, api_name="/explore") == {
+        "total": len(wanted), "ids": wanted, "complete": True}  # fmt: skip
     with pytest.raises(AppError, match="unknown model 'tuned_blank'"):
         client.predict("", "tuned_blank", "right", False, api_name="/explore")
 

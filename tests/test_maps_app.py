@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from test_app_http import server, vqa  # noqa: F401  (fixtures: the tiny model in 4-bit as the app serves it, served)
+from test_browser import free_port
 
 from app_lib.handlers import NO_IMAGE, Handlers
 from app_lib.maps import ASK_FIRST, NOT_AVAILABLE, Maps
 from app_lib.votes import VoteStore
 from cxr_vqa.generation import GenerationSettings
+from cxr_vqa.lineup import Lineup
+from cxr_vqa.remote import RemoteModel, parse_remote
 from cxr_vqa.template import add_question, assistant_turn
 from cxr_vqa.vqa import BASE, TUNED
 
@@ -70,6 +73,16 @@ def test_a_model_without_weights_here_says_not_available(handlers):
     gallery, status = maps.show_maps(film, chats)
     assert len(gallery) == 2 and NOT_AVAILABLE in status and "remote-gpt" in status
     assert maps.explain(film, chats)["remote-gpt"] == ("Yes.", None)
+
+
+def test_maps_says_why_a_remote_model_gave_no_answer_as_compare_all_does(vqa, tmp_path):  # noqa: F811
+    gone = RemoteModel(parse_remote(f"gone=http://127.0.0.1:{free_port()}/v1#m"), timeout=2, max_retries=0)
+    lineup, votes = Lineup(vqa, [gone]), VoteStore(tmp_path / "votes.sqlite")
+    found = Maps(lineup, votes, settings=SETTINGS).maps(str(FILM), "Is there a pleural effusion?")
+    alone = Handlers(lineup, votes, settings=SETTINGS).compare_all(str(FILM), "Is there a pleural effusion?")
+    assert {m: found[m]["answer"] for m in found} == alone
+    assert alone["gone"].startswith("error: gone did not answer: cannot connect to 127.0.0.1")
+    assert found["gone"]["available"] is False and found[BASE]["available"] is True
 
 
 @pytest.mark.parametrize("state, message", [("no film", NO_IMAGE), ("no answer", ASK_FIRST)])

@@ -73,6 +73,20 @@ def test_export_has_every_column_and_vote(tmp_path):
     assert again == path  # rewritten in place: clicks do not leave a copy of every vote each
 
 
+def test_the_votes_csv_never_hands_a_spreadsheet_a_formula(tmp_path):
+    store = VoteStore(tmp_path / "v.sqlite")
+    trial = Trial('=HYPERLINK("http://x")', "base", "labels", "+1", "@SUM(A1)", "ab" * 32)
+    store.add(trial, "A", sources={"base": "m", "labels": "runs/labels"}, base_model="m")
+
+    class FakeVQA:
+        base_name, adapters = "m", {"labels": "runs/labels"}
+
+    with open(Blind(FakeVQA(), store).export(), newline="") as file:
+        row = next(csv.DictReader(file))
+    assert [row["question"], row["answer_a"], row["answer_b"]] == ['\'=HYPERLINK("http://x")', "'+1", "'@SUM(A1)"]
+    assert row["winner"] == "base" and row["model_b"] == "labels"
+
+
 def test_votes_of_the_first_schema_stay_readable(tmp_path):
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as con:  # the table the app wrote before several adapters

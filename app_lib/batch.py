@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 import threading
 import zipfile
 import zlib
@@ -189,12 +188,8 @@ class LocalModels:
 
 
 def endpoint_down(err: UserError) -> bool:
-    """Whether a remote model's failure says no later request will do better soon: no reply in time, no connection,
-    the endpoint unavailable (HTTP 502-504 after its retries), or never passing (its key or model name refused)."""
-    return getattr(err, "fatal", False) or bool(_DOWN.search(str(err)))
-
-
-_DOWN = re.compile(r"no reply from|cannot connect to|HTTP 50[234] from")  # RemoteError's words (cxr_vqa.remote)
+    """Whether a remote model's failure says no later request will do better soon (`RemoteError.down`)."""
+    return bool(getattr(err, "down", False))
 
 
 class RemoteModels:

@@ -32,7 +32,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from app_lib.explore import CONFIDENTLY_WRONG, P_YES_GAP, Query  # noqa: E402
 from app_lib.explore_tab import ExploreView  # noqa: E402
-from cxr_vqa.reports import PREDICTIONS, RUN, iter_predictions  # noqa: E402
+from cxr_vqa.reports import METRICS, PREDICTIONS, RUN, iter_predictions  # noqa: E402
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -53,6 +53,8 @@ def grow(report: Path, out: Path, questions: int) -> int:
             record = dict(real[n % len(real)])
             record["id"] = f"{record['id']}~{n // len(real)}"
             sink.write(json.dumps(record) + "\n")
+    if (report / METRICS).is_file():  # last, as evaluation writes it: the mark of a finished report
+        shutil.copy(report / METRICS, out / METRICS)
     return len(real)
 
 

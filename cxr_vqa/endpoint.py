@@ -63,6 +63,7 @@ class Reply:
     failure: tuple[str, str] | None = None
     retryable: bool = False  # a failure that costs nothing and may pass later: 429, 5xx, timeouts, connections
     retry_after: float | None = None  # seconds the server asked us to wait
+    status: int | None = None  # the HTTP status of a failure the server answered; None for timeouts, connections
     # one {token text: logprob} per answer token, the chosen token first, then its top candidates; where the body
     # asked for `logprobs` and the server returned them
     logprobs: tuple[dict[str, float], ...] | None = None
@@ -101,6 +102,7 @@ async def send_chat(client: openai.AsyncOpenAI, body: dict, on_text: Callable[[s
             failure=("unavailable" if retryable else "error", f"HTTP {status}{why}"),
             retryable=retryable,
             retry_after=_seconds(exc.response.headers.get("retry-after")),
+            status=status,
         )
     except (openai.APIError, httpx.HTTPError) as exc:  # timeouts, refused connections, unparsable or cut-off bodies
         return Reply(failure=("unavailable", type(exc).__name__), retryable=True)

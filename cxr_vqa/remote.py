@@ -45,11 +45,19 @@ SPEC_FORM = "NAME=BASE_URL#MODEL[#KEY_VARIABLE]"
 
 
 class RemoteError(UserError):
-    """A remote model gave no answer: why, in one line. `fatal` when no later request can pass (key, model name)."""
+    """A remote model gave no answer: why, in one line. `fatal` when no later request can pass (key, model name);
+    `retryable` when a later try may pass (429, 5xx, timeouts, no connection), so neither means the endpoint refused
+    this one request for good; `status` the last HTTP status the endpoint answered with (None: no answer at all)."""
 
-    def __init__(self, message: str, *, fatal: bool = False):
+    def __init__(self, message: str, *, fatal: bool = False, retryable: bool = False, status: int | None = None):
         super().__init__(message)
-        self.fatal = fatal
+        self.fatal, self.retryable, self.status = fatal, retryable, status
+
+    @property
+    def down(self) -> bool:
+        """Whether no later request is likely to do better soon: no reply in time, no connection, the endpoint
+        unavailable (HTTP 502-504 after the retries), or never passing (fatal)."""
+        return self.fatal or (self.retryable and self.status in (None, 502, 503, 504))
 
 
 @dataclass(frozen=True)
@@ -172,7 +180,8 @@ class RemoteModel:
         if reply.failure:
             detail, _, reason = reply.failure[1].partition(": ")  # "HTTP 400: the server's reason"
             raise RemoteError(f"{self.name} did not answer: {self._why(detail)} after {attempt + 1} "
-                              f"attempt{'s' if attempt else ''}" + (f": {reason}" if reason else ""))  # fmt: skip
+                              f"attempt{'s' if attempt else ''}" + (f": {reason}" if reason else ""),
+                              retryable=reply.retryable, status=reply.status)  # fmt: skip
         return reply
 
     def _why(self, detail: str) -> str:

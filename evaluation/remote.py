@@ -26,8 +26,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
-import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -37,11 +35,11 @@ from tqdm import tqdm
 
 from cxr_vqa.answers import Answer
 from cxr_vqa.costs import Ledger, estimate_tokens, price_of
-from cxr_vqa.endpoint import RETRY_STATUS
 from cxr_vqa.errors import UserError
+from cxr_vqa.files import write_text_atomic
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.remote import RemoteError, RemoteModel, answer_of, png_data_url
-from cxr_vqa.reports import iter_predictions, split_variant
+from cxr_vqa.reports import split_variant
 from cxr_vqa.template import add_question
 
 logger = logging.getLogger(__name__)
@@ -56,15 +54,18 @@ class RemoteCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.entries = {}
-        if self.path.is_file():
-            self.entries = {e["key"]: e for e in iter_predictions(self.path)}
-            with open(self.path, "rb") as file:
-                size = file.seek(0, os.SEEK_END)
-                file.seek(max(size - 1, 0))
-                cut = size > 0 and file.read(1) != b"\n"
-            if cut:  # a line cut short by a kill: end it, or the next answer would join it and be lost with it
-                with open(self.path, "a", encoding="utf-8") as file:
-                    file.write("\n")
+        if not self.path.is_file():
+            return
+        text = self.path.read_text(encoding="utf-8", errors="replace")
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+                self.entries[entry["key"]] = entry
+            except (ValueError, TypeError, KeyError):  # a line cut short by a kill: its request is asked again
+                continue
+        if text and (not text.endswith("\n") or len(self.entries) != text.count("\n")):
+            # rewrite what was read whole, or the next answer would join a cut line and be lost with it
+            write_text_atomic(self.path, "".join(json.dumps(e) + "\n" for e in self.entries.values()))
 
     @property
     def cost(self) -> float:
@@ -110,10 +111,8 @@ class Budget:
 
 def refused(err: RemoteError) -> bool:
     """Whether the endpoint refused this one request for good: an HTTP 4xx that no retry passes (a content refusal, a
-    request too large), not a gap a rerun may fill (429, 5xx, timeouts, no connection) or a refused key (fatal).
-    RemoteError says so only in its message ("... HTTP 400 from host ..."), read here with the core's retry rule."""
-    status = re.search(r"\bHTTP (\d{3})\b", str(err))
-    return not err.fatal and status is not None and int(status[1]) < 500 and int(status[1]) not in RETRY_STATUS
+    request too large), not a gap a rerun may fill (429, 5xx, timeouts, no connection) or a refused key (fatal)."""
+    return not err.fatal and not err.retryable and err.status is not None
 
 
 def _tasks(remotes, films, questions, variants, settings) -> Iterator[tuple[str, str, RemoteModel, dict]]:

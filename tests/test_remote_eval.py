@@ -159,7 +159,7 @@ def test_a_model_that_refuses_every_request_is_set_up_wrongly_and_stops(qa_datas
     assert not (tmp_path / "remote_cache.jsonl").exists()  # nothing cached: a fixed endpoint is asked again
 
 
-def test_a_cache_line_cut_short_is_ended_before_the_next_answer(tmp_path):
+def test_a_cache_line_cut_short_is_dropped_and_the_next_answers_read_whole(tmp_path):
     path = tmp_path / "remote_cache.jsonl"
     path.write_text('{"key": "a", "text": "Yes.", "cost_usd": 0.5}\n{"key": "b", "te')  # killed mid-write
     cache = RemoteCache(path)
@@ -167,6 +167,7 @@ def test_a_cache_line_cut_short_is_ended_before_the_next_answer(tmp_path):
     cache.put("c", {"text": "No.", "cost_usd": 0.25})
     again = RemoteCache(path)
     assert again.get("c") == {"key": "c", "text": "No.", "cost_usd": 0.25} and again.cost == 0.75
+    assert [json.loads(line)["key"] for line in path.read_text().splitlines()] == ["a", "c"]  # the cut line is gone
 
 
 def test_comparisons_put_each_remote_model_against_every_model_before_it():

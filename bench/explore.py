@@ -1,7 +1,7 @@
 """How long the Explore tab takes to open and to filter a large evaluation report, and how much one page sends to the
 browser against what the whole table would. CPU, offline.
 
-    python app.py --demo             # or python -m finetune.demo: the demo build ends with its report, runs/demo/report
+    python app.py --demo      # or python -m finetune.demo: the demo build ends with its report, runs/demo/report
     python bench/explore.py --report runs/demo/report                         # 20,000 questions
     python bench/explore.py --report runs/demo/report --base runs/demo/speaking-base/merged   # + HTTP /explore
 

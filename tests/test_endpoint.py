@@ -54,13 +54,15 @@ def test_busy_or_failing_servers_are_free_to_retry_and_the_client_does_not_retry
     reply = send(server.url)
     why = f": scripted {status}" if status.startswith("4") else ""  # the server's reason, for a 4xx
     assert reply.failure == ("unavailable", f"HTTP {status}{why}") and reply.retryable and reply.content is None
+    assert reply.status == int(status)
     assert server.count["chat"] == 1  # one send is one request: every retry is the caller's, and counted
 
 
 @pytest.mark.parametrize("status", ["400", "422"])
 def test_a_request_the_server_cannot_take_is_not_retried_and_says_why(server, status):
     server.fail(status)
-    assert send(server.url) == Reply(failure=("error", f"HTTP {status}: scripted {status}"), retryable=False)
+    reply = send(server.url)
+    assert reply == Reply(failure=("error", f"HTTP {status}: scripted {status}"), retryable=False, status=int(status))
 
 
 @pytest.mark.parametrize(
@@ -79,7 +81,7 @@ def test_a_request_the_server_cannot_take_is_not_retried_and_says_why(server, st
 def test_the_servers_reason_for_a_4xx_is_one_short_line(body, why):
     with VisionServer() as server:
         server.refuse(400, body)
-        assert send(server.url) == Reply(failure=("error", f"HTTP 400{why}"), retryable=False)
+        assert send(server.url) == Reply(failure=("error", f"HTTP 400{why}"), retryable=False, status=400)
 
 
 def test_a_4xx_reason_never_holds_the_key_and_a_refused_key_gives_none(monkeypatch):

@@ -54,22 +54,26 @@ def test_pair_rates_and_one_name_standing_for_two_adapters():
     assert "3 votes in all" in results_markdown(votes)
 
 
+class FakeVQA:
+    base_name, adapters = "m", {"labels": "runs/labels"}
+
+
+def export(store: VoteStore) -> tuple[str, list[dict]]:
+    """The CSV the Results tab's export writes, and its rows."""
+    path = Blind(FakeVQA(), store).export()
+    with open(path, newline="") as file:
+        return path, list(csv.DictReader(file))
+
+
 def test_export_has_every_column_and_vote(tmp_path):
     store = VoteStore(tmp_path / "v.sqlite")
     trial = Trial("Is there edema?", "base", "labels", "No.", "Yes.", "ab" * 32)
     store.add(trial, "B", sources={"base": "m", "labels": "runs/labels"}, base_model="m")
-
-    class FakeVQA:
-        base_name, adapters = "m", {"labels": "runs/labels"}
-
-    path = Blind(FakeVQA(), store).export()
-    with open(path, newline="") as file:
-        rows = list(csv.DictReader(file))
+    path, rows = export(store)
     assert list(rows[0]) == list(COLUMNS) and rows[0]["winner"] == "labels" and rows[0]["source_b"] == "runs/labels"
     store.add(trial, "tie", sources={"base": "m", "labels": "runs/labels"}, base_model="m")
-    again = Blind(FakeVQA(), store).export()
-    with open(again, newline="") as file:
-        assert len(list(csv.DictReader(file))) == 2
+    again, rows = export(store)
+    assert len(rows) == 2
     assert again == path  # rewritten in place: clicks do not leave a copy of every vote each
 
 
@@ -77,12 +81,7 @@ def test_the_votes_csv_never_hands_a_spreadsheet_a_formula(tmp_path):
     store = VoteStore(tmp_path / "v.sqlite")
     trial = Trial('=HYPERLINK("http://x")', "base", "labels", "+1", "@SUM(A1)", "ab" * 32)
     store.add(trial, "A", sources={"base": "m", "labels": "runs/labels"}, base_model="m")
-
-    class FakeVQA:
-        base_name, adapters = "m", {"labels": "runs/labels"}
-
-    with open(Blind(FakeVQA(), store).export(), newline="") as file:
-        row = next(csv.DictReader(file))
+    row = export(store)[1][0]
     assert [row["question"], row["answer_a"], row["answer_b"]] == ['\'=HYPERLINK("http://x")', "'+1", "'@SUM(A1)"]
     assert row["winner"] == "base" and row["model_b"] == "labels"
 

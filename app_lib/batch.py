@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from app_lib.tables import spreadsheet_safe
+from app_lib.tables import answer_text, spreadsheet_safe
 from cxr_vqa.answers import Answer
 from cxr_vqa.errors import UserError
 from cxr_vqa.generation import GenerationSettings
@@ -206,14 +206,14 @@ class RemoteModels:
 
     def _ask(self, name: str, image, question: str, settings: GenerationSettings) -> Answer:
         if name in self.down:
-            return Answer(f"error: skipped after {self.down[name]}")
+            return Answer("", None, error=f"skipped after {self.down[name]}")
         try:
             return self.remotes[name].answer(image, self.conversations[question], settings)
         except UserError as err:  # RemoteError: down, slow, refused
             if endpoint_down(err):
                 with self._lock:
                     self.down.setdefault(name, str(err))
-            return Answer(f"error: {err}")
+            return Answer("", None, error=str(err))
 
     def answer(self, images, questions, settings: GenerationSettings) -> list[dict[str, Answer]]:
         jobs = [(i, name) for i in range(len(images)) for name in self.names]
@@ -243,7 +243,7 @@ def answer_rows(
         answers = source.answer([film.image for _, film, _ in part], [q for _, _, q in part], settings)
         for row, by_model in zip(rows[start : start + size], answers, strict=True):
             for name, answer in by_model.items():
-                row["answers"][name] = answer.text
+                row["answers"][name] = answer_text(answer)  # "error: <why>" for a remote model that gave none
                 row["p_yes"][name] = answer.p_yes if answer.is_closed else None
         if on_step:
             on_step(done, len(chunks))

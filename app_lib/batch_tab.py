@@ -10,10 +10,6 @@ retries), not one a row.
 
 from __future__ import annotations
 
-import functools
-import tempfile
-from pathlib import Path
-
 import gradio as gr
 
 from app_lib.batch import (
@@ -27,7 +23,7 @@ from app_lib.batch import (
     write_csv,
 )
 from app_lib.handlers import Inputs, ui_errors
-from app_lib.tables import answer_cell, layout, thumbnail
+from app_lib.tables import answer_cell, export_folder, layout, thumbnail
 
 HELP = (
     "Upload films (PNG, JPEG or DICOM; several files or one zip) and type questions, one a line: every model answers "
@@ -82,17 +78,11 @@ class BatchView(Inputs):
                 for r in result["rows"]]  # fmt: skip
         table = gr.Dataframe(value={"headers": ["film", "name", "question", *models], "data": data},
                              **layout([84, 160, 240, *[260] * len(models)]))  # fmt: skip
-        csv = write_csv(_export_dir() / "batch.csv", result["rows"], models)  # the worker runs one batch at a time
+        csv = write_csv(export_folder("batch") / "batch.csv", result["rows"], models)  # one batch at a time
         status = f"{len(result['rows'])} answers from each of {len(models)} models."
         if result["errors"]:
             status += " **Not answered:** " + "; ".join(f"`{e['film']}`: {e['error']}" for e in result["errors"])
         return table, str(csv), status
-
-
-@functools.cache
-def _export_dir() -> Path:
-    """This process's private folder for the CSV: one file, rewritten; Gradio serves its own copy of it."""
-    return Path(tempfile.mkdtemp(prefix="batch-"))
 
 
 def batch_tab(view: BatchView, notice: str, gpu_event: dict, wrap=lambda fn: fn) -> None:

@@ -4,18 +4,15 @@ vote per pair; and the Results tab's ratings and CSV export of every vote."""
 from __future__ import annotations
 
 import csv
-import functools
 import sqlite3
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import gradio as gr
 
 from app_lib.handlers import NO_IMAGE, Inputs, ui_errors
 from app_lib.ratings import results_markdown
-from app_lib.tables import spreadsheet_safe
+from app_lib.tables import export_folder, spreadsheet_safe
 from app_lib.votes import COLUMNS, Trial
 from cxr_vqa.errors import UserError
 from cxr_vqa.images import Film
@@ -95,16 +92,10 @@ class Blind(Inputs):
 
     def export(self) -> str:
         """Every stored vote (all base models) as a CSV file, for the Results tab's download button."""
-        path = _export_dir() / "votes.csv"  # one file, rewritten: Gradio serves its own copy of it
+        path = export_folder("votes") / "votes.csv"
         with open(path, "w", newline="", encoding="utf-8") as file:
             writer = csv.DictWriter(file, fieldnames=COLUMNS)
             writer.writeheader()
             for vote in self.votes.all():  # questions and answers are typed by people and written by models
                 writer.writerow({k: spreadsheet_safe(v) if isinstance(v, str) else v for k, v in vote.items()})
         return str(path)
-
-
-@functools.cache
-def _export_dir() -> Path:
-    """This process's private folder for the export (a new one per click would pile up every vote in /tmp)."""
-    return Path(tempfile.mkdtemp(prefix="votes-"))

@@ -21,6 +21,7 @@ from queue import Queue
 import gradio as gr
 import torch
 
+from app_lib.tables import answer_text
 from app_lib.votes import VoteStore
 from cxr_vqa.answers import Answer
 from cxr_vqa.errors import UserError
@@ -73,11 +74,6 @@ def pane_label(model: str, remote: bool = False) -> str:
     if remote:
         return f"Remote: {model}"
     return "Base" if model == BASE else "Fine-tuned" if model == TUNED else f"Fine-tuned: {model}"
-
-
-def answer_text(answer: Answer) -> str:
-    """What a pane or /compare_all shows: the answer, or why a remote model gave none (one line)."""
-    return f"error: {answer.error}" if answer.error else answer.text
 
 
 def scores(answer: Answer | None) -> dict | None:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from app_lib.handlers import NO_IMAGE, Inputs, answer_text, pane_label, ui_errors
+from app_lib.handlers import NO_IMAGE, Inputs, pane_label, ui_errors
+from app_lib.tables import answer_text
 from cxr_vqa.errors import UserError
 from cxr_vqa.images import Film
 from cxr_vqa.relevance import RelevanceMap, overlay

@@ -1,5 +1,5 @@
-"""Cells shared by the app's tables: a film's thumbnail, inline, one model's answer, and a CSV cell a spreadsheet will
-not run.
+"""Cells shared by the app's panes and tables: a film's thumbnail, inline, one model's answer, and a CSV cell a
+spreadsheet will not run.
 
 Thumbnails go inline as data URLs in a markdown cell: a page of the table carries its own small pictures, so no
 film is written to the server's disk to show it, and only the rows of the page on screen are ever encoded.
@@ -8,9 +8,14 @@ film is written to the server's disk to show it, and only the rows of the page o
 from __future__ import annotations
 
 import base64
+import functools
 import io
+import tempfile
+from pathlib import Path
 
 from PIL import Image
+
+from cxr_vqa.answers import Answer
 
 THUMB_PX = 64  # the side of a thumbnail: enough to tell films apart, a few KB each
 
@@ -22,6 +27,11 @@ def thumbnail(image: Image.Image, size: int = THUMB_PX) -> str:
     buffer = io.BytesIO()
     small.save(buffer, "PNG", optimize=True)
     return f"![film](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode('ascii')})"
+
+
+def answer_text(answer: Answer) -> str:
+    """What a pane, a table or /compare_all shows: the answer, or why a remote model gave none (one line)."""
+    return f"error: {answer.error}" if answer.error else answer.text
 
 
 def answer_cell(text: str, p_yes: float | None, right: bool | None = None) -> str:
@@ -39,3 +49,10 @@ def spreadsheet_safe(text: str) -> str:
     """A CSV cell a spreadsheet would run as a formula (=, +, -, @ first) gets a leading quote: questions, model output
     and file names are not trusted. Every CSV the app writes (a batch, the votes) goes through here."""
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+@functools.cache
+def export_folder(kind: str) -> Path:
+    """This process's private folder for one kind of download ("votes", "batch"): each CSV is one file in it,
+    rewritten per click (a folder per click would pile up every export in /tmp); Gradio serves its own copy."""
+    return Path(tempfile.mkdtemp(prefix=f"{kind}-"))

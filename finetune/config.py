@@ -15,7 +15,7 @@ import torch
 from trl import SFTConfig
 
 from cxr_vqa.cli import parse_config as parse
-from cxr_vqa.contract import latest_complete_checkpoint as complete_checkpoint
+from cxr_vqa.contract import latest_complete_checkpoint
 from cxr_vqa.errors import UserError
 from cxr_vqa.model import DEFAULT_BASE, LANGUAGE_LORA_TARGETS
 
@@ -194,28 +194,16 @@ def check_device(script_args: ScriptArguments, train_args: TrainConfig) -> None:
             ) from None
 
 
-def latest_complete_checkpoint(output_dir: str | Path) -> str | None:
-    """The checkpoint-N with the highest N that holds a trainer_state.json (the Trainer writes it last), or None.
-
-    A run killed while saving leaves a checkpoint directory without it; resuming from that one would fail."""
-    found = complete_checkpoint(output_dir)
-    for path in Path(output_dir).glob("checkpoint-*"):
-        suffix = path.name.removeprefix("checkpoint-")
-        if suffix.isdigit() and (found is None or int(suffix) > int(found.name.removeprefix("checkpoint-"))):
-            log.warning("skipping %s: incomplete (no trainer_state.json), probably killed while saving", path)
-    return str(found) if found else None
-
-
 def resolve_checkpoint(train_args: TrainConfig) -> str | None:
     """The checkpoint to resume from: None, an explicit directory, or the latest complete one in output_dir."""
     wanted = train_args.resume_from_checkpoint
     if wanted is None or wanted is False or str(wanted).lower() in ("", "false"):
         return None
     if wanted is True or str(wanted).lower() in ("latest", "true"):  # YAML may say `resume_from_checkpoint: true`
-        found = latest_complete_checkpoint(train_args.output_dir)
+        found = latest_complete_checkpoint(train_args.output_dir)  # a run killed while saving left one incomplete
         if found is None:
             raise UserError(f"no complete checkpoint-* directory in {train_args.output_dir} to resume from")
-        return found
+        return str(found)
     if not (Path(wanted) / "trainer_state.json").is_file():
         raise UserError(f"{wanted} is not a checkpoint directory (no trainer_state.json)")
     return wanted

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import openai
 from tqdm.auto import tqdm
 
 from cxr_vqa.endpoint import Reply
+from cxr_vqa.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +43,7 @@ def _load_state(path: Path) -> dict:
 
 
 def _save_state(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(state, indent=1))
 
 
 def batch_lines(

@@ -18,12 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxr_vqa.files import share
+from cxr_vqa.files import write_text_atomic
 
 
 def cache_key(*, model: str, prompt_version: str, qa_per_study: int, report: str) -> str:
@@ -48,18 +47,9 @@ class DiskCache:
     def put(self, key: str, value: dict) -> None:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # write beside the target and rename: os.replace is atomic, so a killed run leaves the old file or the new
-        # one, never half of one. No fsync: it costs ~10 ms on the event loop, and a file truncated by a power cut
-        # reads as a miss (see get), which costs one repeated request, not a wrong answer.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
-                json.dump(value, file, ensure_ascii=False)
-            share(tmp)  # mkstemp creates 0600
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # a killed run leaves the old file or the new one, never half of one; a file truncated by a power cut (no
+        # fsync: it would cost ~10 ms on the event loop) reads as a miss (see get): one repeated request
+        write_text_atomic(path, json.dumps(value, ensure_ascii=False))
 
 
 class ReplyCache(DiskCache):

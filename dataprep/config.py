@@ -30,6 +30,9 @@ class Config:
     image_size: int = _opt(336, "side of the letterboxed square images (LLaVA-1.5 sees 336 px)")
     split_fractions: str = _opt("0.8,0.1,0.1", "train,validation,test fractions of the official train patients")
     qa_per_study: int = _opt(5, "QA pairs per study (one conversation per study)")
+    no_findings: bool = _opt(
+        False, "leave out the findings turn that opens each conversation (its cleaned findings section, kind findings)"
+    )
     workers: int = _opt(8, "threads that decode and letterbox images")
     model: str = _opt("gpt-4o-mini", "llm: model name at the endpoint")
     base_url: str | None = _opt(None, "llm: any OpenAI-compatible endpoint (vLLM, Ollama, Azure); default OpenAI")

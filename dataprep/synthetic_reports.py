@@ -14,8 +14,12 @@ from dataprep.chexpert import LABELS
 from dataprep.synthetic_films import DEVICES, DRAWN
 
 PREVALENCE = 0.4
+# Every sentence has two words or more: report cleaning drops one-word sentences (dataprep/clean.py), and a findings
+# section that lost "Cardiomegaly." would teach the findings task to leave out what the film shows.
 POSITIVE = {
-    "Cardiomegaly": ("The heart is enlarged.", "Cardiomegaly.", "Moderate enlargement of the cardiac silhouette."),
+    "Cardiomegaly": (
+        "The heart is enlarged.", "Cardiomegaly is present.", "Moderate enlargement of the cardiac silhouette."
+    ),
     "Pleural Effusion": ("There is a {side} pleural effusion.", "{Side} pleural effusion."),
     "Consolidation": ("Consolidation in the {side} {zone} lung.", "Dense {side} {zone} lung consolidation."),
     "Pneumothorax": ("There is a {side} pneumothorax.", "{Side} pneumothorax."),

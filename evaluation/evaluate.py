@@ -16,13 +16,14 @@ from pathlib import Path
 
 from cxr_vqa.contract import check_split, open_splits
 from cxr_vqa.files import share, write_text_atomic
-from cxr_vqa.generation import GenerationSettings
+from cxr_vqa.findings import FINDINGS_KIND
 from cxr_vqa.images import ImageLoadError, load_film
 from cxr_vqa.lineup import INPUT_SIZE
 from cxr_vqa.model import load_model
 from cxr_vqa.remote import RemoteModel
 from cxr_vqa.reports import METRICS, PREDICTIONS
 from evaluation.benchmarks import read_benchmark
+from evaluation.chexbert import make_labeler
 from evaluation.config import EvalConfig
 from evaluation.maps import MAPS_PNG, write_contact_sheet
 from evaluation.metrics import build_metrics, radeval_scores
@@ -55,10 +56,15 @@ def load_questions(cfg: EvalConfig):
     return list_questions(rows), lambda row: images[row]["images"][0].convert("RGB")
 
 
+def has_findings(questions: list[dict]) -> bool:
+    return any(q["kind"] == FINDINGS_KIND for q in questions)
+
+
 def evaluate(cfg: EvalConfig) -> dict:
     """Run (or resume) the evaluation described by `cfg`, write the report files, return metrics.json's content."""
     if cfg.extra_metrics == "radeval":
         radeval_scores([], [])  # fail on a missing package before hours of generation
+    labeler = make_labeler(cfg.labeler)  # likewise
     questions, films = load_questions(cfg)
     asked = variants(cfg.models, cfg.ablation)
     names = [name for name, _, _ in asked]
@@ -67,8 +73,10 @@ def evaluate(cfg: EvalConfig) -> dict:
     sources = {name: spec.source for name, spec in cfg.remotes.items()}
     # a benchmark's rows index its filtered film list: another filter would mix films into the resumed answers
     filters = {"all_organs": cfg.all_organs, "all_languages": cfg.all_languages} if cfg.benchmark else {}
+    # a findings report's cap changes its answers; named only where there are reports, so other runs resume as before
+    reports = {"findings_max_new_tokens": cfg.findings_max_new_tokens} if has_findings(questions) else {}
     run = {"dataset": str(Path(cfg.dataset).resolve()), **source, **filters, "base": cfg.base, "adapter": cfg.adapter,
-           "variants": names, "max_new_tokens": cfg.max_new_tokens, "4bit": cfg.load_in_4bit,
+           "variants": names, "max_new_tokens": cfg.max_new_tokens, **reports, "4bit": cfg.load_in_4bit,
            "batch_size": cfg.batch_size, **({"remote": sources} if sources else {})}  # fmt: skip
     remotes = {name: RemoteModel(spec, timeout=cfg.remote_timeout) for name, spec in cfg.remotes.items()}
     done = resume(out, run)
@@ -79,7 +87,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             vqa = load_model(cfg.base, cfg.adapter, load_in_4bit=cfg.load_in_4bit, device=cfg.device)
         if not callable(films):  # benchmark films are letterboxed to the model's own input, like every film
             films = _benchmark_films(films, vqa.input_size if vqa else INPUT_SIZE)
-        settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens)
+        settings = cfg.generation  # by question kind: a findings report gets its own length cap
         answered = {}
         if remotes:  # greedy, as the local models; their answers are in hand before the first record is written
             left = [q for q in questions if q["id"] not in done]
@@ -92,12 +100,13 @@ def evaluate(cfg: EvalConfig) -> dict:
         done = resume(out, run)
     records = [done[q["id"]] for q in questions]
     info = {"dataset": cfg.dataset, **source, "base": cfg.base, "adapter": cfg.adapter,
-            "protocol": {"turns": "single", "decoding": "greedy", "max_new_tokens": cfg.max_new_tokens,
+            "protocol": {"turns": "single", "decoding": "greedy", "max_new_tokens": cfg.max_new_tokens, **reports,
                          "parsing": "strict first word yes/no", "4bit": cfg.load_in_4bit}}  # fmt: skip
     if remotes:
         info["remote"] = remote_usage(records, remotes, cfg.price)
     result = build_metrics(records, models=cfg.models, ablation=cfg.ablation, info=info,
-                           n_resamples=cfg.resamples, seed=cfg.seed, remotes=list(remotes))  # fmt: skip
+                           n_resamples=cfg.resamples, seed=cfg.seed, remotes=list(remotes), labeler=labeler,
+                           labeler_name=cfg.labeler, findings_resamples=cfg.findings_resamples)  # fmt: skip
     if cfg.extra_metrics == "radeval":
         result["extra"] = {"radeval": radeval_scores(records, names)}
     write_text_atomic(out / METRICS, json.dumps(result, indent=2) + "\n")  # the app may read it meanwhile

@@ -35,7 +35,7 @@ def options(cfg: Config, names: tuple[str, ...]) -> dict:
 
 def make_generator(cfg: Config):
     if cfg.generator == "labels":
-        return LabelsGenerator(qa_per_study=cfg.qa_per_study, seed=cfg.seed, findings=not cfg.no_findings)
+        return LabelsGenerator(qa_per_study=cfg.qa_per_study, seed=cfg.seed, findings_share=cfg.findings)
     from cxr_vqa.endpoint import open_client  # only the llm generator needs the client
     from dataprep.llm.generator import LLMGenerator
 
@@ -43,7 +43,7 @@ def make_generator(cfg: Config):
     client = open_client(cfg.base_url, api_key_env=cfg.api_key_env, timeout=cfg.timeout, require_key=not cfg.dry_run)
     price = None if cfg.price_input is None else (cfg.price_input, cfg.price_output)
     cache = Path(cfg.cache_dir or Path(cfg.out) / "cache")
-    return LLMGenerator(client, cfg.model, cache, price=price, findings=not cfg.no_findings,
+    return LLMGenerator(client, cfg.model, cache, price=price, findings_share=cfg.findings,
                         **options(cfg, LLM_OPTIONS))  # fmt: skip
 
 

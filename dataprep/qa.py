@@ -10,8 +10,11 @@ answer it cannot read ("Yes-ish", "Yes/No") is no closed pair, so the labels and
 
 Both generators also open each conversation with a findings turn (`add_findings`, kind "findings", see
 `cxr_vqa.findings`): one of FINDINGS_QUESTIONS, chosen per study from the seed, answered with the study's cleaned
-findings section, its impression where it has none. First, so that it is trained as it is asked (the film and this
-question alone); the LLM is never asked for it.
+findings section, its impression where it has none; the LLM is never asked for it. First, so that it is trained as it
+is asked (the film and this question alone). The price: the turns after it can read their answers off the reference
+findings in training, which the evaluation (each question alone with its film) never gives them; `--findings-share`
+keeps the turn in a share of the studies only, so that every question is also trained with the film alone
+(docs/findings.md: what each placement and share measured on the demo).
 """
 
 from __future__ import annotations
@@ -116,10 +119,14 @@ def findings_pair(study: Study, seed: int = 0) -> tuple[dict | None, str | None]
     return make_pair(question, answer, FINDINGS_KIND), None
 
 
-def add_findings(pairs: Sequence[dict], study: Study, seed: int, counts: Counter) -> list[dict]:
-    """`pairs` behind the study's findings turn (none when `findings_pair` gives none); a generated pair that asks a
-    findings question itself is dropped. `counts` gets "findings" or "findings_<reason>"."""
+def add_findings(pairs: Sequence[dict], study: Study, seed: int, counts: Counter, share: float = 1.0) -> list[dict]:
+    """`pairs` behind the study's findings turn (none when `findings_pair` gives none, or for the studies outside
+    `share`, drawn per study from the seed); a generated pair that asks a findings question itself is dropped.
+    `counts` gets "findings" or "findings_<reason>" ("findings_share": left out by `share`)."""
     kept = [p for p in pairs if not is_findings_question(p["question"])]
+    if share < 1 and random.Random(f"{seed}:{study.study_id}:findings-share").random() >= share:
+        counts["findings_share"] += 1
+        return kept
     pair, reason = findings_pair(study, seed)
     counts["findings" if pair else f"findings_{reason}"] += 1
     return [pair, *kept] if pair else kept

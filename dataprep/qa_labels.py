@@ -5,8 +5,8 @@
 Positive -> a closed question answered "Yes", negative -> "No", uncertain or not mentioned -> no question.
 Yes and No are balanced per study (most findings are negative in most reports, so taking every negative would
 teach a model to say "No"), and one open question lists the positive findings. The conversation opens with the
-study's findings turn (`dataprep.qa.add_findings`) unless `findings=False` (`--no-findings`); its phrasing has its
-own generator, so the other pairs are the same with it or without.
+study's findings turn (`dataprep.qa.add_findings`) in a share of the studies, `findings_share` (0: `--no-findings`);
+its phrasing and share have their own generators, so the other pairs are the same with it or without.
 """
 
 from __future__ import annotations
@@ -101,10 +101,10 @@ class LabelsGenerator:
 
     source = "labels"
 
-    def __init__(self, qa_per_study: int = 5, seed: int = 0, findings: bool = True) -> None:
+    def __init__(self, qa_per_study: int = 5, seed: int = 0, findings_share: float = 1.0) -> None:
         self.qa_per_study = qa_per_study
         self.seed = seed
-        self.findings = findings
+        self.findings_share = findings_share
         self.stats: dict = {}
 
     def generate(self, studies: Sequence[Study]) -> dict[str, QAResult]:
@@ -119,10 +119,10 @@ class LabelsGenerator:
                 results[study.study_id] = QAResult(None, "no_labels", "no finding labelled positive or negative")
                 continue
             counts.update(p["label"] or p["kind"] for p in pairs)
-            if self.findings:
-                pairs = add_findings(pairs, study, self.seed, counts)
+            if self.findings_share > 0:
+                pairs = add_findings(pairs, study, self.seed, counts, self.findings_share)
             results[study.study_id] = QAResult(pairs)
         self.stats = {"closed_yes": counts["yes"], "closed_no": counts["no"], "open": counts["open"]}
-        if self.findings:
+        if self.findings_share > 0:
             self.stats.update(findings_stats(counts))
         return results

@@ -109,7 +109,7 @@ def build_metrics(
         **info,
         "studies": len({r["study_id"] for r in records}), "patients": len({r["patient_id"] for r in records}),
         "questions": {"total": len(records), "closed": len(closed), "open": kinds["open"],
-                      "findings": kinds[FINDINGS_KIND]},
+                      **({"findings": kinds[FINDINGS_KIND]} if kinds[FINDINGS_KIND] else {})},
         "chance": {"closed_accuracy": majority_rate(closed), "rule": "always the majority answer"},
         "bootstrap": {"unit": "study", "resamples": n_resamples, "confidence": S.CONFIDENCE, "seed": seed},
         "models": {n: {**summarize(records, n, **boot), **confidence(records, n, boot)} for n in names},

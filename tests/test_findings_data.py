@@ -41,7 +41,7 @@ def test_labels_generator_opens_each_conversation_with_the_findings_turn():
     studies = [_study("p1/s1", "The heart is enlarged. No pneumothorax."), _study("p1/s2", "", "Cardiomegaly."),
                _study("p1/s3", "word " * (FINDINGS_MAX_WORDS + 1))]  # fmt: skip
     with_turn = LabelsGenerator(qa_per_study=4, seed=3).generate(studies)
-    without = LabelsGenerator(qa_per_study=4, seed=3, findings=False).generate(studies)
+    without = LabelsGenerator(qa_per_study=4, seed=3, findings_share=0).generate(studies)
     first, second, long = (with_turn[s.study_id].pairs for s in studies)
     assert first[0] == _findings("p1/s1", 3, "The heart is enlarged. No pneumothorax.")
     assert second[0] == _findings("p1/s2", 3, "Cardiomegaly.")  # no findings section: the impression
@@ -56,6 +56,22 @@ def test_labels_generator_opens_each_conversation_with_the_findings_turn():
     messages = make_row(studies[0], "x.png", "PA", first, "labels")["messages"]
     assert messages[0]["content"][0]["type"] == "image" and messages[0]["content"][1]["text"] == first[0]["question"]
     assert messages[1]["content"][0]["text"] == "The heart is enlarged. No pneumothorax."
+
+
+def test_a_findings_share_keeps_the_turn_in_that_share_of_the_studies_drawn_from_the_seed(run_cli):
+    studies = [_study(f"p1/s{i}", "The heart is enlarged.") for i in range(200)]
+    full = LabelsGenerator(qa_per_study=3, seed=5).generate(studies)
+    generator = LabelsGenerator(qa_per_study=3, seed=5, findings_share=0.25)
+    half = generator.generate(studies)
+    kept = [s.study_id for s in studies if half[s.study_id].pairs[0]["kind"] == "findings"]
+    assert 30 < len(kept) < 70 and generator.stats["findings"] == len(kept)
+    assert generator.stats["findings_left_out"] == {"share": 200 - len(kept)}
+    for s in studies:  # a study in the share gets the very turn it gets with every study; the others none
+        assert half[s.study_id].pairs == (full[s.study_id].pairs if s.study_id in kept else full[s.study_id].pairs[1:])
+    again = LabelsGenerator(qa_per_study=3, seed=5, findings_share=0.25).generate(studies)
+    assert {k: r.pairs for k, r in again.items()} == {k: r.pairs for k, r in half.items()}
+    code, line = run_cli(dataprep_cli.main, ["--chexpert-root", "R", "--out", "D", "--findings-share", "1.5"])
+    assert code == 2 and "--findings-share must be between 0 and 1" in line
 
 
 def test_findings_questions_pass_the_filters_every_question_passes():

@@ -37,7 +37,7 @@ RENAMES = [(r"^model\.(language_model|vision_tower|multi_modal_projector)\.", r"
            (r"^language_model\.model\.", "language_model."), (r"^language_model\.lm_head\.", "lm_head."),
            (r"^vision_tower\.vision_model\.", "vision_tower.")]  # fmt: skip
 PROJECTOR = {"linear_1": "mm.0", "linear_2": "mm.2"}  # what clip.cpp's mlp projector reads (llama.cpp #3637)
-SKIPPED = re.compile(r"vision_tower\.(post_layernorm\.|embeddings\.position_ids)|.*rotary_emb\.inv_freq")
+SKIPPED = re.compile(r"vision_tower\.(post_layernorm\..*|embeddings\.position_ids)|.*rotary_emb\.inv_freq")
 TOKENIZER_KINDS = ("llama", "gpt2")
 
 
@@ -97,7 +97,7 @@ def read_checkpoint(folder: str | Path) -> Checkpoint:
     if not checkpoint.shards:
         raise ExportRefused(f"{folder} has no safetensors weights: save the merged model with save_pretrained")
     names = set(checkpoint.shards)
-    unmapped = sorted(n for n in names if not SKIPPED.fullmatch(n) and gguf_name(checkpoint, n) is None)
+    unmapped = sorted(n for n in names if gguf_name(checkpoint, n) is None)
     if unmapped:
         raise ExportRefused(f"{len(unmapped)} tensor(s) map to nothing llama.cpp's LLaVA-1.5 loads, e.g. "
                             f"{unmapped[0]}: they would be lost in the export (llama.cpp #7823)")  # fmt: skip
@@ -132,6 +132,8 @@ def gguf_name(checkpoint: Checkpoint, name: str) -> str | None:
     """The GGUF tensor name of a canonical checkpoint name (language model or mmproj), or None."""
     import gguf
 
+    if SKIPPED.fullmatch(name):
+        return "unused"  # the post-layernorm (hidden_states[-2] comes before it), buffers
     stem, _, suffix = name.rpartition(".")
     if name.startswith("multi_modal_projector."):
         layer = PROJECTOR.get(stem.removeprefix("multi_modal_projector."))
@@ -262,8 +264,7 @@ def write_mmproj(checkpoint: Checkpoint, path: str | Path, image_mean=None, imag
         return np.float16 if gname.endswith(".weight") and ("patch_embd" in gname or _is_matrix(cname)) else np.float32
 
     names = [n for n in sorted(checkpoint.shards, key=_order) if n.startswith(("vision_tower.", "multi_modal_"))]
-    tensors = [(g, n, dtype(n, g)) for n in names if (g := gguf_name(checkpoint, n)) not in (None, "unused")
-               and not SKIPPED.fullmatch(n)]  # fmt: skip
+    tensors = [(g, n, dtype(n, g)) for n in names if (g := gguf_name(checkpoint, n)) not in (None, "unused")]
     read = _reader(checkpoint, lambda n, d: d.reshape(-1) if n.endswith("class_embedding") else d)
     return _stream(path, writer, tensors, read)
 

@@ -99,7 +99,10 @@ def gguf_specs(items: Sequence[str] | None, taken: Sequence[str] = ()) -> dict[s
             raise UserError(f"--gguf: give {GGUF_FORM}, with a name of {NAME_RULE}")
         if name in specs or name in taken:
             raise UserError(f"--gguf {name}: that name is already a model's; give each model its own name")
-        specs[name] = read_export(folder)
+        try:
+            specs[name] = read_export(folder)
+        except UserError as err:
+            raise UserError(f"--gguf {name}: {err}") from None
     return specs
 
 

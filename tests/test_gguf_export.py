@@ -135,3 +135,21 @@ def test_modelfile_and_template_say_the_projects_turns(exported, capsys):
     with pytest.raises(SystemExit) as done:
         export_gguf.main(["--help"])
     assert done.value.code == 0 and "mmproj" in capsys.readouterr().out
+
+
+def test_gguf_and_mps_options_fail_in_one_line_before_anything_loads(tmp_path, run_cli, exported):
+    import app
+    from cxr_vqa.model import pick_device, pick_dtype
+    from cxr_vqa.sources import ModelLoadError
+    from evaluation import __main__ as ev
+
+    status, line = run_cli(app.main, ["--base", "none", "--gguf", f"g={tmp_path}"])
+    assert status == 2 and f"--gguf g: {tmp_path} is not a finished GGUF export" in line
+    status, line = run_cli(app.main, ["--base", "none", "--gguf", f"base={exported}"])
+    assert status == 2 and "already a model's" in line
+    status, line = run_cli(ev.main, ["--dataset", "d", "--out", str(tmp_path / "r"), "--gguf", "g_blank=x"])
+    assert status == 2 and "--gguf: give NAME=EXPORT_DIR" in line
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ModelLoadError, match="no Apple-silicon GPU"):
+            pick_device("mps")
+    assert pick_dtype(torch.device("mps")) == torch.float16

@@ -1,0 +1,252 @@
+"""The exported GGUF files in llama.cpp itself (llama-cpp-python's server on loopback, started as the app starts it),
+against the transformers model they came from.
+
+Fidelity is measured on a tiny LLaVA that has learned something: a random tiny model's logits are near-ties
+everywhere, so f16 rounding flips its greedy tokens by chance, which says nothing about the export. The fixture trains
+it the demo's way in about a minute (a speaking base on shuffled films, merged; then a LoRA adapter with a trained
+projector on the real films), with 28 px patches (144 image tokens: the 576-token geometry is the export tests' and
+`test_llama_tokenizer_prompt_tokens_match`'s). Then, on 40 fixed (film, question) pairs of the synthetic test split:
+greedy answers of the f16 and q8_0 exports of base and tuned through the server equal the transformers answers for
+at least 95% of them, P(yes) within 0.02, and the tuned export differs from the base export where transformers' do.
+Skipped in one line without llama-cpp-python (`pip install 'llama-cpp-python[server]==0.3.36'`: it compiles llama.cpp).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+try:
+    import llama_cpp  # noqa: F401
+    import sse_starlette  # noqa: F401
+except ImportError as missing:
+    if os.environ.get("CXR_VQA_REQUIRE_LLAMA_CPP") == "1":  # set by .ci/run, which installs it: CI must not skip
+        raise
+    pytest.skip(f"no llama-cpp-python server ({missing.name}): pip install 'llama-cpp-python[server]==0.3.36'",
+                allow_module_level=True)
+
+from cxr_vqa.generation import GenerationSettings  # noqa: E402
+from cxr_vqa.llama_server import LlamaServers  # noqa: E402
+from cxr_vqa.remote import RemoteError  # noqa: E402
+
+QUESTIONS = 40
+SETTINGS = GenerationSettings(max_new_tokens=12)
+
+
+def train(*args):
+    from finetune import __main__ as finetune_cli
+
+    finetune_cli.main([*args, "--logging_steps", "100", "--dataloader_num_workers", "0",
+                       "--dataloader_persistent_workers", "false"])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def learned(synthetic_data, tmp_path_factory):
+    """(merged speaking base, its adapter): the demo's two stages, shortened."""
+    from finetune.tiny_model import build_tiny_llava
+
+    work = tmp_path_factory.mktemp("learned")
+    tiny = build_tiny_llava(work / "tiny", layers=2, patch_size=28, sincos_positions=True)
+    train("--config", "finetune/configs/tiny-synthetic-base.yaml", "--model_name_or_path", str(tiny),
+          "--dataset", synthetic_data, "--output_dir", str(work / "base"), "--max_steps", "40")  # fmt: skip
+    train("--config", "finetune/configs/tiny-synthetic.yaml", "--model_name_or_path", str(work / "base" / "merged"),
+          "--dataset", synthetic_data, "--output_dir", str(work / "tuned"), "--max_steps", "40",
+          "--save_strategy", "no")  # fmt: skip
+    return str(work / "base" / "merged"), str(work / "tuned")
+
+
+@pytest.fixture(scope="module")
+def pairs(synthetic_data):
+    """40 fixed (film, question) pairs of the held-out split, in order."""
+    from cxr_vqa.contract import open_splits
+
+    out = []
+    for row in open_splits(synthetic_data)["test"]:
+        for qa in row["qa"]:
+            out.append((row["images"][0].convert("RGB"), qa["question"]))
+    assert len(out) >= QUESTIONS
+    return out[:QUESTIONS]
+
+
+@pytest.fixture(scope="module")
+def exports(learned, tmp_path_factory):
+    from finetune.export_gguf import export
+
+    base, adapter = learned
+    out = tmp_path_factory.mktemp("exports")
+    folders = {}
+    for quant in ("f16", "q8_0"):
+        folders[f"base-{quant}"] = export(base, None, out / f"base-{quant}", quant)
+        folders[f"tuned-{quant}"] = export(base, adapter, out / f"tuned-{quant}", quant)
+    return folders
+
+
+@pytest.fixture(scope="module")
+def servers(exports):
+    started = LlamaServers.start([f"{name}={folder}" for name, folder in exports.items()], timeout=120, threads=1)
+    yield started
+    started.stop()
+
+
+def transformers_answers(learned, pairs):
+    from cxr_vqa.model import load_model
+
+    vqa = load_model(learned[0], learned[1], load_in_4bit=False, device="cpu")
+    films = [film for film, _ in pairs]
+    conversations = [vqa.conversation(None, question) for _, question in pairs]
+    return {model: vqa.answer(films, conversations, models=[model] * len(films), settings=SETTINGS)
+            for model in ("base", "tuned")}  # fmt: skip
+
+
+def test_served_exports_answer_as_the_transformers_model(learned, pairs, servers):
+    reference = transformers_answers(learned, pairs)
+    assert sum(a.is_closed for a in reference["base"]) >= 30  # a model that speaks: yes/no sentences
+    models = {m.name: m for m in servers.models(timeout=60)}
+    served = {name: [m.answer(film, [{"role": "user", "content": [{"type": "image", "index": 0, "text": None},
+                                                                  {"type": "text", "text": q, "index": None}]}],
+                              SETTINGS) for film, q in pairs] for name, m in models.items()}  # fmt: skip
+    for name, answers in served.items():
+        pairs_ = list(zip(answers, reference[name.split("-")[0]], strict=True))
+        differ = [(a.text, b.text) for a, b in pairs_ if a.text != b.text]
+        assert len(differ) <= 0.05 * QUESTIONS, (name, differ)
+        closed = [(a, b) for a, b in pairs_ if b.is_closed]
+        assert closed and all(a.p_yes is not None for a, _ in closed)
+        gap = max(abs(a.p_yes - b.p_yes) for a, b in closed)
+        assert gap <= 0.02, (name, gap)
+        print(f"{name}: {QUESTIONS - len(differ)}/{QUESTIONS} answers equal, P(yes) within {gap:.4f}")
+    tf_differs = [a.text != b.text for a, b in zip(reference["base"], reference["tuned"], strict=True)]
+    assert any(tf_differs)
+    for quant in ("f16", "q8_0"):
+        served_differs = [a.text != b.text for a, b in zip(served[f"base-{quant}"], served[f"tuned-{quant}"],
+                                                             strict=True)]  # fmt: skip
+        agree = sum(x == y for x, y in zip(tf_differs, served_differs, strict=True))
+        assert agree >= 0.95 * QUESTIONS, (quant, agree)
+
+
+def test_a_server_that_dies_fails_its_model_in_one_line(servers, pairs):
+    model = servers.models(timeout=10, max_retries=0)[0]
+    os.killpg(model.server.process.pid, signal.SIGKILL)
+    model.server.process.wait()
+    conversation = [{"role": "user", "content": [{"type": "image", "index": 0, "text": None},
+                                                 {"type": "text", "text": pairs[0][1], "index": None}]}]  # fmt: skip
+    with pytest.raises(RemoteError) as failed:
+        model.answer(pairs[0][0], conversation, SETTINGS)
+    message = str(failed.value)
+    assert "llama.cpp server exited (status -9)" in message and "\n" not in message and failed.value.fatal
+
+
+def test_llama_tokenizer_prompts_are_the_same_tokens_and_a_film_576(llama_model_dir, tmp_path):
+    """The 7B model's tokenizer in llama.cpp: the same ids as transformers for the template's pieces, and a served
+    prompt as long as transformers' (576 image tokens, not 575)."""
+    import httpx
+    from llama_cpp import Llama
+    from PIL import Image
+
+    from cxr_vqa.model import load_processor
+    from cxr_vqa.remote import openai_messages, png_data_url
+    from cxr_vqa.template import add_question, assistant_turn
+    from cxr_vqa.vqa import render
+    from finetune.export_gguf import export
+
+    folder = export(llama_model_dir, None, tmp_path / "llama", "f16")
+    vocab = Llama(str(folder / "model-f16.gguf"), vocab_only=True, verbose=False)
+    processor = load_processor(llama_model_dir)
+    for text in ("USER: ", "\nIs there a pleural effusion? ASSISTANT:", "Describe the findings (left/right, 2 cm).",
+                 " Yes, a small left effusion.</s>USER: And the heart? ASSISTANT:"):  # fmt: skip
+        want = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert vocab.tokenize(text.encode(), add_bos=False, special=True) == want, text
+    film = Image.new("RGB", (336, 336), (90, 90, 90))
+    conversation = add_question(add_question(None, "Is there cardiomegaly?") + [assistant_turn("No.")], "And edema?")
+    prompt = render(processor, conversation, add_generation_prompt=True)
+    want = len(processor(images=[film], text=[prompt])["input_ids"][0])
+    servers = LlamaServers.start([f"llama={folder}"], timeout=120, threads=1)
+    try:
+        body = {"model": "llama", "messages": openai_messages(conversation, png_data_url(film)), "max_tokens": 1,
+                "temperature": 0}  # fmt: skip
+        reply = httpx.post(f"{servers.servers[0].url}/chat/completions", json=body, timeout=60).json()
+    finally:
+        servers.stop()
+    assert reply["usage"]["prompt_tokens"] == want and want > 576 + 20
+
+
+def server_pids(parent: int) -> list[int]:
+    """Processes running cxr_vqa.gguf_serve whose parent is `parent`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+            command = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+        if ppid == parent and b"cxr_vqa.gguf_serve" in command:
+            found.append(int(entry))
+    return found
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_model_dir, tmp_path_factory):
+    from finetune.export_gguf import export
+
+    return export(tiny_model_dir, None, tmp_path_factory.mktemp("tiny-gguf") / "tiny", "f16")
+
+
+def test_app_gguf_is_one_command_that_starts_and_stops_its_server(tiny_export, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from gradio_client import Client, handle_file
+
+    from cxr_vqa.llama_server import free_port
+
+    root = Path(__file__).resolve().parents[1]
+    port = free_port()
+    argv = [sys.executable, str(root / "app.py"), "--base", "none", "--gguf", f"tiny={tiny_export}", "--port",
+            str(port), "--votes-db", str(tmp_path / "v.sqlite")]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
+    app = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        for _ in range(900):
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        servers = server_pids(app.pid)
+        assert len(servers) == 1
+        film = root / "assets" / "examples" / "cardiomegaly.png"
+        answers = Client(url, verbose=False).predict(handle_file(str(film)), "Is there cardiomegaly?",
+                                                     api_name="/compare_all")  # fmt: skip
+        assert set(answers) == {"tiny"} and answers["tiny"] and not answers["tiny"].startswith("error")
+    finally:
+        app.send_signal(signal.SIGTERM)
+        output = app.communicate(timeout=60)[0]
+    assert app.returncode is not None and "server closed" in output
+    time.sleep(0.5)
+    alive = [pid for pid in servers if Path(f"/proc/{pid}").exists()
+             and "Z" not in Path(f"/proc/{pid}/status").read_text().split("State:")[1][:4]]  # fmt: skip
+    assert not alive
+
+
+def test_evaluation_gguf_scores_the_served_export_beside_the_local_model(tiny_export, qa_dataset, tiny_model_dir,
+                                                                          tmp_path):  # fmt: skip
+    import json
+
+    from evaluation import __main__ as ev
+
+    argv = ["--dataset", qa_dataset, "--out", str(tmp_path / "r"), "--base", tiny_model_dir, "--no-4bit",
+            "--device", "cpu", "--resamples", "100", "--max-new-tokens", "6", "--gguf", f"g={tiny_export}"]
+    ev.main(argv)
+    records = [json.loads(line) for line in (tmp_path / "r" / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 5 and all(set(r["answers"]) == {"base", "g", "base_blank", "g_blank"} for r in records)
+    # the random tiny model's f16 export answers as transformers does on most of them
+    assert sum(r["answers"]["g"] == r["answers"]["base"] for r in records) >= 3
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["info"]["remote"]["g"]["source"] == f"gguf:{(tiny_export / 'model-f16.gguf').resolve()}"
+    ev.main(argv)  # a rerun: every answer from the records, no server asked (its cache key is the file, not a port)

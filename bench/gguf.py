@@ -30,6 +30,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 GIB = 1024**3
 ROOT = Path(__file__).resolve().parents[1]
+# this file is named like the `gguf` package the export imports: bench/ must not shadow it
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
 FILM = ROOT / "assets" / "examples" / "cardiomegaly.png"
 QUESTION = "Describe the findings of this chest X-ray."
 
@@ -110,7 +113,7 @@ def run_gguf(export_dir: Path, new_tokens: int, eos: int, threads: int) -> dict:
         peak = vm_hwm(server.process.pid)
     finally:
         server.stop()
-    tokens = usage.completion_tokens if usage else len(text)
+    tokens = usage.completion_tokens if usage else len(text)  # a chunk a token
     return {"prompt_s": first - start, "answer_s": end - start, "tokens": tokens, "peak_rss_gib": peak,
             "prompt_tokens": usage.prompt_tokens if usage else None, "text": "".join(text)}  # fmt: skip
 
@@ -127,10 +130,12 @@ def measure_bnb(model_dir: str, new_tokens: int, out: str) -> None:
     load_s = time.perf_counter() - start
     film, conversation = vqa.prepare_film(FILM).image, vqa.conversation(None, QUESTION)
     stamps: list[float] = []
+    prompt_tokens: list[int] = []
 
     class Stamp(BaseStreamer):
         def put(self, value):
             stamps.append(time.perf_counter())
+            prompt_tokens.append(value.shape[-1])
 
         def end(self):
             pass
@@ -142,7 +147,7 @@ def measure_bnb(model_dir: str, new_tokens: int, out: str) -> None:
     end = time.perf_counter()
     # put() comes once with the prompt, then once a new token: the second stamp is the first token's
     figures = {"load_s": load_s, "prompt_s": stamps[1] - start, "answer_s": end - start, "tokens": len(stamps) - 1,
-               "peak_rss_gib": vm_hwm(), "text": answer.text}  # fmt: skip
+               "peak_rss_gib": vm_hwm(), "text": answer.text, "prompt_tokens": prompt_tokens[0]}  # fmt: skip
     Path(out).write_text(json.dumps(figures))
 
 
@@ -169,7 +174,7 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--measure-bnb", help=argparse.SUPPRESS)
     parser.add_argument("--measure-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.new_tokens < (2 if args.smoke else 50):
+    if args.new_tokens < (2 if args.smoke or args.measure_bnb else 50):
         parser.error("--new-tokens must be >= 50: a findings paragraph")
     if args.layers is not None and not 1 <= args.layers <= 32:
         parser.error("--layers must be in 1..32")
@@ -182,10 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.measure_bnb:
         return measure_bnb(args.measure_bnb, args.new_tokens, args.measure_out)
-    sys.path.insert(0, str(ROOT / "bench"))
-    from llava_7b import CHECKPOINT, write_random_checkpoint
-    from real_size import memory_status
-
+    from bench.llava_7b import CHECKPOINT, write_random_checkpoint
+    from bench.real_size import memory_status
     from cxr_vqa.cli import user_errors
     from finetune.export_gguf import export
 
@@ -220,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     if gguf["tokens"] != args.new_tokens or bnb["tokens"] != args.new_tokens:
         sys.exit(f"error: asked both for {args.new_tokens} tokens, got {gguf['tokens']} and {bnb['tokens']}")
     rate = {k: (args.new_tokens - 1) / (f["answer_s"] - f["prompt_s"]) for k, f in (("gguf", gguf), ("bnb", bnb))}
-    prompt_tokens = gguf["prompt_tokens"] or 600
+    prompt_tokens = gguf["prompt_tokens"] or bnb["prompt_tokens"]  # the streamed reply has no usage
     bound_prompt = prompt_flops(config, prompt_tokens) / (gflops * 1e9)
     bound_token = model_bytes / (gbs * 1e9)
     print(f"prompt ({prompt_tokens} tokens, 576 the film): llama.cpp {gguf['prompt_s']:.1f} s, bitsandbytes "

@@ -1,5 +1,5 @@
-"""`python -m finetune.export_gguf` on the tiny LLaVA, read back with the `gguf` package (no llama.cpp needed): llama.cpp's
-tensor names and keys, the projector as mm.0 / mm.2 (llama.cpp #3637), the vision tower up to its feature layer, a
+"""`python -m finetune.export_gguf` on the tiny LLaVA, read back with the `gguf` package (no llama.cpp needed):
+llama.cpp's tensor names and keys, the projector as mm.0 / mm.2 (llama.cpp #3637), the vision tower up to its feature layer, a
 trained projector carried into the mmproj rather than left behind (#14867), the refusals (#7823: a tensor that maps to
 nothing; another vision strategy; a non-LoRA adapter) and the Ollama Modelfile. tests/test_gguf_serving.py loads the
 files in llama.cpp itself."""
@@ -153,3 +153,27 @@ def test_gguf_and_mps_options_fail_in_one_line_before_anything_loads(tmp_path, r
         with pytest.raises(ModelLoadError, match="no Apple-silicon GPU"):
             pick_device("mps")
     assert pick_dtype(torch.device("mps")) == torch.float16
+
+
+def test_serving_template_renders_the_projects_prompt_as_llama_cpp_is_sent_it(tiny_model_dir):
+    """The chat template the GGUF carries and the server uses gives, for OpenAI messages, the text the project's own
+    template gives the model (with the film where `<image>` is): follow-ups, `</s>` after answers, no system turn."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from cxr_vqa.llama_server import MEDIA_MARKER, SERVE_TEMPLATE
+    from cxr_vqa.model import load_processor
+    from cxr_vqa.remote import openai_messages
+    from cxr_vqa.template import add_question, assistant_turn
+    from cxr_vqa.vqa import render
+
+    processor = load_processor(tiny_model_dir)
+    conversation = add_question(add_question(None, "Is there edema?") + [assistant_turn("No, none.")], "Any effusion?")
+    want = render(processor, conversation, add_generation_prompt=True)
+    template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(SERVE_TEMPLATE)
+    messages = openai_messages(conversation, "data:image/png;base64,AAAA")
+    got = template.render(messages=messages, add_generation_prompt=True)
+    assert got.replace("data:image/png;base64,AAAA", "<image>") == want
+    assert want == "USER: <image>\nIs there edema? ASSISTANT: No, none.</s>USER: Any effusion? ASSISTANT:"
+    # llama-server hands the template the film as a text part holding its marker
+    messages[0]["content"][0] = {"type": "text", "text": MEDIA_MARKER}
+    assert template.render(messages=messages, add_generation_prompt=True).replace(MEDIA_MARKER, "<image>") == want

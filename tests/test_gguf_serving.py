@@ -250,3 +250,22 @@ def test_evaluation_gguf_scores_the_served_export_beside_the_local_model(tiny_ex
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["info"]["remote"]["g"]["source"] == f"gguf:{(tiny_export / 'model-f16.gguf').resolve()}"
     ev.main(argv)  # a rerun: every answer from the records, no server asked (its cache key is the file, not a port)
+
+
+def test_bench_smoke_runs_both_paths_and_prints_its_result_line(llama_package, tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, str(root / "bench" / "gguf.py"), "--smoke", "--workdir", str(tmp_path),
+                           "--npm-dir", str(Path(llama_package).parent), "--new-tokens", "6", "--threads", "1"],
+                          env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = done.stdout.strip().splitlines()[-1]
+    keys = ["answer_tokens", "prompt_s", "tok_s", "answer_s", "bnb_prompt_s", "bnb_tok_s", "bnb_answer_s", "speedup",
+            "peak_rss_gib"]  # fmt: skip
+    assert re.fullmatch(r"RESULT part=gguf " + " ".join(rf"{k}=\S+" for k in keys) + r" .*", result), result
+    assert "answer_tokens=6 " in result and "a new token: llama.cpp" in done.stdout
+    assert (tmp_path / "tiny-7b-q4_k_m" / "export.json").is_file()  # reused by the next run

@@ -1,8 +1,8 @@
 """`python -m finetune.export_gguf` on the tiny LLaVA, read back with the `gguf` package (no llama.cpp needed):
-llama.cpp's tensor names and keys, the projector as mm.0 / mm.2 (llama.cpp #3637), the vision tower up to its feature layer, a
-trained projector carried into the mmproj rather than left behind (#14867), the refusals (#7823: a tensor that maps to
-nothing; another vision strategy; a non-LoRA adapter) and the Ollama Modelfile. tests/test_gguf_serving.py loads the
-files in llama.cpp itself."""
+llama.cpp's tensor names and keys, the projector as mm.0 / mm.2 (llama.cpp #3637), the vision tower up to its
+feature layer, a trained projector carried into the mmproj rather than left behind (#14867), the refusals (#7823: a
+tensor that maps to nothing; another vision strategy; a non-LoRA adapter), the serving template, the Ollama Modelfile
+and the option errors. tests/test_gguf_serving.py loads the files in llama.cpp itself."""
 
 from __future__ import annotations
 

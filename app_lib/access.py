@@ -5,8 +5,9 @@ https, checked before anything loads, each problem in one line that never quotes
     users = read_users(None, {"CXR_VQA_AUTH": "ana:pw1,ben:pw2"})
     check_tls("cert.pem", "key.pem")                   # both or neither; readable, and a key that fits the cert
 
-users.txt holds one `user:password` a line (the password is everything after the first colon; blank lines and lines
-starting with # are skipped). Keep it readable by the app's user only: the app warns when others may read it.
+users.txt holds one `user:password` a line (the password is everything after the first colon, without the spaces
+around it; blank lines and lines starting with # are skipped). Keep it readable by the app's user only: the app warns
+when others may read it.
 """
 
 from __future__ import annotations
@@ -46,12 +47,12 @@ def read_users(auth_file: str | None, environ=os.environ) -> list[tuple[str, str
         return None
     users: dict[str, str] = {}
     for where, entry in entries:
-        user, sep, password = entry.partition(":")
-        if not (sep and user.strip() and password):  # the entry itself is not shown: it may be a password
+        user, sep, password = (part.strip() for part in entry.partition(":"))
+        if not (sep and user and password):  # the entry itself is not shown: it may be a password
             raise UserError(f"{where}: expected user:password with neither empty")
-        if user.strip() in users:
-            raise UserError(f"{where}: user {user.strip()!r} is given twice")
-        users[user.strip()] = password
+        if user in users:
+            raise UserError(f"{where}: user {user!r} is given twice")
+        users[user] = password
     if not users:
         raise UserError(f"{f'--auth-file {auth_file}' if auth_file else '$' + AUTH_ENV}: no user:password in it")
     return list(users.items())

@@ -42,7 +42,7 @@ from app_lib.config import on_space, parse_config
 from app_lib.explore_tab import ExploreView, explore_tab
 from app_lib.handlers import NO_ADAPTER, Handlers
 from app_lib.maps import Maps
-from app_lib.side_by_side import NO_SHARE, Inputs, models_line, remote_notice, side_by_side_tab
+from app_lib.side_by_side import NO_SHARE, Page, models_line, remote_notice, side_by_side_tab
 from app_lib.votes import VoteStore
 from app_lib.votes_tab import Operator, blind_tab, operator_token, results_tab, wire_blind
 from cxr_vqa.cli import user_errors
@@ -138,7 +138,7 @@ def create_demo(
             with gr.Column(scale=2):
                 question = gr.Textbox(label="Question", placeholder="Ask about the film…", lines=1,
                                       max_length=MAX_QUESTION_CHARS, elem_id="question")  # fmt: skip
-                page = Inputs(film_file, film_view, film_status, gr.State(None), gr.State(None), question)
+                page = Page(film_file, film_view, film_status, gr.State(None), gr.State(None), question)
                 gr.Examples([[q] for q in SUGGESTED_QUESTIONS], inputs=[page.question], label="Suggested questions")
                 with gr.Tabs():
                     waiting = live.notes()[TUNED].capitalize() if live else NO_ADAPTER

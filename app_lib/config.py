@@ -58,8 +58,8 @@ class AppConfig:
     remote: list[str] | None = field(
         default=None,
         metadata={"help": f"a model behind an OpenAI-compatible vision endpoint (vLLM, OpenAI, Ollama): {SPEC_FORM}; "
-                  "again for several, one pane each; the key from $OPENAI_API_KEY or the variable named after the "
-                  "second #, never from a flag", **REPEATABLE},
+                  "again for several, one pane each; the key from the variable named after the second #, never a "
+                  "flag ($OPENAI_API_KEY by default for api.openai.com only)", **REPEATABLE},
     )  # fmt: skip
     remote_timeout: float = field(
         default=60.0, metadata={"help": "seconds a remote model may take to reply (the app retries once)"}
@@ -155,7 +155,9 @@ class AppConfig:
         size_in_bytes(self.max_file_size)
         if self.votes_retention_days < 0:
             raise ValueError(f"votes_retention_days must be >= 0, got {self.votes_retention_days}")
-        self.visitor_limits()  # checks the limits
+        if self.client_in_flight < 1 or self.rate_per_minute < 0:
+            raise ValueError(f"client_in_flight must be >= 1 and rate_per_minute >= 0, got {self.client_in_flight} "
+                             f"and {self.rate_per_minute}")  # fmt: skip
         trusted_proxies(self.trusted_proxy, on_space())
         check_tls(self.ssl_certfile, self.ssl_keyfile)
         if self.max_cost is not None and self.max_cost < 0:

@@ -66,7 +66,7 @@ def remote_notice(models: Lineup) -> str | None:
 
 
 @dataclass
-class Inputs:
+class Page:
     """The page's film and question, which every tab asks about: the upload box, the film as the model sees it, its
     status line, the decoded film and the panes' conversations (states), and the question box."""
 
@@ -86,7 +86,7 @@ class SideBySide:
     stats: list[gr.Markdown]
     maps: MapView
 
-    def wire(self, h: Handlers, page: Inputs, sliders: list, *, gpu_event: dict, wrap=lambda fn: fn) -> None:
+    def wire(self, h: Handlers, page: Page, sliders: list, *, gpu_event: dict, wrap=lambda fn: fn) -> None:
         """A film picked, Ask (or Enter), Clear (or a pane's trash icon): each fills or empties every pane."""
         chat_outputs = [*self.panes, *self.stats, page.chats]
         film_outputs = [page.film_view, page.film, page.film_status, *chat_outputs]
@@ -101,7 +101,7 @@ class SideBySide:
         self.maps.clear_on(self.ask.click, page.question.submit, self.clear.click, page.film_file.change)
 
 
-def side_by_side_tab(h: Handlers, maps: Maps, page: Inputs, *, waiting: str = NO_ADAPTER, gpu_event: dict,
+def side_by_side_tab(h: Handlers, maps: Maps, page: Page, *, waiting: str = NO_ADAPTER, gpu_event: dict,
                      wrap=lambda fn: fn) -> SideBySide:  # fmt: skip
     """The tab's body, inside the caller's gr.Tabs; `waiting` is what an adapter's pane says before it can answer."""
     models = h.vqa

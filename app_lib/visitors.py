@@ -21,6 +21,7 @@ X-Forwarded-For (uvicorn reads it: see `trusted_proxies`); a header anyone can s
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import re
@@ -34,9 +35,9 @@ WINDOW_S = 60.0
 UNKNOWN_ANSWER_S = 10.0  # a guess at one answer's time before the queue has timed any
 JOIN = re.compile(r"/gradio_api/queue/join/?$")
 CALL = re.compile(r"/gradio_api/call/(?:v2/)?(?P<api>[^/]+)/?$")  # the REST API's POST; its GET streams the result
-MAX_BODY = 1 << 20  # a join names uploaded files by path: its JSON is small; a larger one is not parsed here
+MAX_BODY = 1 << 20  # a join names uploaded files by path: its JSON is small; a larger one is refused (HTTP 413)
 PRIVATE_NETWORKS = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,127.0.0.0/8,fc00::/7,::1"
-KEYS_KEPT = 100_000  # rate windows remembered at most; emptied ones are dropped long before
+KEYS_KEPT = 100_000  # rate windows remembered; past this, those with nothing in the last minute are dropped
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,15 @@ def trusted_proxies(option: str | None, on_space: bool) -> str:
     if option == "*":  # uvicorn then believes the left-most address, which the visitor writes
         raise ValueError("--trusted-proxy '*' would let any visitor choose their address: name the proxies "
                          "(addresses or networks, comma-separated) or 'private'")  # fmt: skip
-    return PRIVATE_NETWORKS if option == "private" else option
+    if option == "private":
+        return PRIVATE_NETWORKS
+    for item in option.split(","):  # uvicorn would take a typo for a host name that never matches, silently
+        try:
+            ipaddress.ip_network(item.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"--trusted-proxy: {item.strip()!r} is not an IP address or network (or use 'private' "
+                             "or 'none')") from None  # fmt: skip
+    return ",".join(item.strip() for item in option.split(","))
 
 
 class Admission:

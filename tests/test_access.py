@@ -4,9 +4,12 @@ quotes a password), a wrong password refused over HTTP, and https served on loop
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -19,7 +22,8 @@ from app_lib.config import parse_config
 from cxr_vqa.errors import UserError
 from cxr_vqa.remote import RemoteModel, parse_remote
 
-FILM = "assets/examples/normal.png"
+ROOT = Path(__file__).resolve().parents[1]
+FILM = str(ROOT / "assets" / "examples" / "normal.png")
 
 
 def free_port() -> int:
@@ -124,8 +128,13 @@ def test_tls_serves_https_with_the_given_certificate_on_loopback(vision, tmp_pat
             httpx.get(https.replace("https://", "http://"), timeout=5)  # no plain http on that port
         client = Client(https, verbose=False, ssl_verify=False)
         assert client.predict(handle_file(FILM), "Is it normal?", api_name="/compare_all")["vis"].startswith("No")
+        port = https.rstrip("/").rsplit(":", 1)[1]
+        health = [sys.executable, "-m", "app_lib.health"]  # the Dockerfile's HEALTHCHECK
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "GRADIO_SERVER_PORT": port}
+        assert subprocess.run(health, env=env, capture_output=True).returncode == 0
     finally:
         demo.close()
+    assert subprocess.run(health, env=env, capture_output=True).returncode == 1  # nothing answers there now
 
 
 def test_tls_options_are_checked_before_anything_loads(tmp_path, certificate, run_cli):

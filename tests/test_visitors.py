@@ -6,20 +6,23 @@ the model's group never limited). bench/visitor_limits.py is the load test."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
 import pytest
 from gradio_client import Client, handle_file
+from test_browser import CHROMIUM, open_page
 from vision_server import VisionServer
 
 import app
 from app_lib.visitors import GROUP, PRIVATE_NETWORKS, Admission, VisitorLimits, trusted_proxies
 from cxr_vqa.remote import RemoteModel, parse_remote
 
-FILM = "assets/examples/normal.png"
+FILM = str(Path(__file__).resolve().parents[1] / "assets" / "examples" / "normal.png")
 QUESTION = "Is it normal?"
 ANSWER_S = 2.0  # the vision model's time per answer: long enough for a second request to find the first in flight
 
@@ -87,6 +90,8 @@ def test_trusted_proxies_are_named_never_everyone():
     assert trusted_proxies("10.1.2.3,192.168.0.0/16", on_space=False) == "10.1.2.3,192.168.0.0/16"
     with pytest.raises(ValueError, match="any visitor choose their address"):
         trusted_proxies("*", on_space=False)
+    with pytest.raises(ValueError, match="'nginx.local' is not an IP address or network"):
+        trusted_proxies("10.0.0.5, nginx.local", on_space=False)
 
 
 # -- over HTTP -------------------------------------------------------------------------------------------------------
@@ -113,7 +118,7 @@ def serve(vision, tmp_path, **options):
 
 
 def outcome(job) -> str:
-    """"answered", or the reason of a refusal (HTTP 429 at the queue's door)."""
+    """ "answered", or the reason of a refusal (HTTP 429 at the queue's door)."""
     try:
         job.result()
         return "answered"
@@ -178,3 +183,19 @@ def test_behind_a_trusted_proxy_each_forwarded_address_is_its_own_client(vision,
             "answered", "answered", "busy: a question from your network address"]  # fmt: skip
     finally:
         demo.close()
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (apt-get install chromium)")
+def test_in_a_browser_a_second_ask_while_the_first_is_answered_says_busy(limited, tmp_path):
+    from playwright.sync_api import expect
+
+    for page in open_page(limited):
+        page.locator("#film-file input[type=file]").set_input_files(FILM)
+        expect(page.locator("#film-status")).to_contain_text("letterboxed")
+        page.locator("#question textarea").fill(QUESTION)
+        page.locator("#ask").click()
+        expect(page.locator("#model-vis-chat")).to_contain_text(QUESTION)  # the first question is being answered
+        page.locator("#maps-button").click()  # a second model call from the same page, while the first is answered
+        expect(page.get_by_text("busy: your previous question is still being answered")).to_be_visible()
+        page.screenshot(path=str(tmp_path / "busy.png"), full_page=True)
+        expect(page.locator("#model-vis-stats")).to_contain_text("tokens/s")  # and the first still answered

@@ -58,8 +58,10 @@ def add_old_vote(path, question: str, days: int) -> None:
     """A vote cast `days` ago, written as the store writes one."""
     when = (datetime.now(timezone.utc) - timedelta(days=days)).isoformat(timespec="seconds")
     with sqlite3.connect(path) as con:
-        con.execute(f"INSERT INTO ab_votes ({', '.join(COLUMNS[1:])}) VALUES ({', '.join('?' * 12)})",
-                    (when, question, "base", "m", "labels", "runs/labels", "No.", "Yes.", "A", "base", "ab" * 32, "m"))
+        con.execute(
+            f"INSERT INTO ab_votes ({', '.join(COLUMNS[1:])}) VALUES ({', '.join('?' * 12)})",
+            (when, question, "base", "m", "labels", "runs/labels", "No.", "Yes.", "A", "base", "ab" * 32, "m"),
+        )
 
 
 def test_the_database_and_its_journals_are_0600_whatever_the_umask(tmp_path):

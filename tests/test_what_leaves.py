@@ -131,7 +131,8 @@ def test_max_cost_stops_the_remote_pane_at_the_cap_and_the_local_models_keep_ans
     assert remote.budget.spent == pytest.approx((579 + 11) * 1000 / 1e6)  # the usage the server reported
     second = list(h.ask(film, "Is it normal?", None, 12, 0.0, 1.0))[-1]
     assert second[2][-1]["content"] == (
-        "error: vis answers no more: the remote models' spending cap of 1 USD (--max-cost) is reached")
+        "error: vis answers no more: the remote models' spending cap of 1 USD (--max-cost) is reached"
+    )
     assert second[0][-1]["content"] and second[0][-1]["content"] != "…"  # the base answered
     assert vision.count["chat"] == sent + 1  # past the cap nothing is sent
     assert h.compare_all(str(FILM), "Is it normal?")["vis"].startswith("error: vis answers no more")

@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import sys
+from collections import Counter
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -144,7 +145,9 @@ def run(cfg: Config, work: Path) -> int:
     generator = make_generator(cfg)
     if cfg.dry_run:
         if cfg.generator == "labels":
-            print(f"dry run: {len(studies)} studies, labels generator: no requests, no cost")
+            reasons = _counts(Counter(r["reason"] for r in rejects))
+            print(f"dry run: {len(studies)} studies, {len(rejects)} rejected on reading ({reasons}); labels "
+                  "generator: no requests, no cost")  # fmt: skip
         else:
             est = generator.estimate(studies)
             print(

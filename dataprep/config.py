@@ -47,12 +47,17 @@ class Config:
     )
     out: str = _opt("", "folder for the dataset (save_to_disk), stats.json, rejects.jsonl and the cache")
     generator: str = _opt(
-        "labels", "labels: offline QA from CheXbert labels; llm: QA written by an LLM", choices=GENERATORS
+        "labels", "labels: offline QA from the release's labels; llm: QA written by an LLM", choices=GENERATORS
     )
-    limit: int | None = _opt(None, "only the first N studies of the CSV")
+    limit: int | None = _opt(
+        None, "only the first N studies (in CheXpert Plus's CSV, MIMIC-CXR's metadata; IU X-ray: by report number)"
+    )
     seed: int = _opt(0, "seed of the patient split and of the labels generator's phrasing")
     image_size: int = _opt(336, "side of the letterboxed square images (LLaVA-1.5 sees 336 px)")
-    split_fractions: str = _opt("0.8,0.1,0.1", "train,validation,test fractions of the official train patients")
+    split_fractions: str = _opt(
+        "0.8,0.1,0.1",
+        "train,validation,test fractions of the patients without an official split (MIMIC-CXR's is kept as it is)",
+    )
     qa_per_study: int = _opt(5, "QA pairs per study (one conversation per study)")
     workers: int = _opt(8, "threads that decode and letterbox images")
     model: str = _opt("gpt-4o-mini", "llm: model name at the endpoint")

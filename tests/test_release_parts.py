@@ -178,3 +178,24 @@ def test_the_old_chexpert_root_still_works_with_a_note(tmp_path, capsys):
     assert code == 0 and "--chexpert-root is deprecated" in err and "use --root" in err
     stats = json.loads((tmp_path / "D" / "stats.json").read_text())
     assert stats["config"]["root"] == str(tmp_path / "S") and stats["release"]["source"] == "chexpert-plus"
+
+
+def test_iu_reports_that_cannot_be_studies_are_rejected_with_their_reason(tmp_path):
+    text = {"FINDINGS": "Heart size is normal. No pleural effusion.", "IMPRESSION": "No acute disease."}
+    members = {
+        "ecgen-radiology/1.xml": report_xml(1, text, ["normal"], ["CXR1_IM-0001-1001"]),
+        "ecgen-radiology/2.xml": report_xml(1, text, ["normal"], ["CXR1_IM-0001-1001"]),  # the same uId again
+        "ecgen-radiology/3.xml": report_xml(3, text, ["normal"], []),
+        "ecgen-radiology/4.xml": report_xml(4, {"FINDINGS": "XXXX.", "IMPRESSION": ""}, ["normal"], ["CXR4_IM-1"]),
+        "ecgen-radiology/5.xml": report_xml(5, text, ["normal"], ["CXR5_IM-1"])[:300],
+        "ecgen-radiology/6.xml": report_xml(6, text, ["normal"], ["CXR6_IM-1", "CXR6_IM-2"]),
+    }
+    _tgz(tmp_path / "NLMCXR_reports.tgz", members)
+    _tgz(tmp_path / "NLMCXR_png.tgz", {"CXR1_IM-0001-1001.png": _png("PA", 1), "CXR6_IM-1.png": b"\x89PNG\r\n\x1a\n"})
+    release = read("iu-xray", tmp_path, work_dir=tmp_path / "work", image_size=32, progress=False)
+    assert [s.study_id for s in release.studies] == ["CXR1"]
+    reasons = {r["study_id"]: r["reason"] for r in release.rejects}
+    assert reasons == {"CXR1": "duplicate_report", "CXR3": "no_images", "CXR4": "no_report_text", "CXR5": "bad_xml",
+                       "CXR6": "image_unreadable"}  # fmt: skip
+    detail = next(r["detail"] for r in release.rejects if r["study_id"] == "CXR6")
+    assert detail.startswith("CXR6_IM-1: ")  # the film that is there but broken; the other is not in the archive

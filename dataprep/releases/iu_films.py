@@ -99,7 +99,12 @@ def _score_and_spill(data: bytes, spill: Path | None, name: str, size: int) -> t
     except ImageLoadError as exc:
         return str(exc)
     if spill is not None:
-        letterbox(image, size=size).save(spill / name, format="PNG", compress_level=3)
+        square = letterbox(image, size=size)
+        pixels = np.asarray(square)
+        if (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all():
+            square = square.convert("L")  # a grey film: one channel is the same picture, encoded in half the time
+        # level 1: the spill lives for one run; level 3 costs 1.5x the time for 5% fewer bytes
+        square.save(spill / name, format="PNG", compress_level=1)
     return frontal_score(image), name
 
 

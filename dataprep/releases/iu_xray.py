@@ -155,29 +155,32 @@ def read_iu(root: str | os.PathLike, *, labels: str = "labeler", limit: int | No
         raise UserError(f"--root {root} is not a directory")
     files = sorted(report_files(root), key=lambda item: _number(item[0]))
     files = files[:limit] if limit is not None else files
-    reports, rejects, used = [], [], Counter()
-    for name, data in files:
+    candidates, rejects, used, seen = [], [], Counter(), set()
+    for name, data in files:  # the text first: a report rejected for it needs none of its films decoded
         try:
-            reports.append(parse_report(data, name))
+            report = parse_report(data, name)
         except ValueError as exc:
             stem = f"CXR{Path(name).stem}"
             rejects.append(reject(None, "bad_xml", str(exc), study_id=stem, patient_id=stem))
-    wanted = {i for r in reports for i in r.images}
+            continue
+        study = Study(study_id=report.uid, patient_id=report.uid, official_split="train",
+                      findings=clean_report(report.findings), impression=clean_report(report.impression))  # fmt: skip
+        if report.uid in seen:  # a study id must be unique (the builder names its staged film after it)
+            rejects.append(reject(study, "duplicate_report", f"{name}: {report.uid} was read from an earlier XML"))
+        elif word_count(study.findings) < MIN_WORDS and word_count(study.impression) < MIN_WORDS:
+            rejects.append(reject(study, "no_report_text", "findings and impression have < 2 words after cleaning"))
+        elif not report.images:
+            rejects.append(reject(study, "no_images", "the XML lists no parentImage"))
+        else:
+            candidates.append((report, study))
+        seen.add(report.uid)
+    wanted = {i for report, _ in candidates for i in report.images}
     scanned = scan_films(root, wanted, spill=spill, image_size=image_size, workers=workers, progress=progress) \
         if films else None  # fmt: skip
     dicom = dicom_views(root, wanted) if films else {}
     studies, methods, chosen = [], Counter(), set()
-    for report in reports:
-        study_labels, how = report_labels(report, labels)
-        study = Study(study_id=report.uid, patient_id=report.uid, official_split="train",
-                      findings=clean_report(report.findings), impression=clean_report(report.impression),
-                      labels=study_labels)  # fmt: skip
-        if word_count(study.findings) < MIN_WORDS and word_count(study.impression) < MIN_WORDS:
-            rejects.append(reject(study, "no_report_text", "findings and impression have < 2 words after cleaning"))
-            continue
-        if not report.images:
-            rejects.append(reject(study, "no_images", "the XML lists no parentImage"))
-            continue
+    for report, study in candidates:
+        study.labels, how = report_labels(report, labels)
         choice = choose_film(report.images, scanned, dicom) if scanned else None
         if isinstance(choice, tuple):
             rejects.append(reject(study, *choice))

@@ -99,6 +99,10 @@ class Reports:
             if match:
                 self.paths[match.group(3)] = name
 
+    def close(self) -> None:
+        if self.zip is not None:
+            self.zip.close()
+
     def text(self, study_id: str) -> str | None:
         name = self.paths.get(study_id)
         if name is None:
@@ -196,6 +200,7 @@ def read_mimic(
             rejects.append(reject(study, "image_missing", f"none of its {len(usable)} films is under {root}/files"))
         else:
             studies.append(study)
+    texts.close()
     summary = {
         "source": "mimic-cxr",
         "labels": LABEL_FILES[labels],

@@ -121,9 +121,6 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv, description=__doc__)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("dataprep").setLevel(logging.INFO)  # e.g. batch ids, which a person may need
-    if cfg.chexpert_root:
-        print("note: --chexpert-root is deprecated and goes in the next release; use --root (--source chexpert-plus "
-              "is the default)", file=sys.stderr)  # fmt: skip
     with user_errors():
         # one price alone would count the other side free, and --max-cost would let more through than it says
         if (cfg.price_input is None) != (cfg.price_output is None):
@@ -132,9 +129,13 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(cfg.out) / WORK_DIR
         shutil.rmtree(work, ignore_errors=True)  # what a killed run left
         try:
-            return run(cfg, work)
+            code = run(cfg, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+    if cfg.chexpert_root:  # after the run, so that a user error stays the one line it is
+        print("note: --chexpert-root is deprecated and goes in the next release; use --root (--source chexpert-plus "
+              "is the default)", file=sys.stderr)  # fmt: skip
+    return code
 
 
 def run(cfg: Config, work: Path) -> int:

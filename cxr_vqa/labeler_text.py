@@ -133,3 +133,14 @@ def _add(text: str, start: int, end: int, out: list[tuple[int, int]]) -> None:
         end -= 1
     if any(c.isalnum() for c in text[start:end]):
         out.append((start, end))
+
+
+def named_sections(text: str) -> dict[str, str]:
+    """The text under each heading, by the heading's name in lower case ("impression", "findings", "indication");
+    where a name repeats, the last. For a reader that needs one section (MIMIC-CXR's labels come from the impression)."""
+    headings = list(_HEADING.finditer(text))
+    out = {}
+    for i, heading in enumerate(headings):
+        end = headings[i + 1].start() if i + 1 < len(headings) else len(text)
+        out[" ".join(heading.group("name").lower().split())] = text[heading.end() : end].strip()
+    return out

@@ -26,10 +26,11 @@ paper's CheXbert number.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from cxr_vqa.labeler_lexicon import CARDIO, DEVICES, EDEMA, OTHER
+from cxr_vqa.labeler_lexicon import CARDIO, DEVICES, EDEMA, LESION, OTHER
 from cxr_vqa.labeler_rules import scan
 from cxr_vqa.labeler_scope import NEGATIVE, POSITIVE, UNCERTAIN, Found, classify
 from cxr_vqa.labeler_text import sentence_spans
@@ -69,6 +70,8 @@ __all__ = [
 _RANK = {POSITIVE: 2, UNCERTAIN: 1, NEGATIVE: 0}
 _PATHOLOGY = frozenset(OBSERVATIONS) - {NO_FINDING, DEVICES} | {OTHER}
 _HEART_FAILURE = ("chf", "heart failure")
+_BENIGN = re.compile(r"nipple|bone island")
+_NODULE = re.compile(r"\w*nodul")
 
 
 @dataclass(frozen=True)
@@ -163,7 +166,11 @@ def _found(text: str) -> Iterator[tuple[int, int, str, Found]]:
 def _values(low: str, found: Found) -> Iterator[tuple[str, int, str]]:
     """(observation, value, rule) of one mention."""
     for observation in found.observations:
-        yield observation, found.value, found.rule
+        if observation == LESION and _BENIGN.search(low) and _NODULE.match(low, found.phrase[0]):
+            # a nodule the sentence explains as a nipple or a bone island is no lung lesion
+            yield OTHER, found.value, "nodule explained as a nipple or a bone island"
+        else:
+            yield observation, found.value, found.rule
     # CheXpert's one cross-observation rule: heart failure, asserted or suspected, makes cardiomegaly uncertain
     if EDEMA in found.observations and found.value != NEGATIVE and low[slice(*found.phrase)] in _HEART_FAILURE:
         yield CARDIO, UNCERTAIN, "CheXpert: heart failure makes cardiomegaly uncertain"

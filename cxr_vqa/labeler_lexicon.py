@@ -106,7 +106,7 @@ LEXICON: tuple[tuple[tuple[str, ...], str, str], ...] = (
         "support (?:devices?|lines?|tubes?|apparatus|hardware); valve (?:replacement|prosthes\\w*); "
         "(?:prosthetic|mechanical|bioprosthetic|artificial|porcine) (?:\\w+ )?valves?; avr; mvr; tavr"),
     ((), IGNORE,
-        "pleural lines?; kerley (?:a |b |c )?lines?; septal lines?; fissure lines?; skin ?folds? lines?; "
+        "pleural lines?; fissure lines?; skin ?folds? lines?; "
         "azygoesophageal (?:line|recess); paraspinal lines?; paratracheal (?:line|stripe); junction lines?; "
         "air[- ]fluid lines?; midclavicular lines?; axillary lines?; plate[- ]?like; platelike; leads? to; "
         "clip artifact"),
@@ -122,6 +122,6 @@ LEXICON: tuple[tuple[tuple[str, ...], str, str], ...] = (
         "reticula\\w*; thoracentes\\w*; bronchitis; volume loss; deformit\\w*; hemorrhag\\w*; haemorrhag\\w*; "
         "hematoma\\w*; radiopaque; aerophagia; arthropath\\w*; "
         "lymphadenopathy; adenopathy; bronchiectas\\w*; pneumatoceles?; free air; foreign bod(?:y|ies); "
-        "air[- ]fluid levels?; lytic; sclerotic"),
+        "air[- ]fluid levels?; lytic; sclerotic; kerley (?:a |b |c )?lines?; septal lines?"),
 )
 # fmt: on

@@ -36,7 +36,10 @@ _PARTIAL = (
     "nearly|almost|partially|partial|mostly|largely|incompletely|incomplete|near[- ]complete|near[- ]total|slowly|"
     "not (?:yet )?(?:completely|entirely|fully)|not totally"
 )
-_HEDGE = "likely|possible|probable|suspected|questioned|questionable|favou?red|considered|equivocal|uncertain"
+_HEDGE = (
+    "likely|unlikely|less likely|possible|probable|suspected|questioned|questionable|favou?red|considered|equivocal|"
+    "uncertain"
+)
 
 # (kind, words forward, words backward, "phrase; phrase; ..."): how far a trigger reaches after and before itself
 # (0: not that way); the same phrase conventions as the lexicon's

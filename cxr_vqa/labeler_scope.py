@@ -145,33 +145,31 @@ def _reaches_forward(low: str, t: Hit, span: tuple[int, int], right: int, mentio
     between = low[t.end : span[0]]
     if len(_WORDS.findall(between)) > t.entry.forward:
         return False
-    if t.entry.kind == NEGATION and _VERB.search(between):
-        return False
+    if t.entry.kind == NEGATION and _VERB.search(between) or t.entry.forward <= 3 and "," in between:
+        return False  # a short reach ("normal heart size") is an adjective's: it ends at a comma
     for separator in _SEPARATOR.finditer(low, t.end, span[0]):
         # a new statement ("no pneumothorax, small left effusion"), unless a list goes on ("no effusion, small
         # pneumothorax, or consolidation")
         if _OPENER.match(low, separator.end()) and not _OR.search(low, separator.end(), right):
             return False
-    return _chained(low, t.end, span[0], mentions)
+    inside = [(m.start, m.end) for m in mentions if m.start >= t.end and m.end <= span[0]]
+    return _chained(low, inside + [span])
 
 
 def _reaches_back(low: str, span: tuple[int, int], t: Hit, mentions: list[Hit]) -> bool:
-    between = _COPULA_TAIL.sub("", low[span[1] : t.start])
+    between = _COPULA_TAIL.sub("", low[span[1] : t.start]).rstrip().removesuffix(",")  # "effusion, if present"
     if len(_WORDS.findall(between)) > t.entry.backward or _BACK_BREAK.search(between):
         return False
     if "," in between and not re.match(r"\s*(?:and|or|nor)\b", between[between.rfind(",") + 1 :]):
         return False
-    return _chained(low, span[1], t.start, mentions)
+    inside = [(m.start, m.end) for m in mentions if m.start >= span[1] and m.end <= t.start]
+    return _chained(low, [span] + inside)
 
 
-def _chained(low: str, start: int, end: int, mentions: list[Hit]) -> bool:
-    """True unless a finding between `start` and `end` stands apart from the others (no comma, "and", "or" or "of"
-    between them): "effusion heart size is normal" does not negate the effusion."""
-    inside = [m for m in mentions if m.start >= start and m.end <= end]
-    if not inside:
-        return True
-    gaps = zip([m.end for m in inside], [m.start for m in inside[1:]] + [end], strict=True)
-    return all(_CHAIN.fullmatch(low, a, b) for a, b in gaps)
+def _chained(low: str, spans: list[tuple[int, int]]) -> bool:
+    """True when the mentions a trigger reaches over, and the one it reaches, are a list (commas, "and", "or",
+    "of" between them): "effusion heart size is normal" does not negate the effusion."""
+    return all(_CHAIN.fullmatch(low, a[1], b[0]) for a, b in zip(spans, spans[1:], strict=False))
 
 
 def _or_pairs(low: str, mentions: list[Hit]) -> dict[int, tuple[int, int]]:
@@ -192,8 +190,9 @@ def _attribute(low: str, mention: Hit, clause) -> Found | None:
     "normal", "stable" (CheXpert: uncertain), "borderline" or "accentuated by low volumes" (uncertain)."""
     left, right, active, mentions = clause
     cues = []
-    words_before = [m.start() for m in _WORDS.finditer(low, left, mention.start)][-4:]
-    if words_before and "," not in low[words_before[0] : mention.start]:
+    start = max(left, low.rfind(",", left, mention.start) + 1)  # "normal heart size, widened mediastinum"
+    words_before = [m.start() for m in _WORDS.finditer(low, start, mention.start)][-4:]
+    if words_before:
         cues += [c for c in _CUE.finditer(low, words_before[0], mention.start) if c.end() <= mention.start]
     stop = _CUE_STOP.search(low, mention.end, right)
     limit = stop.start() if stop else right

@@ -74,7 +74,7 @@ _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 # Where a sentence may end: after . ! ? before whitespace, at a blank line, or before an enumerator that opens a line
 # or follows the end of a phrase ("IMPRESSION: 1. X 2. Y").
 _BREAK = re.compile(
-    r"(?P<stop>[.!?]+)(?=\s|$)|\n[ \t]*\n\s*|\n(?=[ \t]*(?:\d{1,2}[.)]|[-*\u2022])\s)"
+    r"(?<=\S)(?P<stop>[.!?]+)(?=\s|$)|\n[ \t]*\n\s*|\n(?=[ \t]*(?:\d{1,2}[.)]|[-*\u2022])\s)"
     r"|(?<=[a-z,])\s+(?=\d{1,2}[.)]\s+[a-z])",
     re.IGNORECASE,
 )
@@ -137,7 +137,8 @@ def _add(text: str, start: int, end: int, out: list[tuple[int, int]]) -> None:
 
 def named_sections(text: str) -> dict[str, str]:
     """The text under each heading, by the heading's name in lower case ("impression", "findings", "indication");
-    where a name repeats, the last. For a reader that needs one section (MIMIC-CXR's labels come from the impression)."""
+    where a name repeats, the last. For a reader that needs one section (MIMIC-CXR's labels come from the
+    impression)."""
     headings = list(_HEADING.finditer(text))
     out = {}
     for i, heading in enumerate(headings):

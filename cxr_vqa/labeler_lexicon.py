@@ -122,6 +122,7 @@ LEXICON: tuple[tuple[tuple[str, ...], str, str], ...] = (
         "reticula\\w*; thoracentes\\w*; bronchitis; volume loss; deformit\\w*; hemorrhag\\w*; haemorrhag\\w*; "
         "hematoma\\w*; radiopaque; aerophagia; arthropath\\w*; "
         "lymphadenopathy; adenopathy; bronchiectas\\w*; pneumatoceles?; free air; foreign bod(?:y|ies); "
-        "air[- ]fluid levels?; lytic; sclerotic; kerley (?:a |b |c )?lines?; septal lines?"),
+        "air[- ]fluid levels?; lytic; sclerotic; kerley (?:a |b |c )?lines?; septal lines?; "
+        "(?:vascular|venous) redistribution"),
 )
 # fmt: on

@@ -85,6 +85,7 @@ TRIGGERS: tuple[tuple[str, int, int, str], ...] = (
         f"(?:is|are|was|were|be|remains?|appears?|seems?) (?:\\w+ )?(?:{_HEDGE})"
         "(?=\\s*(?:$|[,\\x3b:.)]|present|seen)); "
         "(?:may|might|could|can) (?:also )?be (?:present|seen|noted|identified|developing|possible); "
+        "(?:is|are|was|were) \\w+(?: \\w+)?,? if (?:any|present); "
         "not (?:well|clearly|definitely|convincingly|confidently|reliably)[- ]"
         "(?:seen|visualized|evaluated|assessed|identified|demonstrated); "
         "(?:poorly|incompletely|suboptimally) (?:seen|visualized|evaluated|assessed)"),

@@ -52,9 +52,9 @@ _COPULA_TAIL = re.compile(
     r"again|completely|entirely|essentially|totally|fully|since|also|both|all|still|largely|currently|to be|"
     r"interval|subsequently|already))*\s*\Z"
 )
-_CHAIN = re.compile(
-    r"\s*(?:,|/|(?:,\s*)?\b(?:and|or|nor|and/or|versus|vs|to suggest|suggesting|suggestive of|to indicate|of|for|"
-    r"or other|such as|including|as)\b\.?)\s*(?:[\w'-]+\s+){0,4}"
+_CHAIN = re.compile(  # the rest of the first noun phrase, a comma or a coordinator, the start of the next
+    r"\s*(?:[\w'-]+\s+){0,2}?(?:,|/|(?:,\s*)?\b(?:and|or|nor|and/or|versus|vs|to suggest|suggesting|suggestive of|"
+    r"to indicate|of|for|or other|such as|including|as)\b\.?)\s*(?:[\w'-]+\s+){0,4}"
 )
 _OR_PAIR = re.compile(r"\s*,?\s*(?:either\s+)?(?P<or>or|and/or|versus|vs\.?|/)\s*(?:[\w'-]+\s+){0,3}")
 # The description an ATTRIBUTE mention takes its value from; the first alternatives win where two could match.
@@ -71,6 +71,7 @@ _CUE = re.compile(
     r"|(?P<abnormal>enlarg\w*|large|larger|prominen\w*|increas\w*|widen\w*|globular|big)\b"
 )
 _CUE_STOP = re.compile(r"\b(?:with|without)\b")
+_TECHNIQUE = re.compile(r"\b(?:accentuat|exaggerat|magnif|overestimat)\w*")
 _DESCRIBED = (  # a description without "enlarged": what it makes the mention, in order of precedence
     ("normal", NEGATIVE, "described normal"),
     ("stable", UNCERTAIN, "stable (CheXpert)"),
@@ -211,8 +212,9 @@ def _attribute(low: str, mention: Hit, clause) -> Found | None:
         cue = kinds["abnormal"]
         span = (min(mention.start, cue.start()), max(mention.end, cue.end()))
         value, trigger, rule = _triggered(low, span, mention, clause)
-        if value == POSITIVE and "hedge" in kinds:
-            value, trigger, rule = UNCERTAIN, kinds["hedge"].span(), "hedged description"
+        late = _TECHNIQUE.search(low, cue.end())  # "enlarged, though this may be exaggerated by low volumes"
+        if value == POSITIVE and ("hedge" in kinds or late):
+            value, trigger, rule = UNCERTAIN, kinds.get("hedge", late).span(), "hedged description"
         return Found(observations, value, span, trigger or cue.span(), rule if trigger else "described abnormal")
     for kind, value, rule in _DESCRIBED:
         if kind in kinds:

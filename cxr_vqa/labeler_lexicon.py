@@ -74,7 +74,7 @@ LEXICON: tuple[tuple[tuple[str, ...], str, str], ...] = (
     ((EDEMA,), FINDING, "edema\\w*; oedema; heart failure; chf"),
     ((EDEMA,), HEDGED,
         "vascular congestion; pulmonary (?:venous )?congestion; venous congestion; indistinctness; "
-        "vascular prominence"),
+        "vascular prominence; congestion; pulmonary (?:vascular |venous )?engorgement"),
     ((OTHER,), FINDING, "(?:soft[- ]tissue|subcutaneous|chest wall|body wall) edema"),  # not the lungs
     ((CONSOLIDATION,), FINDING, "consolidat\\w*"),
     ((PNEUMONIA,), FINDING, "pneumonia\\w*; bronchopneumonia; pneumonic; infection\\w*; infectious(?: process)?; pna"),

@@ -63,13 +63,13 @@ TRIGGERS: tuple[tuple[str, int, int, str], ...] = (
         "no (?:\\w+ )?(?:evidence|signs?|findings?|features?) (?:of|for|to suggest|suggesting); "
         "without (?:\\w+ )?(?:evidence|signs?|findings?) (?:of|for|to suggest|suggesting); "
         "negative for; free of; clear of; clearing of; resolution of; removal of; disappearance of; drainage of; "
-        "history of; hx of; h/o; rule out; rule-out; r/o; to exclude; exclude; "
+        "history of; hx of; h/o; rule out; rule-out; r/o; to exclude; exclude; mimic\\w*; simulat\\w*; "
         "(?:evaluate|evaluation|eval|assess|assessment) for"),
     (NEGATION, 3, 10, "normal; unremarkable"),
     (NEGATION, 12, 12, "resolved; resolution; cleared; removed; ruled out; absent; gone"),
     (NEGATION, 0, 10,
-        f"not (?:been )?(?:{_SEEN}); no longer(?: (?:{_SEEN}))?; excluded; within normal limits; wnl; "
-        "(?:is|are) negative"),
+        f"not (?:been )?(?:{_SEEN}); no longer(?: (?:{_SEEN}))?; excluded; "
+        "within (?:normal )?limits(?: of normal)?; wnl; (?:is|are) negative"),
     (UNCERTAINTY, 16, 0,  # "likely": uncertain, as the CheXpert annotation guidelines read it (docs/labeler.md)
         "may; might; could; would; maybe; perhaps; possibl[ey]; probabl[ey]; presum\\w*; likely; unlikely; "
         "less likely; suggest\\w*; concern(?:ing)?(?: for)?; worrisome(?: for)?; question(?:able|ed)?(?: of)?; "

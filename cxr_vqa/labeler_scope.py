@@ -52,9 +52,10 @@ _COPULA_TAIL = re.compile(
     r"again|completely|entirely|essentially|totally|fully|since|also|both|all|still|largely|currently|to be|"
     r"interval|subsequently|already))*\s*\Z"
 )
-_CHAIN = re.compile(  # the rest of the first noun phrase, a comma or a coordinator, the start of the next
-    r"\s*(?:[\w'-]+\s+){0,2}?(?:,|/|(?:,\s*)?\b(?:and|or|nor|and/or|versus|vs|to suggest|suggesting|suggestive of|"
-    r"to indicate|of|for|or other|such as|including|as)\b\.?)\s*(?:[\w'-]+\s+){0,4}"
+_CHAIN = re.compile(  # the rest of the first noun phrase, a comma or a coordinator, the start of the next; or
+    # nothing but spaces: one mention modifies the next ("pneumonic consolidation"), unless a line ends between them
+    r"[ \t]*|\s*(?:[\w'-]+\s+){0,2}?(?:,|/|(?:,\s*)?\b(?:and|or|nor|and/or|versus|vs|to suggest|suggesting|"
+    r"suggestive of|to indicate|of|for|or other|such as|including|as)\b\.?)\s*(?:[\w'-]+\s+){0,4}"
 )
 _OR_PAIR = re.compile(r"\s*,?\s*(?:either\s+)?(?P<or>or|and/or|versus|vs\.?|/)\s*(?:[\w'-]+\s+){0,3}")
 # The description an ATTRIBUTE mention takes its value from; the first alternatives win where two could match.
@@ -62,12 +63,12 @@ _CUE = re.compile(
     r"(?P<range>(?:top|high|upper)[- ]normal(?: in size)? (?:to|or) (?:\w+ ){0,2}?(?:enlarged|large|prominent)"
     r"|normal (?:to|or) (?:\w+ ){0,2}?(?:enlarged|large|prominent)|(?:enlarged|prominent) or (?:\w+ )?normal)"
     r"|(?P<normal>(?:at |within )?(?:the )?upper limits? of normal|(?:top|high|upper|borderline)[- ]normal|normal|"
-    r"unremarkable|within normal limits|wnl|not (?:\w+ )?(?:enlarged|widened|prominent|large)|"
+    r"unremarkable|within (?:normal )?limits|wnl|not (?:\w+ )?(?:enlarged|widened|prominent|large)|"
     r"no (?:\w+ )?(?:enlargement|widening|cardiomegaly))"
     r"|(?P<stable>stabl\w*|unchanged|similar|no (?:\w+ )?(?:change|increase)|not (?:\w+ )?changed|constant)"
     r"|(?P<borderline>borderline)|(?P<hedge>accentuat\w*|exaggerat\w*|magnif\w*|difficult to (?:assess|evaluate)|"
     r"(?:cannot|can not|could not) be (?:\w+ )?(?:assessed|evaluated)|not (?:well )?(?:assessed|evaluated)|"
-    r"limit\w*|poorly (?:assessed|evaluated|seen))"
+    r"limited|limits? (?:the )?(?:assessment|evaluation)|poorly (?:assessed|evaluated|seen))"
     r"|(?P<abnormal>enlarg\w*|large|larger|prominen\w*|increas\w*|widen\w*|globular|big)\b"
 )
 _CUE_STOP = re.compile(r"\b(?:with|without)\b")

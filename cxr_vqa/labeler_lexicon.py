@@ -104,12 +104,12 @@ LEXICON: tuple[tuple[tuple[str, ...], str, str], ...] = (
         "ngt; ogt; swan[- ]ganz; swan; impella; iabp; balloon pump; lvad; ecmo; tracheostom\\w*; endotracheal; "
         "nasogastric; orogastric; dobhoff; loop recorders?; cerclage; rods?; leads?; ivc filter; electrodes?; "
         "support (?:devices?|lines?|tubes?|apparatus|hardware); valve (?:replacement|prosthes\\w*); "
-        "(?:prosthetic|mechanical|bioprosthetic|artificial|porcine) (?:\\w+ )?valves?; avr; mvr; tavr"),
+        "(?:prosthetic|mechanical|bioprosthetic|artificial|porcine) (?:\\w+ )?valves?; avr; mvr; tavr; stimulators?"),
     ((), IGNORE,
         "pleural lines?; fissure lines?; skin ?folds? lines?; "
         "azygoesophageal (?:line|recess); paraspinal lines?; paratracheal (?:line|stripe); junction lines?; "
         "air[- ]fluid lines?; midclavicular lines?; axillary lines?; plate[- ]?like; platelike; leads? to; "
-        "clip artifact"),
+        "clip artifact; lung lines"),
     # --- CheXpert's no_finding.txt: abnormal, none of the 14 ("tracheostomy" and "defib" are devices here); the
     # last line is not in it, and no reader calls those "no finding"
     ((OTHER,), FINDING,

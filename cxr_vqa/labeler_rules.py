@@ -59,16 +59,16 @@ TRIGGERS: tuple[tuple[str, int, int, str], ...] = (
         "(?:excluded|ruled out)"),
     (PRENEG, 8, 0, "no new; no new or (?:increas\\w*|enlarg\\w*|worsen\\w*); without new"),
     (NEGATION, 16, 0,
-        "no; not; without; w/o; nor; neither; never; none; lack of; absence of; "
+        "no; not; without; w/o; nor; neither; never; lack of; absence of; "
         "no (?:\\w+ )?(?:evidence|signs?|findings?|features?) (?:of|for|to suggest|suggesting); "
         "without (?:\\w+ )?(?:evidence|signs?|findings?) (?:of|for|to suggest|suggesting); "
         "negative for; free of; clear of; clearing of; resolution of; removal of; disappearance of; drainage of; "
         "history of; hx of; h/o; rule out; rule-out; r/o; to exclude; exclude; mimic\\w*; simulat\\w*; "
         "(?:evaluate|evaluation|eval|assess|assessment) for"),
     (NEGATION, 3, 10, "normal; unremarkable"),
-    (NEGATION, 12, 12, "resolved; resolution; cleared; removed; ruled out; absent; gone"),
+    (NEGATION, 12, 12, "resolved; resolution; cleared; removed; ruled out; absent; gone; none"),  # "devices: none"
     (NEGATION, 0, 10,
-        f"not (?:been )?(?:{_SEEN}); no longer(?: (?:{_SEEN}))?; excluded; "
+        f"not (?:be |been )?(?:{_SEEN}); no longer(?: (?:{_SEEN}))?; excluded; "
         "within (?:normal )?limits(?: of normal)?; wnl; (?:is|are) negative"),
     (UNCERTAINTY, 16, 0,  # "likely": uncertain, as the CheXpert annotation guidelines read it (docs/labeler.md)
         "may; might; could; would; maybe; perhaps; possibl[ey]; probabl[ey]; presum\\w*; likely; unlikely; "
@@ -95,8 +95,9 @@ TRIGGERS: tuple[tuple[str, int, int, str], ...] = (
         "there (?:is|are|was|were|has been|have been|remains?)"),
 )
 # fmt: on
-# ";" ":" and a free-standing dash end a clause; "?" beside a mention ("pneumonia?", "? effusion") doubts it
-_PUNCTUATION = re.compile(r"[;:]|\s-{1,2}\s|\?")
+# ";" and a free-standing dash end a clause (a colon does not: "heart size: normal", "devices: none"); "?" beside a
+# mention ("pneumonia?", "? effusion") doubts it
+_PUNCTUATION = re.compile(r";|\s-{1,2}\s|\?")
 
 
 @dataclass(frozen=True)
@@ -224,13 +225,13 @@ def scan(low: str) -> tuple[list[Hit], list[Hit]]:
         if best_trigger is not None:
             triggers.append(best_trigger)
             trigger_end = best_trigger.end
-    if ";" in low or ":" in low or "?" in low or "-" in low:
+    if ";" in low or "?" in low or "-" in low:
         triggers = _with_punctuation(low, triggers)
     return mentions, triggers
 
 
 _QUESTION = Entry(re.compile(r"\?"), True, UNCERTAINTY, (), 2, 2)
-_STOP = Entry(re.compile(r"[;:]"), True, TERMINATOR)
+_STOP = Entry(re.compile(r";"), True, TERMINATOR)
 
 
 def _with_punctuation(low: str, triggers: list[Hit]) -> list[Hit]:

@@ -4,7 +4,7 @@
     for found in classify(low, mentions, triggers):     # Found(observations, value, phrase, trigger, rule)
         ...
 
-A trigger reaches the mentions of its own clause (terminators and ; : end one) up to its word limit, and no further
+A trigger reaches the mentions of its own clause (terminators and ; end one) up to its word limit, and no further
 than where the sentence turns into another statement:
 - past a comma or an "and" only inside a list ("no effusion, consolidation, or pneumothorax"), not into a new
   finding ("no pneumothorax, small left effusion"; "no effusion and mild atelectasis");

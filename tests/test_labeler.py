@@ -282,6 +282,9 @@ REPORTS = [  # several sentences: positive beats uncertain beats negative (CheXp
     ),
     ("REASON FOR EXAMINATION: Assess ET tube.\n\nThe endotracheal tube tip is 4 cm above the carina.", "SD:1 NF:1"),
     ("", "NF:1"),
+    # a colon joins a label to its value
+    ("Support devices: none. Heart size: normal. Pleura: no effusion.", "SD:0 CM:0 PE:0 NF:1"),
+    ("Lines/tubes: ET tube 4 cm above the carina.", "SD:1 NF:1"),
 ]
 
 NOT_HANDLED = [  # what a reader would label, and this labeler does not (yet)

@@ -34,10 +34,7 @@ _VERB = re.compile(
     r"\b(?:is|are|was|were|has|have|had|remains?|persists?|appears?|shows?|reveals?|measures|projects|terminates|"
     r"overlies|extends|lies)\b"
 )
-_BACK_BREAK = re.compile(
-    _VERB.pattern + r"|\b(?:with|without|there|seen|noted|identified|demonstrated|visualized|appreciated|"
-    r"measuring|projecting|extending)\b"
-)
+_BACK_BREAK = re.compile(_VERB.pattern + r"|\b(?:with|without|there)\b")  # "effusion seen on the prior has resolved"
 _SEPARATOR = re.compile(r",|\band\b")
 _OR = re.compile(r"\b(?:or|nor)\b|/")
 # After a comma or "and", words that open a new statement rather than continue a list of negated findings.

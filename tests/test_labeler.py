@@ -111,6 +111,7 @@ SENTENCES = [
     ("There is no evidence of pneumothorax.", "PX:0 NF:1"),
     ("Pneumothorax is not seen.", "PX:0 NF:1"),
     ("The left pneumothorax has resolved.", "PX:0 NF:1"),
+    ("The effusion seen on the prior study has resolved.", "PE:0 NF:1"),
     ("Tiny left apical pneumothorax cannot be excluded.", "PX:-1"),
     ("No visible pneumothorax.", "PX:0 NF:1"),
     ("Interval increase in size of the right pneumothorax.", "PX:1"),

@@ -104,7 +104,8 @@ LEXICON: tuple[tuple[tuple[str, ...], str, str], ...] = (
         "ngt; ogt; swan[- ]ganz; swan; impella; iabp; balloon pump; lvad; ecmo; tracheostom\\w*; endotracheal; "
         "nasogastric; orogastric; dobhoff; loop recorders?; cerclage; rods?; leads?; ivc filter; electrodes?; "
         "support (?:devices?|lines?|tubes?|apparatus|hardware); valve (?:replacement|prosthes\\w*); "
-        "(?:prosthetic|mechanical|bioprosthetic|artificial|porcine) (?:\\w+ )?valves?; avr; mvr; tavr; stimulators?"),
+        "(?:prosthetic|mechanical|bioprosthetic|artificial|porcine) (?:\\w+ )?valves?; avr; mvr; tavr; "
+        "stimulators?; sheaths?; introducers?; cvls?; pigtails?"),
     ((), IGNORE,
         "pleural lines?; fissure lines?; skin ?folds? lines?; "
         "azygoesophageal (?:line|recess); paraspinal lines?; paratracheal (?:line|stripe); junction lines?; "

@@ -69,7 +69,10 @@ _CUE = re.compile(
     r"|(?P<abnormal>enlarg\w*|large|larger|prominen\w*|increas\w*|widen\w*|globular|big)\b"
 )
 _CUE_STOP = re.compile(r"\b(?:with|without)\b")
-_TECHNIQUE = re.compile(r"\b(?:accentuat|exaggerat|magnif|overestimat)\w*")
+_TECHNIQUE = re.compile(  # an enlargement the film's technique may explain
+    r"\b(?:accentuat|exaggerat|magnif|overestimat)\w*|\b(?:due|secondary|related) to (?:the |an? )?(?:ap|portable|"
+    r"supine|low (?:lung )?volumes?|technique|projection|rotation|patient rotation|positioning)\b"
+)
 _DESCRIBED = (  # a description without "enlarged": what it makes the mention, in order of precedence
     ("normal", NEGATIVE, "described normal"),
     ("stable", UNCERTAIN, "stable (CheXpert)"),

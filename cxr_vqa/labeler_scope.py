@@ -19,7 +19,9 @@ size, mediastinal contours) takes its value from the description beside it (enla
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from cxr_vqa.labeler_lexicon import ATTRIBUTE, DEVICES, HEDGED, IGNORE
 from cxr_vqa.labeler_rules import NEGATION, PRENEG, TERMINATOR, UNCERTAINTY, Hit
@@ -68,6 +70,8 @@ _CUE = re.compile(
     r"limited|limits? (?:the )?(?:assessment|evaluation)|poorly (?:assessed|evaluated|seen))"
     r"|(?P<abnormal>enlarg\w*|large|larger|prominen\w*|increas\w*|widen\w*|globular|big)\b"
 )
+_WINDOW = 400  # characters around a mention where its triggers and its description may be
+_CHARS_A_WORD = 30  # a trigger that reaches N words reaches no further than 30 N characters
 _CUE_STOP = re.compile(r"\b(?:with|without)\b")
 _TECHNIQUE = re.compile(  # an enlargement the film's technique may explain
     r"\b(?:accentuat|exaggerat|magnif|overestimat)\w*|\b(?:due|secondary|related) to (?:the |an? )?(?:ap|portable|"
@@ -93,17 +97,40 @@ class Found:
     rule: str
 
 
+class Clause(NamedTuple):
+    """Where a mention's clause starts and ends, the triggers near enough to reach it, every mention of the
+    sentence and their starts (sorted, for bisect)."""
+
+    left: int
+    right: int
+    active: list[Hit]
+    mentions: list[Hit]
+    starts: list[int]
+
+    def mentions_within(self, start: int, end: int) -> list[tuple[int, int]]:
+        first, last = bisect_left(self.starts, start), bisect_right(self.starts, end)
+        return [(m.start, m.end) for m in self.mentions[first:last] if m.end <= end]
+
+
 def classify(low: str, mentions: list[Hit], triggers: list[Hit]) -> list[Found]:
-    """Each mention of the sentence `low` with its value; ATTRIBUTE mentions without a description are left out."""
+    """Each mention of the sentence `low` with its value; ATTRIBUTE mentions without a description are left out.
+    Every search is bounded by a window around the mention, so a run-on text without full stops (a model repeating
+    itself) costs time in proportion to its length."""
     real = [m for m in mentions if m.entry.kind != IGNORE]
+    starts = [m.start for m in real]
     ends = [t for t in triggers if t.entry.kind == TERMINATOR]
+    end_starts, end_ends = [t.start for t in ends], [t.end for t in ends]
     active = [t for t in triggers if t.entry.kind in VALUE]
+    active_starts = [t.start for t in active]
     paired = _or_pairs(low, real)
     out = []
     for mention in real:
-        left = max((t.end for t in ends if t.end <= mention.start), default=0)
-        right = min((t.start for t in ends if t.start >= mention.end), default=len(low))
-        clause = (left, right, [t for t in active if t.start >= left and t.end <= right], real)
+        i, j = bisect_right(end_ends, mention.start), bisect_left(end_starts, mention.end)
+        left, right = end_ends[i - 1] if i else 0, end_starts[j] if j < len(ends) else len(low)
+        first = bisect_left(active_starts, max(left, mention.start - _WINDOW))
+        last = bisect_right(active_starts, min(right, mention.end + _WINDOW))
+        nearby = [t for t in active[first:last] if t.start >= left and t.end <= right]
+        clause = Clause(left, right, nearby, real, starts)
         if mention.entry.kind == ATTRIBUTE:
             found = _attribute(low, mention, clause)
             if found is not None:
@@ -118,21 +145,22 @@ def classify(low: str, mentions: list[Hit], triggers: list[Hit]) -> list[Found]:
     return out
 
 
-def _triggered(low: str, span: tuple[int, int], mention: Hit, clause) -> tuple[int, tuple[int, int] | None, str]:
+def _triggered(
+    low: str, span: tuple[int, int], mention: Hit, clause: Clause
+) -> tuple[int, tuple[int, int] | None, str]:
     """The value the clause's triggers give `span` (the mention, or an attribute with its description)."""
-    left, right, active, mentions = clause
     for kind in (PRENEG, NEGATION, UNCERTAINTY):
         best, distance = None, None
-        for t in active:
+        for t in clause.active:
             if t.entry.kind != kind:
                 continue
             if span[0] <= t.start and t.end <= span[1]:
                 if t.end <= mention.start or t.start >= mention.end:  # "heart is not enlarged"
                     best, distance = t, 0
                 continue
-            if t.end <= span[0] and t.entry.forward and _reaches_forward(low, t, span, right, mentions):
+            if t.end <= span[0] and t.entry.forward and _reaches_forward(low, t, span, clause):
                 gap = span[0] - t.end
-            elif t.start >= span[1] and t.entry.backward and _reaches_back(low, span, t, mentions):
+            elif t.start >= span[1] and t.entry.backward and _reaches_back(low, span, t, clause):
                 gap = t.start - span[1]
             else:
                 continue
@@ -143,7 +171,9 @@ def _triggered(low: str, span: tuple[int, int], mention: Hit, clause) -> tuple[i
     return POSITIVE, None, "mention"
 
 
-def _reaches_forward(low: str, t: Hit, span: tuple[int, int], right: int, mentions: list[Hit]) -> bool:
+def _reaches_forward(low: str, t: Hit, span: tuple[int, int], clause: Clause) -> bool:
+    if span[0] - t.end > _CHARS_A_WORD * t.entry.forward:
+        return False
     between = low[t.end : span[0]]
     if len(_WORDS.findall(between)) > t.entry.forward:
         return False
@@ -152,20 +182,21 @@ def _reaches_forward(low: str, t: Hit, span: tuple[int, int], right: int, mentio
     for separator in _SEPARATOR.finditer(low, t.end, span[0]):
         # a new statement ("no pneumothorax, small left effusion"), unless a list goes on ("no effusion, small
         # pneumothorax, or consolidation")
-        if _OPENER.match(low, separator.end()) and not _OR.search(low, separator.end(), right):
+        list_end = min(clause.right, separator.end() + _WINDOW)
+        if _OPENER.match(low, separator.end()) and not _OR.search(low, separator.end(), list_end):
             return False
-    inside = [(m.start, m.end) for m in mentions if m.start >= t.end and m.end <= span[0]]
-    return _chained(low, inside + [span])
+    return _chained(low, clause.mentions_within(t.end, span[0]) + [span])
 
 
-def _reaches_back(low: str, span: tuple[int, int], t: Hit, mentions: list[Hit]) -> bool:
+def _reaches_back(low: str, span: tuple[int, int], t: Hit, clause: Clause) -> bool:
+    if t.start - span[1] > _CHARS_A_WORD * t.entry.backward:
+        return False
     between = _COPULA_TAIL.sub("", low[span[1] : t.start]).rstrip().removesuffix(",")  # "effusion, if present"
     if len(_WORDS.findall(between)) > t.entry.backward or _BACK_BREAK.search(between):
         return False
     if "," in between and not re.match(r"\s*(?:and|or|nor)\b", between[between.rfind(",") + 1 :]):
         return False
-    inside = [(m.start, m.end) for m in mentions if m.start >= span[1] and m.end <= t.start]
-    return _chained(low, [span] + inside)
+    return _chained(low, [span] + clause.mentions_within(span[1], t.start))
 
 
 def _chained(low: str, spans: list[tuple[int, int]]) -> bool:
@@ -187,10 +218,10 @@ def _or_pairs(low: str, mentions: list[Hit]) -> dict[int, tuple[int, int]]:
     return paired
 
 
-def _attribute(low: str, mention: Hit, clause) -> Found | None:
+def _attribute(low: str, mention: Hit, clause: Clause) -> Found | None:
     """An anatomical mention takes its value from the words around it: "enlarged" (or what negates or doubts that),
     "normal", "stable" (CheXpert: uncertain), "borderline" or "accentuated by low volumes" (uncertain)."""
-    left, right, active, mentions = clause
+    left, right = max(clause.left, mention.start - _WINDOW), min(clause.right, mention.end + _WINDOW)
     cues = []
     start = max(left, low.rfind(",", left, mention.start) + 1)  # "normal heart size, widened mediastinum"
     words_before = [m.start() for m in _WORDS.finditer(low, start, mention.start)][-4:]
@@ -213,7 +244,9 @@ def _attribute(low: str, mention: Hit, clause) -> Found | None:
         cue = kinds["abnormal"]
         span = (min(mention.start, cue.start()), max(mention.end, cue.end()))
         value, trigger, rule = _triggered(low, span, mention, clause)
-        late = _TECHNIQUE.search(low, cue.end())  # "enlarged, though this may be exaggerated by low volumes"
+        late = _TECHNIQUE.search(
+            low, cue.end(), cue.end() + _WINDOW
+        )  # past "though": the whole sentence  # "enlarged, though this may be exaggerated by low volumes"
         if value == POSITIVE and ("hedge" in kinds or late):
             value, trigger, rule = UNCERTAIN, kinds.get("hedge", late).span(), "hedged description"
         return Found(observations, value, span, trigger or cue.span(), rule if trigger else "described abnormal")

@@ -396,3 +396,14 @@ def test_sentences_survive_capitals_abbreviations_lists_and_wrapped_lines():
         "No pleural effusion or pneumothorax.",
         "Done",
     ]
+
+
+def test_a_run_on_text_costs_time_in_proportion_to_its_length():
+    """A model that repeats itself without full stops writes one endless sentence: no search may span all of it."""
+    import time
+
+    run_on = "no pleural effusion or pneumothorax and the heart is normal in size with mild atelectasis " * 800
+    start = time.process_time()
+    labels = label_report(run_on)  # 72,000 characters
+    assert time.process_time() - start < 5  # ~0.3 s; every trigger against every mention took minutes
+    assert labels == want("CM:0 AT:1 PX:0 PE:0")

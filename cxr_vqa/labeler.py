@@ -70,6 +70,7 @@ __all__ = [
 _RANK = {POSITIVE: 2, UNCERTAIN: 1, NEGATIVE: 0}
 _PATHOLOGY = frozenset(OBSERVATIONS) - {NO_FINDING, DEVICES} | {OTHER}
 _HEART_FAILURE = ("chf", "heart failure")
+_LONGEST = 600  # characters of a sentence a decision quotes
 _BENIGN = re.compile(r"nipple|bone island")
 _NODULE = re.compile(r"\w*nodul")
 
@@ -78,8 +79,8 @@ _NODULE = re.compile(r"\w*nodul")
 class Decision:
     """One decision: `observation` (one of OBSERVATIONS, or OTHER_FINDING) is `value` because of `phrase` (the
     mention as written, with its description for "heart size is enlarged") and `trigger` (the words that made it
-    negative or uncertain; "" when none did), under `rule`. `sentence` is the sentence as written; `start`, `end`
-    locate `phrase` in the report's text."""
+    negative or uncertain; "" when none did), under `rule`. `sentence` is the sentence as written (the words around
+    the phrase, between "…", when it runs past 600 characters); `start`, `end` locate `phrase` in the report's text."""
 
     observation: str
     value: int
@@ -109,9 +110,13 @@ def explain_report(text: str) -> list[Decision]:
     """Every decision behind `label_report(text)`, in reading order, then "No Finding"'s when it is 1."""
     decisions = []
     for start, end, low, found in _found(text):
-        sentence = " ".join(text[start:end].split())
+        a, b = found.phrase
+        if end - start <= _LONGEST:
+            sentence = " ".join(text[start:end].split())
+        else:  # a run-on text: the words around the phrase, not all of it in every decision
+            around = (max(start, start + a - _LONGEST // 2), min(end, start + b + _LONGEST // 2))
+            sentence = "… " + " ".join(text[around[0] : around[1]].split()) + " …"
         for observation, value, rule in _values(low, found):
-            a, b = found.phrase
             trigger = text[start + found.trigger[0] : start + found.trigger[1]] if found.trigger else ""
             decisions.append(
                 Decision(

@@ -407,3 +407,6 @@ def test_a_run_on_text_costs_time_in_proportion_to_its_length():
     labels = label_report(run_on)  # 72,000 characters
     assert time.process_time() - start < 5  # ~0.3 s; every trigger against every mention took minutes
     assert labels == want("CM:0 AT:1 PX:0 PE:0")
+    decisions = explain_report(run_on)
+    assert labels_of(decisions) == labels and max(len(d.sentence) for d in decisions) < 700
+    assert all(d.phrase in d.sentence for d in decisions)

@@ -171,7 +171,8 @@ def _found(text: str) -> Iterator[tuple[int, int, str, Found]]:
 def _values(low: str, found: Found) -> Iterator[tuple[str, int, str]]:
     """(observation, value, rule) of one mention."""
     for observation in found.observations:
-        if observation == LESION and _BENIGN.search(low) and _NODULE.match(low, found.phrase[0]):
+        near = (max(0, found.phrase[0] - _LONGEST), found.phrase[1] + _LONGEST)
+        if observation == LESION and _NODULE.match(low, found.phrase[0]) and _BENIGN.search(low, *near):
             # a nodule the sentence explains as a nipple or a bone island is no lung lesion
             yield OTHER, found.value, "nodule explained as a nipple or a bone island"
         else:

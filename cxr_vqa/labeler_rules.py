@@ -102,7 +102,7 @@ _PUNCTUATION = re.compile(r";|\s-{1,2}\s|\?")
 
 @dataclass(frozen=True)
 class Entry:
-    """One phrase of the lexicon (a mention: observations and kind) or of the triggers (kind, direction, words)."""
+    """One phrase of the lexicon (a mention: its observations and kind) or of the triggers (its kind and reach)."""
 
     pattern: re.Pattern
     trigger: bool
@@ -179,7 +179,7 @@ def _build() -> dict[str, list[Entry]]:
 
 
 TABLE = _build()
-_WORD = re.compile(r"\w+|[/']")
+_WORD = re.compile(r"\w+")
 _CANDIDATES: dict[str, tuple[Entry, ...]] = {}  # word -> the phrases that may start at it; reports reuse few words
 
 

@@ -59,7 +59,7 @@ _CHAIN = re.compile(  # the rest of the first noun phrase, a comma or a coordina
 _OR_PAIR = re.compile(r"\s*,?\s*(?:either\s+)?(?P<or>or|and/or|versus|vs\.?|/)\s*(?:[\w'-]+\s+){0,3}")
 # The description an ATTRIBUTE mention takes its value from; the first alternatives win where two could match.
 _CUE = re.compile(
-    r"(?P<range>(?:top|high|upper)[- ]normal(?: in size)? (?:to|or) (?:\w+ ){0,2}?(?:enlarged|large|prominent)"
+    r"\b(?:(?P<range>(?:top|high|upper)[- ]normal(?: in size)? (?:to|or) (?:\w+ ){0,2}?(?:enlarged|large|prominent)"
     r"|normal (?:to|or) (?:\w+ ){0,2}?(?:enlarged|large|prominent)|(?:enlarged|prominent) or (?:\w+ )?normal)"
     r"|(?P<normal>(?:at |within )?(?:the )?upper limits? of normal|(?:top|high|upper|borderline)[- ]normal|normal|"
     r"unremarkable|within (?:normal )?limits|wnl|not (?:\w+ )?(?:enlarged|widened|prominent|large)|"
@@ -67,8 +67,8 @@ _CUE = re.compile(
     r"|(?P<stable>stabl\w*|unchanged|similar|no (?:\w+ )?(?:change|increase)|not (?:\w+ )?changed|constant)"
     r"|(?P<borderline>borderline)|(?P<hedge>accentuat\w*|exaggerat\w*|magnif\w*|difficult to (?:assess|evaluate)|"
     r"(?:cannot|can not|could not) be (?:\w+ )?(?:assessed|evaluated)|not (?:well )?(?:assessed|evaluated)|"
-    r"limited|limits? (?:the )?(?:assessment|evaluation)|poorly (?:assessed|evaluated|seen))"
-    r"|(?P<abnormal>enlarg\w*|large|larger|prominen\w*|increas\w*|widen\w*|globular|big)\b"
+    r"limited|limits? (?:the )?(?:assessment|evaluation)|poorly (?:assessed|evaluated|seen)|abnormal)"
+    r"|(?P<abnormal>enlarg\w*|large|larger|prominen\w*|increas\w*|widen\w*|globular|big))\b"
 )
 _WINDOW = 400  # characters around a mention where its triggers and its description may be
 _CHARS_A_WORD = 30  # a trigger that reaches N words reaches no further than 30 N characters
@@ -244,9 +244,8 @@ def _attribute(low: str, mention: Hit, clause: Clause) -> Found | None:
         cue = kinds["abnormal"]
         span = (min(mention.start, cue.start()), max(mention.end, cue.end()))
         value, trigger, rule = _triggered(low, span, mention, clause)
-        late = _TECHNIQUE.search(
-            low, cue.end(), cue.end() + _WINDOW
-        )  # past "though": the whole sentence  # "enlarged, though this may be exaggerated by low volumes"
+        # past the clause: "enlarged, though this may be exaggerated by low volumes"
+        late = _TECHNIQUE.search(low, cue.end(), cue.end() + _WINDOW)
         if value == POSITIVE and ("hedge" in kinds or late):
             value, trigger, rule = UNCERTAIN, kinds.get("hedge", late).span(), "hedged description"
         return Found(observations, value, span, trigger or cue.span(), rule if trigger else "described abnormal")

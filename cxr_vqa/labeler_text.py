@@ -37,7 +37,7 @@ SKIPPED = (
     "procedure(?: comments?)?",
     "notifications?",
     "wet read",
-    "recommendations?",
+    "recommendations?(?:\\(s\\))?",
     "medical condition",
     "question",
     "accession(?: number)?",

@@ -50,6 +50,8 @@ SENTENCES = [
     ("Borderline cardiomegaly.", "CM:1"),
     ("Heart size is stable.", "CM:-1"),
     ("Heart size is difficult to assess given the AP technique.", "CM:-1"),
+    ("Heart size is abnormal.", "CM:-1"),
+    ("The cardiac contour is ambiguous.", "NF:1"),
     ("Low lung volumes accentuate the heart size.", "CM:-1"),
     ("The cardiomediastinal silhouette is prominent, likely due to AP technique.", "ECM:-1"),
     ("Cardiomegaly cannot be excluded on this portable film.", "CM:-1"),

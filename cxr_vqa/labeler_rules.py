@@ -74,6 +74,7 @@ TRIGGERS: tuple[tuple[str, int, int, str], ...] = (
         "may; might; could; would; maybe; perhaps; possibl[ey]; probabl[ey]; presum\\w*; likely; unlikely; "
         "less likely; suggest\\w*; concern(?:ing)?(?: for)?; worrisome(?: for)?; question(?:able|ed)?(?: of)?; "
         "query; equivocal; indeterminate; uncertain; unclear; not clear; potential(?:ly)?; favou?r(?:s|ed|ing)?; "
+        "consider(?:ed|ation)?; "
         "differential(?: diagnosis)?; raises? (?:the )?(?:possibility|question|concern); possibility(?: of)?; "
         "correlat\\w* (?:clinically )?(?:for|to (?:exclude|rule out|assess for|evaluate for)); "
         "clinical correlation (?:for|to (?:exclude|rule out|assess for|evaluate for)); "
@@ -84,7 +85,8 @@ TRIGGERS: tuple[tuple[str, int, int, str], ...] = (
     (UNCERTAINTY, 0, 10,
         f"(?:is|are|was|were|be|remains?|appears?|seems?) (?:\\w+ )?(?:{_HEDGE})"
         "(?=\\s*(?:$|[,\\x3b:.)]|present|seen)); "
-        "(?:may|might|could|can) (?:also )?be (?:present|seen|noted|identified|developing|possible); "
+        "(?:may|might|could|can) (?:also )?be (?:present|seen|noted|identified|developing|possible|considered); "
+        "(?:may|might|could|can) (?:also )?have (?:this|a similar|the same|similar) appearance; "
         "(?:is|are|was|were) \\w+(?: \\w+)?,? if (?:any|present); "
         "not (?:well|clearly|definitely|convincingly|confidently|reliably)[- ]"
         "(?:seen|visualized|evaluated|assessed|identified|demonstrated); "

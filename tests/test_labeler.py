@@ -221,6 +221,8 @@ SENTENCES = [
     ("Worrisome for early pneumonia.", "PN:-1"),
     ("Correlate clinically for pneumonia.", "PN:-1"),
     ("Pneumonia is unlikely.", "PN:-1"),
+    ("Atypical infection could have this appearance.", "PN:-1"),
+    ("Consider early pneumonia.", "PN:-1"),
     ("Atelectasis and/or consolidation at the left base.", "AT:-1 CO:-1"),
     ("Left lower lobe collapse/consolidation.", "AT:-1 CO:-1"),
     # pre-negation uncertainty (double negation) and pseudo-negations

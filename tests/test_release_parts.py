@@ -199,3 +199,22 @@ def test_iu_reports_that_cannot_be_studies_are_rejected_with_their_reason(tmp_pa
                        "CXR6": "image_unreadable"}  # fmt: skip
     detail = next(r["detail"] for r in release.rejects if r["study_id"] == "CXR6")
     assert detail.startswith("CXR6_IM-1: ")  # the film that is there but broken; the other is not in the archive
+
+
+def test_a_damaged_mimic_report_costs_its_study_only(tmp_path):
+    import zipfile
+
+    from dataprep.synthetic_mimic import write_mimic_release
+
+    write_mimic_release(tmp_path, patients=3, seed=2, image_size=48, defects=False)
+    archive = tmp_path / "mimic-cxr-reports.zip"
+    with zipfile.ZipFile(archive) as zf:
+        first = zf.infolist()[0]
+    data = bytearray(archive.read_bytes())
+    start = first.header_offset + 30 + len(first.filename.encode())  # past the local header (no extra field)
+    data[start : start + 8] = bytes(b ^ 0xFF for b in data[start : start + 8])
+    archive.write_bytes(bytes(data))
+    release = read("mimic-cxr", tmp_path)
+    damaged = [r for r in release.rejects if r["reason"] == "report_unreadable"]
+    study = Path(first.filename).stem  # sNNNNNNNN
+    assert [r["study_id"].split("/")[1] for r in damaged] == [study] and release.studies

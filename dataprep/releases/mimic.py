@@ -24,6 +24,7 @@ import gzip
 import os
 import re
 import zipfile
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -175,7 +176,12 @@ def read_mimic(
             detail = f"{SPLIT} puts subject {pid} in {kept} and this study in {split}; the subject stays in {kept}"
             rejects.append(reject(None, "split_conflict", detail, study_id=sid, patient_id=pid))
             continue
-        text = texts.text(key)
+        try:
+            text = texts.text(key)
+        except (zipfile.BadZipFile, OSError, zlib.error) as exc:  # a damaged member costs its study, not the run
+            rejects.append(reject(None, "report_unreadable", f"s{key}.txt: {type(exc).__name__}", study_id=sid,
+                                  patient_id=pid))  # fmt: skip
+            continue
         if text is None:
             rejects.append(reject(None, "no_report", f"no s{key}.txt in {Path(texts.name).name}", study_id=sid,
                                   patient_id=pid))  # fmt: skip

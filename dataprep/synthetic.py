@@ -251,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--patients must be >= 1 and --image-size >= 64")
     if args.valid_patients is not None and not 0 <= args.valid_patients <= args.patients:
         parser.error("--valid-patients must be between 0 and --patients")
+    if args.layout != LAYOUTS[0] and (args.regions_only or args.valid_patients is not None or not args.laterals):
+        parser.error("--regions-only, --valid-patients and --no-laterals are for the chexpert-plus layout")
     if args.out and args.layout != LAYOUTS[0]:
         write_layout(args)
     elif args.out:

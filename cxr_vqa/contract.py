@@ -51,7 +51,7 @@ def open_splits(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise UserError(
-            f"dataset {path} not found: build one with `python -m dataprep --chexpert-root ROOT --out {path} "
+            f"dataset {path} not found: build one with `python -m dataprep --root ROOT --out {path} "
             "--generator labels`, or pass --dataset"
         )
     if not (path / "dataset_dict.json").is_file():

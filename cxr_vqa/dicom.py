@@ -55,7 +55,8 @@ def read_dicom(data: bytes, limits: FilmLimits) -> Image.Image:
         ds.file_meta.TransferSyntaxUID = header.file_meta.TransferSyntaxUID
     try:
         arr = pixel_array(ds, index=0)  # decode only the first frame of a multi-frame file
-        del ds.PixelData  # the file's copy of the pixels; the frame is all that is needed now
+        if "PixelData" in ds:
+            del ds.PixelData  # the file's copy of the pixels; the frame is all that is needed now
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
         if photometric == "PALETTE COLOR":
             arr = apply_color_lut(arr, ds)
@@ -99,8 +100,8 @@ def _header(data: bytes) -> pydicom.FileDataset:
     return header
 
 
-def _check(header: pydicom.Dataset, limits: FilmLimits) -> None:
-    """The header against the limits, and a transfer syntax this machine can decode."""
+def _check(header: pydicom.Dataset, limits: FilmLimits) -> FilmHeader:
+    """The header against the limits, and a transfer syntax this machine can decode; what it declares."""
     if header.get("Rows") is None or header.get("Columns") is None:
         raise ImageLoadError(NO_PIXELS)
     try:
@@ -108,7 +109,8 @@ def _check(header: pydicom.Dataset, limits: FilmLimits) -> None:
         bits, samples = int(header.get("BitsAllocated") or 16), int(header.get("SamplesPerPixel") or 1)
     except (TypeError, ValueError):
         raise ImageLoadError("DICOM header has an unreadable frame count or sample size; export it again") from None
-    check_header(FilmHeader("DICOM", int(header.Columns), int(header.Rows), bits, samples, max(frames, 1)), limits)
+    declared = FilmHeader("DICOM", int(header.Columns), int(header.Rows), bits, samples, max(frames, 1))
+    check_header(declared, limits)
     if samples not in (1, 3):
         raise ImageLoadError(f"DICOM with {samples} samples per pixel (retired ARGB/CMYK?); convert it to PNG")
     syntax = header.file_meta.TransferSyntaxUID
@@ -122,6 +124,7 @@ def _check(header: pydicom.Dataset, limits: FilmLimits) -> None:
             f"cannot decode DICOM compressed as {syntax.name}: no decoder plugin installed ({missing}); "
             "e.g. pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
         )
+    return declared
 
 
 def _inflated(data: bytes, limits: FilmLimits) -> bytes:
@@ -139,9 +142,8 @@ def _inflated(data: bytes, limits: FilmLimits) -> bytes:
     try:
         head = inflater.decompress(memoryview(data)[fp.tell() :], HEADER_BYTES)
         header = _header(prefix.getvalue() + head)
-        _check(header, limits)
-        frames = max(1, int(header.get("NumberOfFrames") or 1))
-        pixels = frames * header.Rows * header.Columns * int(header.SamplesPerPixel or 1) * (header.BitsAllocated // 8)
+        declared = _check(header, limits)
+        pixels = declared.raster_bytes * declared.frames
         cap = len(head) + pixels + MIB  # what the header declares, and room for elements after the pixels
         if cap > limits.max_inflated_bytes:
             raise ImageLoadError(f"deflated DICOM: its pixels inflate to {pixels / MIB:,.0f} MiB, over the "

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from cxr_vqa.contract import SPLITS, features
 from cxr_vqa.files import share
-from cxr_vqa.images import ImageLoadError, letterbox, load_image
+from cxr_vqa.images import ImageLoadError, load_film
 from cxr_vqa.template import conversation_from_qa
 from dataprep.qa import QAGenerator
 from dataprep.releases.study import SYNTHETIC_MARKER, Study, reject
@@ -77,7 +77,7 @@ def stage_image(study: Study, root: Path, staging: Path, size: int) -> tuple[str
     errors = []
     for rel, view in study.images:
         try:
-            image = letterbox(load_image(root / rel), size=size)
+            image = load_film(root / rel, size).image  # grey films stay 1 byte a pixel until letterboxed
         except ImageLoadError as exc:
             errors.append(str(exc))
             continue

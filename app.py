@@ -144,7 +144,7 @@ def create_demo(
                     waiting = live.notes()[TUNED].capitalize() if live else NO_ADAPTER
                     side = side_by_side_tab(h, maps, page, waiting=waiting, gpu_event=GPU_EVENT, wrap=on_gpu)
                     can_blind = len(models.model_names) > 1 or live is not None  # the demo's adapter trains first
-                    blind_parts = blind_tab(blind, available=can_blind, retention_days=votes.retention_days)
+                    blind_parts = blind_tab(available=can_blind, retention_days=votes.retention_days)
                     report_views, reload = results_tab(demo, blind, operator, votes.retention_days, report_dir)
                 with gr.Accordion("Generation settings", open=False):
                     longest = max(512, settings.max_new_tokens)  # --max-new-tokens may start it past 512

@@ -67,7 +67,7 @@ class Operator:
         return blind.export()
 
 
-def blind_tab(blind: Blind, *, available: bool, retention_days: int | None):
+def blind_tab(*, available: bool, retention_days: int | None):
     """The tab's body, inside the caller's gr.Tabs: (button, answer A, answer B, vote buttons, reveal line)."""
     with gr.Tab("Blind A/B"):
         gr.Markdown("Both models answer; you see the answers as **A** and **B** in random order, vote, then the sides "
@@ -90,6 +90,7 @@ def blind_tab(blind: Blind, *, available: bool, retention_days: int | None):
 
 def wire_blind(blind: Blind, button, answer_a, answer_b, votes: dict, reveal, *, film, question, trial, sliders,
                gpu_event: dict, wrap=lambda fn: fn) -> None:  # fmt: skip
+    """Answer blind (a model call: the shared worker's queue and the visitor limits) and the four vote buttons."""
     outputs = [answer_a, answer_b, trial, reveal]
     button.click(wrap(blind.answer), [film, question, *sliders], outputs, **gpu_event, **PRIVATE)
     for choice, vote in votes.items():
@@ -106,6 +107,7 @@ def results_tab(demo: gr.Blocks, blind: Blind, operator: Operator, retention_day
 
 
 def _results(demo, blind: Blind, operator: Operator, retention_days: int | None, report_dir):
+    """The tab's body: the public ratings, the operator's export, the evaluation report."""
     results = gr.Markdown(elem_id="results")
     refresh = gr.Button("Refresh", size="sm")
     with gr.Accordion("Export every vote (operator only)", open=False):

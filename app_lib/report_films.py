@@ -29,6 +29,7 @@ class ReportFilms:
     note: str
     _image: Callable[[dict], Image.Image] | None = None
     _path: Callable[[dict], Path] | None = None  # benchmarks: the release's own file
+    dataset: str | None = None  # the dataset the films come from (None: a benchmark's release, or no films)
 
     @property
     def available(self) -> bool:
@@ -86,7 +87,7 @@ def _split(place: str, split: str, records: list[dict]) -> ReportFilms:
         raise UserError(f"{place} [{split}] is not the evaluated dataset ({len(wrong)} questions' films differ, "
                         f"e.g. {wrong[0]})")  # fmt: skip
     films = split_films(data)
-    return ReportFilms(f"films from {place} [{split}]", lambda r: films(r["row"]))
+    return ReportFilms(f"films from {place} [{split}]", lambda r: films(r["row"]), dataset=place)
 
 
 def _benchmark(root: Path, records: list[dict]) -> ReportFilms:

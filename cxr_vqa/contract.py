@@ -45,6 +45,17 @@ def features():
     )
 
 
+def is_synthetic(dataset: str | Path | None) -> bool:
+    """Whether `dataset` was built from `dataprep.synthetic`'s phantoms (its stats.json says "synthetic": true): the
+    project's own drawings, which any page may show; False for anything else or anything unreadable."""
+    if dataset is None:
+        return False
+    try:
+        return json.loads((Path(dataset) / "stats.json").read_text(encoding="utf-8")).get("synthetic") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def open_splits(path: str | Path) -> dict:
     """Every split of the dataset at `path`, by name (an empty split is a 0-row Dataset)."""
     from datasets import Dataset

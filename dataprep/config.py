@@ -62,7 +62,11 @@ class Config:
     workers: int = _opt(8, "threads that decode and letterbox images")
     model: str = _opt("gpt-4o-mini", "llm: model name at the endpoint")
     base_url: str | None = _opt(None, "llm: any OpenAI-compatible endpoint (vLLM, Ollama, Azure); default OpenAI")
-    api_key_env: str = _opt("OPENAI_API_KEY", "llm: environment variable holding the API key (never a flag)")
+    api_key_env: str | None = _opt(
+        None,
+        "llm: environment variable holding the API key (never a flag); default OPENAI_API_KEY for api.openai.com "
+        "only, none for a server on this machine: any other https endpoint must name its own",
+    )
     concurrency: int = _opt(8, "llm: requests in flight")
     max_retries: int = _opt(
         4,

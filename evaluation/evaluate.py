@@ -19,6 +19,7 @@ from cxr_vqa.files import share, write_text_atomic
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.images import ImageLoadError, load_film
 from cxr_vqa.lineup import INPUT_SIZE
+from cxr_vqa.llama_server import LlamaServers
 from cxr_vqa.model import load_model
 from cxr_vqa.remote import RemoteModel
 from cxr_vqa.reports import METRICS, PREDICTIONS
@@ -59,17 +60,27 @@ def evaluate(cfg: EvalConfig) -> dict:
     if cfg.extra_metrics == "radeval":
         radeval_scores([], [])  # fail on a missing package before hours of generation
     questions, films = load_questions(cfg)
+    remotes = {name: RemoteModel(spec, timeout=cfg.remote_timeout) for name, spec in cfg.remotes.items()}
+    servers = LlamaServers.start(cfg.gguf, timeout=cfg.remote_timeout) if cfg.ggufs else None
+    try:
+        remotes |= {m.name: m for m in servers.models(timeout=cfg.remote_timeout)} if servers else {}
+        return _evaluate(cfg, remotes, questions, films)
+    finally:
+        if servers:
+            servers.stop()
+
+
+def _evaluate(cfg: EvalConfig, remotes: dict[str, RemoteModel], questions, films) -> dict:
     asked = variants(cfg.models, cfg.ablation)
     names = [name for name, _, _ in asked]
     out = Path(cfg.out)
     source = {"benchmark": cfg.benchmark} if cfg.benchmark else {"split": cfg.split}
-    sources = {name: spec.source for name, spec in cfg.remotes.items()}
+    sources = {name: remote.source for name, remote in remotes.items()}
     # a benchmark's rows index its filtered film list: another filter would mix films into the resumed answers
     filters = {"all_organs": cfg.all_organs, "all_languages": cfg.all_languages} if cfg.benchmark else {}
     run = {"dataset": str(Path(cfg.dataset).resolve()), **source, **filters, "base": cfg.base, "adapter": cfg.adapter,
            "variants": names, "max_new_tokens": cfg.max_new_tokens, "4bit": cfg.load_in_4bit,
            "batch_size": cfg.batch_size, **({"remote": sources} if sources else {})}  # fmt: skip
-    remotes = {name: RemoteModel(spec, timeout=cfg.remote_timeout) for name, spec in cfg.remotes.items()}
     done = resume(out, run)
     vqa = None
     if len(done) < len(questions):

@@ -29,8 +29,8 @@ from typing import Protocol
 from cxr_vqa.answers import parse_yes_no
 from cxr_vqa.findings import FINDINGS_KIND, FINDINGS_QUESTIONS, is_findings_question
 from cxr_vqa.template import CONTROL_TEXTS
-from dataprep.chexpert import LABELS, Study
 from dataprep.clean import cites_text, mentions_prior
+from dataprep.releases.study import LABELS, Study
 
 KINDS = ("closed", "open")  # what a generator's own pairs may be; the findings turn is added by `add_findings`
 # a findings section past this many words is left out rather than cut (its labels would change) or kept (it would

@@ -14,11 +14,12 @@ import json
 import logging
 from pathlib import Path
 
-from cxr_vqa.contract import check_split, open_splits
+from cxr_vqa.contract import check_split, open_splits, split_films
 from cxr_vqa.files import share, write_text_atomic
 from cxr_vqa.findings import FINDINGS_KIND
 from cxr_vqa.images import ImageLoadError, load_film
 from cxr_vqa.lineup import INPUT_SIZE
+from cxr_vqa.llama_server import LlamaServers
 from cxr_vqa.model import load_model
 from cxr_vqa.remote import RemoteModel
 from cxr_vqa.reports import METRICS, PREDICTIONS
@@ -52,8 +53,7 @@ def load_questions(cfg: EvalConfig):
         return [q for q in questions if cfg.limit is None or q["row"] < cfg.limit], paths
     rows = check_split(open_splits(cfg.dataset), cfg.dataset, cfg.split, "evaluate")
     rows = rows.select(range(min(cfg.limit, len(rows)))) if cfg.limit else rows
-    images = rows.select_columns(["images"])  # dataprep letterboxed them already
-    return list_questions(rows), lambda row: images[row]["images"][0].convert("RGB")
+    return list_questions(rows), split_films(rows)  # dataprep letterboxed them already
 
 
 def has_findings(questions: list[dict]) -> bool:
@@ -66,11 +66,22 @@ def evaluate(cfg: EvalConfig) -> dict:
         radeval_scores([], [])  # fail on a missing package before hours of generation
     labeler = make_labeler(cfg.labeler)  # likewise
     questions, films = load_questions(cfg)
+    remotes = {name: RemoteModel(spec, timeout=cfg.remote_timeout) for name, spec in cfg.remotes.items()}
+    servers = LlamaServers.start(cfg.gguf, timeout=cfg.remote_timeout) if cfg.ggufs else None
+    try:
+        remotes |= {m.name: m for m in servers.models(timeout=cfg.remote_timeout)} if servers else {}
+        return _evaluate(cfg, remotes, questions, films, labeler)
+    finally:
+        if servers:
+            servers.stop()
+
+
+def _evaluate(cfg: EvalConfig, remotes: dict[str, RemoteModel], questions, films, labeler) -> dict:
     asked = variants(cfg.models, cfg.ablation)
     names = [name for name, _, _ in asked]
     out = Path(cfg.out)
     source = {"benchmark": cfg.benchmark} if cfg.benchmark else {"split": cfg.split}
-    sources = {name: spec.source for name, spec in cfg.remotes.items()}
+    sources = {name: remote.source for name, remote in remotes.items()}
     # a benchmark's rows index its filtered film list: another filter would mix films into the resumed answers
     filters = {"all_organs": cfg.all_organs, "all_languages": cfg.all_languages} if cfg.benchmark else {}
     # a findings report's cap changes its answers; named only where there are reports, so other runs resume as before
@@ -78,7 +89,6 @@ def evaluate(cfg: EvalConfig) -> dict:
     run = {"dataset": str(Path(cfg.dataset).resolve()), **source, **filters, "base": cfg.base, "adapter": cfg.adapter,
            "variants": names, "max_new_tokens": cfg.max_new_tokens, **reports, "4bit": cfg.load_in_4bit,
            "batch_size": cfg.batch_size, **({"remote": sources} if sources else {})}  # fmt: skip
-    remotes = {name: RemoteModel(spec, timeout=cfg.remote_timeout) for name, spec in cfg.remotes.items()}
     done = resume(out, run)
     vqa = None
     if len(done) < len(questions):

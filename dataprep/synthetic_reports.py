@@ -35,10 +35,12 @@ NEGATIVE = {
     "Pneumothorax": ("No pneumothorax.",),
     "Support Devices": ("No lines or tubes.",),
 }
+# Short, as many reports put them: the findings turn trains on these sentences, and every token of it is a token of
+# training (the long forms, "Endotracheal tube tip is 4 cm above the carina.", named positions the films do not draw)
 DEVICE_SENTENCE = {
-    "endotracheal tube": "Endotracheal tube tip is 4 cm above the carina.",
-    "central line": "Right internal jugular central venous catheter with the tip in the SVC.",
-    "pacemaker": "Left chest wall pacemaker with a lead in the right ventricle.",
+    "endotracheal tube": "Endotracheal tube in place.",
+    "central line": "Right central line in place.",
+    "pacemaker": "Left chest wall pacemaker.",
 }
 PRIOR_SENTENCES = ("Compared to the prior study, there is no significant interval change.", "Stable appearance.")
 SIGN_OFF = "I have personally reviewed the images and agree with the report transcribed above."

@@ -37,6 +37,7 @@ from app_lib.explore_tab import ExploreView, explore_tab
 from app_lib.handlers import NO_ADAPTER, Handlers, pane_label
 from app_lib.maps import Maps
 from app_lib.results import load_report, report_updates
+from app_lib.tables import model_label
 from app_lib.votes import VoteStore
 from cxr_vqa.cli import user_errors
 from cxr_vqa.contract import Example, read_examples
@@ -110,7 +111,7 @@ def create_demo(
     can_blind = len(models.model_names) > 1 or live is not None  # the demo's adapter comes with its first epoch
     maps = Maps(models, votes, settings=settings, rng=rng, names=live.names if live else None)
     report = load_report(report_dir)
-    adapters = ", ".join(f"`{name}` = `{source}`" for name, source in models.adapters.items())
+    adapters = ", ".join(f"`{name}` = {model_label(source)}" for name, source in models.adapters.items())
     if live is not None:
         adapters = f"`{TUNED}` = `{live.demo.adapter}` (its newest checkpoint while it trains)"
     quantized = "4-bit nf4" if models.is_4bit else "full precision"
@@ -124,7 +125,7 @@ def create_demo(
             gr.Markdown(header, elem_id="demo-header")
         status = gr.Markdown(live.markdown(), elem_id="demo-status") if live else None
         models_line = (
-            f"Base model: `{models.base_name}` ({quantized}) · Adapters: {adapters or 'none'}"
+            f"Base model: {model_label(models.base_name)} ({quantized}) · Adapters: {adapters or 'none'}"
             if vqa is not None
             else "No local model (`--base none`)"
         ) + (f" · Remote: {remote}" if remote else "")

@@ -17,11 +17,14 @@ from pathlib import Path
 from cxr_vqa.contract import check_split, open_splits
 from cxr_vqa.files import share, write_text_atomic
 from cxr_vqa.generation import GenerationSettings
+from cxr_vqa.identity import DigestCache, model_identity
 from cxr_vqa.images import ImageLoadError, load_film
 from cxr_vqa.lineup import INPUT_SIZE
-from cxr_vqa.model import load_model
+from cxr_vqa.model import adapter_specs, load_model
 from cxr_vqa.remote import RemoteModel
 from cxr_vqa.reports import METRICS, PREDICTIONS
+from cxr_vqa.sources import ADAPTER, MODEL
+from cxr_vqa.vqa import BASE
 from evaluation.benchmarks import read_benchmark
 from evaluation.config import EvalConfig
 from evaluation.maps import MAPS_PNG, write_contact_sheet
@@ -55,6 +58,20 @@ def load_questions(cfg: EvalConfig):
     return list_questions(rows), lambda row: images[row]["images"][0].convert("RGB")
 
 
+def local_models(cfg: EvalConfig) -> dict[str, dict]:
+    """Each local model's name -> where it is ("from": the --base or --adapter value) and what it is (its content,
+    `cxr_vqa.identity`): what a resume into the same --out must match. Remote models are named by endpoint and
+    model in run.json's "remote"."""
+    if not cfg.local_models:
+        return {}
+    cache = DigestCache()  # a 7B base is read once, then again only when its files' stamps change
+    try:
+        wanted = {BASE: (cfg.base, MODEL), **{name: (s, ADAPTER) for name, s in adapter_specs(cfg.adapter).items()}}
+        return {name: {"from": spec, **model_identity(spec, kind, cache)} for name, (spec, kind) in wanted.items()}
+    finally:
+        cache.save()
+
+
 def evaluate(cfg: EvalConfig) -> dict:
     """Run (or resume) the evaluation described by `cfg`, write the report files, return metrics.json's content."""
     if cfg.extra_metrics == "radeval":
@@ -69,7 +86,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     filters = {"all_organs": cfg.all_organs, "all_languages": cfg.all_languages} if cfg.benchmark else {}
     run = {"dataset": str(Path(cfg.dataset).resolve()), **source, **filters, "base": cfg.base, "adapter": cfg.adapter,
            "variants": names, "max_new_tokens": cfg.max_new_tokens, "4bit": cfg.load_in_4bit,
-           "batch_size": cfg.batch_size, **({"remote": sources} if sources else {})}  # fmt: skip
+           "batch_size": cfg.batch_size, **({"remote": sources} if sources else {}),
+           "models": local_models(cfg)}  # fmt: skip
     remotes = {name: RemoteModel(spec, timeout=cfg.remote_timeout) for name, spec in cfg.remotes.items()}
     done = resume(out, run)
     vqa = None

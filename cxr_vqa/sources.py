@@ -62,9 +62,10 @@ class Source:
         return {"revision": self.revision} if self.revision else {}
 
 
-def split_revision(spec: str) -> tuple[str, str | None]:
+def split_revision(spec: str | os.PathLike) -> tuple[str, str | None]:
     """(path or Hub id, revision or None) of a `--base`/`--adapter` value; `ID@REVISION` names a branch, tag or
     commit of a Hub id. A path that exists is taken whole, "@" and all (a folder named "runs/lr@1e-4")."""
+    spec = os.fspath(spec)
     if "@" not in spec or Path(spec).exists():
         return spec, None
     name, _, revision = spec.partition("@")  # a Hub id has no "@"; a git branch name may

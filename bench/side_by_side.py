@@ -6,7 +6,7 @@ the i-th, so their weights differ).
     python bench/side_by_side.py                     # base + 1 adapter; hidden 512, 4 layers, 64 new tokens, fp32
     python bench/side_by_side.py --adapters 4        # base + 4 adapters in one generate vs 5 sequential calls
     python bench/side_by_side.py --4bit --repeats 3  # the 4-bit nf4 path (slower on CPU)
-    python bench/side_by_side.py --smoke             # a 1-layer, 64-wide model, 4 tokens, 1 repeat: plumbing only
+    python bench/side_by_side.py --smoke             # 1 layer, 64 wide, 4 tokens, 1 repeat, 1 worker: plumbing only
 
 Memory is measured for each method in its own process: the bytes of the weights it holds (every parameter and
 buffer, LoRA included) plus the growth of resident memory while it answers (activations, KV cache), so the
@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -176,9 +175,13 @@ def main() -> None:
         "--threads", type=int, default=os.cpu_count(), help="torch CPU threads (1 = steadier on a busy machine)"
     )
     parser.add_argument("--4bit", dest="four_bit", action="store_true", help="load the base in 4-bit nf4")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes (hidden 64, 1 layer, 4 tokens, 1 repeat, 1 thread), "
-                        "memory workers side by side: the plumbing only, figures meaningless")  # fmt: skip
-    parser.add_argument("--worker", choices=[*METHOD_NAMES, "timing"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes (hidden 64, 1 layer, 4 tokens, 1 repeat, 1 thread), every method's memory in one worker: "
+        "the plumbing only, figures meaningless",
+    )
+    parser.add_argument("--worker", choices=[*METHOD_NAMES, "timing", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--adapter", action="append", help=argparse.SUPPRESS)  # NAME=PATH, once per adapter
     args = parser.parse_args()
@@ -188,8 +191,10 @@ def main() -> None:
     if args.worker == "timing":
         print(json.dumps(measure_time(args.model, args.adapter, args.new_tokens, args.four_bit, args.repeats)))
         return
-    if args.worker:
-        print(json.dumps(measure_memory(args.worker, args.model, args.adapter, args.new_tokens, args.four_bit)))
+    if args.worker:  # one method's memory, or (a smoke run) each method's in turn in this one process
+        wanted = methods(len(args.adapter)) if args.worker == "memory" else [args.worker]
+        found = {m: measure_memory(m, args.model, args.adapter, args.new_tokens, args.four_bit) for m in wanted}
+        print(json.dumps(found if args.worker == "memory" else found[args.worker]))
         return
 
     def run_worker(name: str) -> dict:
@@ -216,9 +221,9 @@ def main() -> None:
         print(
             f"{args.new_tokens} new tokens per answer, best of {args.repeats} interleaved runs, {args.threads} threads"
         )
-        # each its own process: at full size one at a time; a smoke run only checks that each works
-        with ThreadPoolExecutor(max_workers=len(compared) if args.smoke else 1) as pool:
-            memory = dict(zip(compared, pool.map(run_worker, compared), strict=True))
+        # each method in its own process, so that one's peak is not another's leftovers; a smoke run checks the
+        # plumbing only, in one process
+        memory = run_worker("memory") if args.smoke else {method: run_worker(method) for method in compared}
         timing = run_worker("timing")
 
     for method, what in compared.items():

@@ -6,6 +6,14 @@
 #   docker run --gpus all -p 7860:7860 -v "$PWD/runs:/home/app/runs:ro" cxr-vqa-app \
 #       python app.py --adapter /home/app/runs/llava-cxr --votes-db /home/app/data/votes.sqlite
 #
+# On a hospital LAN (docs/deploying.md lists every setting and what it protects): a login, TLS, the operator's token
+# for the votes export; secrets come from the environment or mounted files, never from the command line.
+#   docker run --gpus all -p 7860:7860 -v cxr-votes:/home/app/data -v "$PWD/secrets:/run/secrets:ro" \
+#       -e ADAPTER_MODEL=... -e CXR_VQA_OPERATOR_TOKEN="$(cat operator-token)" cxr-vqa-app \
+#       python app.py --votes-db /home/app/data/votes.sqlite --auth-file /run/secrets/users.txt \
+#       --ssl-certfile /run/secrets/cert.pem --ssl-keyfile /run/secrets/key.pem
+#   (behind your own reverse proxy instead of TLS here: add --trusted-proxy <the proxy's address>)
+#
 # The base image brings CUDA and a CUDA build of torch; requirements.txt's torch range accepts it, so pip keeps it.
 # `python scripts/docker_check.py --base IMAGE` builds, serves a tiny model, calls /compare, stops and times it all.
 ARG BASE_IMAGE=pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
@@ -44,8 +52,8 @@ RUN mkdir -p runs && chown app:app runs
 USER app
 EXPOSE 7860
 # Loading a 7B model (and downloading it on first start) takes minutes: a long start period before failures count.
-HEALTHCHECK --interval=30s --timeout=5s --start-period=900s --retries=3 \
-    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('GRADIO_SERVER_PORT', '7860') + '/', timeout=4)"
+# The check answers over http, or https when the app serves TLS.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=900s --retries=3 CMD python -m app_lib.health
 # app.py stops on SIGTERM (`docker stop`) although it runs as PID 1; another command run here as PID 1 ignores
 # SIGTERM and is killed after the stop timeout: give it `docker run --init`.
 CMD ["python", "app.py", "--votes-db", "/home/app/data/votes.sqlite"]

@@ -10,42 +10,48 @@ one 4-bit model in one batched generate. A research demo, not a medical device.
     python app.py --base none --remote tuned=http://127.0.0.1:8000/v1#cxr   # remote models only (vLLM): no download
     BASE_MODEL=llava-hf/llava-1.5-7b-hf ADAPTER_MODEL=user/llava-cxr python app.py         # Hugging Face Spaces
     python app.py --config app.yaml --port 8080                                           # YAML gives defaults
+    python app.py --host 0.0.0.0 --auth-file users.txt --ssl-certfile cert.pem --ssl-keyfile key.pem   # a LAN
+    CXR_VQA_OPERATOR_TOKEN=... python app.py ...       # the operator may export the votes (page, or /export_votes)
+
+docs/deploying.md: every setting for a public Space, a hospital LAN and Docker, and what each protects.
 
 Programmatic use: `gradio_client.Client(url).predict(handle_file("film.png"), "Is there cardiomegaly?",
 api_name="/compare")` returns (base answer, first adapter's answer; "" without an adapter); "/compare_scores" adds
 P(yes) to each; "/compare_all" returns {model name: answer} for every model, remote ones included (a remote model
 that did not answer gives "error: <why>"); "/maps" adds where each local model looked; "/explore" (with --report)
-the question ids of the evaluation a filter keeps, "/batch" every model's answers to several films and questions.
+the question ids of the evaluation a filter keeps, "/batch" every model's answers to several films and questions;
+"/export_votes" (operator token) the CSV of every vote. A client past its limits (one question in flight per session,
+--client-in-flight per address, --rate-per-minute) gets HTTP 429 with "busy: ..." or "rate limit: ..." at once.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
-from functools import partial
 from pathlib import Path
 
 import gradio as gr
 
 from app_lib import demo as demo_models
+from app_lib import launch
+from app_lib.access import read_users
 from app_lib.api import register_api
 from app_lib.batch import BatchLimits
 from app_lib.batch_tab import BatchView, batch_tab
-from app_lib.blind import NO_BLIND, Blind
-from app_lib.config import parse_config
+from app_lib.blind import Blind
+from app_lib.config import on_space, parse_config
 from app_lib.explore_tab import ExploreView, explore_tab
-from app_lib.handlers import NO_ADAPTER, Handlers, pane_label
+from app_lib.handlers import NO_ADAPTER, Handlers
 from app_lib.maps import Maps
-from app_lib.results import load_report, report_updates
-from app_lib.tables import model_label
+from app_lib.side_by_side import NO_SHARE, Page, models_line, remote_notice, side_by_side_tab
 from app_lib.votes import VoteStore
+from app_lib.votes_tab import Operator, blind_tab, operator_token, results_tab, wire_blind
 from cxr_vqa.cli import user_errors
 from cxr_vqa.contract import Example, read_examples
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.lineup import NO_BASE, Lineup
 from cxr_vqa.questions import MAX_QUESTION_CHARS
-from cxr_vqa.remote import RemoteModel, remote_specs
-from cxr_vqa.vqa import BASE, TUNED
+from cxr_vqa.remote import RemoteModel
+from cxr_vqa.vqa import TUNED
 
 try:  # ZeroGPU on Hugging Face Spaces: a GPU is attached only while a decorated function runs
     import spaces
@@ -65,13 +71,10 @@ SUGGESTED_QUESTIONS = [
     "Are there any support devices?",
     "What abnormalities are seen in this chest X-ray?",
 ]
-BLIND_HELP = (
-    "Both models answer; you see the answers as **A** and **B** in random order, vote, then the sides are revealed. "
-    "Votes are stored with the question, both answers and a hash of the film, never the film itself."
-)
 CSS = "#notice {border: 2px solid #d97706; border-radius: 8px; padding: 4px 12px; background: #fffbeb}"
-PANE = {"height": 320, "buttons": ["copy_all"]}  # no "share": films must not go to public Hub discussions
-GPU_EVENT = {"concurrency_id": "gpu", "concurrency_limit": 1}  # every model call shares one worker
+# every model call shares one worker; the visitor limits (app_lib.visitors) apply to this group: a new event that
+# runs a model (a future /findings too) joins it with **GPU_EVENT and is limited with the others
+GPU_EVENT = {"concurrency_id": "gpu", "concurrency_limit": 1}
 
 
 def on_gpu(fn):
@@ -98,24 +101,22 @@ def create_demo(
     dataset: str | None = None,
     batch_limits: BatchLimits = BatchLimits(),
     live: demo_models.Live | None = None,
+    operator: Operator = Operator(),
+    votes_retention_days: int | None = None,
+    explore_public: str | None = None,
 ) -> gr.Blocks:
     """The Blocks app around an already loaded `VQAModel` (None: `remotes` only) and any remote models; nothing is
     loaded here. One pane per model (base first, remote last); `settings` are the defaults of the sliders and what the
     API uses; `header` and `examples` replace the standard ones (the demo's); `dataset` finds the Explore tab's films
     when the report's own path is gone; `live`, a demo still building, keeps its state on the page and at
-    `/demo_status`."""
+    `/demo_status`; `operator` may export the votes (nobody by default); `explore_public` is what Explore shows of
+    the evaluated dataset (None: `ExploreView`'s default for this host)."""
     models = Lineup(vqa, remotes)  # every model the panes, blind trials and /compare_all ask
-    votes = VoteStore(votes_db)
-    h = Handlers(models, votes, settings=settings, rng=rng, notes=live.notes if live else None)
-    blind = Blind(models, votes, settings=settings, rng=rng, notes=live.notes if live else None)
-    can_blind = len(models.model_names) > 1 or live is not None  # the demo's adapter comes with its first epoch
+    votes = VoteStore(votes_db, retention_days=votes_retention_days)
+    notes = live.notes if live else None
+    h = Handlers(models, votes, settings=settings, rng=rng, notes=notes)
+    blind = Blind(models, votes, settings=settings, rng=rng, notes=notes)
     maps = Maps(models, votes, settings=settings, rng=rng, names=live.names if live else None)
-    report = load_report(report_dir)
-    adapters = ", ".join(f"`{name}` = {model_label(source)}" for name, source in models.adapters.items())
-    if live is not None:
-        adapters = f"`{TUNED}` = `{live.demo.adapter}` (its newest checkpoint while it trains)"
-    quantized = "4-bit nf4" if models.is_4bit else "full precision"
-    remote = ", ".join(f"`{name}` = `{models.sources[name]}`" for name in models.remote_names)
 
     # delete_cache: uploaded films leave the server's disk after an hour or so, and all of them when it stops
     with gr.Blocks(title="Chest X-ray VQA: base vs fine-tuned", delete_cache=(3600, 3600)) as demo:
@@ -124,139 +125,64 @@ def create_demo(
         if header:
             gr.Markdown(header, elem_id="demo-header")
         status = gr.Markdown(live.markdown(), elem_id="demo-status") if live else None
-        models_line = (
-            f"Base model: {model_label(models.base_name)} ({quantized}) · Adapters: {adapters or 'none'}"
-            if vqa is not None
-            else "No local model (`--base none`)"
-        ) + (f" · Remote: {remote}" if remote else "")
-        gr.Markdown(models_line, elem_id="models")
-        film, chats, trial = gr.State(None), gr.State(None), gr.State(None)
+        gr.Markdown(models_line(models, live.demo.adapter if live else None), elem_id="models")
+        if remote_notice(models):
+            gr.Markdown(remote_notice(models), elem_id="remote-notice")
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
                 # gr.File, not gr.Image: browsers cannot decode DICOM, and the model-side loader decides what is valid
                 film_file = gr.File(label="Chest X-ray (PNG, JPEG or DICOM)", type="filepath", elem_id="film-file")
-                film_view = gr.Image(label="As the model sees it", interactive=False, height=300, elem_id="film-view")
+                film_view = gr.Image(label="As the model sees it", interactive=False, height=300, buttons=NO_SHARE,
+                                     elem_id="film-view")  # fmt: skip
                 film_status = gr.Markdown(elem_id="film-status")
             with gr.Column(scale=2):
-                question = gr.Textbox(
-                    label="Question", placeholder="Ask about the film…", max_length=MAX_QUESTION_CHARS, lines=1,
-                    elem_id="question",
-                )  # fmt: skip
-                gr.Examples([[q] for q in SUGGESTED_QUESTIONS], inputs=[question], label="Suggested questions")
+                question = gr.Textbox(label="Question", placeholder="Ask about the film…", lines=1,
+                                      max_length=MAX_QUESTION_CHARS, elem_id="question")  # fmt: skip
+                page = Page(film_file, film_view, film_status, gr.State(None), gr.State(None), question)
+                gr.Examples([[q] for q in SUGGESTED_QUESTIONS], inputs=[page.question], label="Suggested questions")
                 with gr.Tabs():
-                    with gr.Tab("Side by side"):
-                        with gr.Row():
-                            ask_btn = gr.Button("Ask", variant="primary", elem_id="ask")
-                            clear_btn = gr.Button("Clear conversation", elem_id="clear")
-                        panes, stats = [], []
-                        with gr.Row():
-                            for model in h.panes:
-                                with gr.Column():
-                                    waiting = live.notes()[TUNED].capitalize() if live else NO_ADAPTER
-                                    placeholder = waiting if model not in models.model_names else None
-                                    label = pane_label(model, remote=model in models.remotes)
-                                    panes.append(gr.Chatbot(label=label, elem_id=f"{pane_id(model)}-chat",
-                                                            placeholder=placeholder, **PANE))  # fmt: skip
-                                    stats.append(gr.Markdown(elem_id=f"{pane_id(model)}-stats"))
-                        map_view = maps.view(film, chats, len(h.panes), GPU_EVENT, on_gpu)
-                    with gr.Tab("Blind A/B"):
-                        gr.Markdown(BLIND_HELP + ("" if can_blind else f"\n\n**Unavailable:** {NO_BLIND}."))
-                        blind_btn = gr.Button(
-                            "Answer blind", variant="primary", interactive=can_blind, elem_id="blind"
-                        )
-                        with gr.Row():
-                            answer_a = gr.Textbox(label="A", interactive=False, lines=4, elem_id="answer-a")
-                            answer_b = gr.Textbox(label="B", interactive=False, lines=4, elem_id="answer-b")
-                        with gr.Row():
-                            vote_buttons = {
-                                "A": gr.Button("A is better", elem_id="vote-a"),
-                                "B": gr.Button("B is better", elem_id="vote-b"),
-                                "tie": gr.Button("Tie", elem_id="vote-tie"),
-                                "both_wrong": gr.Button("Both wrong", elem_id="vote-both-wrong"),
-                            }
-                        reveal = gr.Markdown(elem_id="reveal")
-                    with gr.Tab("Results"):
-                        results = gr.Markdown(elem_id="results")
-                        with gr.Row():
-                            refresh_btn = gr.Button("Refresh", size="sm")
-                            export_btn = gr.DownloadButton("Export all votes (CSV)", size="sm", elem_id="export")
-                        report_views = [
-                            gr.Markdown(report.note, elem_id="report-note"),
-                            gr.JSON(report.metrics, label="metrics.json", visible=report.metrics is not None),
-                            gr.Image(report.plot, label="comparison.png", interactive=False,
-                                     visible=report.plot is not None, elem_id="report-plot"),
-                        ]  # fmt: skip
+                    waiting = live.notes()[TUNED].capitalize() if live else NO_ADAPTER
+                    side = side_by_side_tab(h, maps, page, waiting=waiting, gpu_event=GPU_EVENT, wrap=on_gpu)
+                    can_blind = len(models.model_names) > 1 or live is not None  # the demo's adapter trains first
+                    blind_parts = blind_tab(available=can_blind, retention_days=votes.retention_days)
+                    report_views, reload = results_tab(demo, blind, operator, votes.retention_days, report_dir)
                 with gr.Accordion("Generation settings", open=False):
                     longest = max(512, settings.max_new_tokens)  # --max-new-tokens may start it past 512
-                    max_new = gr.Slider(1, longest, value=settings.max_new_tokens, step=1, label="Max new tokens")
-                    temperature = gr.Slider(
-                        0.0, 1.5, value=settings.temperature, step=0.05, label="Temperature (0 = greedy)"
-                    )
-                    top_p = gr.Slider(0.05, 1.0, value=settings.top_p, step=0.05, label="Top-p")
+                    sliders = [
+                        gr.Slider(1, longest, value=settings.max_new_tokens, step=1, label="Max new tokens"),
+                        gr.Slider(0.0, 1.5, value=settings.temperature, step=0.05, label="Temperature (0 = greedy)"),
+                        gr.Slider(0.05, 1.0, value=settings.top_p, step=0.05, label="Top-p"),
+                    ]
         examples = film_examples() if examples is None else examples
         if examples:
             gr.Examples(
-                [[e.film, e.question] for e in examples], inputs=[film_file, question],
+                [[e.film, e.question] for e in examples], inputs=[film_file, page.question],
                 example_labels=[e.label for e in examples], cache_examples=False,
                 label="Examples (each says what it is: a real film, or a phantom drawn by dataprep.synthetic)",
             )  # fmt: skip
         with gr.Tabs():  # full width under the live models: the evaluation's questions, and batches of films
-            explore_tab(ExploreView(report_dir, dataset), film_file, question, NOTICE)
+            explore = ExploreView(report_dir, dataset, public=explore_public, on_space=on_space())
+            explore_tab(explore, film_file, page.question, NOTICE)
             batch = BatchView(models, votes, limits=batch_limits, settings=settings, rng=rng)
             batch_tab(batch, NOTICE, GPU_EVENT, wrap=on_gpu)
 
-        chat_outputs = [*panes, *stats, chats]
-        private = {"api_visibility": "private"}
-        film_file.change(
-            h.load_film, [film_file], [film_view, film, film_status, *chat_outputs], concurrency_limit=4, **private
-        )
-        sliders = [max_new, temperature, top_p]
-        ask = on_gpu(h.ask)
-        for trigger in (ask_btn.click, question.submit):
-            trigger(ask, [film, question, chats, *sliders], [*chat_outputs, question], **GPU_EVENT, **private)
-        for clear in (clear_btn.click, *[pane.clear for pane in panes]):  # a pane's trash icon clears them all
-            clear(h.clear, None, chat_outputs, queue=False, **private)
-        map_view.clear_on(ask_btn.click, question.submit, clear_btn.click, film_file.change)  # maps of old answers
-        blind_outputs = [answer_a, answer_b, trial, reveal]
-        blind_btn.click(on_gpu(blind.answer), [film, question, *sliders], blind_outputs, **GPU_EVENT, **private)
-        for choice, button in vote_buttons.items():
-            button.click(partial(blind.vote, choice), [trial], [reveal, trial], concurrency_limit=4, **private)
-        refresh_btn.click(blind.results, None, [results], queue=False, **private)
-        export_btn.click(blind.export, None, [export_btn], queue=False, **private)
-        demo.load(blind.results, None, [results], queue=False, **private)
-        reload = partial(report_updates, report_dir)  # a report may be written while the app runs (the demo's)
-        if report_dir is not None:
-            for event in (demo.load, refresh_btn.click):
-                event(reload, None, report_views, queue=False, **private)
+        side.wire(h, page, sliders, gpu_event=GPU_EVENT, wrap=on_gpu)
+        wire_blind(blind, *blind_parts, film=page.film, question=page.question, trial=gr.State(None),
+                   sliders=sliders, gpu_event=GPU_EVENT, wrap=on_gpu)  # fmt: skip
         if live is not None:
             live.wire(demo, status, report_views, reload)
-        register_api(h, maps, [film_file, question], wrap=on_gpu, gpu_event=GPU_EVENT)
+        register_api(h, maps, [film_file, page.question], wrap=on_gpu, gpu_event=GPU_EVENT)
     return demo
 
 
-def pane_id(model: str) -> str:
-    """The pane's element id: base-chat, tuned-chat, or model-<name>-chat."""
-    return model if model in (BASE, TUNED) else f"model-{model}"
-
-
-def serve(demo: gr.Blocks, *, host: str, port: int, queue_size: int, max_file_size: str, **launch_kwargs):
-    """Queue (bounded, one model worker) and launch; files are served only from Gradio's own upload/cache dirs."""
-    demo.queue(max_size=queue_size, default_concurrency_limit=1)
-    return demo.launch(
-        server_name=host, server_port=port, max_file_size=max_file_size, css=CSS, show_error=False, **launch_kwargs
-    )
-
-
-def stop_on_sigterm() -> None:
-    """`docker stop`, Kubernetes and systemd stop with SIGTERM. Python has no handler for it, and as a container's
-    PID 1 the kernel gives it no default action either: the signal is dropped and the container is killed after its
-    stop timeout. Treated as Ctrl-C, Gradio closes the server (votes need no flush: each is committed when cast)."""
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+def serve(demo: gr.Blocks, **options):
+    """`app_lib.launch.serve` with this page's CSS: the bounded queue, the visitor limits, then Gradio's launch."""
+    return launch.serve(demo, css=CSS, **options)
 
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(argv, description=__doc__)
-    stop_on_sigterm()
+    launch.stop_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own startup requests, one line each
     from cxr_vqa.model import load_model
@@ -264,15 +190,14 @@ def main(argv: list[str] | None = None) -> None:
     demo = builder = None
     try:
         with user_errors():
+            users, operator = read_users(config.auth_file), Operator(operator_token())  # secrets: before any load
             base, adapters, four_bit, report = config.base, config.adapter, config.load_in_4bit, config.report
             extra = {}
             if config.demo:  # tiny models: full precision (4-bit on a CPU only slows them down)
                 built, builder = demo_models.start(config.demo_dir)  # serves once the base exists; training goes on
                 base, adapters, four_bit, report = built.base, [], False, report or built.report
                 extra = {"header": demo_models.HEADER, "examples": built.examples + film_examples(EXAMPLES_DIR)}
-            # one retry: a person waits, and a dead endpoint must not hold the queue for minutes
-            remotes = [RemoteModel(spec, timeout=config.remote_timeout, max_retries=1)
-                       for spec in remote_specs(config.remote).values()]  # fmt: skip
+            remotes = config.remote_models()  # keys checked here, before any model loads
             if base == NO_BASE:  # remote models only: nothing to load or download
                 vqa = None
             else:
@@ -283,13 +208,18 @@ def main(argv: list[str] | None = None) -> None:
                 extra["live"].refresh()
                 extra["live"].watch()
             settings = GenerationSettings(max_new_tokens=config.max_new_tokens)
-            extra |= {"dataset": config.dataset, "batch_limits": config.batch_limits()}
-            demo = create_demo(vqa, remotes=remotes, votes_db=config.votes_db, report_dir=report, settings=settings,
-                               **extra)  # fmt: skip
-        print(f"serving on http://{config.host}:{config.port} (votes: {config.votes_db})")
+            demo = create_demo(
+                vqa, remotes=remotes, votes_db=config.votes_db, report_dir=report, settings=settings,
+                operator=operator, dataset=config.dataset, batch_limits=config.batch_limits(),
+                explore_public=config.explore_public, votes_retention_days=config.votes_retention_days, **extra,
+            )  # fmt: skip
+        scheme = "https" if config.ssl_certfile else "http"
+        print(f"serving on {scheme}://{config.host}:{config.port} (votes: {config.votes_db})")
         serve(
-            demo, host=config.host, port=config.port, queue_size=config.queue_size, max_file_size=config.max_file_size
-        )
+            demo, host=config.host, port=config.port, queue_size=config.queue_size, max_file_size=config.max_file_size,
+            limits=config.visitor_limits(), trusted_proxy=config.trusted_proxy, auth=users,
+            ssl_certfile=config.ssl_certfile, ssl_keyfile=config.ssl_keyfile,
+        )  # fmt: skip
     except KeyboardInterrupt:  # stopped while loading or starting up (once serving, Gradio handles it): no traceback
         if demo is not None:
             demo.close()

@@ -25,13 +25,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from app_lib.tables import answer_text, spreadsheet_safe
+from app_lib.zips import declared_entries, read_member, refusal
 from cxr_vqa.answers import Answer
 from cxr_vqa.errors import UserError
 from cxr_vqa.generation import GenerationSettings
-from cxr_vqa.images import Film
+from cxr_vqa.images import LIMITS, Film
 from cxr_vqa.questions import MAX_QUESTION_CHARS
 
 ENTRIES_PER_FILM = 10  # files and folders a batch's uploads may hold per film allowed: room for folders and notes
@@ -45,7 +45,11 @@ class BatchLimits:
     max_questions: int = 5
     max_rows: int = 60  # films x questions: the answers each model gives one batch (generate rows, remote requests)
     batch_size: int = 16  # generate rows per call (each (film, question) is one row per model)
-    max_file_bytes: int | None = None  # each film, also inside a zip; None: no limit of its own
+    max_file_bytes: int | None = None  # each film, also inside a zip; None: the core's limit for one film
+
+    @property
+    def film_bytes(self) -> int:
+        return self.max_file_bytes or LIMITS.max_file_bytes
 
 
 def size_in_bytes(text: str) -> int:
@@ -72,6 +76,8 @@ def _entries(paths: Sequence[str], most: int) -> list[tuple[str, str, str | None
         if not name.lower().endswith(".zip"):
             entries.append((name, path, None))
             seen += 1
+        elif seen + (declared := declared_entries(path)) > most:  # before zipfile makes an object of every entry
+            seen += declared
         else:
             try:
                 with zipfile.ZipFile(path) as archive:
@@ -101,11 +107,7 @@ def _unique(names: Sequence[str]) -> list[str]:
     return unique
 
 
-def _read(file: IO[bytes], name: str, limit: int | None) -> io.BytesIO:
-    """The film's bytes, never more than `limit` read (a zip's sizes are only what it claims)."""
-    data = file.read(limit + 1 if limit else -1)
-    if limit and len(data) > limit:
-        raise UserError(f"over this app's upload limit of {limit:,} bytes")
+def _named(data: bytes, name: str) -> io.BytesIO:
     buffer = io.BytesIO(data)
     buffer.name = name  # the loader knows a DICOM without a preamble by its .dcm name
     return buffer
@@ -136,13 +138,19 @@ def read_films(
                     raise UserError("not a readable zip archive")
                 if member is None:
                     with open(path, "rb") as file:
-                        data = _read(file, path, limits.max_file_bytes)
+                        data = file.read(limits.film_bytes + 1)
+                    if len(data) > limits.film_bytes:
+                        raise UserError(f"over this app's upload limit of {limits.film_bytes:,} bytes")
                 else:
                     if path not in archives:
                         archives[path] = stack.enter_context(zipfile.ZipFile(path))
-                    with archives[path].open(member) as file:
-                        data = _read(file, member, limits.max_file_bytes)
-                films.append((name, decode(data)))
+                    info = archives[path].getinfo(member)
+                    if why := refusal(info, limits.film_bytes):  # what it declares, before any byte is inflated
+                        raise UserError(why)
+                    with archives[path].open(info) as file:
+                        data = read_member(file, info, limits.film_bytes)
+                films.append((name, decode(_named(data, member or path))))
+                del data
             except (zipfile.BadZipFile, zlib.error, EOFError) as err:  # a member's bytes: bad CRC, deflate, cut short
                 where = " in its zip" if member else ""
                 errors.append({"film": name, "error": f"corrupt{where} ({str(err) or 'cut short'})"})

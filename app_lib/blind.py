@@ -1,10 +1,12 @@
-"""The Blind A/B tab: two models drawn at random from all of them (base and remote ones included), sides at random, one
-vote per pair; and the Results tab's ratings and CSV export of every vote."""
+"""The Blind A/B tab's handlers: two models drawn at random from all of them (base and remote ones included), sides at
+random, one vote per pair; and the Results tab's ratings (cached: recomputed only when the votes change) and the CSV
+of every vote (for the operator: `app_lib.votes_tab` checks the token before calling `export`)."""
 
 from __future__ import annotations
 
 import csv
 import sqlite3
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,6 +39,10 @@ class Blind(Inputs):
     def __init__(self, vqa, votes, *, notes: Callable[[], dict[str, str]] | None = None, **kwargs):
         super().__init__(vqa, votes, **kwargs)
         self.notes = notes or dict  # {model: why it does not answer yet}, e.g. a demo's adapter still training
+        # the ratings' bootstrap costs seconds of CPU for thousands of votes: computed once per change of the votes,
+        # by one thread while the others wait for it, not on every page load
+        self._ratings: tuple[tuple, str] | None = None
+        self._ratings_lock = threading.Lock()
 
     @property
     def sources(self) -> dict[str, str]:
@@ -88,10 +94,15 @@ class Blind(Inputs):
         return reveal, None
 
     def results(self) -> str:
-        return results_markdown(self.votes.all(base_model=self.vqa.base_name))
+        """The Results tab's ratings and win rates of the votes cast on this base model (never a vote's text)."""
+        with self._ratings_lock:
+            version = self.votes.version(base_model=self.vqa.base_name)
+            if self._ratings is None or self._ratings[0] != version:
+                self._ratings = version, results_markdown(self.votes.all(base_model=self.vqa.base_name))
+            return self._ratings[1]
 
     def export(self) -> str:
-        """Every stored vote (all base models) as a CSV file, for the Results tab's download button."""
+        """Every stored vote (all base models) as a CSV file; callers check the operator's token first."""
         path = export_folder("votes") / "votes.csv"
         with open(path, "w", newline="", encoding="utf-8") as file:
             writer = csv.DictWriter(file, fieldnames=COLUMNS)

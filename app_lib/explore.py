@@ -36,6 +36,7 @@ UNREADABLE = "unreadable film"  # in place of the thumbnail of a film that canno
 REPORT_ORDER, P_YES_GAP, CONFIDENTLY_WRONG = "report order", "P(yes) gap", "confidently wrong"
 SORTS = (REPORT_ORDER, P_YES_GAP, CONFIDENTLY_WRONG)
 OUTCOMES, KINDS = ("right", "wrong"), ("closed", "open")
+EXPLORE_MODES = ("off", "thumbnails", "full")  # what the Explore tab shows of the evaluated dataset (--explore-public)
 FIXED_COLUMNS = ("film", "id", "finding", "kind", "question", "reference")
 
 

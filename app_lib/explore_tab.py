@@ -3,6 +3,12 @@ into the side-by-side view, and the `/explore` API.
 
 Paging happens on the server: the browser gets one page of rows (and their thumbnails) at a time, whatever the size
 of the report, and the filtered order stays in the session's state on the server.
+
+What it shows of the evaluated dataset is the operator's call (`--explore-public`): `full` (the table, and a row's
+film into the side-by-side view), `thumbnails` (the table with its small thumbnails, no film loaded) or `off` (a note:
+no film, question, answer or id of the dataset, on the page or over `/explore`). By default a Hugging Face Space shows
+nothing of a dataset (CheXpert Plus's and MIMIC-CXR's agreements forbid republishing their films and reports) except
+one built from `dataprep.synthetic`'s phantoms, the project's own; elsewhere everything.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import gradio as gr
 
 from app_lib.explore import (
     CONFIDENTLY_WRONG,
+    EXPLORE_MODES,
     KINDS,
     OUTCOMES,
     P_YES_GAP,
@@ -28,6 +35,7 @@ from app_lib.explore import (
 )
 from app_lib.handlers import ui_errors
 from app_lib.tables import layout
+from cxr_vqa.contract import is_synthetic
 from cxr_vqa.errors import UserError
 from cxr_vqa.reports import METRICS, PREDICTIONS
 
@@ -39,6 +47,16 @@ HELP = (
     "half the reference's words or more), and P(yes) for yes/no questions. **Choose a row** to load its film and "
     "question into the side-by-side view above, then press *Ask* to have the live models answer it again."
 )
+OFF = (
+    "**Explore is off here**: it would republish the evaluated dataset's films and the questions and answers drawn "
+    "from its reports, which data-use agreements such as CheXpert Plus's and MIMIC-CXR's forbid on a public page. The "
+    "evaluation's metrics are on the Results tab; where showing more is allowed, the operator starts the app with "
+    "`--explore-public thumbnails` or `full`."
+)
+THUMBNAILS_ONLY = (
+    "this deployment shows the evaluated dataset's films as thumbnails only (--explore-public thumbnails): a row's "
+    "film is not loaded"
+)
 ALL = ""
 ID_COLUMN = 1  # the question id's place in a row (FIXED_COLUMNS)
 WIDTHS = (84, 160, 120, 70, 240, 220)  # px of film, id, finding, kind, question, reference; then 240 a model
@@ -47,10 +65,15 @@ WIDTHS = (84, 160, 120, 70, 240, 220)  # px of film, id, finding, kind, question
 class ExploreView:
     """The tab's events over a report's Table; without a report (or with one that cannot be read), a note."""
 
-    def __init__(self, report_dir: str | Path | None, dataset: str | None = None, page_size: int = PAGE_SIZE):
+    def __init__(self, report_dir: str | Path | None, dataset: str | None = None, page_size: int = PAGE_SIZE, *,
+                 public: str | None = None, on_space: bool = False):  # fmt: skip
+        if public is not None and public not in EXPLORE_MODES:
+            raise ValueError(f"explore_public must be one of {', '.join(EXPLORE_MODES)}, got {public!r}")
         self.table: Table | None = None
         self.note, self.page_size = NO_REPORT, page_size
         self.report_dir, self.dataset = report_dir, dataset
+        self.public, self.on_space = public, on_space
+        self.mode = public or "full"  # settled when the report opens: by default it depends on its dataset
         self._folder: Path | None = None
         self._seen: tuple[int, int] | None = None  # (size, mtime) of the predictions.jsonl the table was read from
         if report_dir is not None:
@@ -64,10 +87,21 @@ class ExploreView:
         return found.st_size, found.st_mtime_ns
 
     def _open(self) -> None:
+        if self.public == "off":  # nothing of the report is read, so nothing of it can be shown
+            self.mode, self.note = "off", OFF
+            return
         stamp = self._stamp()  # before reading: a line appended meanwhile makes the next look read it again
         try:
-            self.table, self._seen = open_report(self.report_dir, self.dataset), stamp
-            if self.table.complete:
+            table = open_report(self.report_dir, self.dataset)
+            synthetic = is_synthetic(table.films.dataset)
+            self.mode = self.public or ("off" if self.on_space and not synthetic else "full")
+            if self.mode == "off":
+                self.note = OFF
+                return
+            self.table, self._seen = table, stamp
+            if self.mode == "thumbnails":
+                self.note = f"{len(self.table):,} questions; {THUMBNAILS_ONLY}."
+            elif self.table.complete:
                 self.note = f"{len(self.table):,} questions from `{self.report_dir}`; {self.table.films.note}."
             else:
                 self.note = (f"{len(self.table):,} questions so far from `{self.report_dir}`: no metrics.json yet, so "
@@ -89,6 +123,8 @@ class ExploreView:
     def _table(self) -> Table:
         """The report's table: read once it is complete; while the evaluation writes it (the demo evaluates itself
         last, while its app serves), read again whenever predictions.jsonl has grown or metrics.json has come."""
+        if self.mode == "off":
+            raise UserError(OFF.replace("**", ""))
         if self.report_dir is not None and self._stale():
             self._open()
         if self.table is None:
@@ -133,6 +169,8 @@ class ExploreView:
         """(a file of the question's film for the upload box, its question, a status line)."""
         with ui_errors():
             table = self._table()
+            if self.mode != "full":
+                raise UserError(THUMBNAILS_ONLY)
             record = table.records[table.index(question_id)]
             if self._folder is None:  # a private folder, gone with the app; Gradio serves its own copy of each film
                 self._folder = Path(tempfile.mkdtemp(prefix="explore-films-"))

@@ -141,8 +141,8 @@ class Maps(Inputs):
         button = gr.Button("Where did it look?", size="sm", elem_id="maps-button")
         gallery = gr.Gallery(
             label="Where each model looked for its last answer", columns=max(columns, 1), height="auto",
-            object_fit="contain", elem_id="maps", interactive=False,
-        )  # fmt: skip
+            object_fit="contain", elem_id="maps", interactive=False, buttons=["download", "fullscreen"],
+        )  # fmt: skip  # no "share": a film would go to the Space's public discussions
         status = gr.Markdown(HELP, elem_id="maps-status")
         button.click(wrap(self.show_maps), [film, chats], [gallery, status], api_visibility="private", **gpu_event)
         return View(button, gallery, status)

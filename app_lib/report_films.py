@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from cxr_vqa.contract import open_splits
+from cxr_vqa.contract import open_splits, split_films
 from cxr_vqa.errors import UserError
 from cxr_vqa.images import load_image
 
@@ -29,6 +29,7 @@ class ReportFilms:
     note: str
     _image: Callable[[dict], Image.Image] | None = None
     _path: Callable[[dict], Path] | None = None  # benchmarks: the release's own file
+    dataset: str | None = None  # the dataset the films come from (None: a benchmark's release, or no films)
 
     @property
     def available(self) -> bool:
@@ -85,8 +86,8 @@ def _split(place: str, split: str, records: list[dict]) -> ReportFilms:
     if wrong:
         raise UserError(f"{place} [{split}] is not the evaluated dataset ({len(wrong)} questions' films differ, "
                         f"e.g. {wrong[0]})")  # fmt: skip
-    images = data.select_columns(["images"])
-    return ReportFilms(f"films from {place} [{split}]", lambda r: images[r["row"]]["images"][0].convert("RGB"))
+    films = split_films(data)
+    return ReportFilms(f"films from {place} [{split}]", lambda r: films(r["row"]), dataset=place)
 
 
 def _benchmark(root: Path, records: list[dict]) -> ReportFilms:

@@ -7,6 +7,7 @@ complete, and an examples index (examples.json: the films the app offers as exam
 
     splits = open_splits("data/cxr-vqa")                           # {name: Dataset}; raises UserError
     test = check_split(splits, "data/cxr-vqa", "test", "evaluate")  # present, non-empty, every column, row 0 valid
+    film = split_films(test)                                        # row -> its film, through the film checks
     marker = demo_build("runs/demo")                                # demo.json of a complete build, or None
     checkpoint = latest_complete_checkpoint("runs/demo/adapter-seed0")  # newest checkpoint-N saved whole, or None
     examples = read_examples("assets/examples")                     # [Example(film, question, answer, label)]
@@ -15,7 +16,7 @@ complete, and an examples index (examples.json: the films the app offers as exam
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,17 @@ def features():
     )
 
 
+def is_synthetic(dataset: str | Path | None) -> bool:
+    """Whether `dataset` was built from `dataprep.synthetic`'s phantoms (its stats.json says "synthetic": true): the
+    project's own drawings, which any page may show; False for anything else or anything unreadable."""
+    if dataset is None:
+        return False
+    try:
+        return json.loads((Path(dataset) / "stats.json").read_text(encoding="utf-8")).get("synthetic") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def open_splits(path: str | Path) -> dict:
     """Every split of the dataset at `path`, by name (an empty split is a 0-row Dataset)."""
     from datasets import Dataset
@@ -51,7 +63,7 @@ def open_splits(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise UserError(
-            f"dataset {path} not found: build one with `python -m dataprep --chexpert-root ROOT --out {path} "
+            f"dataset {path} not found: build one with `python -m dataprep --root ROOT --out {path} "
             "--generator labels`, or pass --dataset"
         )
     if not (path / "dataset_dict.json").is_file():
@@ -86,6 +98,22 @@ def check_split(splits: dict, path: str | Path, split: str, role: str):
     except UserError as err:
         raise UserError(f"{path} [{split}] row 0: {err}") from None
     return data
+
+
+def split_films(data) -> Callable:
+    """row -> the row's film as an RGB image, its stored bytes decoded by `cxr_vqa.images` (header checked first, as
+    every film is) rather than by `datasets`, which would hand any PNG in a dataset from elsewhere to Pillow as is."""
+    from datasets import Image, List
+
+    from cxr_vqa.images import load_image  # here: reading the contract's names needs no image decoders
+
+    images = data.select_columns(["images"]).cast_column("images", List(Image(decode=False)))
+
+    def film(row: int):
+        stored = images[row]["images"][0]
+        return load_image(stored["bytes"] if stored.get("bytes") is not None else stored["path"])
+
+    return film
 
 
 def check_row(row: dict) -> None:

@@ -1,13 +1,18 @@
 """What calls to a paid endpoint cost: list prices, a rough token count, and the ledger behind `--max-cost`, for every
-part that sends requests (dataprep's QA generator, evaluation's remote models).
+part that sends requests (dataprep's QA generator, evaluation's and the app's remote models).
 
     ledger = Ledger(price_of("gpt-4o-mini"), max_cost=5.0)
     if ledger.reserve(estimate): ...send...; ledger.release(estimate); ledger.record(usage, tokens)
+    budget = Budget({"gpt4o": price_of("gpt-4o")}, max_cost=5.0)    # several models, one cap, any thread
+    held = budget.reserve("gpt4o", tokens); ...send...; budget.settle("gpt4o", held, usage, tokens)
 
 Reserving before each send is what keeps concurrent requests from overshooting the budget together.
 """
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
 
 # USD per million (input, output) tokens, list prices when written; flags override them. Unknown models (a local
 # vLLM or Ollama) cost 0.
@@ -28,8 +33,23 @@ def price_of(model: str, given: tuple[float, float] | None = None) -> tuple[floa
     return given or PRICES_PER_MTOK.get(model, (0.0, 0.0))
 
 
+IMAGE_TOKENS = 576  # a film is 576 tokens to LLaVA-1.5 (fewer to OpenAI's models): budget estimates err high
+
+
 def estimate_tokens(text: str) -> int:
     return len(text) // 4 + 1  # ~4 characters a token for English; good enough for a budget
+
+
+def request_tokens(conversation: Sequence[dict], max_new_tokens: int) -> tuple[int, int]:
+    """(prompt, completion) tokens a request may cost at most, about: its texts and one film in, the whole answer
+    budget out."""
+    parts = [
+        p
+        for turn in conversation
+        for p in ([{"type": "text", "text": turn["content"]}] if isinstance(turn["content"], str) else turn["content"])
+    ]
+    texts = [p["text"] or "" for p in parts if p["type"] == "text"]
+    return estimate_tokens(" ".join(texts)) + IMAGE_TOKENS, max_new_tokens
 
 
 class Ledger:
@@ -64,3 +84,36 @@ class Ledger:
         cost = self.cost(prompt, completion, discount)
         self.spent += cost
         return cost
+
+
+class Budget:
+    """Several models' ledgers (each at its own price) under one `max_cost` for all of them, safe to use from many
+    threads at once (the app's panes and batches answer in threads)."""
+
+    def __init__(self, prices: dict[str, tuple[float, float]], max_cost: float | None = None) -> None:
+        self.ledgers = {name: Ledger(price) for name, price in prices.items()}
+        self.max_cost = max_cost
+        self._lock = threading.Lock()
+
+    def reserve(self, name: str, tokens: tuple[int, int]) -> float | None:
+        """The estimate held for one send of `name`; None when it would pass `max_cost`."""
+        with self._lock:
+            estimate = self.ledgers[name].cost(*tokens)
+            used = sum(ledger.spent + ledger.reserved for ledger in self.ledgers.values())
+            if self.max_cost is not None and used + estimate > self.max_cost:
+                return None
+            self.ledgers[name].reserve(estimate)
+            return estimate
+
+    def settle(self, name: str, held: float, usage: dict | None, tokens: tuple[int, int],
+               answered: bool = True) -> float:  # fmt: skip
+        """Release what was held and record what the reply used (the estimate where the server reported no usage;
+        nothing for a send that got no reply: 429, 5xx and timeouts are not billed)."""
+        with self._lock:
+            self.ledgers[name].release(held)
+            return self.ledgers[name].record(usage, tokens) if answered else 0.0
+
+    @property
+    def spent(self) -> float:
+        with self._lock:
+            return sum(ledger.spent for ledger in self.ledgers.values())

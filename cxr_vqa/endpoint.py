@@ -17,7 +17,10 @@ connections: nothing was billed and a later send may pass), what never passes (4
 stops the caller instead of failing every request), and the jittered backoff between sends. Callers keep their own
 loop, because what they count differs (dataprep also retries billed, malformed replies). The client's own retries
 are switched off, so that every send is counted here. A key never travels in clear: plain http to another machine
-gets none. `openai` is imported only when a client is made or used.
+gets none. A default key goes only to the host it belongs to (`key_env_for`): $OPENAI_API_KEY to api.openai.com; a
+server on this machine or over plain http gets none unless one is named; any other https host must name the variable
+that holds its key, so that OpenAI's key never reaches a third party by default. `openai` is imported only when a
+client is made or used.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ logger = logging.getLogger(__name__)
 RETRY_STATUS = {408, 409, 425, 429}  # and every 5xx
 SETUP_STATUS = {401: "the API key was refused", 403: "permission denied", 404: "unknown model or endpoint"}
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+DEFAULT_KEY_HOST = "api.openai.com"  # the one host $OPENAI_API_KEY goes to unless a caller names it
 NO_KEY = "unused"  # what a server that gets no key is sent: the client insists on one
 REASON_CHARS = 200  # of a server's reason for a refused request: enough for "max_tokens is not supported ..."
 # long runs of key or base64 characters: an API key or a film that a server echoed into its reason
@@ -171,7 +176,22 @@ def in_clear(base_url: str | None) -> bool:
     return urlparse(base_url or "").scheme == "http" and not is_local(base_url)
 
 
-def read_api_key(env_var: str | None = "OPENAI_API_KEY", base_url: str | None = None, *, required: bool = True) -> str:
+def key_env_for(base_url: str | None, named: str | None, *, how: str) -> str | None:
+    """The environment variable whose key goes to `base_url` (None: OpenAI's API): the `named` one if any, else
+    $OPENAI_API_KEY for api.openai.com only, none for a server on this machine or over plain http, and for any other
+    https host a UserError that says how to name one (`how`, e.g. "with --api-key-env VAR")."""
+    if named:
+        return named
+    host = urlparse(base_url).hostname if base_url else DEFAULT_KEY_HOST
+    if is_local(base_url) or in_clear(base_url):
+        return None
+    if host == DEFAULT_KEY_HOST:
+        return DEFAULT_KEY_ENV
+    raise UserError(f"{host} gets no key by default (${DEFAULT_KEY_ENV} goes only to {DEFAULT_KEY_HOST}): name the "
+                    f"environment variable that holds {host}'s key {how}")  # fmt: skip
+
+
+def read_api_key(env_var: str | None = DEFAULT_KEY_ENV, base_url: str | None = None, *, required: bool = True) -> str:
     """The key in $env_var: from the environment only, never a flag or a file, so it never reaches a config, a log
     or a shell history. No key (a placeholder: the client insists on one) when `env_var` is None, for a plain-http
     server on another machine (it would travel in clear) and for a local server whose variable is not set; a
@@ -187,7 +207,7 @@ def read_api_key(env_var: str | None = "OPENAI_API_KEY", base_url: str | None = 
     if key:
         return key
     if required and not is_local(base_url):
-        where = urlparse(base_url).hostname if base_url else "api.openai.com"
+        where = urlparse(base_url).hostname if base_url else DEFAULT_KEY_HOST
         raise UserError(
             f"${env_var} is not set: export the API key for {where} (keys are read from the environment only), "
             "or use a local OpenAI-compatible server"
@@ -198,14 +218,16 @@ def read_api_key(env_var: str | None = "OPENAI_API_KEY", base_url: str | None = 
 def open_client(
     base_url: str | None = None,
     *,
-    api_key_env: str | None = "OPENAI_API_KEY",
+    api_key_env: str | None = None,
     timeout: float = 120.0,
     require_key: bool = True,
+    how: str = "with --api-key-env VAR",
 ) -> openai.AsyncOpenAI:
     """An async client for `base_url` (default $OPENAI_BASE_URL, else OpenAI) with its own retries off: callers
-    retry through `send_chat` and `Backoff`, and count every send. The key as `read_api_key` gives it."""
+    retry through `send_chat` and `Backoff`, and count every send. The key of `api_key_env`, or where none is named
+    the host's default (`key_env_for`), as `read_api_key` gives it."""
     import openai
 
     base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
-    key = read_api_key(api_key_env, base_url, required=require_key)
+    key = read_api_key(key_env_for(base_url, api_key_env, how=how), base_url, required=require_key)
     return openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=timeout)

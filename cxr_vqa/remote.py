@@ -5,16 +5,18 @@ the app's or the evaluation's decoding settings, and P(yes) from the first answe
     specs = remote_specs(["gpt4o=https://api.openai.com/v1#gpt-4o", "vllm=http://127.0.0.1:8000/v1#tuned#VLLM_KEY"])
     remote = RemoteModel(specs["gpt4o"], timeout=60)       # fails here, in one line, if its key is not set
     answer = remote.answer(film.image, conversation, settings, on_text=print)   # streamed; Answer(text, p_yes)
+    RemoteModel(spec, budget=Budget({"gpt4o": (2.5, 10.0)}, max_cost=5.0))     # refuses to send past 5 USD
 
 `--remote NAME=BASE_URL#MODEL[#KEY_VARIABLE]`: the model's name in panes, votes and reports; the endpoint's base URL
 (ending in /v1, no query string); the model id the endpoint serves (for vLLM, the base or a `--lora-modules` name);
 and, optionally, the environment variable that holds its API key (upper-case letters, digits and _). Which key goes
-where: an https endpoint gets $OPENAI_API_KEY unless the entry names another variable; a server on this machine gets
-a key only from a variable the entry names; plain http to another machine never gets one (naming a variable for it
-is refused: the key would travel in clear). The key itself is read from the environment only, never from a flag, a
-file or the URL. Sends go through the core's one retry mechanism (`cxr_vqa.endpoint`): 429, 5xx, timeouts and refused
-connections are retried with backoff, a refused key stops at once, and what is left is one line (RemoteError).
-Nothing of the key or the film is logged.
+where (`cxr_vqa.endpoint.key_env_for`): api.openai.com gets $OPENAI_API_KEY unless the entry names another variable;
+any other https endpoint must name its variable (OpenAI's key never goes to a third party by default); a server on
+this machine gets a key only from a variable the entry names; plain http to another machine never gets one (naming a
+variable for it is refused: the key would travel in clear). The key itself is read from the environment only, never
+from a flag, a file or the URL. Sends go through the core's one retry mechanism (`cxr_vqa.endpoint`): 429, 5xx,
+timeouts and refused connections are retried with backoff, a refused key stops at once, and what is left is one line
+(RemoteError). Nothing of the key or the film is logged.
 """
 
 from __future__ import annotations
@@ -31,12 +33,22 @@ from PIL import Image
 
 from cxr_vqa import endpoint
 from cxr_vqa.answers import WORD_START, Answer, p_yes_of_candidates
-from cxr_vqa.endpoint import Backoff, EndpointSetupError, Reply, is_local, open_client, read_api_key, send_chat
+from cxr_vqa.costs import Budget, request_tokens
+from cxr_vqa.endpoint import (
+    DEFAULT_KEY_ENV,
+    Backoff,
+    EndpointSetupError,
+    Reply,
+    is_local,
+    key_env_for,
+    open_client,
+    read_api_key,
+    send_chat,
+)
 from cxr_vqa.errors import UserError
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.model import ADAPTER_NAME, NAME_RULE
 
-DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 TOP_LOGPROBS = 20  # OpenAI's maximum and vLLM's default --max-logprobs: the yes/no spellings are all among them
 MAX_RETRIES = 3
 SETTINGS = GenerationSettings()
@@ -95,8 +107,11 @@ def parse_remote(item: str) -> RemoteSpec:
     if key_env and endpoint.in_clear(url):
         raise UserError(f"--remote {name}: ${key_env} would travel in clear over http to {parsed.hostname}: "
                         "use https, or no key")  # fmt: skip
-    default = None if is_local(url) or endpoint.in_clear(url) else DEFAULT_KEY_ENV  # OpenAI's key: https only
-    return RemoteSpec(name, url.rstrip("/"), model, key_env or default)
+    try:
+        key_env = key_env_for(url, key_env or None, how=f"after the second # ({name}={url}#{model}#VARIABLE)")
+    except UserError as err:
+        raise UserError(f"--remote {name}: {err}") from None
+    return RemoteSpec(name, url.rstrip("/"), model, key_env)
 
 
 def remote_specs(items: Sequence[str] | None, taken: Sequence[str] = ()) -> dict[str, RemoteSpec]:
@@ -148,9 +163,10 @@ class RemoteModel:
     """One model behind an OpenAI-compatible endpoint; safe to call from several threads (each call its own loop)."""
 
     def __init__(self, spec: RemoteSpec, *, timeout: float = 60.0, max_retries: int = MAX_RETRIES,
-                 backoff: Backoff = Backoff()):  # fmt: skip
+                 backoff: Backoff = Backoff(), budget: Budget | None = None):  # fmt: skip
         read_api_key(spec.key_env, spec.base_url)  # a missing key fails at start, not at the first question
         self.spec, self.timeout, self.max_retries, self.backoff = spec, timeout, max_retries, backoff
+        self.budget = budget  # `answer` spends from it, and sends nothing once its cap is reached
 
     @property
     def name(self) -> str:
@@ -201,13 +217,26 @@ class RemoteModel:
 
     def answer(self, image: Image.Image, conversation: Sequence[dict], settings: GenerationSettings = SETTINGS,
                on_text: Callable[[str], None] | None = None) -> Answer:  # fmt: skip
-        """`aanswer` in a fresh event loop, for a thread of the app; streamed when `on_text` is given."""
+        """`aanswer` in a fresh event loop, for a thread of the app; streamed when `on_text` is given. With a budget,
+        the request's most it may cost is held before it is sent, and a request past the cap is not sent."""
+        tokens = request_tokens(conversation, settings.max_new_tokens)
+        held = self.budget.reserve(self.name, tokens) if self.budget is not None else 0.0
+        if held is None:
+            raise RemoteError(f"{self.name} answers no more: the remote models' spending cap of "
+                              f"{self.budget.max_cost:g} USD (--max-cost) is reached", fatal=True)  # fmt: skip
+        usage, answered = None, False
 
-        async def run() -> Answer:
+        async def run() -> tuple[Answer, dict | None]:
             client = self.client()
             try:
-                return (await self.aanswer(client, image, conversation, settings, on_text))[0]
+                return await self.aanswer(client, image, conversation, settings, on_text)
             finally:
                 await client.close()
 
-        return asyncio.run(run())
+        try:
+            answer, usage = asyncio.run(run())
+            answered = True
+            return answer
+        finally:
+            if self.budget is not None:
+                self.budget.settle(self.name, held, usage, tokens, answered)

@@ -26,10 +26,10 @@ from tqdm.auto import tqdm
 
 from cxr_vqa.contract import SPLITS, features
 from cxr_vqa.files import share
-from cxr_vqa.images import ImageLoadError, letterbox, load_image
+from cxr_vqa.images import ImageLoadError, load_film
 from cxr_vqa.template import conversation_from_qa
-from dataprep.chexpert import SYNTHETIC_MARKER, Study, reject
 from dataprep.qa import QAGenerator
+from dataprep.releases.study import SYNTHETIC_MARKER, Study, reject
 
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 STAGING = ".staging"
@@ -48,10 +48,13 @@ def assign_split(patient_id: str, seed: int, fractions: Sequence[float] = DEFAUL
 
 
 def patient_splits(studies: Sequence[Study], seed: int, fractions: Sequence[float]) -> dict[str, str]:
-    """One split per patient; a patient with any study in the official `valid` set goes to validation whole."""
+    """One split per patient: the release's own split where it has one (MIMIC-CXR's, which its reader has checked
+    is by patient); else a patient with any study in the official `valid` set goes to validation whole; else a hash."""
+    fixed = {s.patient_id: s.fixed_split for s in studies if s.fixed_split}
     official_valid = {s.patient_id for s in studies if s.official_split == "valid"}
     return {
-        s.patient_id: "validation" if s.patient_id in official_valid else assign_split(s.patient_id, seed, fractions)
+        s.patient_id: fixed.get(s.patient_id)
+        or ("validation" if s.patient_id in official_valid else assign_split(s.patient_id, seed, fractions))
         for s in studies
     }
 
@@ -74,7 +77,7 @@ def stage_image(study: Study, root: Path, staging: Path, size: int) -> tuple[str
     errors = []
     for rel, view in study.images:
         try:
-            image = letterbox(load_image(root / rel), size=size)
+            image = load_film(root / rel, size).image  # grey films stay 1 byte a pixel until letterboxed
         except ImageLoadError as exc:
             errors.append(str(exc))
             continue
@@ -137,15 +140,20 @@ def build_dataset(
     workers: int = 8,
     progress: bool = True,
     config: dict | None = None,
+    film_root: str | os.PathLike | None = None,
+    release: dict | None = None,
 ) -> tuple[DatasetDict, dict]:
-    """Write the dataset, rejects.jsonl and stats.json under `out`; return the DatasetDict and the stats."""
+    """Write the dataset, rejects.jsonl and stats.json under `out`; return the DatasetDict and the stats. The
+    studies' image paths are opened under `film_root` (default `root`: a reader that takes films out of an archive
+    writes them there); `release` is the reader's summary, kept as stats.json "release"."""
     root, out = Path(root), Path(out)
     staging = out / STAGING
     rejects = list(rejects)
     splits = patient_splits(studies, seed, fractions)  # from every study: a bad image must not move a patient
     rows: dict[str, list[dict]] = {name: [] for name in SPLITS}
     try:
-        staged, image_rejects = stage_images(studies, root, staging / "images", image_size, workers, progress)
+        films = Path(film_root) if film_root is not None else root
+        staged, image_rejects = stage_images(studies, films, staging / "images", image_size, workers, progress)
         rejects += image_rejects
         usable = [s for s in studies if s.study_id in staged]
         results = generator.generate(usable)
@@ -159,6 +167,7 @@ def build_dataset(
             rows[splits[study.patient_id]].append({**row, "_staged": staged_file})
         stats = summarise(rows, rejects, generator, config)
         stats["synthetic"] = (root / SYNTHETIC_MARKER).is_file()
+        stats["release"] = release or {}
         _save(DatasetDict({name: _to_dataset(rows[name], name, staging / "hf") for name in SPLITS}), out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -191,6 +200,7 @@ def summarise(rows: dict[str, list[dict]], rejects: list[dict], generator: QAGen
             for name, split in rows.items()
         },
         "sources": dict(Counter(row["source"] for split in rows.values() for row in split)),
+        "views": dict(Counter(row["view"] for split in rows.values() for row in split)),
         "reject_reasons": dict(Counter(r["reason"] for r in rejects)),
         "qa_pairs": len(pairs),
         "answers": {"yes": answers["yes"], "no": answers["no"], "open": answers["open"]},

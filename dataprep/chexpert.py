@@ -16,18 +16,17 @@ import math
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxr_vqa.errors import UserError
-from dataprep.clean import clean_report, report_text, word_count
+from dataprep.clean import clean_report, word_count
+
+# shared by every reader; imported here too, so `from dataprep.chexpert import LABELS, Study` keeps working
+from dataprep.releases.study import LABELS, MIN_WORDS, Labels, Study, reject
 
 logger = logging.getLogger(__name__)
 
 CSV_NAME = "df_chexpert_plus_240401.csv"
-# Not in the real release: `python -m dataprep.synthetic` leaves it in its miniature ones, so that a dataset built
-# from one, and a model trained on that, say they come from synthetic phantoms (stats.json "synthetic", model card)
-SYNTHETIC_MARKER = "SYNTHETIC.json"
 COLUMNS = tuple(
     "path_to_image path_to_dcm frontal_lateral ap_pa deid_patient_id patient_report_date_order report "
     "section_narrative section_clinical_history section_history section_comparison section_technique "
@@ -36,56 +35,12 @@ COLUMNS = tuple(
     "split".split()
 )
 REQUIRED_COLUMNS = ("path_to_image", "section_findings", "section_impression")
-LABELS = (
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-    "No Finding",
-)
 LABEL_DIR = "chexbert_labels"
 # Labels of the whole report first; a study missing there falls back to its impression, then its findings.
 LABEL_FILES = ("report_fixed.json", "impression_fixed.json", "findings_fixed.json")
 IMAGE_ROOTS = ("PNG/PNG", "PNG", "")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIEW_ORDER = ("PA", "AP", "frontal", "lateral")  # preferred view first
-MIN_WORDS = 2
-
-Labels = dict[str, float | None]
-
-
-@dataclass
-class Study:
-    study_id: str  # "patient42142/study5", unique in the release
-    patient_id: str
-    official_split: str  # "train" or "valid"
-    findings: str  # cleaned
-    impression: str  # cleaned
-    images: list[tuple[str, str]] = field(default_factory=list)  # (path relative to the root, view), best first
-    labels: Labels | None = None
-
-    @property
-    def report(self) -> str:
-        return report_text(self.findings, self.impression)
-
-
-def reject(study: Study | None, reason: str, detail: str = "", *, study_id: str = "", patient_id: str = "") -> dict:
-    """One line of `rejects.jsonl`. Never put report text in `detail`: rejects are shared more widely than data."""
-    return {
-        "study_id": study.study_id if study else study_id,
-        "patient_id": study.patient_id if study else patient_id,
-        "reason": reason,
-        "detail": detail,
-    }
 
 
 def find_image(root: Path, path_to_image: str) -> str | None:
@@ -161,9 +116,9 @@ def read_release(root: str | os.PathLike, limit: int | None = None) -> tuple[lis
     root = Path(root)
     csv_path = root / CSV_NAME
     if not root.is_dir():
-        raise UserError(f"--chexpert-root {root} is not a directory")
+        raise UserError(f"--root {root} is not a directory")
     if not csv_path.is_file():
-        raise UserError(f"no {CSV_NAME} in {root}; point --chexpert-root at the unpacked CheXpert Plus release")
+        raise UserError(f"no {CSV_NAME} in {root}; point --root at the unpacked CheXpert Plus release")
     groups: dict[str, list[dict]] = {}
     texts: dict[str, tuple[str, str]] = {}  # each view repeats the study's report: keep it once
     rejects = []

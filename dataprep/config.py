@@ -1,7 +1,7 @@
 """Options of `python -m dataprep`: one typed dataclass, parsed the project's one way (`cxr_vqa.cli`): a YAML file
 gives defaults, flags override, unknown keys and bad values exit 2 with a one-line message.
 
-    python -m dataprep --config my.yaml --limit 100       # my.yaml: {chexpert_root: ..., generator: llm, ...}
+    python -m dataprep --config my.yaml --limit 100       # my.yaml: {source: iu-xray, root: ..., generator: llm, ...}
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from cxr_vqa.cli import parse_config as parse
 from dataprep.llm.budget import MAX_SENDS_PER_REPORT, check_retry_options
+from dataprep.releases import IU_LABELS, MIMIC_LABELS, SOURCES
 
 GENERATORS = ("labels", "llm")
 
@@ -20,20 +21,52 @@ def _opt(default, help: str, **extra):
 
 @dataclass
 class Config:
-    chexpert_root: str = _opt("", "the unpacked CheXpert Plus release (CSV, PNG/, chexbert_labels/)")
+    source: str = _opt("chexpert-plus", "the release ROOT holds, as shipped (docs/data.md)", choices=SOURCES)
+    root: str = _opt(
+        "",
+        "the release: chexpert-plus: the unpacked CSV, PNG/, chexbert_labels/; mimic-cxr: MIMIC-CXR-JPG 2.x (files/, "
+        "mimic-cxr-2.0.0-*.csv.gz) with mimic-cxr-reports.zip; iu-xray: NLMCXR_reports.tgz and NLMCXR_png.tgz",
+    )
+    chexpert_root: str = _opt("", "deprecated, goes in the next release: --root with --source chexpert-plus")
+    mimic_labels: str = _opt(
+        "chexpert", "mimic-cxr: labels from mimic-cxr-2.0.0-chexpert.csv.gz or -negbio.csv.gz", choices=MIMIC_LABELS
+    )
+    mimic_reports: str | None = _opt(
+        None, "mimic-cxr: mimic-cxr-reports.zip, or the folder holding it or its extracted files/ (default: ROOT)"
+    )
+    iu_labels: str = _opt(
+        "labeler",
+        "iu-xray: labels from the project's labeler over findings and impression (MeSH terms where it finds "
+        "nothing), or from the MeSH major terms only",
+        choices=IU_LABELS,
+    )
+    i_have_permission_for_remote: bool = _opt(
+        False,
+        "llm on mimic-cxr: allow an endpoint on another machine. PhysioNet's credentialed licence forbids sending "
+        "MIMIC-CXR text to online services such as ChatGPT: give this only if your agreement covers that endpoint",
+    )
     out: str = _opt("", "folder for the dataset (save_to_disk), stats.json, rejects.jsonl and the cache")
     generator: str = _opt(
-        "labels", "labels: offline QA from CheXbert labels; llm: QA written by an LLM", choices=GENERATORS
+        "labels", "labels: offline QA from the release's labels; llm: QA written by an LLM", choices=GENERATORS
     )
-    limit: int | None = _opt(None, "only the first N studies of the CSV")
+    limit: int | None = _opt(
+        None, "only the first N studies (in CheXpert Plus's CSV, MIMIC-CXR's metadata; IU X-ray: by report number)"
+    )
     seed: int = _opt(0, "seed of the patient split and of the labels generator's phrasing")
     image_size: int = _opt(336, "side of the letterboxed square images (LLaVA-1.5 sees 336 px)")
-    split_fractions: str = _opt("0.8,0.1,0.1", "train,validation,test fractions of the official train patients")
+    split_fractions: str = _opt(
+        "0.8,0.1,0.1",
+        "train,validation,test fractions of the patients without an official split (MIMIC-CXR's is kept as it is)",
+    )
     qa_per_study: int = _opt(5, "QA pairs per study (one conversation per study)")
     workers: int = _opt(8, "threads that decode and letterbox images")
     model: str = _opt("gpt-4o-mini", "llm: model name at the endpoint")
     base_url: str | None = _opt(None, "llm: any OpenAI-compatible endpoint (vLLM, Ollama, Azure); default OpenAI")
-    api_key_env: str = _opt("OPENAI_API_KEY", "llm: environment variable holding the API key (never a flag)")
+    api_key_env: str | None = _opt(
+        None,
+        "llm: environment variable holding the API key (never a flag); default OPENAI_API_KEY for api.openai.com "
+        "only, none for a server on this machine: any other https endpoint must name its own",
+    )
     concurrency: int = _opt(8, "llm: requests in flight")
     max_retries: int = _opt(
         4,
@@ -63,8 +96,24 @@ class Config:
     progress: bool = _opt(True, "show progress bars")
 
     def __post_init__(self) -> None:
-        if not self.chexpert_root or not self.out:
-            raise ValueError("--chexpert-root and --out are required")
+        if self.chexpert_root:
+            if self.source != "chexpert-plus":
+                raise ValueError(f"--chexpert-root is CheXpert Plus's: with --source {self.source} use --root")
+            if self.root and self.root != self.chexpert_root:
+                raise ValueError("give --root or the deprecated --chexpert-root, not both")
+            self.root = self.chexpert_root
+        if not self.root or not self.out:
+            raise ValueError("--root and --out are required")
+        if self.source not in SOURCES:
+            raise ValueError(f"--source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        for option, value, default, source in (("mimic_labels", self.mimic_labels, "chexpert", "mimic-cxr"),
+                                               ("mimic_reports", self.mimic_reports, None, "mimic-cxr"),
+                                               ("iu_labels", self.iu_labels, "labeler", "iu-xray")):  # fmt: skip
+            if value != default and self.source != source:
+                raise ValueError(f"--{option.replace('_', '-')} is for --source {source}, not {self.source}")
+        if self.mimic_labels not in MIMIC_LABELS or self.iu_labels not in IU_LABELS:
+            choices = f"--mimic-labels is one of {', '.join(MIMIC_LABELS)}; --iu-labels of {', '.join(IU_LABELS)}"
+            raise ValueError(choices)
         if self.generator not in GENERATORS:
             raise ValueError(f"--generator must be one of {', '.join(GENERATORS)}, got {self.generator!r}")
         fractions = self.fractions

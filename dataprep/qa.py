@@ -19,8 +19,8 @@ from typing import Protocol
 
 from cxr_vqa.answers import parse_yes_no
 from cxr_vqa.template import CONTROL_TEXTS
-from dataprep.chexpert import LABELS, Study
 from dataprep.clean import cites_text, mentions_prior
+from dataprep.releases.study import LABELS, Study
 
 KINDS = ("closed", "open")
 LABEL_BY_LOWER = {label.lower(): label for label in LABELS}

@@ -4,13 +4,16 @@
         [--valid-patients N]
     python -m dataprep.synthetic --examples assets/examples        # a few labelled films for the app
     python -m dataprep.synthetic S --patients 40 --regions-only    # only S/regions.jsonl, for an older release
+    python -m dataprep.synthetic S --layout mimic-cxr --patients 40 [--reports zip|files]   # MIMIC-CXR-JPG's layout
+    python -m dataprep.synthetic S --layout iu-xray --patients 40 [--dicom]   # IU X-ray's: 40 reports, .tgz files
 
 Each study draws Cardiomegaly, Pleural Effusion, Consolidation, Pneumothorax and Support Devices independently
 (~40% each; dataprep/synthetic_reports.py) and its report states them the way real ones do: ALL CAPS or not,
 prior-comparison sentences, sign-off boilerplate, de-identification marks. A few studies are broken on purpose (no
 report text, a missing or corrupt image, no label row) so every reject path of the builder runs; --no-defects turns
 that off. Beside the films, regions.jsonl records where each finding was drawn on each (`cxr_vqa.regions`), for the
-pointing game.
+pointing game. --layout writes the same kind of studies in another release's shipped layout instead
+(dataprep/synthetic_mimic.py, dataprep/synthetic_iu.py), so each reader has a stand-in to run on.
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ import numpy as np
 from cxr_vqa.contract import SYNTHETIC_NOTE
 from cxr_vqa.contract import write_examples as write_examples_index
 from cxr_vqa.regions import REGIONS_FILE, region_record, write_regions
-from dataprep.chexpert import COLUMNS, CSV_NAME, LABEL_DIR, LABEL_FILES, SYNTHETIC_MARKER
+from dataprep.chexpert import COLUMNS, CSV_NAME, LABEL_DIR, LABEL_FILES
+from dataprep.releases.study import SYNTHETIC_MARKER
 from dataprep.synthetic_films import draw_film
 from dataprep.synthetic_reports import sample_findings, write_report
 
 DEFECTS = ("no_text", "missing_image", "corrupt_image", "no_labels")
+LAYOUTS = ("chexpert-plus", "mimic-cxr", "iu-xray")
 
 
 def _png_bytes(film) -> bytes:
@@ -201,6 +206,22 @@ def write_examples(out: str | Path, image_size: int = 384, seed: int = 0) -> lis
     return index
 
 
+def write_layout(args: argparse.Namespace) -> None:
+    """A MIMIC-CXR or IU X-ray stand-in (--layout)."""
+    if args.layout == "mimic-cxr":
+        from dataprep.synthetic_mimic import write_mimic_release
+
+        counts = write_mimic_release(args.out, args.patients, args.seed, args.image_size, args.defects, args.reports)
+        what = f"{counts['patients']} subjects, {counts['studies']} studies"
+    else:
+        from dataprep.synthetic_iu import write_iu_release
+
+        counts = write_iu_release(args.out, args.patients, args.seed, args.image_size, args.defects, args.dicom)
+        what = f"{counts['reports']} reports"
+    defects = ", ".join(f"{k} {v}" for k, v in counts["defects"].items() if v) or "none"
+    print(f"wrote {args.out} ({args.layout} layout): {what}, {counts['images']} images; defects: {defects}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dataprep.synthetic", description=__doc__.split("\n")[0])
     parser.add_argument("out", nargs="?", help="folder to write the miniature release into")
@@ -219,6 +240,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--examples", metavar="DIR", help="also write labelled example films to DIR")
     regions_help = "write only OUT/regions.jsonl, for a release from before it (the same options draw the same films)"
     parser.add_argument("--regions-only", action="store_true", help=regions_help)
+    parser.add_argument("--layout", choices=LAYOUTS, default=LAYOUTS[0], help="the release whose layout to write")
+    parser.add_argument("--reports", choices=("zip", "files"), default="zip",
+                        help="mimic-cxr: mimic-cxr-reports.zip, or its files/ tree extracted")  # fmt: skip
+    parser.add_argument("--dicom", action="store_true", help="iu-xray: also NLMCXR_dcm.tgz (DICOM headers)")
     args = parser.parse_args(argv)
     if not args.out and not args.examples:
         parser.error("give OUT, --examples DIR, or both")
@@ -226,7 +251,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--patients must be >= 1 and --image-size >= 64")
     if args.valid_patients is not None and not 0 <= args.valid_patients <= args.patients:
         parser.error("--valid-patients must be between 0 and --patients")
-    if args.out:
+    if args.layout != LAYOUTS[0] and (args.regions_only or args.valid_patients is not None or not args.laterals):
+        parser.error("--regions-only, --valid-patients and --no-laterals are for the chexpert-plus layout")
+    if args.out and args.layout != LAYOUTS[0]:
+        write_layout(args)
+    elif args.out:
         options = {"laterals": args.laterals, "valid_patients": args.valid_patients, "regions_only": args.regions_only}
         counts = write_release(args.out, args.patients, args.seed, args.image_size, args.defects, **options)
         defects = ", ".join(f"{k} {v}" for k, v in counts["defects"].items() if v) or "none"

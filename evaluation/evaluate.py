@@ -14,7 +14,7 @@ import json
 import logging
 from pathlib import Path
 
-from cxr_vqa.contract import check_split, open_splits
+from cxr_vqa.contract import check_split, open_splits, split_films
 from cxr_vqa.files import share, write_text_atomic
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.identity import DigestCache, model_identity
@@ -54,8 +54,7 @@ def load_questions(cfg: EvalConfig):
         return [q for q in questions if cfg.limit is None or q["row"] < cfg.limit], paths
     rows = check_split(open_splits(cfg.dataset), cfg.dataset, cfg.split, "evaluate")
     rows = rows.select(range(min(cfg.limit, len(rows)))) if cfg.limit else rows
-    images = rows.select_columns(["images"])  # dataprep letterboxed them already
-    return list_questions(rows), lambda row: images[row]["images"][0].convert("RGB")
+    return list_questions(rows), split_films(rows)  # dataprep letterboxed them already
 
 
 def local_models(cfg: EvalConfig) -> dict[str, dict]:

@@ -3,7 +3,7 @@
     # tiny smoke run on CPU (minutes): a random tiny checkpoint and a synthetic dataset
     python -m finetune.tiny_model runs/tiny-llava
     python -m dataprep.synthetic runs/synthetic-release --patients 40
-    python -m dataprep --chexpert-root runs/synthetic-release --out data/synthetic-qa --generator labels
+    python -m dataprep --root runs/synthetic-release --out data/synthetic-qa --generator labels
     python -m finetune --config finetune/configs/tiny-cpu.yaml
 
     # the real recipe on one GPU (bf16 where supported, fp16 otherwise)

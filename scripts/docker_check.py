@@ -48,7 +48,7 @@ def make_artifacts(work: Path) -> tuple[Path, Path]:
     steps = [
         ["-m", "finetune.tiny_model", str(tiny)],
         ["-m", "dataprep.synthetic", str(release), "--patients", "12", "--image-size", "96"],
-        ["-m", "dataprep", "--chexpert-root", str(release), "--out", str(data), "--generator", "labels"],
+        ["-m", "dataprep", "--root", str(release), "--out", str(data), "--generator", "labels"],
         ["-m", "finetune", "--config", "finetune/configs/tiny-cpu.yaml", "--model_name_or_path", str(tiny),
          "--dataset", str(data), "--output_dir", str(adapter), "--max_steps", "1", "--eval_strategy", "no",
          "--save_strategy", "no"],

@@ -151,7 +151,8 @@ def test_the_hosts_limits_refuse_a_batch_before_any_model_call(vqa, tmp_path):
     with zipfile.ZipFile(big, "w") as z:
         z.writestr("big.png", buffer.getvalue())  # the zip itself passed the upload limit; its film does not
     result, _, _ = view.run([str(big), film], "Is there cardiomegaly?")
-    assert result["errors"] == [{"film": "big.png", "error": "over this app's upload limit of 102,400 bytes"}]
+    refused = "270,701 bytes unzipped, over this app's upload limit of 102,400 bytes"  # what its entry declares
+    assert result["errors"] == [{"film": "big.png", "error": refused}]
     assert [r["film"] for r in result["rows"]] == ["normal.png"]
 
 

@@ -11,7 +11,9 @@ from films import RAMP_12BIT, dicom_bytes, encode, gray, make_dicom, png_header_
 from PIL import Image
 
 from cxr_vqa.errors import UserError
-from cxr_vqa.images import ImageLoadError, image_sha256, letterbox, load_image
+from cxr_vqa.images import FilmLimits, ImageLoadError, image_sha256, letterbox, load_image
+
+UNBOUNDED = FilmLimits(max_pixels=10**9, max_canvas_pixels=10**9, max_decode_bytes=10**10)
 
 # --- PNG and JPEG -----------------------------------------------------------------------------------------------
 
@@ -150,7 +152,7 @@ def _dicom_huge_header() -> bytes:
         (lambda: b"\x89PNG\r\n\x1a\n\0\0", {}, "PNG file is truncated or corrupt (bad header)"),
         (lambda: _noise("PNG"), {"max_pixels": 64 * 63}, "image too large: 64x64 is 4,096 pixels, over the 4,032"),
         (lambda: png_header_only(8000, 8000), {}, "image too large: 8000x8000 is 64,000,000 pixels"),
-        (lambda: png_header_only(20_000, 20_000), {"max_pixels": 10**9}, "image too large: Image size"),
+        (lambda: png_header_only(20_000, 20_000), {"limits": UNBOUNDED}, "image too large: Image size"),  # PIL's own
         (_dicom_without_pixels, {}, "DICOM file has no pixel data (a structured report or presentation state?)"),
         (_dicom_huge_header, {}, "image too large: 10000x10000"),
         (lambda: dicom_bytes(make_dicom(RAMP_12BIT))[:-300], {}, "could not decode DICOM pixel data"),

@@ -219,7 +219,7 @@ def test_a_model_name_ending_in_blank_is_refused_for_remote_models_and_adapters(
         adapter_specs([f"{name}=runs/a"])
     with pytest.raises(UserError, match="not ending in _blank"):
         adapter_specs(["a=runs/a", f"runs/{name}"])  # a bare path is named after its last part
-    assert parse_remote("blank_x=https://h.example/v1#m").name == "blank_x"
+    assert parse_remote("blank_x=https://h.example/v1#m#H_KEY").name == "blank_x"  # another host names its key
     assert list(adapter_specs(["x_blanket=runs/a", "blank=runs/b"])) == ["x_blanket", "blank"]
 
 

@@ -1,6 +1,6 @@
 """The OpenAI Batch API as a transport for `LLMGenerator`: requests go out as JSONL files, replies come back.
 
-    python -m dataprep --chexpert-root ROOT --out DATA --generator llm --batch-api   # half price, within 24 h
+    python -m dataprep --root ROOT --out DATA --generator llm --batch-api   # half price, within 24 h
 
     transport = BatchTransport(client, CACHE / "batches")
     await transport.submit({key: body, ...})          # keys in transport.in_flight() are already submitted

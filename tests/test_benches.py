@@ -29,17 +29,23 @@ SMOKES: dict[str, tuple[str, str] | str] = {
     "explore": ("--report {report} --questions 500 --repeats 1",
                 "questions open_s select_ms_max filter_ms_max page_kb table_kb page_share"),
     "gpu": "tests/test_gpu_bench.py",
+    "labeler": "tests/test_labeler_command.py",
     "learn_synthetic": ("--smoke --work {learn_work}",
                         "seeds tuned_min tuned_auroc_min base_max question_chance base_unparseable_max base_auroc_max "
                         "blank_max blank_unparseable_max blank_auroc_max drop_min p_max minutes"),
     "model_identity": ("--smoke", "gib hash_s gib_per_s cached_ms rehash_s"),
     "pointing_game": "tests/test_pointing_game.py",
+    "ratings_cache": "tests/test_ratings_cache_bench.py",
+    "read_releases": "tests/test_release_benches.py",
     "real_size": "tests/test_real_size.py",
+    "release_figures": "tests/test_release_benches.py",
     "relevance_cost": ("--demo {demo} --repeats 1 --layer-tokens 16", "time_ratio_short time_ratio_long extra_gib_7b"),
     "remote": ("--hidden 64 --layers 1 --new-tokens 4 --latency 0.1 --repeats 1", "ratio compare_all local remote"),
     "side_by_side": ("--smoke", "adapters speedup memory_ratio"),
     "train_profile": ("--work {learn_work} --rows 16 --steps 8", "before_ms after_ms ratio"),
     "train_step": ("--model {model} --studies 2 --repeats 1 --step", "tokens_per_qa_ratio"),
+    "upload_limits": "tests/test_upload_limits.py",
+    "visitor_limits": "tests/test_visitor_limits_bench.py",
 }  # fmt: skip
 AFTER = {"train_profile": "learn_synthetic"}  # it reuses that one's data and speaking base (minutes to make alone)
 RUN_HERE = sorted(name for name, smoke in SMOKES.items() if isinstance(smoke, tuple))

@@ -3,17 +3,18 @@ only with the weights that wrote the answers there (`evaluation.predictions.resu
 
     model_identity("runs/llava-cxr", ADAPTER)        # {"files": {"adapter_model.safetensors": "<size>:<sha256>",
                                                      #            "adapter_config.json": "<size>:<sha256>"}}
-    model_identity("runs/tiny")                      # a local base: its weights, config and tokenizer files, so
+    model_identity("runs/tiny")                      # a local base: every top-level file (weights, config, tokenizer)
     model_identity("llava-hf/llava-1.5-7b-hf@main")  # a Hub model: {"hub": id, "revision": "main", "commit": sha}
     identity_change(earlier, now)                    # None, or what differs in a few words: "adapter_model.safetensors
                                                      # differs", "commit a272c74 -> 0e1f2a3"
 
-A local model is its files' sizes and SHA-256 digests. Reading a 7B base's 13.5 GB costs seconds to minutes (about
-1 GB/s on a warm page cache here: bench/model_identity.py), so digests are kept in a per-user cache keyed by each
-file's path, size, mtime, ctime and inode: a file is read again only when one of those changed (a retrained adapter
-is rewritten, so its times change). A file changed in the last few seconds is hashed but not cached: a second write
-within the filesystem's timestamp granularity would leave the same stamp (git's "racy clean" rule). A Hub model is the
-commit its revision resolved to, read from the Hub cache that loading it filled.
+A local model is its files' sizes and SHA-256 digests. Reading a 7B base's 13.5 GB costs seconds to minutes
+(SHA-256 runs at 1-1.5 GB/s of one core here, from the page cache: bench/model_identity.py), so digests are kept in
+a per-user cache keyed by each file's path, size, mtime, ctime and inode: a file is read again only when one of
+those changed (a retrained adapter is rewritten, so its times change). A file changed in the last few seconds is
+hashed but not cached: a second write within the filesystem's timestamp granularity would leave the same stamp
+(git's "racy clean" rule). A Hub model is the commit its revision resolved to, read from the Hub cache that loading
+it filled.
 """
 
 from __future__ import annotations

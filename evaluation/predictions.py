@@ -102,11 +102,15 @@ def _check_same_run(out: Path, earlier: dict, run: dict) -> None:
         logger.warning("%s was written before runs recorded their models' content: resuming on the paths alone", out)
         return
     for name, now in run.get("models", {}).items():
-        before = dict(earlier["models"].get(name) or {})
-        if change := identity_change({**before, "from": None}, {**now, "from": None}):
+        if change := identity_change(_content(earlier["models"].get(name)), _content(now)):
             what = f"the base model {now['from']}" if name == BASE else f"the adapter {name!r} ({now['from']})"
             raise UserError(f"{out} holds answers of other weights: {what} has changed since they were written "
                             f"({change}); pick a new --out")  # fmt: skip
+
+
+def _content(model: dict | None) -> dict | None:
+    """A run.json model entry without where it was: what it is."""
+    return {k: v for k, v in model.items() if k != "from"} if isinstance(model, dict) else None
 
 
 def batches(questions: Sequence[dict], per_call: int) -> Iterator[list[dict]]:

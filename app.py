@@ -8,6 +8,7 @@ one 4-bit model in one batched generate. A research demo, not a medical device.
     python app.py --adapter labels=runs/a --adapter llm=runs/b       # several adapters: one pane each, one generate
     python app.py --adapter runs/a --remote gpt4o=https://api.openai.com/v1#gpt-4o    # + a remote model's pane
     python app.py --base none --remote tuned=http://127.0.0.1:8000/v1#cxr   # remote models only (vLLM): no download
+    python app.py --base none --gguf base=runs/gguf-base --gguf tuned=runs/gguf-q4   # llama.cpp, no GPU (docs/gguf.md)
     BASE_MODEL=llava-hf/llava-1.5-7b-hf ADAPTER_MODEL=user/llava-cxr python app.py         # Hugging Face Spaces
     python app.py --config app.yaml --port 8080                                           # YAML gives defaults
     python app.py --host 0.0.0.0 --auth-file users.txt --ssl-certfile cert.pem --ssl-keyfile key.pem   # a LAN
@@ -49,6 +50,7 @@ from cxr_vqa.cli import user_errors
 from cxr_vqa.contract import Example, read_examples
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.lineup import NO_BASE, Lineup
+from cxr_vqa.llama_server import LlamaServers
 from cxr_vqa.questions import MAX_QUESTION_CHARS
 from cxr_vqa.remote import RemoteModel
 from cxr_vqa.vqa import TUNED
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own startup requests, one line each
     from cxr_vqa.model import load_model
 
-    demo = builder = None
+    demo = builder = servers = None
     try:
         with user_errors():
             users, operator = read_users(config.auth_file), Operator(operator_token())  # secrets: before any load
@@ -198,6 +200,9 @@ def main(argv: list[str] | None = None) -> None:
                 base, adapters, four_bit, report = built.base, [], False, report or built.report
                 extra = {"header": demo_models.HEADER, "examples": built.examples + film_examples(EXAMPLES_DIR)}
             remotes = config.remote_models()  # keys checked here, before any model loads
+            if config.gguf:  # exported GGUF folders: llama.cpp servers on loopback ports, stopped with the app
+                servers = LlamaServers.start(config.gguf, timeout=config.remote_timeout * 3)
+                remotes += servers.models(timeout=config.remote_timeout, max_retries=1)
             if base == NO_BASE:  # remote models only: nothing to load or download
                 vqa = None
             else:
@@ -227,6 +232,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     finally:
         demo_models.stop(builder)  # a demo still building stops with the app; its next start continues it
+        if servers is not None:
+            servers.stop()
     print("server closed")
 
 

@@ -23,6 +23,7 @@ from cxr_vqa.cli import parse_config as parse
 from cxr_vqa.costs import Budget, price_of
 from cxr_vqa.errors import UserError
 from cxr_vqa.lineup import NO_BASE
+from cxr_vqa.llama_server import GGUF_FORM, gguf_specs
 from cxr_vqa.model import DEFAULT_BASE, adapter_specs
 from cxr_vqa.remote import SPEC_FORM, RemoteModel, remote_specs
 from cxr_vqa.vqa import BASE
@@ -62,11 +63,18 @@ class AppConfig:
                   "again for several, one pane each; the key from the variable named after the second #, never a "
                   "flag ($OPENAI_API_KEY by default for api.openai.com only)", **REPEATABLE},
     )  # fmt: skip
+    gguf: list[str] | None = field(
+        default=None,
+        metadata={"help": f"an export of python -m finetune.export_gguf, served by llama.cpp on a loopback port "
+                  f"the app starts and stops: {GGUF_FORM}; again for several, one pane each", **REPEATABLE},
+    )  # fmt: skip
     remote_timeout: float = field(
         default=60.0, metadata={"help": "seconds a remote model may take to reply (the app retries once)"}
     )
     load_in_4bit: bool = field(default=True, metadata={"help": "4-bit nf4 base; --no-4bit for full precision"})
-    device: str | None = field(default=None, metadata={"help": "cuda, cuda:1 or cpu (default: cuda if present)"})
+    device: str | None = field(
+        default=None, metadata={"help": "cuda, cuda:1, cpu, or mps (Apple silicon: 16-bit) (default: cuda if present)"}
+    )
     host: str = field(
         default_factory=lambda: os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         metadata={"help": "interface to listen on (env GRADIO_SERVER_NAME; 0.0.0.0 in Docker)"},
@@ -145,9 +153,11 @@ class AppConfig:
         if not 1 <= self.max_new_tokens <= 4096:
             raise ValueError(f"max_new_tokens must be in 1..4096, got {self.max_new_tokens}")
         adapters = adapter_specs(self.adapter)  # names checked before any model is loaded
-        remote_specs(self.remote, taken=[BASE, *adapters])
-        if self.base == NO_BASE and (adapters or self.demo or not self.remote):
-            raise ValueError("--base none serves remote models only: give --remote, and no --adapter or --demo")
+        remotes = remote_specs(self.remote, taken=[BASE, *adapters])
+        gguf_specs(self.gguf, taken=[BASE, *adapters, *remotes])  # export folders checked before anything loads
+        if self.base == NO_BASE and (adapters or self.demo or not (self.remote or self.gguf)):
+            raise ValueError("--base none serves remote models only: give --remote or --gguf, and no --adapter or "
+                             "--demo")  # fmt: skip
         if self.remote_timeout <= 0:
             raise ValueError(f"remote_timeout must be > 0, got {self.remote_timeout}")
         for name in ("batch_max_files", "batch_max_questions", "batch_max_rows", "batch_size"):

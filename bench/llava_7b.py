@@ -131,9 +131,11 @@ def write_random_checkpoint(
     dtype: torch.dtype = torch.float16,
     max_shard_size: str | int = SHARD_SIZE,
     seed: int = 0,
+    layers: int | None = None,
 ) -> Path:
     """A random-weight llava-1.5-7b-hf (or its `tiny` twin) in `out`, reused when a whole one is there already: the
-    config, the generation config, the shards and their index, the 7B model's tokenizer and processor files."""
+    config, the generation config, the shards and their index, the 7B model's tokenizer and processor files. `layers`
+    overrides the language model's depth (keep such a checkpoint in a folder of its own)."""
     from transformers import GenerationConfig
 
     from finetune.llama_tokenizer import fetch_package, write_processor_files
@@ -146,6 +148,8 @@ def write_random_checkpoint(
     start = time.perf_counter()
     config = llava_7b_config(tiny)
     config.dtype = dtype
+    if layers:  # the 7B's widths with fewer language-model layers: a full-size bench's steps at a fraction of the cost
+        config.text_config.num_hidden_layers = layers
     config.save_pretrained(out)  # first: transformers picks the tokenizer class from it
     text = config.text_config
     GenerationConfig(bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id,

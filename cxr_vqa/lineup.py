@@ -85,7 +85,7 @@ class Lineup:
         """Where each model comes from, as votes record it: the base's id, each adapter's path, each remote's
         BASE_URL#MODEL."""
         local = {self.local_names[0]: self.base_name, **self.adapters} if self.local is not None else {}
-        return local | {name: r.spec.source for name, r in self.remotes.items()}
+        return local | {name: r.source for name, r in self.remotes.items()}
 
     # -- inputs -------------------------------------------------------------------------------------------------
 

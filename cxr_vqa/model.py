@@ -41,7 +41,9 @@ def pick_device(device: str | None = None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError):
-        raise ModelLoadError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+        raise ModelLoadError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {device!r} asked for, but this machine has no Apple-silicon GPU (mps): use cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(
             f"device {device!r} asked for, but this machine has no CUDA GPU: drop --device or use cpu"
@@ -52,9 +54,12 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 def pick_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the GPU has it, fp16 on older GPUs, fp32 on CPU (CPU half-precision matmuls are slow or absent)."""
+    """bf16 where the GPU has it, fp16 on older GPUs and Apple's (mps), fp32 on CPU (CPU half-precision matmuls are
+    slow or absent)."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":  # Apple silicon: 16-bit halves the memory (the 7B: about 14 GB, docs/gguf.md)
+        return torch.float16
     return torch.float32
 
 
@@ -291,6 +296,9 @@ def load_model(
     checked = resolve(base)
     sources = {name: resolve(source, ADAPTER) for name, source in specs.items()}
     dev = pick_device(device)
+    if load_in_4bit and dev.type == "mps":  # bitsandbytes' 4-bit kernels are CUDA's (and CPU's): 16-bit on a Mac
+        logger.warning("4-bit needs bitsandbytes' CUDA or CPU kernels: loading 16-bit on %s instead", dev)
+        load_in_4bit = False
     if load_in_4bit:
         _check_bitsandbytes(dev)
     processor = load_processor(checked)

@@ -172,6 +172,16 @@ class RemoteModel:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def source(self) -> str:
+        """Where it answers from, as votes and reports record it (never the key)."""
+        return self.spec.source
+
+    @property
+    def identity(self) -> str:
+        """What a cached answer of it is keyed on besides the request: its endpoint (a served export: its files)."""
+        return self.spec.base_url
+
     def client(self):
         return open_client(self.spec.base_url, api_key_env=self.spec.key_env, timeout=self.timeout)
 

@@ -9,6 +9,7 @@ from cxr_vqa.cli import REPEATABLE
 from cxr_vqa.errors import UserError
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.lineup import NO_BASE
+from cxr_vqa.llama_server import GGUF_FORM, gguf_specs
 from cxr_vqa.model import DEFAULT_BASE, adapter_specs
 from cxr_vqa.remote import SPEC_FORM, remote_specs
 from cxr_vqa.vqa import BASE
@@ -42,6 +43,11 @@ class EvalConfig:
         metadata={"help": f"a model behind an OpenAI-compatible vision endpoint (vLLM, OpenAI): {SPEC_FORM}; again "
                   "for several; its key from $OPENAI_API_KEY or the variable named after the second #", **REPEATABLE},
     )  # fmt: skip
+    gguf: list[str] | None = field(
+        default=None,
+        metadata={"help": f"an export of python -m finetune.export_gguf, served by llama.cpp on a loopback port "
+                  f"started for this run: {GGUF_FORM}; again for several", **REPEATABLE},
+    )  # fmt: skip
     concurrency: int = field(default=8, metadata={"help": "remote requests in flight at once"})
     max_cost: float | None = field(
         default=None,
@@ -65,7 +71,9 @@ class EvalConfig:
     load_in_4bit: bool = field(
         default=True, metadata={"help": "4-bit nf4 base; --no-4bit for full precision (CPU, tiny)"}
     )
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda if present)"})
+    device: str | None = field(
+        default=None, metadata={"help": "cpu, cuda, cuda:1, mps (Apple silicon, 16-bit) (default: cuda if present)"}
+    )
     ablation: bool = field(default=True, metadata={"help": "also ask every question with a blank image"})
     resamples: int = field(default=S.N_RESAMPLES, metadata={"help": "bootstrap resamples (over studies)"})
     seed: int = field(default=0, metadata={"help": "bootstrap seed"})
@@ -89,8 +97,9 @@ class EvalConfig:
         GenerationSettings(max_new_tokens=self.max_new_tokens)  # same range checks as the app
         adapters = adapter_specs(self.adapter)  # names checked before any model is loaded
         self.remotes = remote_specs(self.remote, taken=[BASE, *adapters])
-        if self.base == NO_BASE and (adapters or not self.remotes):
-            raise UserError("--base none evaluates remote models only: give --remote, and no --adapter")
+        self.ggufs = gguf_specs(self.gguf, taken=[BASE, *adapters, *self.remotes])  # folders checked now
+        if self.base == NO_BASE and (adapters or not (self.remotes or self.ggufs)):
+            raise UserError("--base none evaluates remote models only: give --remote or --gguf, and no --adapter")
         if self.base == NO_BASE and self.maps:
             raise UserError("--maps draws where local models looked: it needs a --base, and --base none has none")
         if self.concurrency < 1 or self.remote_timeout <= 0 or (self.max_cost is not None and self.max_cost < 0):
@@ -98,7 +107,8 @@ class EvalConfig:
         if (self.price_input is None) != (self.price_output is None):
             raise UserError("give both --price-input and --price-output, or neither (list prices)")
         self.local_models = [BASE, *adapters] if self.base != NO_BASE else []
-        self.models = self.local_models + list(self.remotes)  # local first, then remote, as the app shows them
+        # local first, then remote (GGUF exports last), as the app shows them
+        self.models = self.local_models + list(self.remotes) + list(self.ggufs)
 
     @property
     def price(self) -> tuple[float, float] | None:

@@ -15,11 +15,13 @@ import logging
 from pathlib import Path
 
 from cxr_vqa.contract import check_split, open_splits, split_films
+from cxr_vqa.errors import UserError
 from cxr_vqa.files import share, write_text_atomic
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.identity import DigestCache, model_identity
 from cxr_vqa.images import ImageLoadError, load_film
 from cxr_vqa.lineup import INPUT_SIZE
+from cxr_vqa.llama_server import LlamaServers
 from cxr_vqa.model import adapter_specs, load_model
 from cxr_vqa.remote import RemoteModel
 from cxr_vqa.reports import METRICS, PREDICTIONS
@@ -58,15 +60,21 @@ def load_questions(cfg: EvalConfig):
 
 
 def local_models(cfg: EvalConfig) -> dict[str, dict]:
-    """Each local model's name -> where it is ("from": the --base or --adapter value) and what it is (its content,
-    `cxr_vqa.identity`): what a resume into the same --out must match. Remote models are named by endpoint and
-    model in run.json's "remote"."""
-    if not cfg.local_models:
-        return {}
+    """Each local model's name -> where it is ("from": the --base, --adapter or --gguf value) and what it is (its
+    content, `cxr_vqa.identity`): what a resume into the same --out must match. Remote models are named by endpoint
+    and model in run.json's "remote"."""
+    wanted = {BASE: (cfg.base, MODEL), **{n: (s, ADAPTER) for n, s in adapter_specs(cfg.adapter).items()}}
+    wanted = {n: wanted[n] for n in cfg.local_models}  # none with --base none
     cache = DigestCache()  # a 7B base is read once, then again only when its files' stamps change
     try:
-        wanted = {BASE: (cfg.base, MODEL), **{name: (s, ADAPTER) for name, s in adapter_specs(cfg.adapter).items()}}
-        return {name: {"from": spec, **model_identity(spec, kind, cache)} for name, (spec, kind) in wanted.items()}
+        found = {n: {"from": s, **model_identity(s, kind, cache)} for n, (s, kind) in wanted.items()}
+        for name, export in cfg.ggufs.items():  # the two files it serves (re-exported in place: other answers)
+            try:
+                files = {f.name: cache.digest(f) for f in (export.model, export.mmproj)}
+            except OSError as err:
+                raise UserError(f"cannot read the files of --gguf {export.folder}: {err}") from None
+            found[name] = {"from": str(export.folder), "files": files}
+        return found
     finally:
         cache.save()
 
@@ -76,18 +84,28 @@ def evaluate(cfg: EvalConfig) -> dict:
     if cfg.extra_metrics == "radeval":
         radeval_scores([], [])  # fail on a missing package before hours of generation
     questions, films = load_questions(cfg)
+    remotes = {name: RemoteModel(spec, timeout=cfg.remote_timeout) for name, spec in cfg.remotes.items()}
+    servers = LlamaServers.start(cfg.gguf, timeout=cfg.remote_timeout) if cfg.ggufs else None
+    try:
+        remotes |= {m.name: m for m in servers.models(timeout=cfg.remote_timeout)} if servers else {}
+        return _evaluate(cfg, remotes, questions, films)
+    finally:
+        if servers:
+            servers.stop()
+
+
+def _evaluate(cfg: EvalConfig, remotes: dict[str, RemoteModel], questions, films) -> dict:
     asked = variants(cfg.models, cfg.ablation)
     names = [name for name, _, _ in asked]
     out = Path(cfg.out)
     source = {"benchmark": cfg.benchmark} if cfg.benchmark else {"split": cfg.split}
-    sources = {name: spec.source for name, spec in cfg.remotes.items()}
+    sources = {name: remote.source for name, remote in remotes.items()}
     # a benchmark's rows index its filtered film list: another filter would mix films into the resumed answers
     filters = {"all_organs": cfg.all_organs, "all_languages": cfg.all_languages} if cfg.benchmark else {}
     run = {"dataset": str(Path(cfg.dataset).resolve()), **source, **filters, "base": cfg.base, "adapter": cfg.adapter,
            "variants": names, "max_new_tokens": cfg.max_new_tokens, "4bit": cfg.load_in_4bit,
            "batch_size": cfg.batch_size, **({"remote": sources} if sources else {}),
            "models": local_models(cfg)}  # fmt: skip
-    remotes = {name: RemoteModel(spec, timeout=cfg.remote_timeout) for name, spec in cfg.remotes.items()}
     done = resume(out, run)
     vqa = None
     if len(done) < len(questions):

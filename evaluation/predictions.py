@@ -103,7 +103,7 @@ def _check_same_run(out: Path, earlier: dict, run: dict) -> None:
         return
     for name, now in run.get("models", {}).items():
         if change := identity_change(_content(earlier["models"].get(name)), _content(now)):
-            what = f"the base model {now['from']}" if name == BASE else f"the adapter {name!r} ({now['from']})"
+            what = f"the base model {now['from']}" if name == BASE else f"model {name!r} ({now['from']})"
             raise UserError(f"{out} holds answers of other weights: {what} is not the one that answered there "
                             f"({change}; changed in place?): pick a new --out")  # fmt: skip
 

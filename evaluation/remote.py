@@ -82,7 +82,7 @@ class RemoteCache:
 
 
 def request_key(remote: RemoteModel, body: dict) -> str:
-    return hashlib.sha256(json.dumps([remote.spec.base_url, body], sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([remote.identity, body], sort_keys=True).encode()).hexdigest()
 
 
 class Budget:
@@ -241,7 +241,7 @@ def remote_usage(records: Sequence[dict], remotes: dict[str, RemoteModel], price
                     requests.add(request)
                     ledger.record(usage, (0, 0))
                 answers += model == name
-        out[name] = {"source": remote.spec.source, "answers": answers, "requests": len(requests), "refused": refusals,
+        out[name] = {"source": remote.source, "answers": answers, "requests": len(requests), "refused": refusals,
                      "prompt_tokens": ledger.prompt_tokens,
                      "completion_tokens": ledger.completion_tokens, "price_per_mtok": list(ledger.price),
                      "cost_usd": round(ledger.spent, 6)}  # fmt: skip

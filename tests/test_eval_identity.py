@@ -65,7 +65,7 @@ def test_a_retrained_adapter_into_the_same_out_is_one_line_naming_it(coarse_mode
     assert (adapter / "adapter_model.safetensors").stat().st_size == size  # only the content tells them apart
     code, line = run_cli(ev.main, _args(qa_dataset, out, base, str(adapter)))
     assert code == 2 and line.count("\n") == 0
-    assert f"the adapter 'tuned' ({adapter}) is not the one" in line and "adapter_model.safetensors differs" in line
+    assert f"model 'tuned' ({adapter}) is not the one" in line and "adapter_model.safetensors differs" in line
     assert "pick a new --out" in line
     assert (out / "predictions.jsonl").read_text() == before  # nothing mixed in
 

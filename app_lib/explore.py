@@ -6,8 +6,9 @@ models disagree, how sure a wrong answer was, which rows a filter keeps and in w
     rows = table.page(order, page=0, shown=table.models)         # [[thumbnail, id, finding, ..., answers]]
 
 Definitions (the README states them too):
-- right / wrong: a closed question by the evaluation's strict score (`scores[variant]["correct"]`); an open one by its
-  recall, the share of the reference's words found in the answer, right from OPEN_RIGHT_RECALL up.
+- right / wrong: a closed question by the evaluation's strict score (`scores[variant]["correct"]`); an open one (and,
+  for now, a findings report) by its recall, the share of the reference's words found in the answer, right from
+  OPEN_RIGHT_RECALL up.
 - disagree: a yes/no question where the compared variants' strict readings differ (an unparseable answer counts as
   its own reading: "yes" against no yes/no at all is a disagreement a reader wants to see).
 - confidently wrong: a wrong yes/no answer ordered by the probability its model gave the wrong label (P(yes) when
@@ -35,7 +36,7 @@ THUMBS_KEPT = 2000  # thumbnails kept in memory (a few KB each)
 UNREADABLE = "unreadable film"  # in place of the thumbnail of a film that cannot be decoded
 REPORT_ORDER, P_YES_GAP, CONFIDENTLY_WRONG = "report order", "P(yes) gap", "confidently wrong"
 SORTS = (REPORT_ORDER, P_YES_GAP, CONFIDENTLY_WRONG)
-OUTCOMES, KINDS = ("right", "wrong"), ("closed", "open")
+OUTCOMES, KINDS = ("right", "wrong"), ("closed", "open", "findings")
 EXPLORE_MODES = ("off", "thumbnails", "full")  # what the Explore tab shows of the evaluated dataset (--explore-public)
 FIXED_COLUMNS = ("film", "id", "finding", "kind", "question", "reference")
 
@@ -45,7 +46,7 @@ def outcome(record: dict, variant: str) -> bool | None:
     score = record.get("scores", {}).get(variant)
     if not score:
         return None
-    if record["kind"] == "open":
+    if record["kind"] in ("open", "findings"):
         return score.get("recall", 0.0) >= OPEN_RIGHT_RECALL
     return bool(score.get("correct"))
 
@@ -126,7 +127,7 @@ class Table:
         if query.outcome and not query.model:
             raise UserError(f"{query.outcome} needs a model: choose whose answers")
         if query.kind not in ("", *KINDS) or query.sort not in SORTS:
-            raise UserError(f"kind must be closed, open or '', sort one of {', '.join(SORTS)}")
+            raise UserError(f"kind must be {', '.join(KINDS)} or '', sort one of {', '.join(SORTS)}")
 
     def select(self, query: Query) -> list[int]:
         """The indices of the records the query keeps, in its order."""

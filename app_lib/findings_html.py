@@ -10,7 +10,8 @@ side-by-side panes and the Explore tab both show these.
 
 A report is model output: every piece of text that reaches the HTML (the report's words in a tooltip, a model's name)
 is escaped here, so no report can add markup to the page. Colour is never the only signal: each chip says its reading
-in words and with a sign (+ ? −), a disagreement with ≠ and in words for screen readers.
+in words and with a sign (+ ? −), a disagreement with ≠ and in words for screen readers; a chip reached with the
+keyboard (Tab) shows its tooltip's words beneath it, as hovering shows them.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ CSS = """
 .fx-absent {background: #f1f5f9; border-color: #cbd5e1; color: #334155}
 .fx-not-mentioned {background: #ffffff; border: 1px dashed #94a3b8; color: #475569}
 .fx-chip.fx-disagree {outline: 2px solid #6d28d9; outline-offset: 1px}
+.fx-chip {position: relative}
+.fx-chip:focus-visible {box-shadow: 0 0 0 4px #93c5fd}
+.fx-chip:focus-visible::after {content: attr(title); position: absolute; top: calc(100% + 6px); left: 0; z-index: 20;
+  width: max-content; max-width: 380px; white-space: pre-wrap; background: #1e293b; color: #f8fafc; padding: 6px 9px;
+  border-radius: 6px; font-size: 12px; line-height: 17px; text-transform: none; letter-spacing: normal}
 .fx-flag {background: #6d28d9; color: #ffffff; border-radius: 999px; padding: 0 6px; font-weight: 700}
 .fx-none {font-size: 13px; color: #64748b; margin: 6px 0}
 .fx-summary {margin: 4px 0; font-size: 14px}

@@ -122,7 +122,7 @@ def side_by_side_tab(h: Handlers, maps: Maps, page: Page, *, waiting: str = NO_A
             clear_btn = gr.Button("Clear conversation", elem_id="clear")
         summary = gr.HTML(elem_id="findings-summary")
         panes, stats, chips = [], [], []
-        with gr.Row():
+        with gr.Row(elem_id="panes"):
             for model in h.panes:
                 remote = model in models.remotes
                 with gr.Column():

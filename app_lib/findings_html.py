@@ -30,13 +30,13 @@ QUOTED_CHARS = 160  # of a sentence in a tooltip
 PLAIN_RULES = ("mention", "negation", "uncertainty")  # rules the trigger explains by itself
 KEY = (
     "+ present · ? uncertain · − absent · ∅ not mentioned · ≠ the reports disagree (as F1-CheXbert compares them: "
-    "present, uncertain, or not claimed). Hover a chip for the words that decided it. Read by the project's "
-    "rule-based labeler: a research aid, not a diagnosis."
+    "present, uncertain, or not claimed). Hover a chip (or reach it with Tab) for the words that decided it. Read by "
+    "the project's rule-based labeler: a research aid, not a diagnosis."
 )
 CSS = """
 .fx-chips {display: flex; flex-wrap: wrap; gap: 6px; margin: 6px 0 2px; padding: 0; list-style: none}
 .fx-chip {display: inline-flex; align-items: center; gap: 5px; padding: 2px 10px 2px 7px; border-radius: 999px;
-  border: 1px solid; font-size: 13px; line-height: 20px; cursor: help; white-space: nowrap}
+  border: 1px solid; font-size: 13px; line-height: 20px; cursor: help; white-space: nowrap; position: relative}
 .fx-chip .fx-sign {font-weight: 700; width: 1em; text-align: center}
 .fx-chip .fx-reading {font-size: 11px; text-transform: uppercase; letter-spacing: .04em; opacity: .85}
 .fx-present {background: #fee2e2; border-color: #f87171; color: #7f1d1d}
@@ -45,7 +45,6 @@ CSS = """
 .fx-absent {background: #f1f5f9; border-color: #cbd5e1; color: #334155}
 .fx-not-mentioned {background: #ffffff; border: 1px dashed #94a3b8; color: #475569}
 .fx-chip.fx-disagree {outline: 2px solid #6d28d9; outline-offset: 1px}
-.fx-chip {position: relative}
 .fx-chip:focus-visible {box-shadow: 0 0 0 4px #93c5fd}
 .fx-chip:focus-visible::after {content: attr(title); position: absolute; top: calc(100% + 6px); left: 0; z-index: 20;
   width: max-content; max-width: 380px; white-space: pre-wrap; background: #1e293b; color: #f8fafc; padding: 6px 9px;

@@ -10,7 +10,7 @@ import os
 import re
 
 import pytest
-from test_browser import CHROMIUM, free_port, open_page, upload
+from test_browser import CHROMIUM, TIMEOUT_MS, free_port, open_page, upload
 from test_findings_view import FILM, REPORTS
 from vision_server import VisionServer
 
@@ -59,7 +59,7 @@ def test_findings_button_shows_each_reports_chips_and_marks_a_disagreement(url, 
         page.locator("#question textarea").fill("Is it normal?")  # typed, not asked: the button leaves it be
         page.locator("#findings").click()
         a, b = (page.locator(f"#model-{m}-findings") for m in REPORTS)
-        expect(a.locator(".fx-chip").first).to_be_visible()
+        expect(a.locator(".fx-chip").first).to_be_visible(timeout=TIMEOUT_MS)  # once both reports are written
         expect(page.locator("#findings-summary")).to_contain_text(
             "Models disagree on: Cardiomegaly, Atelectasis, Pleural Effusion"
         )
@@ -72,6 +72,8 @@ def test_findings_button_shows_each_reports_chips_and_marks_a_disagreement(url, 
         expect(a.locator(".fx-chip[data-observation='Pneumothorax']")).not_to_have_class(re.compile("fx-disagree"))
         expect(page.locator("#model-reader-a-chat")).to_contain_text(REPORTS["reader-a"])
         expect(page.locator("#question textarea")).to_have_value("Is it normal?")
+        shots = {name: tmp_path / f"findings_{name}.png" for name in ("chips", "tooltip", "page")}
+        page.screenshot(path=str(shots["chips"]), full_page=True, clip=region(page))
         chip = a.locator(".fx-chip[data-observation='Cardiomegaly']")
         chip.focus()
         page.keyboard.press("Shift+Tab")
@@ -79,6 +81,6 @@ def test_findings_button_shows_each_reports_chips_and_marks_a_disagreement(url, 
         assert chip.evaluate("e => e.matches(':focus-visible')")
         shown = chip.evaluate("e => getComputedStyle(e, '::after').content")
         assert "matched “heart is enlarged”" in shown and "reader-b: absent" in shown
-        page.screenshot(path=str(tmp_path / "findings_chips.png"), full_page=True, clip=region(page))
-        page.screenshot(path=str(tmp_path / "findings_page.png"), full_page=True)
-        print(f"screenshots: {tmp_path / 'findings_chips.png'} {tmp_path / 'findings_page.png'}")
+        page.screenshot(path=str(shots["tooltip"]), full_page=True, clip=region(page))
+        page.screenshot(path=str(shots["page"]), full_page=True)
+        print("screenshots:", *shots.values())

@@ -40,7 +40,7 @@ def records_of(report: Path) -> list[dict]:
 
 def right(record: dict, variant: str) -> bool:
     score = record["scores"][variant]
-    return score["recall"] >= 0.5 if record["kind"] == "open" else score["correct"]
+    return score["recall"] >= 0.5 if record["kind"] in ("open", "findings") else score["correct"]
 
 
 def expected_ids(records, finding="", model="", outcome="", disagree=False, kind="", compared=("base", "tuned")):

@@ -17,6 +17,7 @@ from app_lib.findings_view import FindingsView
 from app_lib.handlers import NO_ADAPTER, Handlers, pane_label
 from app_lib.maps import Maps
 from app_lib.maps import View as MapView
+from app_lib.tables import model_label
 from cxr_vqa.endpoint import is_local
 from cxr_vqa.lineup import Lineup
 from cxr_vqa.vqa import BASE, TUNED
@@ -35,12 +36,12 @@ def pane_id(model: str) -> str:
 
 def models_line(models: Lineup, training: str | None = None) -> str:
     """The line under the title: which models answer, from where; `training`, a demo's adapter still training."""
-    adapters = ", ".join(f"`{name}` = `{source}`" for name, source in models.adapters.items())
+    adapters = ", ".join(f"`{name}` = {model_label(source)}" for name, source in models.adapters.items())
     if training is not None:
         adapters = f"`{TUNED}` = `{training}` (its newest checkpoint while it trains)"
     remote = ", ".join(f"`{name}` = `{models.sources[name]}`" for name in models.remote_names)
     quantized = "4-bit nf4" if models.is_4bit else "full precision"
-    local = (f"Base model: `{models.base_name}` ({quantized}) · Adapters: {adapters or 'none'}"
+    local = (f"Base model: {model_label(models.base_name)} ({quantized}) · Adapters: {adapters or 'none'}"
              if models.local is not None else "No local model (`--base none`)")  # fmt: skip
     return local + (f" · Remote: {remote}" if remote else "")
 

@@ -19,10 +19,12 @@ docs/deploying.md: every setting for a public Space, a hospital LAN and Docker, 
 Programmatic use: `gradio_client.Client(url).predict(handle_file("film.png"), "Is there cardiomegaly?",
 api_name="/compare")` returns (base answer, first adapter's answer; "" without an adapter); "/compare_scores" adds
 P(yes) to each; "/compare_all" returns {model name: answer} for every model, remote ones included (a remote model
-that did not answer gives "error: <why>"); "/maps" adds where each local model looked; "/explore" (with --report)
-the question ids of the evaluation a filter keeps, "/batch" every model's answers to several films and questions;
-"/export_votes" (operator token) the CSV of every vote. A client past its limits (one question in flight per session,
---client-in-flight per address, --rate-per-minute) gets HTTP 429 with "busy: ..." or "rate limit: ..." at once.
+that did not answer gives "error: <why>"); "/findings" (film only) {model name: {"text": its findings, "labels":
+{observation: 1 | 0 | -1}}} (docs/app-findings.md); "/maps" adds where each local model looked; "/explore" (with
+--report) the question ids of the evaluation a filter keeps, "/batch" every model's answers to several films and
+questions; "/export_votes" (operator token) the CSV of every vote. A client past its limits (one question in flight
+per session, --client-in-flight per address, --rate-per-minute) gets HTTP 429 with "busy: ..." or "rate limit: ..."
+at once.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from app_lib.batch_tab import BatchView, batch_tab
 from app_lib.blind import Blind
 from app_lib.config import on_space, parse_config
 from app_lib.explore_tab import ExploreView, explore_tab
+from app_lib.findings_html import CSS as FINDINGS_CSS
 from app_lib.handlers import NO_ADAPTER, Handlers
 from app_lib.maps import Maps
 from app_lib.side_by_side import NO_SHARE, Page, models_line, remote_notice, side_by_side_tab
@@ -48,6 +51,7 @@ from app_lib.votes import VoteStore
 from app_lib.votes_tab import Operator, blind_tab, operator_token, results_tab, wire_blind
 from cxr_vqa.cli import user_errors
 from cxr_vqa.contract import Example, read_examples
+from cxr_vqa.findings import FINDINGS_QUESTION
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.lineup import NO_BASE, Lineup
 from cxr_vqa.llama_server import LlamaServers
@@ -67,15 +71,16 @@ NOTICE = (
     "language model and can be wrong with confidence. Do not upload images that identify a patient."
 )
 SUGGESTED_QUESTIONS = [
+    FINDINGS_QUESTION,  # what the Findings button asks: every model writes its findings, read as chips
     "Is there cardiomegaly?",
     "Is there a pleural effusion?",
     "Is there a pneumothorax?",
     "Are there any support devices?",
     "What abnormalities are seen in this chest X-ray?",
 ]
-CSS = "#notice {border: 2px solid #d97706; border-radius: 8px; padding: 4px 12px; background: #fffbeb}"
-# every model call shares one worker; the visitor limits (app_lib.visitors) apply to this group: a new event that
-# runs a model (a future /findings too) joins it with **GPU_EVENT and is limited with the others
+CSS = "#notice {border: 2px solid #d97706; border-radius: 8px; padding: 4px 12px; background: #fffbeb}" + FINDINGS_CSS
+# every model call shares one worker; the visitor limits (app_lib.visitors) apply to this group: every event that
+# runs a model (Ask, Findings, /findings ...) joins it with **GPU_EVENT and is limited with the others
 GPU_EVENT = {"concurrency_id": "gpu", "concurrency_limit": 1}
 
 

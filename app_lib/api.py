@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import gradio as gr
 
+from app_lib.findings_view import FindingsView
+
 
 def register_api(h, maps, inputs: list, *, wrap=lambda fn: fn, gpu_event: dict) -> None:
-    """`/compare`, `/compare_scores`, `/compare_all` and `/maps` over (film file, question); the Explore and Batch
-    tabs and the demo register their own names (`/explore`, `/batch`, `/demo_status`)."""
+    """`/compare`, `/compare_scores`, `/compare_all` and `/maps` over (film file, question), `/findings` over the film
+    file; the Explore and Batch tabs and the demo register their own names (`/explore`, `/batch`, `/demo_status`)."""
     for name, fn, outputs, about in (
         ("compare", h.compare, [gr.Textbox(visible=False), gr.Textbox(visible=False)],
          '(film file, question) → (base answer, first adapter\'s answer; "" without an adapter)'),
@@ -25,3 +27,10 @@ def register_api(h, maps, inputs: list, *, wrap=lambda fn: fn, gpu_event: dict) 
          "available}}: where each model looked for its answer"),
     ):  # fmt: skip
         gr.Button(visible=False).click(wrap(fn), inputs, outputs, api_name=name, api_description=about, **gpu_event)
+    about = (
+        '(film file) → {model name: {"text": its findings, "labels": {observation: 1 present, 0 absent, -1 '
+        'uncertain; not mentioned: left out}}} for every model, remote ones included ("text": "error: <why>", '
+        '"labels": null for one that did not answer); labels from the project\'s rule-based labeler'
+    )
+    gr.Button(visible=False).click(wrap(FindingsView(h).findings), inputs[:1], [gr.JSON(visible=False)],
+                                   api_name="findings", api_description=about, **gpu_event)  # fmt: skip

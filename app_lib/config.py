@@ -46,15 +46,16 @@ class AppConfig:
     base: str = field(
         default_factory=lambda: os.environ.get("BASE_MODEL", DEFAULT_BASE),
         metadata={
-            "help": "base LLaVA-1.5 checkpoint: Hub id or directory (env BASE_MODEL); none: remote models only, "
-            "nothing loaded"
+            "help": "base LLaVA-1.5 checkpoint: Hub id (ID@REVISION pins a branch, tag or commit) or directory (env "
+            "BASE_MODEL); none: remote models only, nothing loaded"
         },
     )
     adapter: list[str] | None = field(
         default_factory=lambda: [a.strip() for a in os.environ.get("ADAPTER_MODEL", "").split(",") if a.strip()]
         or None,
-        metadata={"help": "LoRA adapter: a directory or Hub id, or NAME=PATH; again for several, one pane each (env "
-                  "ADAPTER_MODEL, comma-separated); without one only the base answers", **REPEATABLE},
+        metadata={"help": "LoRA adapter: a directory or Hub id (ID@REVISION to pin one), or NAME=PATH; again for "
+                  "several, one pane each (env ADAPTER_MODEL, comma-separated); without one only the base answers",
+                  **REPEATABLE},
     )  # fmt: skip
     remote: list[str] | None = field(
         default=None,

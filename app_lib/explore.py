@@ -4,6 +4,7 @@ models disagree, how sure a wrong answer was, which rows a filter keeps and in w
     table = open_report("reports/test", dataset=None)          # predictions.jsonl + run.json + where the films are
     order = table.select(Query(finding="Edema", model="tuned", outcome="wrong", sort=CONFIDENTLY_WRONG))
     rows = table.page(order, page=0, shown=table.models)         # [[thumbnail, id, finding, ..., answers]]
+    table.select(Query(kind="findings", model="tuned", claims="Edema"))   # findings reports: app_lib.explore_findings
 
 Definitions (the README states them too):
 - right / wrong: a closed question by the evaluation's strict score (`scores[variant]["correct"]`); an open one (and,
@@ -13,6 +14,9 @@ Definitions (the README states them too):
   its own reading: "yes" against no yes/no at all is a disagreement a reader wants to see).
 - confidently wrong: a wrong yes/no answer ordered by the probability its model gave the wrong label (P(yes) when
   the truth is no, 1 - P(yes) when it is yes), highest first; other wrong answers follow, then the right ones.
+- claims X / disagree on X: a findings report's labels, read by the project's labeler (app_lib.explore_findings):
+  the chosen model's report (or any shown model's) claims X present or uncertain; the shown models' reports read X
+  differently among present / uncertain / not claimed. A findings row's cells show what each report claims.
 Everything is computed once when the report opens, so a filter over 20,000 questions is a pass over plain lists.
 """
 
@@ -23,9 +27,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from app_lib.explore_findings import ANY, REFERENCE, FindingsIndex
 from app_lib.report_films import ReportFilms, find_films
 from app_lib.tables import answer_cell, thumbnail
 from cxr_vqa.errors import UserError
+from cxr_vqa.labeler import OBSERVATIONS
 from cxr_vqa.reports import METRICS, PREDICTIONS, read_predictions, read_run, split_variant, with_image
 
 logger = logging.getLogger(__name__)
@@ -71,7 +77,9 @@ def wrong_confidence(record: dict, variant: str) -> float | None:
 @dataclass(frozen=True)
 class Query:
     """One view of the table. `model` and `outcome` go together; `blank` shows the blank-image variants as columns
-    (and lets them be filtered, sorted and compared); `pair` names the two variants of the P(yes) gap sort."""
+    (and lets them be filtered, sorted and compared); `pair` names the two variants of the P(yes) gap sort;
+    `claims` (an observation: `model`'s findings report, or any shown model's, claims it) and `disagree_on` (an
+    observation or ANY) keep findings reports only."""
 
     finding: str = ""
     model: str = ""
@@ -81,6 +89,8 @@ class Query:
     blank: bool = False
     sort: str = REPORT_ORDER
     pair: tuple[str, str] | None = None
+    claims: str = ""
+    disagree_on: str = ""
 
 
 class Table:
@@ -101,6 +111,7 @@ class Table:
         self._p = {v: [r.get("p_yes", {}).get(v) for r in records] for v in variants}
         self._wrong_p = {v: [wrong_confidence(r, v) if self._yes_no[i] else None for i, r in enumerate(records)]
                          for v in variants}  # fmt: skip
+        self.reports = FindingsIndex(records)  # findings reports' labels, read when a filter or a page needs them
         self._thumbs: dict = {}
         self._thumbs_lock = threading.Lock()  # pages of several sessions are built at once
 
@@ -126,6 +137,9 @@ class Table:
             raise UserError(f"outcome must be 'right', 'wrong' or '', got {query.outcome!r}")
         if query.outcome and not query.model:
             raise UserError(f"{query.outcome} needs a model: choose whose answers")
+        if query.claims not in ("", *OBSERVATIONS) or query.disagree_on not in ("", ANY, *OBSERVATIONS):
+            raise UserError(f"claims and disagree_on take one of the observations ({', '.join(OBSERVATIONS)}), "
+                            f"disagree_on also {ANY!r}; got {query.claims!r}, {query.disagree_on!r}")  # fmt: skip
         if query.kind not in ("", *KINDS) or query.sort not in SORTS:
             raise UserError(f"kind must be {', '.join(KINDS)} or '', sort one of {', '.join(SORTS)}")
 
@@ -143,6 +157,11 @@ class Table:
         if query.disagree:
             readings = [self._reading[v] for v in self.shown(query.blank)]
             keep = [i for i in keep if self._yes_no[i] and len({r[i] for r in readings}) > 1]
+        if query.claims:
+            claimants = [query.model] if query.model else self.shown(query.blank)
+            keep = self.reports.claiming(keep, query.claims, claimants)
+        if query.disagree_on:
+            keep = self.reports.disagreeing(keep, query.disagree_on, self.shown(query.blank))
         return self._sort(list(keep), query)
 
     def _sort(self, keep: list[int], query: Query) -> list[int]:
@@ -183,9 +202,15 @@ class Table:
         for i in order[page * size : (page + 1) * size]:
             r = self.records[i]
             film = self._thumbnail(r) if self.films.available else ""
-            cells = [answer_cell(r["answers"].get(v, ""), r["p_yes"].get(v) if self._yes_no[i] else None,
-                                 self._outcome[v][i]) for v in shown]  # fmt: skip
-            rows.append([film, r["id"], r.get("finding") or "", r["kind"], r["question"], r["reference"], *cells])
+            finding, reference = r.get("finding") or "", r["reference"]
+            texts = [r["answers"].get(v, "") for v in shown]
+            if i in self.reports.rows:  # a findings report: what each claims, and where the shown ones disagree
+                disagree = self.reports.disagree(i, shown)
+                finding = f"≠ {', '.join(disagree)}" if disagree else "reports agree"
+                reference, texts = self.reports.cell(i, REFERENCE), [self.reports.cell(i, v) for v in shown]
+            cells = [answer_cell(text, r["p_yes"].get(v) if self._yes_no[i] else None, self._outcome[v][i])
+                     for text, v in zip(texts, shown, strict=True)]  # fmt: skip
+            rows.append([film, r["id"], finding, r["kind"], r["question"], reference, *cells])
         return rows
 
     def _thumbnail(self, record: dict) -> str:

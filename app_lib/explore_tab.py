@@ -1,5 +1,6 @@
 """The Explore tab: an evaluation report's questions as a paged, filtered table (`app_lib.explore`), a row chosen
-into the side-by-side view, and the `/explore` API.
+into the side-by-side view (and, for a findings report, every model's report with its chips below the table), and
+the `/explore` API.
 
 Paging happens on the server: the browser gets one page of rows (and their thumbnails) at a time, whatever the size
 of the report, and the filtered order stays in the session's state on the server.
@@ -33,10 +34,12 @@ from app_lib.explore import (
     Table,
     open_report,
 )
+from app_lib.explore_findings import ANY
 from app_lib.handlers import ui_errors
 from app_lib.tables import layout
 from cxr_vqa.contract import is_synthetic
 from cxr_vqa.errors import UserError
+from cxr_vqa.labeler import OBSERVATIONS
 from cxr_vqa.reports import METRICS, PREDICTIONS
 
 logger = logging.getLogger(__name__)
@@ -45,7 +48,9 @@ NO_REPORT = "No evaluation report: start the app with `--report R` (the --out of
 HELP = (
     "Every question of the evaluation with every model's answer: ✓ right, ✗ wrong (closed: the strict score; open: "
     "half the reference's words or more), and P(yes) for yes/no questions. **Choose a row** to load its film and "
-    "question into the side-by-side view above, then press *Ask* to have the live models answer it again."
+    "question into the side-by-side view above, then press *Ask* to have the live models answer it again. A findings "
+    "report's cells start with what it claims ([+ present · ? uncertain], read by the project's rule-based labeler); "
+    "choosing one shows every report with its chips below the table."
 )
 OFF = (
     "**Explore is off here**: it would republish the evaluated dataset's films and the questions and answers drawn "
@@ -131,23 +136,28 @@ class ExploreView:
             raise UserError(self.note)
         return self.table
 
-    def explore(self, finding: str | None, model: str | None, outcome: str | None, disagree) -> dict:
+    def explore(self, finding: str | None, model: str | None, outcome: str | None, disagree,
+                claims: str | None = None, disagree_on: str | None = None) -> dict:  # fmt: skip
         """`/explore`: {"total": n, "ids": question ids of predictions.jsonl in the table's order, "complete": false
-        while the evaluation is still writing the report (then total and ids count what it has written so far)}."""
+        while the evaluation is still writing the report (then total and ids count what it has written so far)}.
+        `claims` and `disagree_on` (optional, last: older callers pass four values) keep findings reports that the
+        model (or any model) claims an observation in, and where the models' reports disagree on one (or ANY)."""
         with ui_errors():
             table = self._table()
-            query = Query(finding=finding or ALL, model=model or ALL, outcome=outcome or ALL, disagree=bool(disagree))
+            query = Query(finding=finding or ALL, model=model or ALL, outcome=outcome or ALL, disagree=bool(disagree),
+                          claims=claims or ALL, disagree_on=disagree_on or ALL)  # fmt: skip
             if query.model and query.model not in table.models:  # the API compares the models with their films
                 raise UserError(f"unknown model {query.model!r}: this report has {', '.join(table.models)}")
             order = table.select(query)
             return {"total": len(order), "ids": [table.ids[i] for i in order], "complete": table.complete}
 
-    def show(self, finding, kind, model, outcome, disagree, blank, sort, gap_a, gap_b, page):
+    def show(self, finding, kind, model, outcome, disagree, blank, sort, gap_a, gap_b, claims, disagree_on, page):
         """(table, page line, page number, the page's question ids) of page `page` (from 1) of this view."""
         with ui_errors():
             query = Query(finding=finding or ALL, model=model or ALL, outcome=outcome or ALL, disagree=bool(disagree),
                           kind=kind or ALL, blank=bool(blank), sort=sort or REPORT_ORDER,
-                          pair=(gap_a, gap_b) if gap_a and gap_b else None)  # fmt: skip
+                          pair=(gap_a, gap_b) if gap_a and gap_b else None, claims=claims or ALL,
+                          disagree_on=disagree_on or ALL)  # fmt: skip
             frame, columns, line, page, ids = self.page(query, page)
         return gr.Dataframe(value=frame, **columns), line, page, ids
 
@@ -179,15 +189,32 @@ class ExploreView:
         status = f"Loaded `{question_id}` into the side-by-side view above: press *Ask* to hear the live models."
         return str(path), record["question"], status
 
-    def choose(self, page_ids: list[str] | None, event: gr.SelectData):
-        """A click on a row of the page → its film and question into the side-by-side view. The row says its own id:
-        its place on screen is not its place on the page once a header click has sorted the table in the browser."""
+    def findings_of(self, question_id: str, blank: bool = False) -> str:
+        """A findings report's row: the reference and each shown model's report with their chips (HTML); "" for
+        another kind of question."""
+        with ui_errors():
+            table = self._table()
+            i = table.index(question_id)
+            return table.reports.detail(i, table.shown(bool(blank))) if i in table.reports.rows else ""
+
+    @staticmethod
+    def chosen(page_ids: list[str] | None, event: gr.SelectData) -> str:
+        """The id of the row clicked. The row says its own id: its place on screen is not its place on the page once
+        a header click has sorted the table in the browser."""
         if isinstance(event.row_value, (list, tuple)) and len(event.row_value) > ID_COLUMN:
-            return self.choose_id(str(event.row_value[ID_COLUMN]))
+            return str(event.row_value[ID_COLUMN])
         row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
         if not page_ids or not 0 <= row < len(page_ids):
             raise gr.Error("that row is no longer on the page: choose it again")
-        return self.choose_id(page_ids[row])
+        return page_ids[row]
+
+    def choose(self, page_ids: list[str] | None, event: gr.SelectData):
+        """A click on a row of the page → its film and question into the side-by-side view."""
+        return self.choose_id(self.chosen(page_ids, event))
+
+    def choose_findings(self, page_ids: list[str] | None, blank, event: gr.SelectData) -> str:
+        """A click on a row of the page → its reports' chips, under the table (a findings report; else nothing)."""
+        return self.findings_of(self.chosen(page_ids, event), blank)
 
 
 def explore_tab(view: ExploreView, film_file: gr.File, question: gr.Textbox, notice: str) -> None:
@@ -212,6 +239,13 @@ def explore_tab(view: ExploreView, film_file: gr.File, question: gr.Textbox, not
                                 elem_id="explore-sort")  # fmt: skip
                 gap_a = gr.Dropdown(models, value=table.models[0], label="P(yes) gap between")
                 gap_b = gr.Dropdown(models, value=table.models[-1], label="and")
+            with gr.Row():  # findings reports, as the labeler reads them
+                claims = gr.Dropdown([("—", ALL), *OBSERVATIONS], value=ALL, label="Findings report claims",
+                                     info="present or uncertain, in the report of the model chosen above (or any)",
+                                     elem_id="explore-claims")  # fmt: skip
+                disagree_on = gr.Dropdown([("—", ALL), ANY, *OBSERVATIONS], value=ALL, label="Findings reports "
+                                          "disagree on", info="the shown models' reports: present, uncertain or not "
+                                          "claimed", elem_id="explore-disagree-on")  # fmt: skip
             frame, columns, line, _, ids = view.page(Query(), 1)  # the first page comes with the page itself
             grid = gr.Dataframe(frame, **columns, interactive=False, wrap=True, max_height=900,
                                 elem_id="explore-table")  # fmt: skip
@@ -220,21 +254,24 @@ def explore_tab(view: ExploreView, film_file: gr.File, question: gr.Textbox, not
                 page_line = gr.Markdown(line, elem_id="explore-page")
                 next_btn = gr.Button("Next ▶", size="sm", elem_id="explore-next")
             status = gr.Markdown(elem_id="explore-status")
+            detail = gr.HTML(elem_id="explore-findings")
             page, page_ids = gr.State(1), gr.State(ids)
-            filters = [finding, kind, model, outcome, disagree, blank, sort, gap_a, gap_b]
+            filters = [finding, kind, model, outcome, disagree, blank, sort, gap_a, gap_b, claims, disagree_on]
             outputs = [grid, page_line, page, page_ids]
             cheap = {"api_visibility": "private", "concurrency_limit": 4}
             for control in filters:
                 control.change(lambda *a: view.show(*a, 1), filters, outputs, **cheap)
             prev_btn.click(lambda *a: view.show(*a[:-1], a[-1] - 1), [*filters, page], outputs, **cheap)
             next_btn.click(lambda *a: view.show(*a[:-1], a[-1] + 1), [*filters, page], outputs, **cheap)
+            grid.select(view.choose_findings, [page_ids, blank], [detail], **cheap)  # kept while the view scrolls up
             grid.select(view.choose, [page_ids], [film_file, question, status], **cheap).then(
                 None, js="() => window.scrollTo({top: 0, behavior: 'smooth'})"
             )
         api_inputs = [gr.Textbox(visible=False), gr.Textbox(visible=False), gr.Textbox(visible=False),
-                      gr.Checkbox(visible=False)]  # fmt: skip
+                      gr.Checkbox(visible=False), gr.Textbox(visible=False), gr.Textbox(visible=False)]  # fmt: skip
         gr.Button(visible=False).click(
             view.explore, api_inputs, [gr.JSON(visible=False)], api_name="explore", concurrency_limit=4,
-            api_description='(finding or "", model or "", "right"/"wrong"/"", disagree) → {"total": n, "ids": [...], '
+            api_description='(finding or "", model or "", "right"/"wrong"/"", disagree, optional: claims an '
+            f'observation or "", disagree_on an observation, "{ANY}" or "") → {{"total": n, "ids": [...], '
             '"complete": false while the report is still being written}',
         )  # fmt: skip

@@ -266,13 +266,15 @@ class Handlers(Inputs):
 
     # -- API -----------------------------------------------------------------------------------------------------
 
-    def _answers(self, path: str | None, question: str, models: list[str]) -> dict[str, Answer]:
+    def _answers(self, path: str | None, question: str, models: list[str],
+                 settings: GenerationSettings | None = None) -> dict[str, Answer]:  # fmt: skip
+        settings = settings or self.settings
         with ui_errors():
             if not models:
                 raise UserError(NO_LOCAL)
             film = self._film(path)
-            conversation = self.vqa.conversation(None, self._clean(question), self.settings.max_new_tokens)
-            return self.vqa.compare(film.image, dict.fromkeys(models, conversation), self.settings)
+            conversation = self.vqa.conversation(None, self._clean(question), settings.max_new_tokens)
+            return self.vqa.compare(film.image, dict.fromkeys(models, conversation), settings)
 
     def compare(self, path: str | None, question: str) -> tuple[str, str]:
         """`/compare`: (base answer, first adapter's answer; "" without an adapter), one batched generate of the local

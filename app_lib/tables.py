@@ -16,8 +16,15 @@ from pathlib import Path
 from PIL import Image
 
 from cxr_vqa.answers import Answer
+from cxr_vqa.sources import split_revision
 
 THUMB_PX = 64  # the side of a thumbnail: enough to tell films apart, a few KB each
+
+
+def model_label(spec: str) -> str:
+    """Where a model came from, as markdown: its path or Hub id, and the revision it is pinned to (`ID@REVISION`)."""
+    name, revision = split_revision(spec)
+    return f"`{name}` at revision `{revision}`" if revision else f"`{name}`"
 
 
 def thumbnail(image: Image.Image, size: int = THUMB_PX) -> str:

@@ -1,8 +1,8 @@
-"""Limits per visitor on the events that share the model worker (the `gpu` concurrency group: Ask, blind answers,
-maps, batches, /compare, /compare_scores, /compare_all, /maps, /batch, and any event added with the app's GPU_EVENT):
-at most one request waiting or running per browser session, `in_flight` per client address, and `per_minute`
-admitted a minute per address and per session. A request past a limit is refused at the queue's door, before Gradio
-queues it, with HTTP 429, a Retry-After header and one line the page shows as it is:
+"""Limits per visitor on the events that share the model worker (the `gpu` concurrency group: Ask, Findings, blind
+answers, maps, batches, /compare, /compare_scores, /compare_all, /findings, /maps, /batch, and any event added with the
+app's GPU_EVENT): at most one request waiting or running per browser session, `in_flight` per client address, and
+`per_minute` admitted a minute per address and per session. A request past a limit is refused at the queue's door,
+before Gradio queues it, with HTTP 429, a Retry-After header and one line the page shows as it is:
 
     busy: your previous question is still being answered; try again in 4 s
     rate limit: at most 20 questions a minute from one visitor; try again in 31 s

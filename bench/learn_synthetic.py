@@ -6,6 +6,7 @@ blank-image ablation; one adapter per trainer seed, on the same data.
     python bench/learn_synthetic.py --seed 3               # other data, in runs/learn-synthetic-seed3
     python bench/learn_synthetic.py --fresh                # start over instead of reusing finished stages
     python bench/learn_synthetic.py --patients 60 --epochs 0.3 --trainer-seeds 0 --work /tmp/smoke  # plumbing only
+    python bench/learn_synthetic.py --smoke --work /tmp/smoke   # 20 patients, base 2 steps, 1 seed: the plumbing
 
 The stages are finetune.demo's (the app's offline demo is the same recipe, trainer seed 0; finetune/demo_stages.py):
 each is the real command line in its own process, and a finished one is reused, so an interrupted bench resumes. The
@@ -121,7 +122,11 @@ def main(argv: list[str] | None = None) -> None:
         "spin-wait on each other (10x slower measured)",
     )
     parser.add_argument("--fresh", action="store_true", help="delete the working directory first")
+    parser.add_argument("--smoke", action="store_true", help="20 patients, the base 2 steps, the adapter 0.05 "
+                        "epochs, trainer seed 0, 2 test studies: the plumbing only, figures meaningless")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.patients, args.epochs, args.trainer_seeds, args.limit, args.jobs = 20, 0.05, "0", 2, 1
     try:
         seeds = sorted({int(s) for s in args.trainer_seeds.split(",")})
     except ValueError:
@@ -152,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
         return json.loads((report / "metrics.json").read_text())
 
     with user_errors():
-        for stage in [*data_stages(work, patients=args.patients, seed=args.seed), base_stage(work)]:
+        base = base_stage(work, extra=("--max_steps", 2) if args.smoke else ())
+        for stage in [*data_stages(work, patients=args.patients, seed=args.seed), base]:
             timings[stage.name] = run_stage(work, stage, threads=args.threads)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             metrics = dict(zip(seeds, pool.map(one_seed, seeds), strict=True))

@@ -6,6 +6,7 @@ the i-th, so their weights differ).
     python bench/side_by_side.py                     # base + 1 adapter; hidden 512, 4 layers, 64 new tokens, fp32
     python bench/side_by_side.py --adapters 4        # base + 4 adapters in one generate vs 5 sequential calls
     python bench/side_by_side.py --4bit --repeats 3  # the 4-bit nf4 path (slower on CPU)
+    python bench/side_by_side.py --smoke             # 1 layer, 64 wide, 4 tokens, 1 repeat, 1 worker: plumbing only
 
 Memory is measured for each method in its own process: the bytes of the weights it holds (every parameter and
 buffer, LoRA included) plus the growth of resident memory while it answers (activations, KV cache), so the
@@ -85,8 +86,8 @@ def setup(model_dir: str, adapters: list[str], new_tokens: int, four_bit: bool, 
     tuned = load_model(model_dir, held, load_in_4bit=four_bit, device="cpu")
     names = tuned.model_names  # the base first, then every adapter in load order
 
-    def ask(vqa, models):
-        return vqa.answer([image] * len(models), [conv] * len(models), models, settings)
+    def ask(vqa, models):  # the texts: what the methods must agree on, and what a worker's JSON carries
+        return [a.text for a in vqa.answer([image] * len(models), [conv] * len(models), models, settings)]
 
     runs = {
         "one_model": lambda: ask(tuned, names[1:2]),
@@ -174,16 +175,26 @@ def main() -> None:
         "--threads", type=int, default=os.cpu_count(), help="torch CPU threads (1 = steadier on a busy machine)"
     )
     parser.add_argument("--4bit", dest="four_bit", action="store_true", help="load the base in 4-bit nf4")
-    parser.add_argument("--worker", choices=[*METHOD_NAMES, "timing"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes (hidden 64, 1 layer, 4 tokens, 1 repeat, 1 thread), every method's memory in one worker: "
+        "the plumbing only, figures meaningless",
+    )
+    parser.add_argument("--worker", choices=[*METHOD_NAMES, "timing", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--adapter", action="append", help=argparse.SUPPRESS)  # NAME=PATH, once per adapter
     args = parser.parse_args()
+    if args.smoke:
+        args.hidden, args.layers, args.new_tokens, args.repeats, args.threads = 64, 1, 4, 1, 1
 
     if args.worker == "timing":
         print(json.dumps(measure_time(args.model, args.adapter, args.new_tokens, args.four_bit, args.repeats)))
         return
-    if args.worker:
-        print(json.dumps(measure_memory(args.worker, args.model, args.adapter, args.new_tokens, args.four_bit)))
+    if args.worker:  # one method's memory, or (a smoke run) each method's in turn in this one process
+        wanted = methods(len(args.adapter)) if args.worker == "memory" else [args.worker]
+        found = {m: measure_memory(m, args.model, args.adapter, args.new_tokens, args.four_bit) for m in wanted}
+        print(json.dumps(found if args.worker == "memory" else found[args.worker]))
         return
 
     def run_worker(name: str) -> dict:
@@ -210,7 +221,9 @@ def main() -> None:
         print(
             f"{args.new_tokens} new tokens per answer, best of {args.repeats} interleaved runs, {args.threads} threads"
         )
-        memory = {method: run_worker(method) for method in compared}
+        # each method in its own process, so that one's peak is not another's leftovers; a smoke run checks the
+        # plumbing only, in one process
+        memory = run_worker("memory") if args.smoke else {method: run_worker(method) for method in compared}
         timing = run_worker("timing")
 
     for method, what in compared.items():

@@ -21,9 +21,9 @@ PROBE_SECONDS = 8.0  # one HEAD request; a TLS handshake to huggingface.co takes
 _switched_offline = False  # set when this module turned offline mode on: later repositories are still checked
 
 
-def hub_problem(repo_id: str, probe_file: str) -> str | None:
-    """None when `repo_id` can be loaded (offline mode is set, the Hub answers, or `probe_file` of it is cached);
-    otherwise the one-line reason, with how to run offline."""
+def hub_problem(repo_id: str, probe_file: str, revision: str | None = None) -> str | None:
+    """None when `repo_id` (at `revision`, default its main branch) can be loaded (offline mode is set, the Hub
+    answers, or `probe_file` of it is cached); otherwise the one-line reason, with how to run offline."""
     from huggingface_hub import constants, try_to_load_from_cache
 
     if constants.is_offline_mode() and not _switched_offline:
@@ -31,14 +31,15 @@ def hub_problem(repo_id: str, probe_file: str) -> str | None:
     reason = _unreachable(constants.ENDPOINT)
     if reason is None:
         return None
-    if isinstance(try_to_load_from_cache(repo_id, probe_file), str):
+    if isinstance(try_to_load_from_cache(repo_id, probe_file, revision=revision), str):
         logger.warning("the Hub at %s cannot be reached (%s): loading %s from the local cache", constants.ENDPOINT,
                        reason, repo_id)  # fmt: skip
         _go_offline()
         return None
     return (
-        f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} ({reason}) to download {repo_id!r}, and it is "
-        f"not in the local cache ({constants.HF_HUB_CACHE}). To run offline: pass a local checkpoint directory, "
+        f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} ({reason}) to download {repo_id!r}"
+        f"{f' at revision {revision!r}' if revision else ''}, and it is not in the local cache "
+        f"({constants.HF_HUB_CACHE}). To run offline: pass a local checkpoint directory, "
         f"set HF_HUB_OFFLINE=1 once {repo_id!r} is cached, or try the app on a tiny model with `python app.py --demo`"
     )
 

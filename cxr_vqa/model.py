@@ -82,7 +82,7 @@ def load_processor(base: str | Source):
     base = resolve(base)
     name = base.name
     try:
-        processor = AutoProcessor.from_pretrained(name)
+        processor = AutoProcessor.from_pretrained(name, **base.hub_kwargs)
     except (OSError, ValueError, TypeError) as err:
         if Path(name).is_dir():
             raise ModelLoadError(
@@ -154,7 +154,7 @@ def load_base_model(
     name = base.name
     dev = pick_device(device)
     dtype = dtype or pick_dtype(dev)
-    kwargs: dict = {"dtype": dtype, "config": base.config}
+    kwargs: dict = {"dtype": dtype, "config": base.config, **base.hub_kwargs}
     if load_in_4bit:
         kwargs["quantization_config"] = quantization_config(dtype)
         kwargs["device_map"] = {"": str(dev) if dev.type != "cuda" else dev.index or 0}
@@ -179,7 +179,8 @@ def adapter_specs(adapters: str | Sequence[str] | None) -> dict[str, str]:
         name, sep, source = item.partition("=")
         reserved = sep and name.lower().endswith(BLANK) and ADAPTER_NAME.fullmatch(name[: -len(BLANK)])
         if not (sep and ADAPTER_NAME.fullmatch(name)) and not reserved:  # "runs/lr=1e-4" is a path, not NAME=PATH
-            name, source = (TUNED if len(items) == 1 else Path(item.rstrip("/")).name), item
+            bare = item if Path(item).exists() else item.partition("@")[0]  # ID@REVISION is named after its id
+            name, source = (TUNED if len(items) == 1 else Path(bare.rstrip("/")).name), item
         if not source or not ADAPTER_NAME.fullmatch(name):
             raise ModelLoadError(f"--adapter {item!r}: give NAME=PATH (a name of {NAME_RULE}) or a path")
         if name == BASE or name in specs:
@@ -197,10 +198,11 @@ def attach_adapter(model, adapter: str | Source, *, name: str = TUNED, trainable
     source = resolve(adapter, ADAPTER)
     adapter = source.name
     try:
+        kwargs = {"adapter_name": name, "is_trainable": trainable, **source.hub_kwargs}
         if isinstance(model, PeftModel):
-            model.load_adapter(adapter, adapter_name=name, is_trainable=trainable)
+            model.load_adapter(adapter, **kwargs)
             return model
-        return PeftModel.from_pretrained(model, adapter, adapter_name=name, is_trainable=trainable)
+        return PeftModel.from_pretrained(model, adapter, **kwargs)
     except (RuntimeError, ValueError, KeyError) as err:
         trained_on = source.config.get("base_model_name_or_path") or ""
         raise ModelLoadError(
@@ -231,7 +233,7 @@ def use_adapter(vqa: VQAModel, adapter: str | Source, *, name: str = TUNED) -> N
     with vqa.lock:
         try:
             # read whole first: a folder deleted or a file cut short since `resolve` fails here, touching nothing
-            weights = load_peft_weights(source.name, device=str(vqa.device))
+            weights = load_peft_weights(source.name, device=str(vqa.device), **source.hub_kwargs)
             if name not in vqa.adapters:
                 try:
                     vqa.model = attach_adapter(vqa.model, source, name=name).eval()
@@ -248,7 +250,7 @@ def use_adapter(vqa: VQAModel, adapter: str | Source, *, name: str = TUNED) -> N
                 set_peft_model_state_dict(vqa.model, weights, adapter_name=name)
         except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # gone since resolved, truncated, ...
             raise ModelLoadError(f"cannot load adapter {source.name!r}: {str(err).splitlines()[0][:200]}") from None
-        vqa.adapters[name] = source.name
+        vqa.adapters[name] = source.spec
         vqa.version += 1
 
 

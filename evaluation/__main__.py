@@ -14,6 +14,8 @@ again with a blank image.
     python -m evaluation --benchmark slake --dataset data/Slake1.0 --base M --adapter A --out R --all-organs
     python -m evaluation --dataset data/tiny --base runs/tiny-llava --adapter runs/tiny-lora --out R \\
         --limit 20 --no-4bit --batch-size 16        # CPU smoke run
+    python -m evaluation --dataset data/cxr --base llava-hf/llava-1.5-7b-hf@a272c74 --adapter org/cxr-lora@v1 \
+        --out R                                     # Hub models pinned to a commit, tag or branch (ID@REVISION)
     python -m evaluation --config eval.yaml   # YAML gives defaults, flags override
     python -m evaluation --dataset data/cxr --base M --adapter A --out R --maps 12   # + maps.png: where each looked
     python -m evaluation --dataset data/cxr --base M --adapter A --out R --findings-max-new-tokens 200 \\
@@ -23,7 +25,10 @@ Writes R/predictions.jsonl (appended batch by batch: a killed run resumes exactl
 R/comparison.png and R/confidence.png (and R/findings.png where the dataset asks for findings: each report scored by
 the labels it asserts, F1-14 and F1-5 as LLaVA-Rad's evaluation computes them, docs/findings.md); with --remote,
 R/remote_cache.jsonl (no request is ever sent twice). Each question is asked on its own with its film (single-turn):
-the dataset's multi-turn history would hand the model the previous answers. Research tool, not for diagnosis.
+the dataset's multi-turn history would hand the model the previous answers. A rerun into the same --out resumes only
+with the same settings and the same models by content (R/run.json's "models": each local file's size and SHA-256, a
+Hub model's commit); a model changed since, an adapter retrained in place say, is refused in one line: pick a new
+--out. Research tool, not for diagnosis.
 """
 
 from __future__ import annotations

@@ -30,12 +30,16 @@ class EvalConfig:
     )
     split: str = field(default="test", metadata={"help": "split to evaluate: test (held-out patients) or validation"})
     base: str = field(
-        default=DEFAULT_BASE, metadata={"help": "base checkpoint: Hub id or directory; none: remote models only"}
+        default=DEFAULT_BASE,
+        metadata={
+            "help": "base checkpoint: Hub id (ID@REVISION pins a branch, tag or commit) or directory; none: "
+            "remote models only. A resume into --out needs the same weights (content, not path)"
+        },
     )
     adapter: list[str] | None = field(
         default=None,
-        metadata={"help": "LoRA adapter: a directory or Hub id, or NAME=PATH; again for several; omit for the base "
-                  "only", **REPEATABLE},
+        metadata={"help": "LoRA adapter: a directory or Hub id (ID@REVISION to pin one), or NAME=PATH; again for "
+                  "several; omit for the base only", **REPEATABLE},
     )  # fmt: skip
     remote: list[str] | None = field(
         default=None,

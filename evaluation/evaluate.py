@@ -15,14 +15,18 @@ import logging
 from pathlib import Path
 
 from cxr_vqa.contract import check_split, open_splits, split_films
+from cxr_vqa.errors import UserError
 from cxr_vqa.files import share, write_text_atomic
 from cxr_vqa.findings import FINDINGS_KIND
+from cxr_vqa.identity import DigestCache, model_identity
 from cxr_vqa.images import ImageLoadError, load_film
 from cxr_vqa.lineup import INPUT_SIZE
 from cxr_vqa.llama_server import LlamaServers
-from cxr_vqa.model import load_model
+from cxr_vqa.model import adapter_specs, load_model
 from cxr_vqa.remote import RemoteModel
 from cxr_vqa.reports import METRICS, PREDICTIONS
+from cxr_vqa.sources import ADAPTER, MODEL
+from cxr_vqa.vqa import BASE
 from evaluation.benchmarks import read_benchmark
 from evaluation.chexbert import make_labeler
 from evaluation.config import EvalConfig
@@ -60,6 +64,26 @@ def has_findings(questions: list[dict]) -> bool:
     return any(q["kind"] == FINDINGS_KIND for q in questions)
 
 
+def local_models(cfg: EvalConfig) -> dict[str, dict]:
+    """Each local model's name -> where it is ("from": the --base, --adapter or --gguf value) and what it is (its
+    content, `cxr_vqa.identity`): what a resume into the same --out must match. Remote models are named by endpoint
+    and model in run.json's "remote"."""
+    wanted = {BASE: (cfg.base, MODEL), **{n: (s, ADAPTER) for n, s in adapter_specs(cfg.adapter).items()}}
+    wanted = {n: wanted[n] for n in cfg.local_models}  # none with --base none
+    cache = DigestCache()  # a 7B base is read once, then again only when its files' stamps change
+    try:
+        found = {n: {"from": s, **model_identity(s, kind, cache)} for n, (s, kind) in wanted.items()}
+        for name, export in cfg.ggufs.items():  # the two files it serves (re-exported in place: other answers)
+            try:
+                files = {f.name: cache.digest(f) for f in (export.model, export.mmproj)}
+            except OSError as err:
+                raise UserError(f"cannot read the files of --gguf {export.folder}: {err}") from None
+            found[name] = {"from": str(export.folder), "files": files}
+        return found
+    finally:
+        cache.save()
+
+
 def evaluate(cfg: EvalConfig) -> dict:
     """Run (or resume) the evaluation described by `cfg`, write the report files, return metrics.json's content."""
     if cfg.extra_metrics == "radeval":
@@ -88,7 +112,8 @@ def _evaluate(cfg: EvalConfig, remotes: dict[str, RemoteModel], questions, films
     reports = {"findings_max_new_tokens": cfg.findings_max_new_tokens} if has_findings(questions) else {}
     run = {"dataset": str(Path(cfg.dataset).resolve()), **source, **filters, "base": cfg.base, "adapter": cfg.adapter,
            "variants": names, "max_new_tokens": cfg.max_new_tokens, **reports, "4bit": cfg.load_in_4bit,
-           "batch_size": cfg.batch_size, **({"remote": sources} if sources else {})}  # fmt: skip
+           "batch_size": cfg.batch_size, **({"remote": sources} if sources else {}),
+           "models": local_models(cfg)}  # fmt: skip
     done = resume(out, run)
     vqa = None
     if len(done) < len(questions):

@@ -2,6 +2,7 @@
 
     questions = list_questions(rows)                        # one entry per QA pair, in dataset order
     done = resume(out, run)                                 # finished records of an earlier run of the same settings
+                                                            # and the same models' content (run["models"])
     answer_all(vqa, films, questions, done, variants, settings, batch_size, sink)  # films(row): that row's film
     answer_all(..., answered=answer_remote(...))            # remote models' variants answered beforehand
 
@@ -29,13 +30,18 @@ from cxr_vqa.answers import Answer
 from cxr_vqa.errors import UserError
 from cxr_vqa.files import write_text_atomic
 from cxr_vqa.generation import GenerationSettings
+from cxr_vqa.identity import identity_change
 from cxr_vqa.reports import PREDICTIONS, RUN, iter_predictions, variant_name
 from cxr_vqa.template import add_question
+from cxr_vqa.vqa import BASE
 from evaluation.scoring import score_answer
 
 logger = logging.getLogger(__name__)
 
 NOT_IDENTITY = ("batch_size",)  # recorded in run.json, but a resumed run may change them
+# Where the local models lie may change too (a folder moved, a Hub revision named by branch, then by commit): what they
+# are, run["models"] ({name: {"from": where, **cxr_vqa.identity.model_identity}}), may not.
+WHERE = ("base", "adapter")
 
 
 def variants(models: Sequence[str], ablation: bool) -> list[tuple[str, str, bool]]:
@@ -69,11 +75,7 @@ def resume(out: Path, run: dict) -> dict[str, dict]:
         except (OSError, ValueError) as err:
             raise UserError(f"{run_file} cannot be read ({err}): the settings of the answers in {out} are unknown, "
                             "pick a new --out") from None  # fmt: skip
-        same = {k: v for k, v in earlier.items() if k not in NOT_IDENTITY}
-        wanted = {k: v for k, v in run.items() if k not in NOT_IDENTITY}
-        if same != wanted:
-            changed = sorted(k for k in wanted.keys() | same.keys() if wanted.get(k) != same.get(k))
-            raise UserError(f"{out} holds a run with other settings ({', '.join(changed)}): pick a new --out")
+        _check_same_run(out, earlier, run)
         if earlier.get("batch_size") != run.get("batch_size"):
             logger.warning(
                 "this run started with --batch-size %s and resumes with %s: the remaining answers may differ in "
@@ -88,6 +90,31 @@ def resume(out: Path, run: dict) -> dict[str, dict]:
         # without the cut-short line, whole or not at all: a kill here must not lose what was answered
         write_text_atomic(pred_file, "".join(json.dumps(r) + "\n" for r in done.values()))
     return done
+
+
+def _check_same_run(out: Path, earlier: dict, run: dict) -> None:
+    """UserError in one line when the answers in `out` (settings `earlier`) are not this `run`'s: other settings, or
+    a local model whose content changed since (an adapter retrained in place, a base overwritten)."""
+    # a run.json from before content identity has no "models": its paths are all it can be matched by
+    ignored = (*NOT_IDENTITY, *WHERE, "models") if "models" in earlier else (*NOT_IDENTITY, "models")
+    same = {k: v for k, v in earlier.items() if k not in ignored}
+    wanted = {k: v for k, v in run.items() if k not in ignored}
+    if same != wanted:
+        changed = sorted(k for k in wanted.keys() | same.keys() if wanted.get(k) != same.get(k))
+        raise UserError(f"{out} holds a run with other settings ({', '.join(changed)}): pick a new --out")
+    if "models" not in earlier:
+        logger.warning("%s was written before runs recorded their models' content: resuming on the paths alone", out)
+        return
+    for name, now in run.get("models", {}).items():
+        if change := identity_change(_content(earlier["models"].get(name)), _content(now)):
+            what = f"the base model {now['from']}" if name == BASE else f"model {name!r} ({now['from']})"
+            raise UserError(f"{out} holds answers of other weights: {what} is not the one that answered there "
+                            f"({change}; changed in place?): pick a new --out")  # fmt: skip
+
+
+def _content(model: dict | None) -> dict | None:
+    """A run.json model entry without where it was: what it is."""
+    return {k: v for k, v in model.items() if k != "from"} if isinstance(model, dict) else None
 
 
 Settings = GenerationSettings | Mapping[str, GenerationSettings]  # one for all, or by question kind

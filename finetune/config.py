@@ -35,7 +35,11 @@ class ScriptArguments:
         default="validation", metadata={"help": "Split to evaluate on when eval_strategy is not 'no'."}
     )
     model_name_or_path: str = field(
-        default=DEFAULT_BASE, metadata={"help": "Base LLaVA-1.5 checkpoint: a Hub id or a local directory."}
+        default=DEFAULT_BASE,
+        metadata={
+            "help": "Base LLaVA-1.5 checkpoint: a Hub id (ID@REVISION pins a branch, tag or commit) or a local "
+            "directory."
+        },
     )
     load_in_4bit: bool = field(
         default=True, metadata={"help": "QLoRA: load the base in 4-bit nf4 through the model core (works on CPU too)."}

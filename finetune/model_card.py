@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cxr_vqa.contract import SYNTHETIC_NOTE
+from cxr_vqa.sources import split_revision
 from finetune.config import ScriptArguments, TrainConfig
 
 
@@ -48,7 +49,7 @@ def write_model_card(trainer, script_args: ScriptArguments, train_args: TrainCon
     loss_lines = [f"- {name}: {value:.4f}" for name, value in losses.items()] or ["- no loss was logged"]
     lines = [
         "---",
-        f"base_model: {script_args.model_name_or_path}",
+        f"base_model: {split_revision(script_args.model_name_or_path)[0]}",  # the Hub's metadata: an id, no @revision
         "library_name: peft",
         "tags: [llava, chest-x-ray, vqa, qlora, research-only]",
         "---",

@@ -17,6 +17,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_digest_cache(tmp_path_factory):
+    """Model file digests (cxr_vqa.identity) go to this session's folder, not the user's ~/.cache."""
+    os.environ["CXR_VQA_CACHE_DIR"] = str(tmp_path_factory.mktemp("digests"))
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Call a command's `main(argv)` expecting it to fail; returns (exit status, last line it wrote to stderr)."""

@@ -32,6 +32,7 @@ from app_lib.ratings import results_markdown
 from app_lib.results import load_report, report_updates, wilson_interval
 from app_lib.votes import VoteStore
 from cxr_vqa.errors import UserError
+from cxr_vqa.findings import FINDINGS_QUESTION
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.images import image_sha256, load_film
 from cxr_vqa.model import load_model
@@ -156,13 +157,16 @@ def test_demo_has_compare_endpoint_examples_notice_report_and_zero_gpu(vqa, tmp_
     (tmp_path / "metrics.json").write_text(json.dumps({"tuned": {"closed_accuracy_marker": 0.75}}))
     Image.new("RGB", (8, 8)).save(tmp_path / "comparison.png")
     demo = app.create_demo(vqa, votes_db=tmp_path / "v.sqlite", report_dir=tmp_path)
-    assert sorted(wrapped) == ["answer", "ask", "batch", "batch_table", "compare", "compare_all", "compare_scores",
-                              "maps", "show_maps"]  # fmt: skip
+    assert sorted(wrapped) == ["answer", "ask", "ask_findings", "batch", "batch_table", "compare", "compare_all",
+                              "compare_scores", "findings", "maps", "show_maps"]  # fmt: skip
     api = [fn for fn in demo.fns.values() if fn.api_name == "compare"]
     assert len(api) == 1 and api[0].api_visibility == "public"
     public = [fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"]
     # export_votes: the operator's (it refuses without the token: tests/test_votes_private.py)
-    assert sorted(public) == ["batch", "compare", "compare_all", "compare_scores", "explore", "export_votes", "maps"]
+    assert sorted(public) == ["batch", "compare", "compare_all", "compare_scores", "explore", "export_votes",
+                              "findings", "maps"]  # fmt: skip
+    gpu = {fn.api_name for fn in demo.fns.values() if fn.concurrency_id == "gpu"}  # the visitor limits' group
+    assert {"findings", "compare_all"} <= gpu and app.SUGGESTED_QUESTIONS[0] == FINDINGS_QUESTION
     config = json.dumps(demo.get_config_file(), default=str)
     assert "not a medical device" in config and "Not for diagnosis" in config
     assert vqa.adapters[TUNED] in config and "Real chest X-ray (NIH ChestX-ray14): cardiomegaly" in config

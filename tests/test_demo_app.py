@@ -12,6 +12,8 @@ import pytest
 import app
 from app_lib import demo as demo_models
 from app_lib.results import report_updates
+from cxr_vqa.findings import FINDINGS_QUESTION
+from cxr_vqa.labeler import label_report
 
 
 @pytest.fixture
@@ -45,6 +47,15 @@ def test_a_prepared_demo_serves_without_training(prepared, monkeypatch):
     assert "Synthetic phantom: pneumothorax" in config and "Real chest X-ray" not in config  # the demo's own films
     assert "the final adapter" in config  # what the fine-tuned pane answers with, said above the panes
     assert [fn.api_name for fn in served["demo"].fns.values() if fn.api_name == "demo_status"] == ["demo_status"]
+    # the first suggested question asks for the findings, and /findings (the Findings button's question) gets the
+    # demo's base and fine-tuned reports with their labels
+    components = served["demo"].get_config_file()["components"]
+    suggested = next(c for c in components if c["props"].get("label") == "Suggested questions")
+    assert suggested["props"]["samples"][0] == [FINDINGS_QUESTION]
+    findings = next(fn.fn for fn in served["demo"].fns.values() if fn.api_name == "findings")
+    found = findings(str(prepared / "examples" / "cardiomegaly.png"))
+    assert list(found) == ["base", "tuned"] and found["base"]["text"] != found["tuned"]["text"]
+    assert all(r["labels"] == label_report(r["text"]) for r in found.values())
 
 
 def test_an_incomplete_build_is_not_served(prepared):

@@ -1,6 +1,6 @@
 """The app with remote models beside the local ones: its handlers (panes streamed, failures in their own pane, blind
-trials and votes), over HTTP with gradio_client (/compare_all, /compare), and `--base none` as a process. The remote
-side is the loopback vision server of tests/vision_server.py, reached through the real `openai` client."""
+trials and votes), over HTTP with gradio_client (/compare_all, /compare, /findings), and `--base none` as a process.
+The remote side is the loopback vision server of tests/vision_server.py, reached through the real `openai` client."""
 
 from __future__ import annotations
 
@@ -22,12 +22,15 @@ from vision_server import VisionServer
 import app
 from app_lib.blind import Blind
 from app_lib.config import parse_config
+from app_lib.findings_view import FINDINGS_MIN_NEW_TOKENS
 from app_lib.handlers import NO_LOCAL, Handlers
 from app_lib.ratings import results_markdown
 from app_lib.votes import VoteStore
 from cxr_vqa.endpoint import Backoff
+from cxr_vqa.findings import FINDINGS_QUESTION
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.images import load_film
+from cxr_vqa.labeler import label_report
 from cxr_vqa.lineup import Lineup
 from cxr_vqa.model import load_model
 from cxr_vqa.remote import RemoteModel, parse_remote
@@ -40,6 +43,7 @@ QUESTION = "Is there a pleural effusion?"
 SETTINGS = GenerationSettings(max_new_tokens=12)
 SLIDERS = (12, 0.0, 1.0)
 MODEL = "vision-test"
+REPORT = "The heart is enlarged. Small right pleural effusion. No pneumothorax."  # the remote model's findings
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +53,7 @@ def vqa(tiny_model_dir, random_adapter_dir):
 
 @pytest.fixture(scope="module")
 def server():
-    with VisionServer({MODEL}) as server:
+    with VisionServer({MODEL}, findings={MODEL: REPORT}) as server:
         yield server
 
 
@@ -202,6 +206,23 @@ def test_compare_all_over_http_with_the_remote_down_says_so_in_one_line(client, 
     answers = client.predict(handle_file(str(FILM)), QUESTION, api_name="/compare_all")
     assert answers["vis"].startswith("error: vis did not answer: HTTP 500") and "\n" not in answers["vis"]
     assert answers[BASE] and answers[TUNED]
+
+
+def test_findings_over_http_gives_each_models_report_and_its_labels(client, vqa, server):
+    found = client.predict(handle_file(str(FILM)), api_name="/findings")
+    settings = GenerationSettings(max_new_tokens=FINDINGS_MIN_NEW_TOKENS)  # the app's 12 tokens, raised for a report
+    local = vqa.compare(load_film(str(FILM), 336).image, add_question(None, FINDINGS_QUESTION), settings)
+    texts = {BASE: local[BASE].text, TUNED: local[TUNED].text, "vis": REPORT}
+    assert found == {model: {"text": text, "labels": label_report(text)} for model, text in texts.items()}
+    assert found["vis"]["labels"] == {"Cardiomegaly": 1, "Pneumothorax": 0, "Pleural Effusion": 1}
+    assert found[BASE]["text"] != found[TUNED]["text"] and server.requests[-1]["questions"] == [FINDINGS_QUESTION]
+
+
+def test_findings_over_http_with_the_remote_down_names_why_and_gives_no_labels(client, server):
+    server.fail("500", times=None)
+    found = client.predict(handle_file(str(FILM)), api_name="/findings")
+    assert found["vis"]["text"].startswith("error: vis did not answer: HTTP 500") and found["vis"]["labels"] is None
+    assert all(found[m]["text"] and found[m]["labels"] == label_report(found[m]["text"]) for m in (BASE, TUNED))
 
 
 def test_base_none_starts_a_server_that_loads_nothing(server, tmp_path):

@@ -13,6 +13,7 @@ packages: pytest finds it on `tests/`, bench/remote.py adds `tests/` to its path
         server.requests, server.violations # what each request carried (film size, mean grey and pixel hash, the
                                            # questions, the answers before); what broke the rules (then HTTP 400)
         server.keys                        # the bearer key of each chat request, as sent
+    VisionServer({"reader-a"}, findings={"reader-a": "The heart is enlarged. No pleural effusion."})
 
 Checked on every request: the bearer key (when `api_key` is set: else 401), the model id (else 404), only known
 fields, roles alternating user/assistant from a user turn to a user turn, exactly one image, in the first turn, as an
@@ -24,7 +25,10 @@ OpenAI's does.
 The answer depends on the picture: its mean grey m decides the verdict (Yes when m >= 127.5) and P(yes) = m / 255
 (clipped to [0.02, 0.98]), given as the first token's top_logprobs over several spellings of yes and no plus one
 unrelated token; the text names m, the film's size and the number of user turns ("Yes, mean grey 140.2 on a 336x336
-film, turn 1."), cut to max_tokens tokens, so a test can tell which film and which conversation the model saw.
+film, turn 1."), cut to max_tokens tokens, so a test can tell which film and which conversation the model saw. A
+findings question (`cxr_vqa.findings.is_findings_question`) to a model given a report in `findings` gets that report,
+word by word (cut to max_tokens words), each word its own only candidate in the logprobs: so two model ids of one
+server write two different reports for the same film.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ import numpy as np
 from llm_server import OpenAIServer
 from PIL import Image
 
+from cxr_vqa.findings import is_findings_question
+
 FIELDS = {"model", "messages", "temperature", "top_p", "max_tokens", "logprobs", "top_logprobs", "stream",
           "stream_options"}  # fmt: skip
 PNG_URL = "data:image/png;base64,"
@@ -58,6 +64,11 @@ def answer_tokens(mean: float, size: tuple[int, int], turns: int) -> tuple[list[
     verdict = "Yes" if mean >= 127.5 else "No"
     words = ["mean", "grey", f"{mean:.1f}", "on", "a", f"{size[0]}x{size[1]}", "film,", "turn", f"{turns}."]
     return [verdict, ","] + [" " + w for w in words], p_yes
+
+
+def report_tokens(report: str) -> list[str]:
+    words = report.split()
+    return words[:1] + [" " + w for w in words[1:]]
 
 
 def first_candidates(p_yes: float) -> list[dict]:
@@ -76,12 +87,19 @@ def token_logprobs(tokens: list[str], p_yes: float, top: int) -> list[dict]:
     return out
 
 
+def report_logprobs(tokens: list[str]) -> list[dict]:
+    return [{"token": t, "logprob": -0.01, "bytes": None, "top_logprobs": [{"token": t, "logprob": -0.01,
+             "bytes": None}]} for t in tokens]  # fmt: skip
+
+
 class VisionServer(OpenAIServer):
     """tests/llm_server.py's loopback server (its thread, counts and scripted failures) with a vision chat route."""
 
     def __init__(self, models=frozenset({"vision-test"}), *, api_key: str | None = None, film_size: int = 336,
-                 top_logprobs: int = 20, latency: float = 0.0, hang_seconds: float = 30.0):  # fmt: skip
+                 top_logprobs: int = 20, latency: float = 0.0, hang_seconds: float = 30.0,
+                 findings: dict[str, str] | None = None):  # fmt: skip
         self.models, self.api_key, self.film_size, self.top_logprobs = set(models), api_key, film_size, top_logprobs
+        self.findings = dict(findings or {})  # model id -> the findings report it writes for any film
         self.hang_seconds = hang_seconds
         self.requests: list[dict] = []  # per chat request: model, film size, mean grey and pixels, questions, answers
         self.violations: list[str] = []
@@ -209,10 +227,17 @@ class VisionServer(OpenAIServer):
                 if mode == "hang":
                     server._release.wait(server.hang_seconds)
                     return self._error(503, "hung")
+                report = server.findings.get(body["model"]) if is_findings_question(seen["questions"][-1]) else None
                 whole, p_yes = answer_tokens(seen["mean"], seen["size"], seen["turns"])
+                whole = report_tokens(report) if report is not None else whole
                 tokens = whole[: body["max_tokens"]]
                 finish = "length" if len(tokens) < len(whole) else "stop"
-                logprobs = None if mode == "nologprobs" else token_logprobs(tokens, p_yes, body["top_logprobs"])
+                logprobs = (
+                    report_logprobs(tokens)
+                    if report is not None
+                    else token_logprobs(tokens, p_yes, body["top_logprobs"])
+                )
+                logprobs = None if mode == "nologprobs" else logprobs
                 usage = {"prompt_tokens": 576 + sum(len(q.split()) for q in seen["questions"]),
                          "completion_tokens": len(tokens)}  # fmt: skip
                 usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]

@@ -19,7 +19,9 @@ more than 0.05 above answering each finding's majority answer; the base and the 
 chance: macro AUROC within 0.1 of 0.5 (a blank film may get no yes or no at all: read its AUROC). Last line, the
 worst case over the seeds:
 `RESULT seeds=<n> tuned_min=<x> tuned_auroc_min=<x> base_max=<x> question_chance=<x> base_unparseable_max=<x>
-base_auroc_max=<x> blank_max=<x> blank_unparseable_max=<x> blank_auroc_max=<x> drop_min=<x> p_max=<x> minutes=<x>`.
+base_auroc_max=<x> blank_max=<x> blank_unparseable_max=<x> blank_auroc_max=<x> drop_min=<x> p_max=<x>
+[f1_tuned_min=<x> f1_base_max=<x> f1_p_max=<x> f1_blank_p_max=<x>] minutes=<x>`, the f1_ figures where the data asks
+for findings (the findings reports' micro F1-14, tuned against base and against its blank films: docs/findings.md).
 """
 
 from __future__ import annotations
@@ -71,11 +73,22 @@ def summarize(seed: int, metrics: dict) -> dict:
     for name, e in per.items():
         print(f"    {name:<17} {e['value']:.3f} / {blank[name]['value']:.3f} / "
               f"{models['base']['per_finding'][name]['value']:.3f}  n={e['n']}")  # fmt: skip
+    findings = metrics.get("findings")
+    if findings:  # the findings reports: micro F1-14 by the labels they assert (evaluation.findings)
+        f1 = {name: findings["models"][name]["micro_f1_14"] for name in ("base", "tuned", "tuned_blank")}
+        f1_diff = findings["difference"]["tuned_minus_base"]["micro_f1_14"]
+        f1_drop = findings["ablation"]["tuned"]["micro_f1_14"]
+        print(f"  findings micro-F1-14 ({findings['reports']} reports): tuned {_est(f1['tuned'])}, base "
+              f"{_est(f1['base'])}, tuned on blank films {_est(f1['tuned_blank'])}; tuned - base "
+              f"p={f1_diff['p_value']:.2g}, blank-film drop p={f1_drop['p_value']:.2g}")  # fmt: skip
     figures = {name: models[name]["closed_accuracy"]["value"] for name in ("base", "tuned", "tuned_blank")}
     auroc = {f"{name}_auroc": models[name]["confidence"]["macro_auroc"]["value"]
              for name in ("base", "tuned", "tuned_blank")}  # fmt: skip
     parse = {f"{name}_unparseable": models[name]["unparseable_rate"]["value"] for name in ("base", "tuned_blank")}
-    return {**figures, **auroc, **parse, "drop": drop["value"], "p": drop["p_value"], "question_chance": by_question}
+    reports = {"f1_tuned": f1["tuned"]["value"], "f1_base": f1["base"]["value"], "f1_p": f1_diff["p_value"],
+               "f1_blank_p": f1_drop["p_value"]} if findings else {}  # fmt: skip
+    return {**figures, **auroc, **parse, "drop": drop["value"], "p": drop["p_value"], "question_chance": by_question,
+            **reports}  # fmt: skip
 
 
 def goal_met(seeds: list[dict]) -> bool:
@@ -166,11 +179,14 @@ def main(argv: list[str] | None = None) -> None:
         "drop_min": min(w["drop"] for w in worst),
         "p_max": max(w["p"] for w in worst),
     }
+    if all("f1_tuned" in w for w in worst):  # findings reports: tuned above the base, and lost on blank films
+        result.update(f1_tuned_min=min(w["f1_tuned"] for w in worst), f1_base_max=max(w["f1_base"] for w in worst),
+                      f1_p_max=max(w["f1_p"] for w in worst), f1_blank_p_max=max(w["f1_blank_p"] for w in worst))
     print(f"goal (every seed: tuned >= {GOAL['tuned']}, blank-image drop >= {GOAL['drop']} with p < {GOAL['p']}; the "
           f"base answers yes or no (unparseable <= {GOAL['unparseable']}) no more than {GOAL['above_chance']} above "
           f"each finding's majority answer; the base and the blank image at chance, macro AUROC 0.5 +- "
           f"{GOAL['auroc_chance']}): {'met' if goal_met(worst) else 'NOT met'}")  # fmt: skip
-    figures = " ".join(f"{k}={v:.2g}" if k == "p_max" else f"{k}={v:.3f}" for k, v in result.items())
+    figures = " ".join(f"{k}={v:.2g}" if k.endswith("p_max") else f"{k}={v:.3f}" for k, v in result.items())
     print(f"RESULT seeds={len(seeds)} {figures} minutes={minutes:.1f}")
 
 

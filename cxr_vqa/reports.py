@@ -9,7 +9,8 @@ the app that reads it (`python app.py --report R`): its file names, how a model 
                           answered}; `row` is the film's row in the dataset split (a dataprep dataset) or in the
                           film list; benchmark records also hold "film", the film's path in the release folder
                           (run.json's dataset)
-    R/metrics.json, R/report.md, R/comparison.png, R/confidence.png
+    R/metrics.json, R/report.md, R/comparison.png, R/confidence.png, and R/findings.png where questions asked for
+                          findings (kind "findings", metrics.json's "findings" block)
     R/remote_cache.jsonl  remote models' answers by request hash, so a rerun never asks again (no film, no key)
 
     variant_name("tuned", blank=True)     # "tuned_blank": the tuned model asked with a blank image
@@ -28,6 +29,7 @@ from cxr_vqa.errors import UserError
 
 RUN, PREDICTIONS, METRICS = "run.json", "predictions.jsonl", "metrics.json"
 REPORT_MD, COMPARISON_PNG, CONFIDENCE_PNG = "report.md", "comparison.png", "confidence.png"
+FINDINGS_PNG = "findings.png"
 BLANK = "_blank"  # the image ablation: the same question with a blank film
 
 

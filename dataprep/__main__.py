@@ -50,7 +50,7 @@ def pick(cfg: Config, names: tuple[str, ...]) -> dict:
 
 def make_generator(cfg: Config):
     if cfg.generator == "labels":
-        return LabelsGenerator(qa_per_study=cfg.qa_per_study, seed=cfg.seed)
+        return LabelsGenerator(qa_per_study=cfg.qa_per_study, seed=cfg.seed, findings_share=cfg.findings)
     from cxr_vqa.endpoint import open_client  # only the llm generator needs the client
     from dataprep.llm.generator import LLMGenerator
 
@@ -58,7 +58,8 @@ def make_generator(cfg: Config):
     client = open_client(cfg.base_url, api_key_env=cfg.api_key_env, timeout=cfg.timeout, require_key=not cfg.dry_run)
     price = None if cfg.price_input is None else (cfg.price_input, cfg.price_output)
     cache = Path(cfg.cache_dir or Path(cfg.out) / "cache")
-    return LLMGenerator(client, cfg.model, cache, price=price, **pick(cfg, LLM_OPTIONS))
+    return LLMGenerator(client, cfg.model, cache, price=price, findings_share=cfg.findings,
+                        **pick(cfg, LLM_OPTIONS))  # fmt: skip
 
 
 def _counts(counts: dict) -> str:
@@ -71,7 +72,9 @@ def print_summary(stats: dict, out: str) -> None:
     for name, split in stats["splits"].items():
         print(f"  {name:<11}{split['rows']:>7}{split['patients']:>10}")
     answers = stats["answers"]
-    print(f"  QA pairs {stats['qa_pairs']}: yes {answers['yes']}, no {answers['no']}, open {answers['open']}")
+    share = stats["findings"]["share_of_answer_tokens"]
+    print(f"  QA pairs {stats['qa_pairs']}: yes {answers['yes']}, no {answers['no']}, open {answers['open']}, "
+          f"findings {answers['findings']} ({share:.0%} of the answer tokens)")
     print(f"  rejects: {_counts(stats['reject_reasons'])}")
     print(f"  films: {_counts(stats['views'])}")
     release = stats.get("release", {})

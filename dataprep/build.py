@@ -25,7 +25,9 @@ from datasets import Dataset, DatasetDict, load_from_disk
 from tqdm.auto import tqdm
 
 from cxr_vqa.contract import SPLITS, features
+from cxr_vqa.costs import estimate_tokens
 from cxr_vqa.files import share
+from cxr_vqa.findings import FINDINGS_KIND
 from cxr_vqa.images import ImageLoadError, load_film
 from cxr_vqa.template import conversation_from_qa
 from dataprep.qa import QAGenerator
@@ -189,7 +191,7 @@ def _save(dataset: DatasetDict, out: Path) -> None:
 def summarise(rows: dict[str, list[dict]], rejects: list[dict], generator: QAGenerator, config: dict | None) -> dict:
     """What stats.json holds: counts per split, source, reject reason and answer, and the generator's own."""
     pairs = [pair for split in rows.values() for row in split for pair in row["qa"]]
-    answers = Counter(pair["label"] or "open" for pair in pairs)
+    answers = Counter(pair["label"] or pair["kind"] for pair in pairs)
     n_rows = sum(len(split) for split in rows.values())
     return {
         "studies": n_rows + len(rejects),
@@ -203,7 +205,28 @@ def summarise(rows: dict[str, list[dict]], rejects: list[dict], generator: QAGen
         "views": dict(Counter(row["view"] for split in rows.values() for row in split)),
         "reject_reasons": dict(Counter(r["reason"] for r in rejects)),
         "qa_pairs": len(pairs),
-        "answers": {"yes": answers["yes"], "no": answers["no"], "open": answers["open"]},
+        "answers": {"yes": answers["yes"], "no": answers["no"], "open": answers["open"],
+                    "findings": answers[FINDINGS_KIND]},  # fmt: skip
+        "findings": findings_share(pairs),
         "generator": generator.stats,
         "config": config or {},
+    }
+
+
+def findings_share(pairs: Sequence[dict]) -> dict:
+    """What the findings turns add to training: their count and their share of all answer tokens. Tokens are
+    estimated as characters / 4 (`cxr_vqa.costs.estimate_tokens`, the LLM budget's proxy: dataprep does not know which
+    tokenizer will train on it; Llama's runs ~1.3 tokens a word on report text), words by whitespace."""
+    tokens, words = Counter(), Counter()
+    for pair in pairs:
+        kind = "findings" if pair["kind"] == FINDINGS_KIND else "other"
+        tokens[kind] += estimate_tokens(pair["answer"])
+        words[kind] += len(pair["answer"].split())
+    total = tokens["findings"] + tokens["other"]
+    return {
+        "turns": sum(pair["kind"] == FINDINGS_KIND for pair in pairs),
+        "answer_words": words["findings"],
+        "answer_tokens_est": tokens["findings"],
+        "share_of_answer_tokens": round(tokens["findings"] / total, 4) if total else 0.0,
+        "token_proxy": "characters / 4",
     }

@@ -59,6 +59,13 @@ class Config:
         "train,validation,test fractions of the patients without an official split (MIMIC-CXR's is kept as it is)",
     )
     qa_per_study: int = _opt(5, "QA pairs per study (one conversation per study)")
+    no_findings: bool = _opt(
+        False, "leave out the findings turn that opens each conversation (its cleaned findings section, kind findings)"
+    )
+    findings_share: float = _opt(
+        1.0, "share of the studies whose conversation opens with the findings turn, drawn per study from the seed "
+        "(the rest train every question with the film alone, as the evaluation asks it; docs/findings.md)",
+    )
     workers: int = _opt(8, "threads that decode and letterbox images")
     model: str = _opt("gpt-4o-mini", "llm: model name at the endpoint")
     base_url: str | None = _opt(None, "llm: any OpenAI-compatible endpoint (vLLM, Ollama, Azure); default OpenAI")
@@ -125,9 +132,16 @@ class Config:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if self.qa_per_study < 1 or (self.limit is not None and self.limit < 0):
             raise ValueError("--qa-per-study must be >= 1, --limit >= 0")
+        if not 0 <= self.findings_share <= 1:
+            raise ValueError(f"--findings-share must be between 0 and 1, got {self.findings_share}")
         check_retry_options(self.max_retries, self.max_invalid_retries)
         if self.max_cost is not None and self.max_cost < 0:
             raise ValueError("--max-cost must be >= 0")
+
+    @property
+    def findings(self) -> float:
+        """The share of studies given a findings turn: 0 under --no-findings."""
+        return 0.0 if self.no_findings else self.findings_share
 
     @property
     def fractions(self) -> tuple[float, ...]:

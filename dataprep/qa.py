@@ -7,10 +7,19 @@ A generator maps studies to QA pairs `{question, answer, kind, finding, label}` 
 
 A closed pair's label is `cxr_vqa.answers.parse_yes_no` of its answer, the evaluation's own strict reading: an
 answer it cannot read ("Yes-ish", "Yes/No") is no closed pair, so the labels and the scorer agree by construction.
+
+Both generators also open each conversation with a findings turn (`add_findings`, kind "findings", see
+`cxr_vqa.findings`): one of FINDINGS_QUESTIONS, chosen per study from the seed, answered with the study's cleaned
+findings section, its impression where it has none; the LLM is never asked for it. First, so that it is trained as it
+is asked (the film and this question alone). The price: the turns after it can read their answers off the reference
+findings in training, which the evaluation (each question alone with its film) never gives them; `--findings-share`
+keeps the turn in a share of the studies only, so that every question is also trained with the film alone
+(docs/findings.md: what each placement and share measured on the demo).
 """
 
 from __future__ import annotations
 
+import random
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -18,11 +27,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cxr_vqa.answers import parse_yes_no
+from cxr_vqa.findings import FINDINGS_KIND, FINDINGS_QUESTIONS, is_findings_question
 from cxr_vqa.template import CONTROL_TEXTS
 from dataprep.clean import cites_text, mentions_prior
 from dataprep.releases.study import LABELS, Study
 
-KINDS = ("closed", "open")
+KINDS = ("closed", "open")  # what a generator's own pairs may be; the findings turn is added by `add_findings`
+# a findings section past this many words is left out rather than cut (its labels would change) or kept (it would
+# crowd a conversation's answer tokens; MIMIC-CXR's run 50-60 words on average)
+FINDINGS_MAX_WORDS = 150
 LABEL_BY_LOWER = {label.lower(): label for label in LABELS}
 
 
@@ -91,3 +104,35 @@ def filter_pairs(pairs: Sequence[object], limit: int, filtered: Counter) -> list
         finding = normalise_finding(pair.get("finding"))
         kept.append(make_pair(pair["question"].strip(), pair["answer"].strip(), pair["kind"], finding))
     return kept
+
+
+def findings_pair(study: Study, seed: int = 0) -> tuple[dict | None, str | None]:
+    """(the study's findings turn, None), or (None, why it has none): no text, too long, or text no answer may hold."""
+    answer = (study.findings or study.impression).strip()
+    if not answer:
+        return None, "no_text"
+    if len(answer.split()) > FINDINGS_MAX_WORDS:
+        return None, "too_long"
+    if any(token in answer for token in CONTROL_TEXTS) or cites_text(answer) or mentions_prior(answer):
+        return None, "unusable_text"
+    question = random.Random(f"{seed}:{study.study_id}:findings").choice(FINDINGS_QUESTIONS)
+    return make_pair(question, answer, FINDINGS_KIND), None
+
+
+def add_findings(pairs: Sequence[dict], study: Study, seed: int, counts: Counter, share: float = 1.0) -> list[dict]:
+    """`pairs` behind the study's findings turn (none when `findings_pair` gives none, or for the studies outside
+    `share`, drawn per study from the seed); a generated pair that asks a findings question itself is dropped.
+    `counts` gets "findings" or "findings_<reason>" ("findings_share": left out by `share`)."""
+    kept = [p for p in pairs if not is_findings_question(p["question"])]
+    if share < 1 and random.Random(f"{seed}:{study.study_id}:findings-share").random() >= share:
+        counts["findings_share"] += 1
+        return kept
+    pair, reason = findings_pair(study, seed)
+    counts["findings" if pair else f"findings_{reason}"] += 1
+    return [pair, *kept] if pair else kept
+
+
+def findings_stats(counts: Counter) -> dict:
+    """For a generator's stats: the findings turns written, and the studies left without one, by reason."""
+    left_out = {k.removeprefix("findings_"): v for k, v in counts.items() if k.startswith("findings_")}
+    return {"findings": counts["findings"], "findings_left_out": left_out}

@@ -4,7 +4,9 @@
 
 Positive -> a closed question answered "Yes", negative -> "No", uncertain or not mentioned -> no question.
 Yes and No are balanced per study (most findings are negative in most reports, so taking every negative would
-teach a model to say "No"), and one open question lists the positive findings.
+teach a model to say "No"), and one open question lists the positive findings. The conversation opens with the
+study's findings turn (`dataprep.qa.add_findings`) in a share of the studies, `findings_share` (0: `--no-findings`);
+its phrasing and share have their own generators, so the other pairs are the same with it or without.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from dataprep.chexpert import Labels, Study
-from dataprep.qa import QAResult, make_pair
+from dataprep.qa import QAResult, add_findings, findings_stats, make_pair
 
 # label -> (noun phrase for "Is there ...?", bare noun for "there is no ...")
 FINDINGS = {
@@ -99,9 +101,10 @@ class LabelsGenerator:
 
     source = "labels"
 
-    def __init__(self, qa_per_study: int = 5, seed: int = 0) -> None:
+    def __init__(self, qa_per_study: int = 5, seed: int = 0, findings_share: float = 1.0) -> None:
         self.qa_per_study = qa_per_study
         self.seed = seed
+        self.findings_share = findings_share
         self.stats: dict = {}
 
     def generate(self, studies: Sequence[Study]) -> dict[str, QAResult]:
@@ -115,7 +118,11 @@ class LabelsGenerator:
             if not pairs:
                 results[study.study_id] = QAResult(None, "no_labels", "no finding labelled positive or negative")
                 continue
-            counts.update(p["label"] or "open" for p in pairs)
+            counts.update(p["label"] or p["kind"] for p in pairs)
+            if self.findings_share > 0:
+                pairs = add_findings(pairs, study, self.seed, counts, self.findings_share)
             results[study.study_id] = QAResult(pairs)
         self.stats = {"closed_yes": counts["yes"], "closed_no": counts["no"], "open": counts["open"]}
+        if self.findings_share > 0:
+            self.stats.update(findings_stats(counts))
         return results

@@ -14,8 +14,12 @@ from dataprep.chexpert import LABELS
 from dataprep.synthetic_films import DEVICES, DRAWN
 
 PREVALENCE = 0.4
+# Every sentence has two words or more: report cleaning drops one-word sentences (dataprep/clean.py), and a findings
+# section that lost "Cardiomegaly." would teach the findings task to leave out what the film shows.
 POSITIVE = {
-    "Cardiomegaly": ("The heart is enlarged.", "Cardiomegaly.", "Moderate enlargement of the cardiac silhouette."),
+    "Cardiomegaly": (
+        "The heart is enlarged.", "Cardiomegaly is present.", "Moderate enlargement of the cardiac silhouette."
+    ),
     "Pleural Effusion": ("There is a {side} pleural effusion.", "{Side} pleural effusion."),
     "Consolidation": ("Consolidation in the {side} {zone} lung.", "Dense {side} {zone} lung consolidation."),
     "Pneumothorax": ("There is a {side} pneumothorax.", "{Side} pneumothorax."),
@@ -31,10 +35,12 @@ NEGATIVE = {
     "Pneumothorax": ("No pneumothorax.",),
     "Support Devices": ("No lines or tubes.",),
 }
+# Short, as many reports put them: the findings turn trains on these sentences, and every token of it is a token of
+# training (the long forms, "Endotracheal tube tip is 4 cm above the carina.", named positions the films do not draw)
 DEVICE_SENTENCE = {
-    "endotracheal tube": "Endotracheal tube tip is 4 cm above the carina.",
-    "central line": "Right internal jugular central venous catheter with the tip in the SVC.",
-    "pacemaker": "Left chest wall pacemaker with a lead in the right ventricle.",
+    "endotracheal tube": "Endotracheal tube in place.",
+    "central line": "Right central line in place.",
+    "pacemaker": "Left chest wall pacemaker.",
 }
 PRIOR_SENTENCES = ("Compared to the prior study, there is no significant interval change.", "Stable appearance.")
 SIGN_OFF = "I have personally reviewed the images and agree with the report transcribed above."

@@ -18,13 +18,17 @@ again with a blank image.
         --out R                                     # Hub models pinned to a commit, tag or branch (ID@REVISION)
     python -m evaluation --config eval.yaml   # YAML gives defaults, flags override
     python -m evaluation --dataset data/cxr --base M --adapter A --out R --maps 12   # + maps.png: where each looked
+    python -m evaluation --dataset data/cxr --base M --adapter A --out R --findings-max-new-tokens 200 \\
+        --labeler chexbert      # findings reports labelled by CheXbert (RadEval installed, weights on disk)
 
 Writes R/predictions.jsonl (appended batch by batch: a killed run resumes exactly), R/metrics.json, R/report.md,
-R/comparison.png and R/confidence.png; with --remote, R/remote_cache.jsonl (no request is ever sent twice). Each
-question is asked on its own with its film (single-turn): the dataset's multi-turn history would hand the model the
-previous answers. A rerun into the same --out resumes only with the same settings and the same models by content
-(R/run.json's "models": each local file's size and SHA-256, a Hub model's commit); a model changed since, an
-adapter retrained in place say, is refused in one line: pick a new --out. Research tool, not for diagnosis.
+R/comparison.png and R/confidence.png (and R/findings.png where the dataset asks for findings: each report scored by
+the labels it asserts, F1-14 and F1-5 as LLaVA-Rad's evaluation computes them, docs/findings.md); with --remote,
+R/remote_cache.jsonl (no request is ever sent twice). Each question is asked on its own with its film (single-turn):
+the dataset's multi-turn history would hand the model the previous answers. A rerun into the same --out resumes only
+with the same settings and the same models by content (R/run.json's "models": each local file's size and SHA-256, a
+Hub model's commit); a model changed since, an adapter retrained in place say, is refused in one line: pick a new
+--out. Research tool, not for diagnosis.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         result = evaluate(cfg)
     print("\n".join(summary_lines(result)))
     maps = ", maps.png" if cfg.maps and (Path(cfg.out) / MAPS_PNG).is_file() else ""  # none drawn without records
+    maps = (", findings.png" if result.get("findings") else "") + maps
     print(f"wrote {Path(cfg.out) / METRICS}, report.md, predictions.jsonl, comparison.png, confidence.png{maps}")
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from cxr_vqa.cli import REPEATABLE
 from cxr_vqa.errors import UserError
+from cxr_vqa.findings import FINDINGS_KIND
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.lineup import NO_BASE
 from cxr_vqa.llama_server import GGUF_FORM, gguf_specs
@@ -15,6 +16,8 @@ from cxr_vqa.remote import SPEC_FORM, remote_specs
 from cxr_vqa.vqa import BASE
 from evaluation import stats as S
 from evaluation.benchmarks import BENCHMARKS
+from evaluation.chexbert import LABELERS
+from evaluation.findings import N_RESAMPLES as N_FINDINGS_RESAMPLES
 
 
 @dataclass
@@ -68,6 +71,18 @@ class EvalConfig:
     batch_size: int = field(default=8, metadata={"help": "rows per generate call (each question gives one row per "
                                                          "model and image condition)"})  # fmt: skip
     max_new_tokens: int = field(default=64, metadata={"help": "answer length cap in tokens"})
+    findings_max_new_tokens: int = field(
+        default=160, metadata={"help": "length cap in tokens of a findings report (kind findings), decoded in batches "
+                               "of their own so the short answers never wait on it"},
+    )  # fmt: skip
+    labeler: str = field(
+        default="rules", metadata={"help": "who labels the findings reports for their F1s: rules (cxr_vqa.labeler, "
+                                   "pure Python) or chexbert (an installed RadEval or f1chexbert with CheXbert's "
+                                   "weights already on disk: the papers' F1-CheXbert)", "choices": LABELERS},
+    )  # fmt: skip
+    findings_resamples: int = field(
+        default=N_FINDINGS_RESAMPLES, metadata={"help": "bootstrap resamples of the findings F1s (500: LLaVA-Rad's)"}
+    )
     load_in_4bit: bool = field(
         default=True, metadata={"help": "4-bit nf4 base; --no-4bit for full precision (CPU, tiny)"}
     )
@@ -92,9 +107,11 @@ class EvalConfig:
             raise UserError("--dataset and --out are required")
         if self.batch_size < 1 or (self.limit is not None and self.limit < 1) or self.maps < 0:
             raise UserError("--batch-size and --limit must be positive, --maps 0 or more")
-        if self.resamples < 100:
-            raise UserError(f"--resamples must be >= 100 for a stable 95% interval, got {self.resamples}")
+        if min(self.resamples, self.findings_resamples) < 100:
+            raise UserError(f"--resamples and --findings-resamples must be >= 100 for a stable 95% interval, got "
+                            f"{self.resamples} and {self.findings_resamples}")  # fmt: skip
         GenerationSettings(max_new_tokens=self.max_new_tokens)  # same range checks as the app
+        GenerationSettings(max_new_tokens=self.findings_max_new_tokens)
         adapters = adapter_specs(self.adapter)  # names checked before any model is loaded
         self.remotes = remote_specs(self.remote, taken=[BASE, *adapters])
         self.ggufs = gguf_specs(self.gguf, taken=[BASE, *adapters, *self.remotes])  # folders checked now
@@ -109,6 +126,12 @@ class EvalConfig:
         self.local_models = [BASE, *adapters] if self.base != NO_BASE else []
         # local first, then remote (GGUF exports last), as the app shows them
         self.models = self.local_models + list(self.remotes) + list(self.ggufs)
+
+    @property
+    def generation(self) -> dict[str, GenerationSettings]:
+        """Greedy decoding settings by question kind: findings reports get their own length cap."""
+        short = GenerationSettings(max_new_tokens=self.max_new_tokens)
+        return {"closed": short, "open": short, FINDINGS_KIND: GenerationSettings(self.findings_max_new_tokens)}
 
     @property
     def price(self) -> tuple[float, float] | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from cxr_vqa.contract import check_split, open_splits, split_films
 from cxr_vqa.errors import UserError
 from cxr_vqa.files import share, write_text_atomic
-from cxr_vqa.generation import GenerationSettings
+from cxr_vqa.findings import FINDINGS_KIND
 from cxr_vqa.identity import DigestCache, model_identity
 from cxr_vqa.images import ImageLoadError, load_film
 from cxr_vqa.lineup import INPUT_SIZE
@@ -28,6 +28,7 @@ from cxr_vqa.reports import METRICS, PREDICTIONS
 from cxr_vqa.sources import ADAPTER, MODEL
 from cxr_vqa.vqa import BASE
 from evaluation.benchmarks import read_benchmark
+from evaluation.chexbert import make_labeler
 from evaluation.config import EvalConfig
 from evaluation.maps import MAPS_PNG, write_contact_sheet
 from evaluation.metrics import build_metrics, radeval_scores
@@ -59,6 +60,10 @@ def load_questions(cfg: EvalConfig):
     return list_questions(rows), split_films(rows)  # dataprep letterboxed them already
 
 
+def has_findings(questions: list[dict]) -> bool:
+    return any(q["kind"] == FINDINGS_KIND for q in questions)
+
+
 def local_models(cfg: EvalConfig) -> dict[str, dict]:
     """Each local model's name -> where it is ("from": the --base, --adapter or --gguf value) and what it is (its
     content, `cxr_vqa.identity`): what a resume into the same --out must match. Remote models are named by endpoint
@@ -83,18 +88,19 @@ def evaluate(cfg: EvalConfig) -> dict:
     """Run (or resume) the evaluation described by `cfg`, write the report files, return metrics.json's content."""
     if cfg.extra_metrics == "radeval":
         radeval_scores([], [])  # fail on a missing package before hours of generation
+    labeler = make_labeler(cfg.labeler)  # likewise
     questions, films = load_questions(cfg)
     remotes = {name: RemoteModel(spec, timeout=cfg.remote_timeout) for name, spec in cfg.remotes.items()}
     servers = LlamaServers.start(cfg.gguf, timeout=cfg.remote_timeout) if cfg.ggufs else None
     try:
         remotes |= {m.name: m for m in servers.models(timeout=cfg.remote_timeout)} if servers else {}
-        return _evaluate(cfg, remotes, questions, films)
+        return _evaluate(cfg, remotes, questions, films, labeler)
     finally:
         if servers:
             servers.stop()
 
 
-def _evaluate(cfg: EvalConfig, remotes: dict[str, RemoteModel], questions, films) -> dict:
+def _evaluate(cfg: EvalConfig, remotes: dict[str, RemoteModel], questions, films, labeler) -> dict:
     asked = variants(cfg.models, cfg.ablation)
     names = [name for name, _, _ in asked]
     out = Path(cfg.out)
@@ -102,8 +108,10 @@ def _evaluate(cfg: EvalConfig, remotes: dict[str, RemoteModel], questions, films
     sources = {name: remote.source for name, remote in remotes.items()}
     # a benchmark's rows index its filtered film list: another filter would mix films into the resumed answers
     filters = {"all_organs": cfg.all_organs, "all_languages": cfg.all_languages} if cfg.benchmark else {}
+    # a findings report's cap changes its answers; named only where there are reports, so other runs resume as before
+    reports = {"findings_max_new_tokens": cfg.findings_max_new_tokens} if has_findings(questions) else {}
     run = {"dataset": str(Path(cfg.dataset).resolve()), **source, **filters, "base": cfg.base, "adapter": cfg.adapter,
-           "variants": names, "max_new_tokens": cfg.max_new_tokens, "4bit": cfg.load_in_4bit,
+           "variants": names, "max_new_tokens": cfg.max_new_tokens, **reports, "4bit": cfg.load_in_4bit,
            "batch_size": cfg.batch_size, **({"remote": sources} if sources else {}),
            "models": local_models(cfg)}  # fmt: skip
     done = resume(out, run)
@@ -114,7 +122,7 @@ def _evaluate(cfg: EvalConfig, remotes: dict[str, RemoteModel], questions, films
             vqa = load_model(cfg.base, cfg.adapter, load_in_4bit=cfg.load_in_4bit, device=cfg.device)
         if not callable(films):  # benchmark films are letterboxed to the model's own input, like every film
             films = _benchmark_films(films, vqa.input_size if vqa else INPUT_SIZE)
-        settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens)
+        settings = cfg.generation  # by question kind: a findings report gets its own length cap
         answered = {}
         if remotes:  # greedy, as the local models; their answers are in hand before the first record is written
             left = [q for q in questions if q["id"] not in done]
@@ -127,12 +135,13 @@ def _evaluate(cfg: EvalConfig, remotes: dict[str, RemoteModel], questions, films
         done = resume(out, run)
     records = [done[q["id"]] for q in questions]
     info = {"dataset": cfg.dataset, **source, "base": cfg.base, "adapter": cfg.adapter,
-            "protocol": {"turns": "single", "decoding": "greedy", "max_new_tokens": cfg.max_new_tokens,
+            "protocol": {"turns": "single", "decoding": "greedy", "max_new_tokens": cfg.max_new_tokens, **reports,
                          "parsing": "strict first word yes/no", "4bit": cfg.load_in_4bit}}  # fmt: skip
     if remotes:
         info["remote"] = remote_usage(records, remotes, cfg.price)
     result = build_metrics(records, models=cfg.models, ablation=cfg.ablation, info=info,
-                           n_resamples=cfg.resamples, seed=cfg.seed, remotes=list(remotes))  # fmt: skip
+                           n_resamples=cfg.resamples, seed=cfg.seed, remotes=list(remotes), labeler=labeler,
+                           labeler_name=cfg.labeler, findings_resamples=cfg.findings_resamples)  # fmt: skip
     if cfg.extra_metrics == "radeval":
         result["extra"] = {"radeval": radeval_scores(records, names)}
     write_text_atomic(out / METRICS, json.dumps(result, indent=2) + "\n")  # the app may read it meanwhile

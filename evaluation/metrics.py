@@ -2,7 +2,9 @@
 scores of `evaluation.scoring`) and P(yes) confidence with 95% intervals over studies, paired differences (each
 adapter against the base, each remote model against every model before it; Holm-adjusted when there are several),
 and the blank-image drop of each model. A model without P(yes) (an endpoint that returned no logprobs) has its AUROC
-and calibration marked unavailable, never guessed.
+and calibration marked unavailable, never guessed. Findings questions (kind "findings": a written report) are scored
+apart, by the labels their sentences assert (`evaluation.findings`, metrics.json's "findings" block); their micro
+F1-14 test against the base joins the closed-accuracy tests in one Holm family: the report's primary claims.
 
     result = build_metrics(records, models=["base", "tuned"], ablation=True, info={...}, n_resamples=1000, seed=0)
     summarize(records, "tuned"), compare(records, "base", "tuned")          # one model's metrics, a paired test
@@ -11,35 +13,39 @@ and calibration marked unavailable, never guessed.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 
 from cxr_vqa.answers import parse_yes_no
 from cxr_vqa.errors import UserError
+from cxr_vqa.findings import FINDINGS_KIND
 from cxr_vqa.reports import variant_name
 from cxr_vqa.vqa import BASE
 from evaluation import stats as S
 from evaluation.confidence import compare_confidence, summarize_confidence
+from evaluation.findings import PRIMARY, findings_metrics, rule_labeler
 from evaluation.scoring import majority_rate
 from evaluation.stats import bootstrap_ci, mcnemar_exact, paired_bootstrap
 
 # Summaries over prediction records: {"study_id", "kind", "finding", "scores": {variant: score_answer(...)}}.
 # `variant` names one model and image condition ("base", "tuned", "tuned_blank" ...).
-HEADLINE = {  # metric → (question kind it covers, None = all; per-question score key)
-    "closed_accuracy": ("closed", "correct"),
-    "unparseable_rate": ("closed", "parsed"),
-    "open_f1": ("open", "f1"),
-    "open_recall": ("open", "recall"),
-    "open_rouge_l": ("open", "rouge_l"),
-    "answer_length": (None, "length"),
+QUESTIONS = ("closed", "open")  # the kinds answered in a few words; findings reports are scored apart
+HEADLINE = {  # metric → (question kinds it covers; per-question score key)
+    "closed_accuracy": (("closed",), "correct"),
+    "unparseable_rate": (("closed",), "parsed"),
+    "open_f1": (("open",), "f1"),
+    "open_recall": (("open",), "recall"),
+    "open_rouge_l": (("open",), "rouge_l"),
+    "answer_length": (QUESTIONS, "length"),
 }
 
 
 def metric_values(records: Sequence[dict], variant: str, metric: str) -> tuple[list[float], list[str]]:
     """Per-question values of one headline metric for one variant, with each question's study id."""
-    kind, key = HEADLINE[metric]
-    rows = [r for r in records if kind is None or r["kind"] == kind]
+    kinds, key = HEADLINE[metric]
+    rows = [r for r in records if r["kind"] in kinds]
     if metric == "unparseable_rate":  # only questions that want a yes or a no can be unparseable
         rows = [r for r in rows if r["scores"][variant].get("yes_no", True)]
         values = [float(r["scores"][variant][key] is None) for r in rows]
@@ -89,14 +95,21 @@ def build_metrics(
     n_resamples: int,
     seed: int,
     remotes: Sequence[str] = (),
+    labeler=rule_labeler,
+    labeler_name: str = "rules",
+    findings_resamples: int | None = None,
 ) -> dict:
+    """metrics.json: see the module's docstring; `labeler` labels the findings reports (`evaluation.findings`),
+    whose intervals take `findings_resamples` (default `n_resamples`)."""
     boot = {"n_resamples": n_resamples, "seed": seed}
     names = list(models) + ([variant_name(m, blank=True) for m in models] if ablation else [])
     closed = [r.get("label") or parse_yes_no(r["reference"]) for r in records if r["kind"] == "closed"]
+    kinds = Counter(r["kind"] for r in records)
     result = {
         **info,
         "studies": len({r["study_id"] for r in records}), "patients": len({r["patient_id"] for r in records}),
-        "questions": {"total": len(records), "closed": len(closed), "open": len(records) - len(closed)},
+        "questions": {"total": len(records), "closed": len(closed), "open": kinds["open"],
+                      **({"findings": kinds[FINDINGS_KIND]} if kinds[FINDINGS_KIND] else {})},
         "chance": {"closed_accuracy": majority_rate(closed), "rule": "always the majority answer"},
         "bootstrap": {"unit": "study", "resamples": n_resamples, "confidence": S.CONFIDENCE, "seed": seed},
         "models": {n: {**summarize(records, n, **boot), **confidence(records, n, boot)} for n in names},
@@ -106,14 +119,31 @@ def build_metrics(
     pairs = comparisons(models, remotes)
     for a, b in pairs:
         result["difference"][f"{b}_minus_{a}"] = _paired(records, a, b, result["models"], boot)
-    if len(pairs) > 1:  # several comparisons: correct the closed-accuracy tests for multiplicity
-        diffs = list(result["difference"].values())
-        for diff, adjusted in zip(diffs, S.holm([d["closed_accuracy"]["p_value"] for d in diffs]), strict=True):
-            diff["closed_accuracy"]["p_holm"] = adjusted
-        result["multiplicity"] = f"Holm-adjusted over the {len(pairs)} comparisons' closed-accuracy tests (p_holm)"
     for name in models if ablation else []:  # the drop: with the image minus with a blank one
         result["ablation"][name] = _paired(records, variant_name(name, blank=True), name, result["models"], boot)
+    findings = findings_metrics(
+        records, variants=names, pairs=pairs, ablated=list(models) if ablation else [], labeler=labeler,
+        labeler_name=labeler_name, n_resamples=findings_resamples or n_resamples, seed=seed,
+    )
+    if findings:
+        result["findings"] = findings
+    _holm(result)
     return result
+
+
+def _holm(result: dict) -> None:
+    """Holm-adjust the primary tests of every comparison together (p_holm beside each p_value): closed accuracy, and
+    the findings' micro F1-14 where there are findings questions. One family: whichever a reader takes as the
+    evidence that a model beats another, the chance of one false claim among them all stays at 5%."""
+    family = [d["closed_accuracy"] for d in result["difference"].values()]
+    family += [d[PRIMARY] for d in result.get("findings", {}).get("difference", {}).values()]
+    family = [test for test in family if not np.isnan(test["p_value"])]  # no closed question: no test
+    if len(family) < 2:
+        return
+    for test, adjusted in zip(family, S.holm([test["p_value"] for test in family]), strict=True):
+        test["p_holm"] = adjusted
+    tests = "closed-accuracy and findings micro-F1-14 tests" if "findings" in result else "closed-accuracy tests"
+    result["multiplicity"] = f"Holm-adjusted over the {len(result['difference'])} comparisons' {tests} (p_holm)"
 
 
 def comparisons(models: Sequence[str], remotes: Sequence[str] = ()) -> list[tuple[str, str]]:

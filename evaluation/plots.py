@@ -1,5 +1,6 @@
-"""The report's two figures: headline metrics per model (comparison.png), and per-finding AUROC with a reliability
-diagram of P(yes) (confidence.png). Files only (matplotlib's Agg backend): no display on servers."""
+"""The report's figures: headline metrics per model (comparison.png), per-finding AUROC with a reliability diagram of
+P(yes) (confidence.png), and where questions asked for findings the reports' label F1s, BLEU-4 and ROUGE-L
+(findings.png). Files only (matplotlib's Agg backend): no display on servers."""
 
 from __future__ import annotations
 
@@ -69,6 +70,23 @@ def plot_confidence(m: dict, path: Path) -> None:
     right.set_title("reliability (dashed: perfect calibration)")
     if models:
         right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+FINDINGS_PLOTTED = {"micro_f1_14": "micro F1-14", "macro_f1_14": "macro F1-14", "micro_f1_5": "micro F1-5",
+                    "macro_f1_5": "macro F1-5", "micro_f1_14_plus": "micro F1-14+", "micro_f1_5_plus": "micro F1-5+",
+                    "bleu4": "BLEU-4", "rouge_l": "ROUGE-L"}  # fmt: skip
+
+
+def plot_findings(m: dict, path: Path) -> None:
+    """The findings reports' F1s, BLEU-4 and ROUGE-L per model, blank-film runs hatched, 95% intervals."""
+    plt = _pyplot()
+    f = m["findings"]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    _bars(ax, list(FINDINGS_PLOTTED.values()), {n: [s[k] for k in FINDINGS_PLOTTED] for n, s in f["models"].items()})
+    ax.set_title(f"findings: {f['reports']} reports, labeler {f['labeler']} (95% bootstrap CI over reports)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -10,13 +10,17 @@ The batches are fixed chunks of the whole question list, so a resumed run forms 
 run would: a batch that was answered in full is skipped, one that was cut short is answered again whole, and the
 final predictions are the same. Films are decoded per batch (carried over to the next batch when a study spans
 both), so memory stays at one batch's films for a split of any size.
+
+Each kind of question may have its own generation settings (`settings` as {kind: GenerationSettings}: a findings
+report needs a hundred tokens or more, a yes/no answer a few): questions are grouped by their settings first, the
+short ones in dataset order, then the long ones, so no batch of yes/no questions waits on a report's decoding.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from PIL import Image
@@ -113,26 +117,41 @@ def _content(model: dict | None) -> dict | None:
     return {k: v for k, v in model.items() if k != "from"} if isinstance(model, dict) else None
 
 
-def batches(questions: Sequence[dict], per_call: int) -> Iterator[list[dict]]:
-    """Fixed chunks of the whole question list: the same for a fresh and a resumed run."""
-    for start in range(0, len(questions), per_call):
-        yield list(questions[start : start + per_call])
+Settings = GenerationSettings | Mapping[str, GenerationSettings]  # one for all, or by question kind
+
+
+def settings_for(settings: Settings, kind: str) -> GenerationSettings:
+    """The generation settings of a question of `kind` (a mapping without it: its "closed" entry)."""
+    return settings if isinstance(settings, GenerationSettings) else settings.get(kind, settings["closed"])
+
+
+def batches(
+    questions: Sequence[dict], per_call: int, settings: Settings = GenerationSettings()
+) -> Iterator[list[dict]]:
+    """Fixed chunks of the question list, questions grouped by their settings (the shortest cap first, dataset order
+    within a group): the same for a fresh and a resumed run."""
+    groups: dict[GenerationSettings, list[dict]] = {}
+    for q in questions:
+        groups.setdefault(settings_for(settings, q["kind"]), []).append(q)
+    for _, group in sorted(groups.items(), key=lambda item: item[0].max_new_tokens):  # stable: ties keep their order
+        for start in range(0, len(group), per_call):
+            yield list(group[start : start + per_call])
 
 
 def answer_all(
-    vqa, films, questions, done, variants, settings: GenerationSettings, batch_size: int, sink, answered=None
+    vqa, films, questions, done, variants, settings: Settings, batch_size: int, sink, answered=None
 ) -> int:
-    """Answer every question not in `done` under every variant, a batch of rows per generate call, appending records
-    to `sink`; `films(row)` gives a question's film. `answered` holds the variants answered elsewhere (remote models):
-    {variant: {question id: (Answer, token usage, why it was refused or None)}}; the local model `vqa` answers the
-    others. Returns how many generate calls were made."""
+    """Answer every question not in `done` under every variant, a batch of rows per generate call (one kind's
+    settings a batch: `settings_for`), appending records to `sink`; `films(row)` gives a question's film. `answered`
+    holds the variants answered elsewhere (remote models): {variant: {question id: (Answer, token usage, why it was
+    refused or None)}}; the local model `vqa` answers the others. Returns how many generate calls were made."""
     answered = answered or {}
     local = [v for v in variants if v[0] not in answered]
     per_call = max(1, batch_size // max(len(local), 1))
     held: dict[int, Image.Image] = {}  # only the current batch's films
     calls = 0
     with tqdm(total=len(questions), initial=len(done), desc="questions", unit="q") as bar:
-        for batch in batches(questions, per_call):
+        for batch in batches(questions, per_call, settings):
             if all(q["id"] in done for q in batch):
                 continue
             answers = iter([])
@@ -146,7 +165,7 @@ def answer_all(
                         pics.append(Image.new("RGB", image.size) if blank else image)
                         convs.append(add_question(None, q["question"]))
                         adapters.append(adapter)
-                answers = iter(_answer(vqa, pics, convs, adapters, settings))
+                answers = iter(_answer(vqa, pics, convs, adapters, settings_for(settings, batch[0]["kind"])))
                 calls += 1
             for q in batch:
                 record = dict(q)  # with its `row`, where the app's Explore tab finds the film

@@ -37,10 +37,10 @@ from cxr_vqa.answers import Answer
 from cxr_vqa.costs import Ledger, estimate_tokens, price_of
 from cxr_vqa.errors import UserError
 from cxr_vqa.files import write_text_atomic
-from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.remote import RemoteError, RemoteModel, answer_of, png_data_url
 from cxr_vqa.reports import split_variant
 from cxr_vqa.template import add_question
+from evaluation.predictions import Settings, settings_for
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,8 @@ def _tasks(remotes, films, questions, variants, settings) -> Iterator[tuple[str,
             held = {q["row"]: {False: png_data_url(image), True: png_data_url(Image.new("RGB", image.size))}}
         conversation = add_question(None, q["question"])
         for variant, name, blank in variants:
-            yield q["id"], variant, remotes[name], remotes[name].body(held[q["row"]][blank], conversation, settings)
+            body = remotes[name].body(held[q["row"]][blank], conversation, settings_for(settings, q["kind"]))
+            yield q["id"], variant, remotes[name], body
 
 
 def _tokens(body: dict) -> tuple[int, int]:
@@ -199,7 +200,7 @@ def answer_remote(
     films: Callable[[int], Image.Image],
     questions: Sequence[dict],
     variants: Sequence[tuple[str, str, bool]],
-    settings: GenerationSettings,
+    settings: Settings,
     *,
     cache: RemoteCache,
     concurrency: int,

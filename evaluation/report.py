@@ -1,5 +1,5 @@
-"""Turn an evaluation's metrics (the content of metrics.json) into report.md, comparison.png, confidence.png and a
-console summary.
+"""Turn an evaluation's metrics (the content of metrics.json) into report.md, comparison.png, confidence.png (and
+findings.png where questions asked for findings: `evaluation.findings_report`) and a console summary.
 
     from evaluation.report import write_report
     write_report(Path("reports/test"), json.loads(Path("reports/test/metrics.json").read_text()))
@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from cxr_vqa.reports import COMPARISON_PNG, CONFIDENCE_PNG, REPORT_MD, variant_name, with_image
-from evaluation.plots import plot_comparison, plot_confidence
+from cxr_vqa.reports import COMPARISON_PNG, CONFIDENCE_PNG, FINDINGS_PNG, REPORT_MD, variant_name, with_image
+from evaluation.findings_report import findings_markdown, findings_summary
+from evaluation.plots import plot_comparison, plot_confidence, plot_findings
 
 NAMES = {
     "closed_accuracy": "closed accuracy",
@@ -68,8 +69,9 @@ def source(m: dict) -> str:
 def summary_lines(m: dict) -> list[str]:
     """The one-screen console summary."""
     q = m["questions"]
-    lines = [f"{source(m)}: {m['studies']} studies, {m['patients']} patients, {q['closed']} closed + {q['open']} open "
-             f"questions; chance (majority answer) {_num(m['chance']['closed_accuracy'])}"]  # fmt: skip
+    findings = f" + {q['findings']} findings" if q.get("findings") else ""
+    lines = [f"{source(m)}: {m['studies']} studies, {m['patients']} patients, {q['closed']} closed + {q['open']} open"
+             f"{findings} questions; chance (majority answer) {_num(m['chance']['closed_accuracy'])}"]  # fmt: skip
     for name, s in m["models"].items():
         lines.append(
             f"  {name:<12} closed acc {_est(s['closed_accuracy'])}  unparseable {_num(s['unparseable_rate']['value'])}"
@@ -82,6 +84,7 @@ def summary_lines(m: dict) -> list[str]:
     for name, d in m["ablation"].items():
         lines.append(f"  blank-image drop ({name}) closed acc {_diff(d['closed_accuracy'])}; "
                      f"macro AUROC {_diff(d['macro_auroc'])}")  # fmt: skip
+    lines += findings_summary(m)
     for name, r in m.get("remote", {}).items():
         if r.get("refused"):
             lines.append(f"  {name}: {r['refused']} answers refused by its endpoint, scored as wrong (report.md)")
@@ -102,7 +105,8 @@ def _markdown(m: dict) -> str:
     out = [
         "# Evaluation: base vs fine-tuned", "", f"> {DISCLAIMER}", "",
         f"- dataset `{m['dataset']}`, {source(m)}: {m['studies']} studies, {m['patients']} patients, "
-        f"{q['total']} questions ({q['closed']} closed, {q['open']} open)",
+        f"{q['total']} questions ({q['closed']} closed, {q['open']} open"
+        + (f", {q['findings']} findings reports)" if q.get("findings") else ")"),
         f"- base `{m['base']}`, adapters: {adapter}",
         *[f"- remote model `{n}` = `{r['source']}`: the same conversation and film (a PNG of the letterboxed "
           f"picture), greedy; {r['answers']} answers, {r['prompt_tokens']:,} + {r['completion_tokens']:,} tokens, "
@@ -152,6 +156,7 @@ def _markdown(m: dict) -> str:
         ["model", "Brier", "ECE"],
         [[n, _est(m["models"][n]["brier"]), _est_ece(m["models"][n]["confidence"]["ece"])] for n in models],
     )
+    out += findings_markdown(m)
     if m.get("extra"):
         out += ["", "## Model-based metrics (open questions)", "", "```", str(m["extra"]), "```"]
     out += ["", "![headline metrics with 95% intervals](comparison.png)", "",
@@ -167,3 +172,7 @@ def write_report(out: Path, m: dict) -> None:
     (out / REPORT_MD).write_text(_markdown(m))
     plot_comparison(m, out / COMPARISON_PNG)
     plot_confidence(m, out / CONFIDENCE_PNG)
+    if m.get("findings"):
+        plot_findings(m, out / FINDINGS_PNG)
+    else:  # a rerun without findings questions must not show an older run's figure
+        (out / FINDINGS_PNG).unlink(missing_ok=True)

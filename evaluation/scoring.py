@@ -7,7 +7,9 @@ Closed answers are scored strictly: a yes/no question by the first word of the a
 is not "no", and an unparseable answer is wrong, never dropped from the denominator); any other closed answer by
 exact match after normalising case, punctuation and spaces (never by substring: "left" is not "the left lung").
 Open answers get recall (the share of the reference's words found in the answer, as medical VQA papers report),
-token F1 and ROUGE-L. `evaluation.metrics` turns these per-question scores into metrics.json.
+token F1 and ROUGE-L; so do findings answers (a written report, kind "findings"), whose headline scores, the labels
+its sentences assert, are computed over all reports at once (`evaluation.findings`). `evaluation.metrics` turns these
+per-question scores into metrics.json.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from cxr_vqa.answers import parse_yes_no
+from cxr_vqa.findings import FINDINGS_KIND
 
 _WORD_RE = re.compile(r"[a-z0-9]+")
 
@@ -74,11 +77,11 @@ def score_answer(prediction: str, *, kind: str, reference: str, label: str | Non
             scores.update(
                 yes_no=False, parsed=None, correct=bool(tokens(prediction)) and tokens(prediction) == tokens(reference)
             )
-    elif kind == "open":
+    elif kind in ("open", FINDINGS_KIND):
         precision, recall, f1 = token_f1(prediction, reference)
         scores.update(precision=precision, recall=recall, f1=f1, rouge_l=rouge_l(prediction, reference))
     else:
-        raise ValueError(f"kind must be 'closed' or 'open', got {kind!r}")
+        raise ValueError(f"kind must be 'closed', 'open' or '{FINDINGS_KIND}', got {kind!r}")
     return scores
 
 

@@ -8,10 +8,15 @@ examples of assets/examples/.
     python scripts/demo_check.py --screenshots runs/screens   # also the page in Chromium (Playwright), twice
 
 The questions: each held-out example film's suggested question (yes), the same questions on its normal film (no),
-and the same for the committed phantoms of assets/examples/. Prints the machine's load, each stage's wall and CPU
-seconds (CPU seconds are what an idle machine would take, for the stages that run on one core), the answers, and
-last `RESULT first_page_s=.. final_adapter_s=.. report_s=.. questions=.. tuned_right=.. base_right=..
-committed_questions=.. committed_right=.. base_parsed=.. load=..`. Exits 1 when a final fine-tuned answer is wrong.
+and the same for the committed phantoms of assets/examples/. Then the findings: "Describe the findings." on every
+example film, held-out and committed; a report is right when the observations it asserts present (`cxr_vqa.labeler`)
+are exactly what was drawn (the normal film: No Finding). Then the build's report: findings micro-F1-14 of base and
+tuned with their intervals, the paired bootstrap p (and Holm's), and the drop on blank films. Prints the machine's
+load, each stage's wall and CPU seconds (CPU seconds are what an idle machine would take, for the stages that run on
+one core), the answers, and last `RESULT first_page_s=.. final_adapter_s=.. report_s=.. questions=.. tuned_right=..
+base_right=.. committed_questions=.. committed_right=.. base_parsed=.. findings_films=.. findings_right=..
+base_findings_right=.. tuned_f1_14=.. base_f1_14=.. f1_p=.. f1_p_holm=.. blank_f1_14=.. blank_f1_p=.. load=..`.
+Exits 1 when a final fine-tuned answer or report is wrong.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cxr_vqa.answers import parse_yes_no  # noqa: E402
+from cxr_vqa.findings import FINDINGS_QUESTION  # noqa: E402
+from cxr_vqa.labeler import NO_FINDING, label_report  # noqa: E402
 
 
 def wait_for_page(url: str, app: subprocess.Popen, timeout: float) -> float:
@@ -84,6 +91,53 @@ def ask_all(client, asked, show: bool = False) -> tuple[int, int, int]:
     return tuned_right, base_right, parsed
 
 
+def asserted(report: str) -> set[str]:
+    """The observations a report asserts present; a normal report: {"No Finding"}."""
+    return {name for name, value in label_report(report).items() if value == 1}
+
+
+def expected(drawn: list[str]) -> set[str]:
+    """What a right report asserts of a film with `drawn` findings: those, and No Finding where none is a pathology
+    (a device alone leaves the film normal, as CheXpert labels it)."""
+    return set(drawn) | ({NO_FINDING} if not set(drawn) - {"Support Devices"} else set())
+
+
+def ask_findings(client, folders: list[Path]) -> tuple[int, int, int]:
+    """(films, tuned reports right, base reports right): FINDINGS_QUESTION on every example film of `folders`."""
+    from gradio_client import handle_file
+
+    films = tuned_right = base_right = 0
+    for folder in folders:
+        for example in json.loads((folder / "examples.json").read_text()):
+            drawn = expected(example["findings"])
+            base, tuned = client.predict(handle_file(str(folder / example["file"])), FINDINGS_QUESTION,
+                                         api_name="/compare")  # fmt: skip
+            films, tuned_ok, base_ok = films + 1, asserted(tuned) == drawn, asserted(base) == drawn
+            tuned_right, base_right = tuned_right + tuned_ok, base_right + base_ok
+            print(f"  {folder.name}/{example['file']:<22} drawn: {', '.join(sorted(drawn))}\n"
+                  f"      base  {'right' if base_ok else 'wrong'}: {base[:110]!r}\n"
+                  f"      tuned {'right' if tuned_ok else 'wrong'}: {tuned[:110]!r}")  # fmt: skip
+    return films, tuned_right, base_right
+
+
+def report_findings(report: Path) -> dict:
+    """The build's report, findings part: micro-F1-14 of base, tuned and tuned on blank films, with the tests."""
+    block = json.loads((report / "metrics.json").read_text())["findings"]
+    for name, summary in block["models"].items():
+        cells = "  ".join(f"{k} {summary[k]['value']:.3f} [{summary[k]['ci'][0]:.3f}, {summary[k]['ci'][1]:.3f}]"
+                          for k in ("micro_f1_14", "micro_f1_5", "macro_f1_14", "macro_f1_5"))  # fmt: skip
+        print(f"  {name:<12} {cells}")
+    diff, drop = block["difference"]["tuned_minus_base"]["micro_f1_14"], block["ablation"]["tuned"]["micro_f1_14"]
+    print(f"  tuned - base micro-F1-14 {diff['value']:+.3f} [{diff['ci'][0]:+.3f}, {diff['ci'][1]:+.3f}] "
+          f"p={diff['p_value']:.4f} Holm p={diff.get('p_holm', diff['p_value']):.4f}; blank-film drop "
+          f"{drop['value']:+.3f} [{drop['ci'][0]:+.3f}, {drop['ci'][1]:+.3f}] p={drop['p_value']:.4f} "
+          f"({block['reports']} reports, {block['bootstrap']['resamples']} resamples)")  # fmt: skip
+    return {"tuned_f1_14": block["models"]["tuned"]["micro_f1_14"]["value"],
+            "base_f1_14": block["models"]["base"]["micro_f1_14"]["value"], "f1_p": diff["p_value"],
+            "f1_p_holm": diff.get("p_holm", diff["p_value"]),
+            "blank_f1_14": block["models"]["tuned_blank"]["micro_f1_14"]["value"], "blank_f1_p": drop["p_value"]}
+
+
 def screenshots(url: str, film: Path, question: str, out: Path) -> None:
     """The side by side after one question, and the Results tab, in headless Chromium."""
     from playwright.sync_api import expect, sync_playwright
@@ -129,8 +183,10 @@ def main(argv: list[str] | None = None) -> None:
     load = os.getloadavg()[0]
     print(f"load average (1 min) at the start: {load:.2f} on {os.cpu_count()} cores")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # one client on loopback asking a few dozen questions a minute on purpose: no per-visitor rate limit
     command = [sys.executable, "app.py", "--demo", "--demo-dir", str(demo_dir), "--port", str(args.port),
-               "--votes-db", str(demo_dir.parent / f"{demo_dir.name}-votes.sqlite")]  # fmt: skip
+               "--votes-db", str(demo_dir.parent / f"{demo_dir.name}-votes.sqlite"),
+               "--rate-per-minute", "0"]  # fmt: skip
     with open(log, "w") as sink:
         app = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
     start = time.monotonic()
@@ -161,9 +217,13 @@ def main(argv: list[str] | None = None) -> None:
         committed = questions(ROOT / "assets" / "examples")
         print("the committed phantoms of assets/examples/:")
         committed_right, _, _ = ask_all(client, committed, show=True)
+        print(f"findings ({FINDINGS_QUESTION!r}) on every example film:")
+        films, findings_right, base_findings_right = ask_findings(client, [demo_dir / "examples",
+                                                                           ROOT / "assets" / "examples"])  # fmt: skip
         wait_until(client, app, "report", start, args.timeout)
         report = time.monotonic() - start
-        print(f"report after {report:.1f} s")
+        print(f"report after {report:.1f} s; its findings reports:")
+        f1 = report_findings(demo_dir / "report")
         if args.screenshots:
             film, question, _ = asked[1] if len(asked) > 1 else asked[0]
             screenshots(url, film, question, Path(args.screenshots))
@@ -177,8 +237,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"RESULT first_page_s={first_page:.1f} final_adapter_s={final_adapter:.1f} report_s={report:.1f} "
           f"questions={len(asked)} tuned_right={tuned_right} base_right={base_right} "
           f"committed_questions={len(committed)} committed_right={committed_right} base_parsed={base_parsed} "
-          f"load={load:.2f}")  # fmt: skip
-    sys.exit(0 if tuned_right == len(asked) and committed_right == len(committed) else 1)
+          f"findings_films={films} findings_right={findings_right} base_findings_right={base_findings_right} "
+          + " ".join(f"{k}={v:.4g}" for k, v in f1.items()) + f" load={load:.2f}")  # fmt: skip
+    right = tuned_right == len(asked) and committed_right == len(committed) and findings_right == films
+    sys.exit(0 if right else 1)
 
 
 if __name__ == "__main__":

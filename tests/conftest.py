@@ -151,7 +151,7 @@ def synthetic_report(synthetic_data, coarse_model, tmp_path_factory):
     evaluated = tmp_path_factory.mktemp("synthetic-evaluation")
     ev.main(["--dataset", synthetic_data, "--split", "train", "--out", str(evaluated), "--base", coarse_model[0],
              "--adapter", coarse_model[1], "--no-4bit", "--device", "cpu", "--max-new-tokens", "2", "--limit", "40",
-             "--batch-size", "64", "--resamples", "100"])  # fmt: skip
+             "--findings-max-new-tokens", "2", "--batch-size", "64", "--resamples", "100"])  # fmt: skip
     out = tmp_path_factory.mktemp("synthetic-report")
     grow(evaluated, out, 1200)
     (out / "metrics.json").write_bytes((evaluated / "metrics.json").read_bytes())  # written last: a finished report

@@ -153,11 +153,11 @@ def test_leaky_prior_duplicate_and_schema_pairs_are_filtered_and_counted(server,
     assert generator.stats["filtered_pairs"] == {"cites_text": 2, "needs_prior": 2, "duplicate": 2, "schema": 2}
     assert generator.stats["invalid_outputs"] == {"no_usable_pair": 1}
     for result in results.values():
-        assert len(result.pairs) == 5
+        assert len(result.pairs) == 6 and result.pairs[0]["kind"] == "findings"  # the report's own, then the LLM's 5
         for pair in result.pairs:
             text = pair["question"] + " " + pair["answer"]
             assert not cites_text(text) and not mentions_prior(text)
-            assert pair["kind"] == "open" or pair["answer"].startswith(("Yes", "No"))
+            assert pair["kind"] in ("open", "findings") or pair["answer"].startswith(("Yes", "No"))
 
 
 def test_rerun_is_served_from_cache_with_zero_requests(server, studies, tmp_path):

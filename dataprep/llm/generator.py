@@ -10,7 +10,10 @@ none and a killed run resumes where it stopped. The client's own retries are swi
 429, 5xx, timeouts (with the backoff of cxr_vqa.endpoint) and invalid replies itself, each within its own budget
 and never more than MAX_SENDS_PER_REPORT sends in all (dataprep.llm.budget), and counts every attempt. A report
 whose replies stayed malformed through its billed sends is remembered as rejected in the cache: a rerun rejects it
-again without a request, unless `retry_rejected` (--retry-rejected) asks it again.
+again without a request, unless `retry_rejected` (--retry-rejected) asks it again. Each conversation then opens with
+the study's findings turn, taken from the report by `dataprep.qa.add_findings`, not asked of the LLM, in a share of the
+studies (`findings_share`; 0: none); the cache holds the LLM's pairs only, so the turn costs nothing and changes no
+cache key.
 
 Replies come from one of two transports, concurrent chat requests (cxr_vqa.endpoint.send_chat) or the Batch API
 (dataprep.llm.batch_api); they only carry data. This module alone reserves the budget, pays for, validates, counts
@@ -34,7 +37,7 @@ from dataprep.llm.batch_api import DISCOUNT, BatchTransport
 from dataprep.llm.budget import MAX_SENDS_PER_REPORT, check_retry_options, request_tokens
 from dataprep.llm.cache import ReplyCache, cache_key
 from dataprep.llm.prompt import PROMPT_VERSION, InvalidOutput, parse_content, request_body, validate_content
-from dataprep.qa import QAResult, filter_pairs
+from dataprep.qa import QAResult, add_findings, filter_pairs, findings_stats
 
 INVALID = "llm_invalid_output"  # the one reject reason that was billed: remembered, not paid for again
 COUNTS = (  # what stats.json counts for this run
@@ -70,6 +73,7 @@ class LLMGenerator:
         poll_interval: float = 30.0,
         retry_rejected: bool = False,
         progress: bool = True,
+        findings_share: float = 1.0,
     ) -> None:
         check_retry_options(max_retries, max_invalid_retries)
         self.client, self.model, self.cache = client, model, ReplyCache(cache_dir)
@@ -77,6 +81,7 @@ class LLMGenerator:
         self.max_retries, self.max_invalid_retries = max_retries, max_invalid_retries
         self.backoff, self.timeout, self.batch_api = Backoff(base=backoff), timeout, batch_api
         self.poll_interval, self.retry_rejected, self.progress = poll_interval, retry_rejected, progress
+        self.findings_share = findings_share
         self.ledger = Ledger(price_of(model, price), max_cost)
         self.source = f"llm:{model}"
         self.counts: Counter = Counter()
@@ -279,6 +284,8 @@ class LLMGenerator:
                 pairs = filter_pairs(parse_content(entry["content"]), self.qa_per_study, filtered)
             except InvalidOutput:
                 pairs = []
+            if pairs and self.findings_share > 0:
+                pairs = add_findings(pairs, study, 0, filtered, self.findings_share)
             results[study.study_id] = QAResult(pairs) if pairs else QAResult(None, INVALID, "cached")
             costs[key] = entry.get("cost_usd", 0.0)
         self.stats = {
@@ -286,7 +293,8 @@ class LLMGenerator:
             "prompt_version": PROMPT_VERSION,
             **{name: self.counts[name] for name in COUNTS},
             "invalid_outputs": dict(self.invalid_outputs),
-            "filtered_pairs": dict(filtered),
+            "filtered_pairs": {k: v for k, v in filtered.items() if not k.startswith("findings")},
+            **(findings_stats(filtered) if self.findings_share > 0 else {}),
             "prompt_tokens": self.ledger.prompt_tokens,
             "completion_tokens": self.ledger.completion_tokens,
             "cost_usd": round(self.ledger.spent, 6),

@@ -4,6 +4,7 @@ blank-image ablation; one adapter per trainer seed, on the same data.
 
     python bench/learn_synthetic.py                        # trainer seeds 0,1,2; work dir runs/learn-synthetic
     python bench/learn_synthetic.py --seed 3               # other data, in runs/learn-synthetic-seed3
+    python bench/learn_synthetic.py --seeds 0,3,5,7        # four data seeds, one after the other, 3 trainer seeds each
     python bench/learn_synthetic.py --fresh                # start over instead of reusing finished stages
     python bench/learn_synthetic.py --patients 60 --epochs 0.3 --trainer-seeds 0 --work /tmp/smoke  # plumbing only
     python bench/learn_synthetic.py --smoke --work /tmp/smoke   # 20 patients, base 2 steps, 1 seed: the plumbing
@@ -18,10 +19,14 @@ minus blank image >= 0.15 with McNemar p < 0.01; the base answers yes or no (unp
 more than 0.05 above answering each finding's majority answer; the base and the tuned model given a blank image at
 chance: macro AUROC within 0.1 of 0.5 (a blank film may get no yes or no at all: read its AUROC). Last line, the
 worst case over the seeds:
-`RESULT seeds=<n> tuned_min=<x> tuned_auroc_min=<x> base_max=<x> question_chance=<x> base_unparseable_max=<x>
-base_auroc_max=<x> blank_max=<x> blank_unparseable_max=<x> blank_auroc_max=<x> drop_min=<x> p_max=<x>
+`RESULT seeds=<n> [data_seeds=<n> worst_data_seed=<s> worst_trainer_seed=<s>] tuned_min=<x> tuned_auroc_min=<x>
+base_max=<x> question_chance=<x> base_unparseable_max=<x> base_auroc_max=<x> blank_max=<x> blank_unparseable_max=<x>
+blank_auroc_max=<x> drop_min=<x> p_max=<x>
 [f1_tuned_min=<x> f1_base_max=<x> f1_p_max=<x> f1_blank_p_max=<x>] minutes=<x>`, the f1_ figures where the data asks
 for findings (the findings reports' micro F1-14, tuned against base and against its blank films: docs/findings.md).
+With several data seeds (--seeds), each data seed prints its own `RESULT data_seed=<s> ...` line (its minutes are
+the ones the 30-minute goal for three trainer seeds is about), and the last line takes the worst over every data
+seed and trainer seed; `worst_*` name the run with the lowest tuned accuracy.
 """
 
 from __future__ import annotations
@@ -109,6 +114,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--patients", type=int, default=PATIENTS, help="synthetic patients (1-3 studies each)")
     parser.add_argument("--seed", type=int, default=0, help="data seed: the release, the QA pairs and the splits")
+    parser.add_argument(
+        "--seeds",
+        help="several data seeds, comma-separated, one after the other (each in its own directory: --work/seedN, or "
+        "runs/learn-synthetic-seedN); the last RESULT is the worst run",
+    )
     parser.add_argument("--trainer-seeds", default="0,1,2", help="one adapter per trainer seed, comma-separated")
     parser.add_argument("--epochs", type=float, default=None, help="override the recipe's num_train_epochs")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N test studies")
@@ -136,9 +146,41 @@ def main(argv: list[str] | None = None) -> None:
     if args.jobs < 1 or args.threads < 1:
         parser.error("--jobs and --threads must be >= 1")
 
+    try:
+        data_seeds = [args.seed] if args.seeds is None else sorted({int(s) for s in args.seeds.split(",")})
+    except ValueError:
+        parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
+    runs: list[dict] = []  # every data seed x trainer seed: its figures, with the seeds that made it
     start = time.time()
-    # a finished stage with other settings stops the bench, so other data gets its own directory
-    work = Path(args.work or "runs/learn-synthetic" + (f"-seed{args.seed}" if args.seed else "")).resolve()
+    for data_seed in data_seeds:
+        began = time.time()
+        worst = run_data_seed(args, data_seed, seeds, several=len(data_seeds) > 1)
+        runs += [{**w, "data_seed": data_seed, "trainer_seed": t} for t, w in zip(seeds, worst, strict=True)]
+        if len(data_seeds) > 1:
+            print(f"RESULT data_seed={data_seed} {result_line(worst)} minutes={(time.time() - began) / 60:.1f}")
+    print(f"goal (every seed: tuned >= {GOAL['tuned']}, blank-image drop >= {GOAL['drop']} with p < {GOAL['p']}; the "
+          f"base answers yes or no (unparseable <= {GOAL['unparseable']}) no more than {GOAL['above_chance']} above "
+          f"each finding's majority answer; the base and the blank image at chance, macro AUROC 0.5 +- "
+          f"{GOAL['auroc_chance']}): {'met' if goal_met(runs) else 'NOT met'}")  # fmt: skip
+    several = ""
+    if len(data_seeds) > 1:
+        low = min(runs, key=lambda w: w["tuned"])
+        several = (f" data_seeds={len(data_seeds)} worst_data_seed={low['data_seed']} "
+                   f"worst_trainer_seed={low['trainer_seed']}")
+    print(f"RESULT seeds={len(runs)}{several} {result_line(runs)} minutes={(time.time() - start) / 60:.1f}")
+
+
+def work_dir(args: argparse.Namespace, data_seed: int, several: bool) -> Path:
+    """Each data seed its own directory: a finished stage with other settings stops the bench."""
+    if args.work:
+        return Path(args.work).resolve() / f"seed{data_seed}" if several else Path(args.work).resolve()
+    return Path("runs/learn-synthetic" + (f"-seed{data_seed}" if data_seed else "")).resolve()
+
+
+def run_data_seed(args: argparse.Namespace, data_seed: int, seeds: list[int], several: bool) -> list[dict]:
+    """One data seed's release, dataset and speaking base, then an adapter and its evaluation per trainer seed; the
+    figures of each trainer seed, printed and returned in `seeds` order."""
+    work = work_dir(args, data_seed, several)
     if args.fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -156,16 +198,22 @@ def main(argv: list[str] | None = None) -> None:
             timings[stage.name] = run_stage(work, stage, threads=args.threads, log=log(kind) if log else None)
         return json.loads((report / "metrics.json").read_text())
 
+    if several:
+        print(f"\n=== data seed {data_seed}: {work}")
     with user_errors():
         base = base_stage(work, extra=("--max_steps", 2) if args.smoke else ())
-        for stage in [*data_stages(work, patients=args.patients, seed=args.seed), base]:
+        for stage in [*data_stages(work, patients=args.patients, seed=data_seed), base]:
             timings[stage.name] = run_stage(work, stage, threads=args.threads)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             metrics = dict(zip(seeds, pool.map(one_seed, seeds), strict=True))
     worst = [summarize(seed, metrics[seed]) for seed in seeds]
-    minutes = (time.time() - start) / 60
     print("\nstage seconds: " + ", ".join(f"{k} {'reused' if v is None else f'{v:.0f}'}" for k, v in timings.items()))
     print(f"reports: {work}/report-seed*/report.md")
+    return worst
+
+
+def result_line(worst: list[dict]) -> str:
+    """The RESULT figures: the worst of `worst` (one dict per run, `summarize`'s)."""
     result = {
         "tuned_min": min(w["tuned"] for w in worst),
         "tuned_auroc_min": min(w["tuned_auroc"] for w in worst),
@@ -180,14 +228,13 @@ def main(argv: list[str] | None = None) -> None:
         "p_max": max(w["p"] for w in worst),
     }
     if all("f1_tuned" in w for w in worst):  # findings reports: tuned above the base, and lost on blank films
-        result.update(f1_tuned_min=min(w["f1_tuned"] for w in worst), f1_base_max=max(w["f1_base"] for w in worst),
-                      f1_p_max=max(w["f1_p"] for w in worst), f1_blank_p_max=max(w["f1_blank_p"] for w in worst))
-    print(f"goal (every seed: tuned >= {GOAL['tuned']}, blank-image drop >= {GOAL['drop']} with p < {GOAL['p']}; the "
-          f"base answers yes or no (unparseable <= {GOAL['unparseable']}) no more than {GOAL['above_chance']} above "
-          f"each finding's majority answer; the base and the blank image at chance, macro AUROC 0.5 +- "
-          f"{GOAL['auroc_chance']}): {'met' if goal_met(worst) else 'NOT met'}")  # fmt: skip
-    figures = " ".join(f"{k}={v:.2g}" if k.endswith("p_max") else f"{k}={v:.3f}" for k, v in result.items())
-    print(f"RESULT seeds={len(seeds)} {figures} minutes={minutes:.1f}")
+        result.update(
+            f1_tuned_min=min(w["f1_tuned"] for w in worst),
+            f1_base_max=max(w["f1_base"] for w in worst),
+            f1_p_max=max(w["f1_p"] for w in worst),
+            f1_blank_p_max=max(w["f1_blank_p"] for w in worst),
+        )
+    return " ".join(f"{k}={v:.2g}" if k.endswith("p_max") else f"{k}={v:.3f}" for k, v in result.items())
 
 
 if __name__ == "__main__":

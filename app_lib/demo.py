@@ -109,8 +109,8 @@ def start(out: str | Path) -> tuple[Demo, subprocess.Popen | None]:
         print(f"another process is building the demo in {out}: serving what it builds", flush=True)
     try:
         while (found := read(out)) is None:
-            if warming.ident is None and "release" not in _read_json(out / DEMO_STATUS).get("running", ["release"]):
-                warming.start()  # once the release, which draws on every core, is done
+            if warming.ident is None and "base" in _read_json(out / DEMO_STATUS).get("running", []):
+                warming.start()  # once the base trains: the releases, which draw on every core, are done or niced
             if builder is not None and builder.poll() == 0:
                 builder = None  # it found another build running and left it be: wait for that one
             code = builder.poll() if builder is not None else None if building(out) else "unknown"

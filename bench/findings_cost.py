@@ -82,11 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     work = Path(args.work).resolve()
     with user_errors():
-        tiny, release, dataprep = data_stages(work, **({"patients": patients} if patients else {}))
+        tiny, release, dataprep, *base_data = data_stages(work, **({"patients": patients} if patients else {}))
         plain = Stage("dataprep (no findings)", dataprep.module,
                       [*dataprep.args[: dataprep.args.index("--out") + 1], str(work / NO_FINDINGS),
                        *dataprep.args[dataprep.args.index("--out") + 2 :], "--no-findings"])  # fmt: skip
-        for stage in (tiny, release, dataprep, plain, base_stage(work, extra=base_extra)):
+        for stage in (tiny, release, dataprep, plain, *base_data, base_stage(work, extra=base_extra)):
             run_stage(work, stage)
         found = {}
         for name, data in (("before", NO_FINDINGS), ("after", "data")):

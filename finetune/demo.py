@@ -5,16 +5,18 @@ pipeline, ending with its own evaluation.
     python -m finetune.demo runs/demo --seed 1    # another trainer seed on the same data
     python -m finetune.demo --out runs/demo --fresh   # start over
 
-Stages (finetune/demo_stages.py: each the real command line in its own process, skipped once it has finished): a
-synthetic release (`python -m dataprep.synthetic`), its QA dataset (`python -m dataprep --generator labels`) beside
-the tiny checkpoint (`python -m finetune.tiny_model`), then OUT/examples/: one held-out test film per finding and a
-normal one, with examples.json. Then the base, which learns the language of the answers on films shuffled between
-studies, so it answers in fluent sentences at chance (`python -m finetune --config
-finetune/configs/tiny-synthetic-base.yaml`, merged into OUT/speaking-base/merged). OUT/demo.json is written then:
-the app can serve. Then the adapter (`python -m finetune --config finetune/configs/tiny-synthetic.yaml`, a checkpoint
-every epoch, which the app serves as they come; it resumes from the last one) and the evaluation of base and adapter
-on the held-out patients (`python -m evaluation`, into OUT/report/; another seed's into OUT/report-seedN/). demo.json
-is rewritten, "complete", last.
+Stages (finetune/demo_stages.py: each the real command line in its own process, skipped once it has finished): the
+base's own small synthetic release and its QA dataset (`python -m dataprep.synthetic`, `python -m dataprep
+--generator labels`: 150 patients, OUT/base-release/, OUT/base-data/) beside the tiny checkpoint (`python -m
+finetune.tiny_model`), and, at a lower priority beside all of them, the adapter's release of 1,000 patients and its
+dataset (OUT/release/, OUT/data/, their output in OUT/logs/). Then OUT/examples/: one held-out film of the base's data
+per finding and a normal one, with examples.json (neither model trains on them). Then the base, which learns the
+language of the answers on films shuffled between studies, so it answers in fluent sentences at chance (`python -m
+finetune --config finetune/configs/tiny-synthetic-base.yaml`, merged into OUT/speaking-base/merged). OUT/demo.json is
+written then: the app can serve. Then the adapter (`python -m finetune --config finetune/configs/tiny-synthetic.yaml`,
+a checkpoint every epoch, which the app serves as they come; it resumes from the last one) and the evaluation of base
+and adapter on the held-out patients (`python -m evaluation`, into OUT/report/; another seed's into
+OUT/report-seedN/). demo.json is rewritten, "complete", last.
 
 One process builds OUT at a time: it holds OUT/build.lock, and another finds it held and leaves. OUT/status.json
 says which stage runs. bench/learn_synthetic.py runs the same stages with three trainer seeds.
@@ -50,6 +52,8 @@ from finetune.demo_stages import (
     run_stage,
     train_stage,
 )
+
+LOWER_PRIORITY = 10  # the adapter's data, made beside the base (os.setpriority: 0 normal, 19 lowest)
 
 
 def pick_examples(dataset: Path, out: Path) -> list[dict]:
@@ -132,24 +136,28 @@ def build(out: Path, plan: Plan, *, threads: int = 1) -> dict:
 
 def _build(out: Path, plan: Plan, threads: int, children: Children) -> dict:
     start, n = time.time(), len(plan.stages)
-    tiny, release, dataprep = plan.data
-    _status(out, [release], plan)
-    print(f"stage 1/{n}: {release.name}", flush=True)
-    run_stage(out, release, threads=threads, children=children)  # it draws in a process per core
-    _status(out, [dataprep, tiny], plan)
-    print(f"stages 2-3/{n}: {dataprep.name} and {tiny.name}, side by side", flush=True)
-    # dataprep's threads leave a core idle part of the time: the tiny model's construction fills it. Not `with`: its
-    # exit would wait for both stages before an exception (SIGTERM) reaches build(), which kills them.
+    tiny, release, dataprep, base_release, base_dataprep = plan.data
+    # The first page waits only for the base's own small data, the tiny model and the base. The adapter's release and
+    # dataset are made beside them at a lower priority (their output in OUT/logs/), so they take the spare core and
+    # are ready about when they would have been one after the other. Not `with`: its exit would wait for the stages
+    # before an exception (SIGTERM) reaches build(), which kills them.
     pool = ThreadPoolExecutor(2)
     try:
-        for done in [pool.submit(run_stage, out, s, threads=threads, children=children) for s in (dataprep, tiny)]:
-            done.result()
-    finally:
+        _status(out, [base_release, tiny, release], plan)
+        print(f"stages 1-3/{n}: {base_release.name} and {tiny.name}; {release.name} and {dataprep.name} beside them, "
+              f"at a lower priority (output: {out / 'logs'})", flush=True)  # fmt: skip
+        adapter_data = pool.submit(_in_turn, out, [release, dataprep], threads, children)
+        made = pool.submit(run_stage, out, tiny, threads=threads, children=children)
+        for stage in (base_release, base_dataprep):
+            run_stage(out, stage, threads=threads, children=children)
+        made.result()
+        examples = pick_examples(out / "base-data", out / "examples")
+        _status(out, [plan.base, release if not adapter_data.done() else dataprep], plan)
+        print(f"stage {n - 2}/{n}: {plan.base.name}", flush=True)
+        run_stage(out, plan.base, threads=threads, children=children)
+    except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
-    examples = pick_examples(out / "data", out / "examples")
-    _status(out, [plan.base], plan)
-    print(f"stage 4/{n}: {plan.base.name}", flush=True)
-    run_stage(out, plan.base, threads=threads, children=children)
+        raise
     adapter = plan.train.resume_dir.name
     marker = {
         "format": DEMO_FORMAT, "complete": False, "trained": False, "base": MERGED, "adapter": adapter,
@@ -159,6 +167,10 @@ def _build(out: Path, plan: Plan, threads: int, children: Children) -> dict:
     }  # fmt: skip
     _write_json(out / DEMO_MARKER, marker)
     print(f"demo can serve ({time.time() - start:.0f} s): base {out / MERGED}, {len(examples)} examples", flush=True)
+    try:
+        adapter_data.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     for k, stage in enumerate([plan.train, plan.evaluate], n - 1):
         _status(out, [stage], plan)
         print(f"stage {k}/{n}: {stage.name}", flush=True)
@@ -171,6 +183,13 @@ def _build(out: Path, plan: Plan, threads: int, children: Children) -> dict:
     _status(out, [], plan, complete=True)
     print(f"demo complete in {out} ({time.time() - start:.0f} s): adapter {out / adapter}, report {out / plan.report}")
     return marker
+
+
+def _in_turn(out: Path, stages: list[Stage], threads: int, children: Children) -> None:
+    """Run `stages` one after the other at a lower priority, each into OUT/logs/NAME.log."""
+    for stage in stages:
+        log = out / "logs" / (stage.name.replace(" ", "-") + ".log")
+        run_stage(out, stage, threads=threads, children=children, log=log, nice=LOWER_PRIORITY)
 
 
 def hold_lock(out: Path):

@@ -120,7 +120,7 @@ def test_zero_epochs_or_base_steps_are_usage_errors(flags, tmp_path, monkeypatch
 
 SLEEPER = """import os, pathlib, subprocess, time
 grandchild = subprocess.Popen(["sleep", "60"])
-pathlib.Path(PIDS).write_text(f"{os.getpid()} {grandchild.pid}")
+pathlib.Path(PIDS).write_text(f"{os.getpid()} {grandchild.pid} {os.nice(0)}")
 time.sleep(60)"""
 BUILDER = """import sys
 from pathlib import Path
@@ -129,10 +129,11 @@ from finetune.demo_stages import Stage
 
 out = Path(sys.argv[1])
 quick = Stage("release", "timeit", ["-n", "1", "-r", "1", "pass"])
-sleep = [sys.argv[2].replace("PIDS", repr(str(out / name))) for name in ("tiny", "dataprep")]
-sleeper = [Stage(name, "timeit", ["-n", "1", "-r", "1", stmt]) for name, stmt in zip(("tiny", "dataprep"), sleep)]
+names = ("tiny", "release", "base release")
+sleep = [sys.argv[2].replace("PIDS", repr(str(out / name))) for name in names]
+tiny, release, base_release = [Stage(name, "timeit", ["-n", "1", "-r", "1", stmt]) for name, stmt in zip(names, sleep)]
 demo.stop_on_sigterm()
-demo.build(out, demo.Plan([sleeper[0], quick, sleeper[1]], quick, quick, quick))"""
+demo.build(out, demo.Plan([tiny, release, quick, base_release, quick], quick, quick, quick))"""
 
 
 def _alive(pid: int) -> bool:
@@ -143,20 +144,26 @@ def _alive(pid: int) -> bool:
 
 
 def test_sigterm_during_the_stages_side_by_side_kills_them_and_what_they_started(tmp_path):
-    """The app stops a build with SIGTERM while dataprep and the tiny model run in threads: both stages (and their own
-    children) end with the builder instead of running on, orphaned."""
+    """The app stops a build with SIGTERM while the base's release runs, the tiny model beside it and the adapter's
+    release at a lower priority, both in threads: the three stages (and their own children) end with the builder
+    instead of running on, orphaned."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     builder = subprocess.Popen([sys.executable, "-c", BUILDER, str(tmp_path), SLEEPER], cwd=REPO, env=env)
     pids: list[int] = []
     try:
         for _ in range(600):  # both stages started and wrote their pids (a loaded machine may take a while)
-            files = [tmp_path / "tiny", tmp_path / "dataprep"]
+            files = [tmp_path / "tiny", tmp_path / "release", tmp_path / "base release"]
             if all(f.is_file() and f.read_text() for f in files):
-                pids = [int(pid) for f in files for pid in f.read_text().split()]
+                written = [f.read_text().split() for f in files]
+                pids = [int(pid) for pid_, grandchild, _ in written for pid in (pid_, grandchild)]
                 break
             assert builder.poll() is None, "the builder ended before its stages started"
             time.sleep(0.1)
-        assert len(pids) == 4 and all(_alive(pid) for pid in pids)
+        assert len(pids) == 6 and all(_alive(pid) for pid in pids)
+        niceness = {f.name: int(line[2]) for f, line in zip(files, written, strict=True)}
+        # the adapter's release yields its core to the stages the first page waits for
+        assert niceness["release"] - niceness["tiny"] == demo.LOWER_PRIORITY or niceness["release"] == 19
+        assert niceness["base release"] == niceness["tiny"]
         builder.send_signal(signal.SIGTERM)
         assert builder.wait(timeout=30) == 128 + signal.SIGTERM
         for _ in range(50):  # the grandchildren, killed with their group, are reaped by whoever adopted them
@@ -263,8 +270,10 @@ def test_the_whole_build_on_a_handful_of_patients(tmp_path):
     first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     assert [line for line in first.stdout.splitlines() if line.startswith("stage")] == [
-        "stage 1/6: release", "stages 2-3/6: dataprep and tiny model, side by side", "stage 4/6: base",
-        "stage 5/6: train (seed 0)", "stage 6/6: evaluate (adapter-seed0)"]  # fmt: skip
+        f"stages 1-3/8: base release and tiny model; release and dataprep beside them, at a lower priority (output: "
+        f"{tmp_path / 'demo' / 'logs'})", "stage 6/8: base", "stage 7/8: train (seed 0)",
+        "stage 8/8: evaluate (adapter-seed0)"]  # fmt: skip
+    assert (tmp_path / "demo" / "logs" / "release.log").is_file()  # made beside the base: its output kept apart
     marker = demo_build(tmp_path / "demo")
     assert marker and marker["complete"] and marker["trained"]
     assert (tmp_path / "demo" / marker["adapter"] / "adapter_config.json").is_file()
@@ -273,8 +282,11 @@ def test_the_whole_build_on_a_handful_of_patients(tmp_path):
     card = (tmp_path / "demo" / marker["adapter"] / "README.md").read_text()
     assert "A **demo** LoRA adapter" in card and "synthetic phantoms drawn by dataprep.synthetic, not patients" in card
     examples = json.loads((tmp_path / "demo" / marker["examples"]).read_text())
-    test_studies = set(open_splits(tmp_path / "demo" / "data")["test"]["study_id"])
+    # the base's own held-out films: the base never trained on them, the adapter never saw that release
+    test_studies = set(open_splits(tmp_path / "demo" / "base-data")["test"]["study_id"])
     assert examples and all(e["study_id"] in test_studies for e in examples)
+    base_args = next(s for s in marker["stages"] if s[0] == "finetune" and "tiny-llava" in str(s))
+    assert base_args[base_args.index("--dataset") + 1] == str((tmp_path / "demo" / "base-data").resolve())
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "already built" in again.stdout
 

@@ -44,7 +44,8 @@ class EvalConfig:
     remote: list[str] | None = field(
         default=None,
         metadata={"help": f"a model behind an OpenAI-compatible vision endpoint (vLLM, OpenAI): {SPEC_FORM}; again "
-                  "for several; its key from $OPENAI_API_KEY or the variable named after the second #", **REPEATABLE},
+                  "for several; its key from the variable named after the second # ($OPENAI_API_KEY by default for "
+                  "api.openai.com only)", **REPEATABLE},
     )  # fmt: skip
     gguf: list[str] | None = field(
         default=None,

@@ -28,6 +28,7 @@ SMOKES: dict[str, tuple[str, str] | str] = {
     "dataprep_llm": ("--reports 8 --patients 20 --latency 0.02 --repeats 1", "speedup cached_requests"),
     "explore": ("--report {report} --questions 500 --repeats 1",
                 "questions open_s select_ms_max filter_ms_max page_kb table_kb page_share"),
+    "findings_cost": "tests/test_findings_cost.py",
     "gguf": "tests/test_gguf_serving.py",
     "gpu": "tests/test_gpu_bench.py",
     "labeler": "tests/test_labeler_command.py",

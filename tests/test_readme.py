@@ -138,7 +138,7 @@ def test_every_relative_link_resolves():
         for number, target, kind in targets(page)
         if kind == "link" and not is_external(target) and (why := broken_link(page, target))
     ]
-    assert broken == []
+    assert not broken, "\n".join(broken)
 
 
 def shown_images(screenshots: bool) -> list[tuple[str, int, Path]]:
@@ -155,14 +155,14 @@ def test_every_image_shown_exists():
     missing = [
         f"{name}:{number}: {path}" for name, number, path in shown_images(screenshots=False) if not path.is_file()
     ]
-    assert missing == []
+    assert not missing, "\n".join(missing)
 
 
 def test_every_screenshot_shown_exists():
     shown = shown_images(screenshots=True)
     assert any(name == "README.md" for name, _, _ in shown), "README shows no screenshot of the app from docs/images/"
     missing = [f"{name}:{number}: {path.relative_to(ROOT)}" for name, number, path in shown if not path.is_file()]
-    assert missing == [], f"screenshots missing: make them with `python scripts/screenshots.py` ({missing})"
+    assert not missing, "screenshots missing: make them with `python scripts/screenshots.py`\n" + "\n".join(missing)
 
 
 def test_every_project_file_named_exists():
@@ -176,7 +176,7 @@ def test_every_project_file_named_exists():
             word = word.strip("\"'`,;:()[]").split("=")[-1]
             if REPO_PATH.match(word) and not any(c in word for c in "*{<") and not (ROOT / word).exists():
                 missing.append(f"{page.name}:{number}: {word}")
-    assert missing == []
+    assert not missing, "\n".join(missing)
 
 
 # commands --------------------------------------------------------------------------------------------------------
@@ -274,7 +274,7 @@ def test_each_flag_shown_is_an_option_of_its_command(entry, helps):
         for flag in shown.flags
         if flag != "--help" and not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", out["stdout"])
     )
-    assert unknown == [], f"python {' '.join(entry)}: flags its --help does not list"
+    assert not unknown, f"python {' '.join(entry)}: flags its --help does not list:\n" + "\n".join(unknown)
 
 
 # the front page --------------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """`python ENTRY --help` for many entry points at the cost of one: the heavy libraries they share (torch,
 transformers, trl, gradio ...) are imported once here, then each entry point runs in a forked child, as `python -m`
 or `python script.py` would run it (runpy, `__main__`, its own sys.argv and sys.path[0]), with its stdout and stderr
-captured. Each child starts from this process's state, never from another child's. Prints one JSON object:
-{"ENTRY": {"returncode": int, "stdout": str, "stderr": str}}.
+captured. Each child starts from this process's state, never from another child's. Its last line is one JSON
+object: {"ENTRY": {"returncode": int, "stdout": str, "stderr": str}}.
 
     python tests/help_runner.py -m dataprep app.py bench/gpu.py      # what tests/test_readme.py runs
 """
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> None:
         for entry in entries:
             done = subprocess.run([sys.executable, *entry, "--help"], cwd=ROOT, capture_output=True, text=True)
             results[" ".join(entry)] = {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
-        sys.stdout.write(json.dumps(results))
+        print("\n" + json.dumps(results))
         return
     for name in SHARED:
         with contextlib.suppress(ImportError):
@@ -94,7 +94,7 @@ def main(argv: list[str]) -> None:
                 "stdout": out.read().decode(errors="replace"),
                 "stderr": err.read().decode(errors="replace"),
             }
-    sys.stdout.write(json.dumps(results))
+    print("\n" + json.dumps(results))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ models disagree, how sure a wrong answer was, which rows a filter keeps and in w
     rows = table.page(order, page=0, shown=table.models)         # [[thumbnail, id, finding, ..., answers]]
     table.select(Query(kind="findings", model="tuned", claims="Edema"))   # findings reports: app_lib.explore_findings
 
-Definitions (the README states them too):
+Definitions (docs/app.md states them too):
 - right / wrong: a closed question by the evaluation's strict score (`scores[variant]["correct"]`); an open one (and,
   for now, a findings report) by its recall, the share of the reference's words found in the answer, right from
   OPEN_RIGHT_RECALL up.

@@ -1,7 +1,7 @@
 """The container as a user meets it: build the image on a given base, start it on a tiny checkpoint and an adapter
-made here (mounted read-only, as docs/deploying.md's local-adapter `docker run` does: the container's uid 1000 must be able to
-read what this user saved), call `/compare`, `docker stop` it, then start the default command with no network.
-Prints each step's time, the stop's exit code, the offline start's one line and the image size. Needs a Docker
+made here (mounted read-only, as docs/deploying.md's local-adapter `docker run` does: the container's uid 1000 must
+be able to read what this user saved), call `/compare`, `docker stop` it, then start the default command with no
+network. Prints each step's time, the stop's exit code, the offline start's one line and the image size. Needs a Docker
 engine and this project's environment on the host (`pip install -e .`); the model is built on the host, offline.
 
     python scripts/docker_check.py                                  # the Dockerfile's CUDA base (pulled, large)

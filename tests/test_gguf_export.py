@@ -175,6 +175,16 @@ def test_gguf_and_mps_options_fail_in_one_line_before_anything_loads(tmp_path, r
     assert pick_dtype(torch.device("mps")) == torch.float16
 
 
+@pytest.mark.parametrize("manifest", [{"format": 1}, [1], {"format": 1, "model": None, "mmproj": "m.gguf"}])
+def test_a_broken_manifest_is_one_line_not_a_traceback(tmp_path, manifest):
+    from cxr_vqa.errors import UserError
+    from cxr_vqa.llama_server import read_export
+
+    (tmp_path / "export.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="export.json (does not name its model|is format None)"):
+        read_export(tmp_path)
+
+
 def test_serving_template_renders_the_projects_prompt_as_llama_cpp_is_sent_it(tiny_model_dir):
     """The chat template the GGUF carries and the server uses gives, for OpenAI messages, the text the project's own
     template gives the model (with the film where `<image>` is): follow-ups, `</s>` after answers, no system turn."""

@@ -90,7 +90,7 @@ class Admission:
                 self.by_api = {f.api_name: f for f in self.blocks.fns.values() if f.api_name}
             fn = self.by_api.get(api_name)
         else:
-            fn = self.blocks.fns.get(fn_index) if isinstance(fn_index, int) else None
+            fn = self.blocks.fns.get(_as_index(fn_index))
         return fn if fn is not None and fn.concurrency_id == GROUP else None
 
     def _events(self) -> list:
@@ -156,6 +156,17 @@ class Admission:
     def _forget(self, now: float) -> None:
         for key in [k for k, w in self.admitted.items() if not w or w[-1] <= now - WINDOW_S]:
             del self.admitted[key]
+
+
+def _as_index(value) -> int | None:
+    """`fn_index` as Gradio reads it: its PredictBody coerces "3", 3.0 and true to an int (pydantic's lax mode), so
+    a check of `isinstance(value, int)` alone would let those spellings of a model's event past the limits."""
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        return TypeAdapter(int).validate_python(value)
+    except ValidationError:
+        return None
 
 
 class AdmissionMiddleware:

@@ -3,7 +3,8 @@
     image = read_dicom(data, LIMITS)    # PIL image, "L" or "RGB"; ImageLoadError (one line) for anything refused
 
 Order: the header alone (`dcmread(stop_before_pixels=True)`: rows, columns, bits allocated, samples, frames, the
-transfer syntax and its decoder) against `FilmLimits`; only then the pixel data, and of it only the first frame.
+transfer syntax and its decoder) against `FilmLimits`; only then the pixel data, and of it only the first frame,
+once a compressed frame's own header (JPEG's SOF, JPEG 2000's SIZ: what the decoder allocates) matches the file's.
 A Deflated Explicit VR Little Endian file is inflated through caps: its first `HEADER_BYTES` to read the header,
 then no more than what that header declares (and never past `max_inflated_bytes`); pydicom itself would inflate
 all of it first (a 280 KB file inflated to 288 MB took 550 MB before it was refused).
@@ -18,23 +19,36 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 import zlib
+from itertools import islice
 
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.encaps import generate_fragments
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset, read_preamble
 from pydicom.filewriter import write_file_meta_info
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing, get_decoder, pixel_array
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from cxr_vqa.film_limits import HEADER_BYTES, MIB, FilmHeader, FilmLimits, ImageLoadError, check_header
+from cxr_vqa.film_limits import (
+    HEADER_BYTES,
+    JPEG_MAGIC,
+    MIB,
+    FilmHeader,
+    FilmLimits,
+    ImageLoadError,
+    check_header,
+    probe_jpeg,
+)
 from cxr_vqa.pixels import bands, to_uint8
 
 logger = logging.getLogger(__name__)
 
 PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+J2K_SIZ, J2K_SEARCH = b"\xff\x4f\xff\x51", 1 << 16  # a JPEG 2000 codestream's SOC and SIZ markers; where to look
 NO_PIXELS = "DICOM file has no pixel data (a structured report or presentation state?); export the image instead"
 
 
@@ -43,7 +57,7 @@ def read_dicom(data: bytes, limits: FilmLimits) -> Image.Image:
     if _syntax_of(data) == DeflatedExplicitVRLittleEndian:
         data = _inflated(data, limits)
     header = _header(data)
-    _check(header, limits)
+    declared = _check(header, limits)
     try:  # now the pixel data, whose size the header has vouched for
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as exc:  # pydicom raises many exception types on malformed files
@@ -53,6 +67,7 @@ def read_dicom(data: bytes, limits: FilmLimits) -> Image.Image:
         raise ImageLoadError(NO_PIXELS)
     if "TransferSyntaxUID" not in ds.file_meta:  # a bare dataset without file meta: decode it as it was read
         ds.file_meta.TransferSyntaxUID = header.file_meta.TransferSyntaxUID
+    _check_frame(ds, declared)
     try:
         arr = pixel_array(ds, index=0)  # decode only the first frame of a multi-frame file
         if "PixelData" in ds:
@@ -125,6 +140,36 @@ def _check(header: pydicom.Dataset, limits: FilmLimits) -> FilmHeader:
             "e.g. pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
         )
     return declared
+
+
+def _frame_size(ds: pydicom.Dataset) -> tuple[int, int, int] | None:
+    """(width, height, components) that the first compressed frame's own header declares (JPEG's SOF, JPEG 2000's
+    SIZ), or None for pixel data whose decoder allocates from the DICOM header (native, RLE)."""
+    if not ds.file_meta.TransferSyntaxUID.is_encapsulated or "PixelData" not in ds:
+        return None
+    try:  # the first item is the basic offset table; the frame's header opens the next one
+        fragment = next(islice(generate_fragments(ds.PixelData), 1, 2), b"")
+    except ValueError as exc:
+        raise ImageLoadError(f"DICOM pixel data is not readable ({_one_line(exc)}); it may be corrupt") from None
+    if fragment.startswith(JPEG_MAGIC):
+        found = probe_jpeg(fragment)
+        return found.width, found.height, found.samples
+    at = fragment.find(J2K_SIZ, 0, J2K_SEARCH)  # a bare codestream, or one inside a JP2 wrapper
+    if at >= 0 and len(fragment) >= at + 42:
+        _, _, width, height, left, top = struct.unpack(">HHIIII", fragment[at + 4 : at + 24])
+        return width - left, height - top, struct.unpack(">H", fragment[at + 40 : at + 42])[0]
+    return None
+
+
+def _check_frame(ds: pydicom.Dataset, declared: FilmHeader) -> None:
+    """A compressed frame is decoded at the size its own header says, before pydicom compares it with the DICOM
+    header's: a 1 MB file declaring 64 x 64 over an 8,000 x 8,000 RGB JPEG frame took 370 MiB first (measured)."""
+    found = _frame_size(ds)
+    if found is not None and found != (declared.width, declared.height, declared.samples):
+        width, height, components = found
+        raise ImageLoadError(f"DICOM pixel data does not match its header: its frame is {width}x{height} with "
+                             f"{components} sample(s); the header declares {declared.width}x{declared.height} with "
+                             f"{declared.samples}; the file is corrupt or crafted")  # fmt: skip
 
 
 def _inflated(data: bytes, limits: FilmLimits) -> bytes:

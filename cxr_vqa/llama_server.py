@@ -80,9 +80,11 @@ def read_export(folder: str | Path) -> GgufExport:
     except (OSError, ValueError):
         raise UserError(f"{folder} is not a finished GGUF export (no readable {MANIFEST}): run `python -m "
                         f"finetune.export_gguf --base B [--adapter A] --out {folder}`") from None  # fmt: skip
-    if manifest.get("format") != EXPORT_FORMAT:
-        raise UserError(f"{folder}/{MANIFEST} is format {manifest.get('format')}, this version reads "
-                        f"{EXPORT_FORMAT}: export again")  # fmt: skip
+    if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise UserError(f"{folder}/{MANIFEST} is format {found}, this version reads {EXPORT_FORMAT}: export again")
+    if not all(isinstance(manifest.get(key), str) and manifest[key] for key in ("model", "mmproj")):
+        raise UserError(f"{folder}/{MANIFEST} does not name its model and mmproj files: export again")
     model, mmproj = folder / manifest["model"], folder / manifest["mmproj"]
     for file in (model, mmproj):
         if not file.is_file():

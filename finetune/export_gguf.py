@@ -63,14 +63,17 @@ PARAMETER num_ctx 4096
 
 
 def fingerprint(base: str, adapter: str | None) -> dict:
-    """What the reusable work was made from: a changed adapter (retrained) invalidates it."""
-    files = sorted(Path(adapter).glob("adapter_*")) if adapter and Path(adapter).is_dir() else []
-    stamps = {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files}
-    return {"base": base, "adapter": adapter, "files": stamps}
+    """What the reusable work was made from, by content (`cxr_vqa.identity`, digests cached): a base or an adapter
+    rewritten in place (retrained, rebuilt) invalidates it, whatever its path."""
+    from cxr_vqa.identity import model_identity
+
+    return {"base": base, "adapter": adapter, "base_content": model_identity(base),
+            "adapter_content": model_identity(adapter, ADAPTER) if adapter else None}  # fmt: skip
 
 
-def merged_source(base: str, adapter: str | None, work: Path) -> Path:
-    """The 16-bit checkpoint to export: the base's own folder, or base + adapter merged into `work`/merged."""
+def merged_source(base: str, adapter: str | None, work: Path, made_from: dict) -> Path:
+    """The 16-bit checkpoint to export: the base's own folder, or base + adapter merged into `work`/merged
+    (`made_from`: their `fingerprint`)."""
     if adapter is None:
         source = resolve(base)
         if source.local:
@@ -82,15 +85,16 @@ def merged_source(base: str, adapter: str | None, work: Path) -> Path:
     if config.get("peft_type", "LORA") != "LORA":
         raise ExportRefused(f"{adapter} is a {config.get('peft_type')} adapter: only LoRA merges into the weights")
     merged, done = work / "merged", work / "merged.json"
-    if done.is_file() and json.loads(done.read_text()) == fingerprint(base, adapter):
+    if done.is_file() and json.loads(done.read_text()) == made_from:
         print(f"reusing the merged model in {merged}")
         return merged
     from finetune.merge import merge_adapter
 
+    done.unlink(missing_ok=True)  # the old merge is being replaced: a kill now must not leave it marked done
     shutil.rmtree(merged, ignore_errors=True)
     print(f"merging {adapter} into a 16-bit {base} (RAM for one 16-bit copy: about 14 GB for the 7B)")
     merge_adapter(base, adapter, merged)
-    write_text_atomic(done, json.dumps(fingerprint(base, adapter)))
+    write_text_atomic(done, json.dumps(made_from))
     return merged
 
 
@@ -142,15 +146,17 @@ def export(base: str, adapter: str | None, out: str | Path, quant: str = "q4_k_m
     work = out / ".work"
     work.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # unfinished until written again
-    source = merged_source(base, adapter, work)
+    made_from = fingerprint(base, adapter)
+    source = merged_source(base, adapter, work, made_from)
     checkpoint = read_checkpoint(source)  # refusals come here, before any GGUF is written
     model = out / f"model-{quant}.gguf"
     f16 = model if quant == "f16" else work / "model-f16.gguf"
     f16_done = work / "model-f16.json"
-    if not (f16.is_file() and f16_done.is_file() and json.loads(f16_done.read_text()) == fingerprint(base, adapter)):
+    if not (f16.is_file() and f16_done.is_file() and json.loads(f16_done.read_text()) == made_from):
+        f16_done.unlink(missing_ok=True)
         print(f"writing the language model ({checkpoint.text['num_hidden_layers']} layers) to {f16.name}")
         write_language_model(checkpoint, f16, name=Path(base).name)
-        write_text_atomic(f16_done, json.dumps(fingerprint(base, adapter)))
+        write_text_atomic(f16_done, json.dumps(made_from))
     if quant != "f16":
         print(f"quantizing it to {quant} with llama.cpp")
         quantize(f16, model, quant)

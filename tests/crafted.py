@@ -21,9 +21,16 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    SecondaryCaptureImageStorage,
+)
 
 UID = "1.2.826.0.1.3680043.8.498.1"
 
@@ -145,6 +152,29 @@ def dicom_header(rows: int, columns: int, bits: int = 16, samples: int = 1) -> b
     return _dicom(_header(rows, columns, bits, samples, 1), ExplicitVRLittleEndian, 0, _zeros)
 
 
+def _siz_forged(width: int, height: int) -> bytes:
+    """A small JPEG 2000 codestream whose SIZ marker declares `width` x `height`."""
+    buffer = io.BytesIO()
+    Image.new("L", (32, 32), 90).save(buffer, "JPEG2000", no_jp2=True)
+    data = bytearray(buffer.getvalue())
+    at = data.find(b"\xff\x4f\xff\x51") + 4  # SOC, SIZ: then Lsiz, Rsiz, Xsiz, Ysiz (offsets 0 here)
+    data[at + 4 : at + 12] = struct.pack(">II", width, height)
+    return bytes(data)
+
+
+def dicom_codestream_lying(rows: int, columns: int, width: int, height: int, syntax: str = JPEGBaseline8Bit) -> bytes:
+    """A JPEG (or JPEG 2000) DICOM whose header declares rows x columns 8-bit grey while its frame's own header (SOF,
+    SIZ) says width x height: the decoder allocates what the frame says, whatever the DICOM header declared."""
+    ds = _header(rows, columns, 8, 1, 1)
+    ds.file_meta = _meta(syntax)
+    frame = jpeg_forged(width, height) if syntax == JPEGBaseline8Bit else _siz_forged(width, height)
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
 def zip_of(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", method) as archive:
@@ -240,6 +270,10 @@ FILMS = [
     Case("dicom 16-bit 4 samples", ".dcm", lambda: dicom_header(512, 512, 16, samples=4), "with 4 samples per pixel"),
     Case("dicom 32-bit samples", ".dcm", lambda: dicom_film(256, 256, 32), "32-bit samples, over the 16-bit limit"),
     Case("dicom header 65,535x65,535", ".dcm", lambda: dicom_header(65_535, 65_535), "65535x65535 is 4,294,836,225"),
+    Case("dicom JPEG, header 64x64, its frame 12,000x12,000 (2 KB)", ".dcm",
+         lambda: dicom_codestream_lying(64, 64, 12_000, 12_000), "frame is 12000x12000 with 1 sample", True),
+    Case("dicom JPEG 2000, header 64x64, its frame 12,000x12,000", ".dcm",
+         lambda: dicom_codestream_lying(64, 64, 12_000, 12_000, JPEG2000Lossless), "frame is 12000x12000 with 1"),
     Case("dicom 16-bit RGB 1,500x1,500", ".dcm", lambda: dicom_film(1_500, 1_500, 16, samples=3), "", True),
     Case("dicom deflated 16-bit 4,300x3,500", ".dcm", lambda: deflated_dicom(3_500, 4_300), "", heavy=True),
     Case("png 16-bit 4,300x3,500 (largest real film)", ".png", lambda: png_film(3_500, 4_300), "", heavy=True),

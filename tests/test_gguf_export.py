@@ -98,6 +98,26 @@ def test_a_trained_projector_goes_into_the_mmproj_instead_of_the_bases(tiny_mode
     assert not np.allclose(got, base_projector.numpy(), atol=0.1)
 
 
+def test_a_resumed_export_remakes_its_work_when_the_base_changed(tiny_model_dir, random_adapter_dir, tmp_path):
+    """OUT/.work is reused only when made from the same inputs: a base rewritten in place (same path, new weights) is
+    not the same input, and its merged model must be made again rather than exported stale."""
+    from safetensors.torch import load_file, save_file
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    args = ["--base", str(base), "--adapter", random_adapter_dir, "--out", str(tmp_path / "out"), "--quant", "f16",
+            "--keep-work"]  # fmt: skip
+    export_gguf.main(args)
+    weights = load_file(base / "model.safetensors")
+    norm = "language_model.model.norm.weight"
+    weights[norm] = weights[norm] * 2 + 1  # no LoRA reaches the final norm: the export holds it as the base has it
+    save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
+    export_gguf.main(args)
+    tensors, _ = reader(tmp_path / "out" / "model-f16.gguf")
+    got = np.asarray(tensors["output_norm.weight"].data)
+    assert np.array_equal(got, weights[norm].float().numpy().astype(got.dtype))
+
+
 def test_refusals_come_in_one_line_before_anything_is_written(tiny_model_dir, tmp_path, run_cli):
     from safetensors.torch import load_file, save_file
 
@@ -153,6 +173,16 @@ def test_gguf_and_mps_options_fail_in_one_line_before_anything_loads(tmp_path, r
         with pytest.raises(ModelLoadError, match="no Apple-silicon GPU"):
             pick_device("mps")
     assert pick_dtype(torch.device("mps")) == torch.float16
+
+
+@pytest.mark.parametrize("manifest", [{"format": 1}, [1], {"format": 1, "model": None, "mmproj": "m.gguf"}])
+def test_a_broken_manifest_is_one_line_not_a_traceback(tmp_path, manifest):
+    from cxr_vqa.errors import UserError
+    from cxr_vqa.llama_server import read_export
+
+    (tmp_path / "export.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="export.json (does not name its model|is format None)"):
+        read_export(tmp_path)
 
 
 def test_serving_template_renders_the_projects_prompt_as_llama_cpp_is_sent_it(tiny_model_dir):

@@ -18,9 +18,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from crafted import FILMS, ZIPS, deflated_dicom, dicom_film, jpeg_forged, png_forged, png_strip, zip_of
+from crafted import (
+    FILMS,
+    ZIPS,
+    deflated_dicom,
+    dicom_codestream_lying,
+    dicom_film,
+    jpeg_forged,
+    png_forged,
+    png_strip,
+    zip_of,
+)
 from PIL import Image
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit
 
 from app_lib.zips import ENTRY_BYTES, declared_entries, read_member
 from cxr_vqa.film_limits import LIMITS, MIB, ImageLoadError, check_header, probe_jpeg, probe_png
@@ -175,6 +185,17 @@ def test_a_deflated_film_decodes_as_its_uncompressed_twin_and_inflates_no_furthe
     with pytest.raises(ImageLoadError, match=r"its pixels inflate to 93 MiB, over the 64 MiB limit") as info:
         load_image(deflated_dicom(7_000, 7_000))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("syntax", "honest"), [(JPEGBaseline8Bit, 16), (JPEG2000Lossless, 32)])
+def test_a_compressed_dicom_frame_is_judged_by_its_own_header_before_it_is_decoded(syntax, honest):
+    """The decoder allocates what the frame's SOF / SIZ says, not the DICOM header's rows and columns: a 1 MB file
+    declaring 64 x 64 over an 8,000 x 8,000 RGB JPEG frame took 370 MiB before pydicom noticed the sizes differ."""
+    lying = r"its frame is 12000x12000 with 1 sample\(s\); the header declares 64x64"
+    with pytest.raises(ImageLoadError, match=lying):
+        load_film(dicom_codestream_lying(64, 64, 12_000, 12_000, syntax), 336)
+    film = load_film(dicom_codestream_lying(honest, honest, honest, honest, syntax), 336)  # as declared: decoded
+    assert film.original_size == (honest, honest)
 
 
 def test_every_way_in_reads_through_the_checks(tmp_path):

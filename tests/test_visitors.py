@@ -66,7 +66,9 @@ def test_one_in_flight_per_session_and_in_flight_per_address_with_the_wait_in_se
     admission.joined("10.0.0.2", "s5")
     assert admission.check("10.0.0.3", None) is None and not admission.joining.get(("session", "s5"))
     assert admission.fn(0) is fn and admission.fn(1) is None and admission.fn(api_name="compare") is fn
-    assert admission.fn(api_name="explore") is None and admission.fn("0") is None  # other groups, bad input
+    assert admission.fn(api_name="explore") is None and admission.fn("x") is None  # other groups, bad input
+    # what Gradio's PredictBody coerces to an int names that event too: "0", 0.0 and true are not a way around it
+    assert admission.fn("0") is fn and admission.fn(0.0) is fn and admission.fn(True) is None  # True is 1: explore
 
 
 def test_the_rate_per_address_and_per_session_with_when_to_come_back():
@@ -168,6 +170,24 @@ def test_the_routes_around_the_queue_are_closed_and_the_rest_api_is_limited_too(
     other = httpx.post(f"{limited}gradio_api/call/explore", json={"data": ["", "", "", False]})
     assert other.status_code == 200  # not the model's group: never limited here
     assert outcome(first) == "answered"
+
+
+def test_a_join_naming_the_event_as_gradio_would_coerce_it_is_limited_too(limited):
+    client = Client(limited, verbose=False)
+    first = ask(client)
+    time.sleep(0.3)
+    fn_index = next(i for i, fn in app_fns(limited).items() if fn == "compare_all")
+    for spelled in (str(fn_index), float(fn_index)):  # Gradio's PredictBody takes both as the event's index
+        body = {"data": [None, QUESTION], "fn_index": spelled, "session_hash": client.session_hash}
+        join = httpx.post(f"{limited}gradio_api/queue/join", json=body)
+        assert join.status_code == 429 and join.json()["detail"].startswith("busy:"), join.text
+    assert outcome(first) == "answered"
+
+
+def app_fns(url: str) -> dict[int, str]:
+    """fn_index -> api_name of the served app, from its config."""
+    config = httpx.get(f"{url}config").json()
+    return {dep["id"]: dep.get("api_name") for dep in config["dependencies"]}
 
 
 def test_behind_a_trusted_proxy_each_forwarded_address_is_its_own_client(vision, tmp_path):

@@ -7,10 +7,14 @@ film is written to the server's disk to show it, and only the rows of the page o
 
 from __future__ import annotations
 
+import atexit
 import base64
+import contextlib
 import functools
 import io
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from PIL import Image
@@ -58,8 +62,24 @@ def spreadsheet_safe(text: str) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
+EXPORT_KEEP_SECONDS = 600  # Gradio copies a download into its own cache (emptied hourly) as the click returns
+
+
 @functools.cache
+def _exports() -> Path:
+    """This process's private folder of downloads, deleted when it ends."""
+    folder = Path(tempfile.mkdtemp(prefix="cxr-vqa-exports-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 def export_folder(kind: str) -> Path:
-    """This process's private folder for one kind of download ("votes", "batch"): each CSV is one file in it,
-    rewritten per click (a folder per click would pile up every export in /tmp); Gradio serves its own copy."""
-    return Path(tempfile.mkdtemp(prefix=f"{kind}-"))
+    """A new private folder for one download of `kind` ("votes", "batch"): a folder per click, so that two visitors'
+    downloads never overwrite each other before Gradio has copied them. Those of earlier clicks are deleted once
+    older than EXPORT_KEEP_SECONDS, and all of them when the app ends: no copy of the votes outlives its use."""
+    parent = _exports()
+    for old in parent.iterdir():
+        with contextlib.suppress(OSError):  # another click deleted it already
+            if time.time() - old.stat().st_mtime > EXPORT_KEEP_SECONDS:
+                shutil.rmtree(old)
+    return Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=parent))

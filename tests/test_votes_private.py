@@ -224,3 +224,21 @@ def test_a_blind_vote_in_the_app_lands_0600(vision, tmp_path):
     *_, trial, _ = blind.answer(film, "Is it normal?", 12, 0.0, 1.0)
     blind.vote("A", trial)
     assert len(blind.votes.all()) == 1 and mode(votes_db) == 0o600
+
+
+def test_exports_of_earlier_clicks_are_deleted_and_two_clicks_never_share_a_file(monkeypatch):
+    """A votes CSV (questions people fill with patient details) must not pile up in /tmp: each click writes into its
+    own folder, and the folders of clicks older than the keep time go at the next click."""
+    import os
+    import time
+
+    from app_lib import tables
+
+    first, second = tables.export_folder("votes"), tables.export_folder("batch")
+    assert first != second and first.parent == second.parent
+    (first / "votes.csv").write_text("question\n")
+    old = time.time() - tables.EXPORT_KEEP_SECONDS - 5
+    os.utime(first, (old, old))
+    third = tables.export_folder("votes")
+    assert not first.exists() and second.is_dir() and third.is_dir()
+    assert oct(third.parent.stat().st_mode & 0o777) == "0o700"  # mkdtemp: this user's only

@@ -165,48 +165,52 @@ def read_mimic(
     label_rows = read_labels(root / LABEL_FILES[labels], set(keys))
     texts = Reports(root, reports)
     studies, rejects, info = [], [], Counter()
-    for key in keys:
-        sid, pid = f"p{subject[key]}/s{key}", f"p{subject[key]}"
-        split, kept = study_split.get(key), subject_split.get(subject[key])
-        if split is None:
-            rejects.append(reject(None, "no_official_split", f"s{key} is not in {SPLIT}", study_id=sid,
-                                  patient_id=pid))  # fmt: skip
-            continue
-        if split != kept:
-            detail = f"{SPLIT} puts subject {pid} in {kept} and this study in {split}; the subject stays in {kept}"
-            rejects.append(reject(None, "split_conflict", detail, study_id=sid, patient_id=pid))
-            continue
-        try:
-            text = texts.text(key)
-        except (zipfile.BadZipFile, OSError, zlib.error) as exc:  # a damaged member costs its study, not the run
-            rejects.append(reject(None, "report_unreadable", f"s{key}.txt: {type(exc).__name__}", study_id=sid,
-                                  patient_id=pid))  # fmt: skip
-            continue
-        if text is None:
-            rejects.append(reject(None, "no_report", f"no s{key}.txt in {Path(texts.name).name}", study_id=sid,
-                                  patient_id=pid))  # fmt: skip
-            continue
-        findings, impression, how = report_sections(text)
-        info[f"sections:{how}"] += 1
-        study = Study(study_id=sid, patient_id=pid, official_split="valid" if split == "validation" else "train",
-                      findings=clean_report(findings), impression=clean_report(impression),
-                      labels=label_rows.get(key), fixed_split=split)  # fmt: skip
-        usable = sorted((f for f in films[key] if f[1]), key=lambda f: RANK[f[1]])  # stable: file order in a view
-        for dicom_id, position, _ in usable:
-            rel = f"files/p{subject[key][:2]}/p{subject[key]}/s{key}/{dicom_id}.jpg"
-            if (root / rel).is_file():
-                study.images.append((rel, VIEWS[position]))
-        if word_count(study.findings) < MIN_WORDS and word_count(study.impression) < MIN_WORDS:
-            rejects.append(reject(study, "no_report_text", "findings and impression have < 2 words after cleaning"))
-        elif not usable:
-            positions = sorted({written or "(empty)" for _, _, written in films[key]})
-            rejects.append(reject(study, "no_standard_view", f"ViewPosition {', '.join(positions)}: no PA, AP or "
-                                  "lateral film"))  # fmt: skip
-        elif not study.images:
-            rejects.append(reject(study, "image_missing", f"none of its {len(usable)} films is under {root}/files"))
-        else:
-            studies.append(study)
-    texts.close()
+    try:
+        for key in keys:
+            sid, pid = f"p{subject[key]}/s{key}", f"p{subject[key]}"
+            split, kept = study_split.get(key), subject_split.get(subject[key])
+            if split is None:
+                rejects.append(reject(None, "no_official_split", f"s{key} is not in {SPLIT}", study_id=sid,
+                                      patient_id=pid))  # fmt: skip
+                continue
+            if split != kept:
+                detail = f"{SPLIT} puts subject {pid} in {kept} and this study in {split}; the subject stays in {kept}"
+                rejects.append(reject(None, "split_conflict", detail, study_id=sid, patient_id=pid))
+                continue
+            try:
+                text = texts.text(key)
+            except (zipfile.BadZipFile, OSError, zlib.error) as exc:  # a damaged member costs its study, not the run
+                rejects.append(reject(None, "report_unreadable", f"s{key}.txt: {type(exc).__name__}", study_id=sid,
+                                      patient_id=pid))  # fmt: skip
+                continue
+            if text is None:
+                rejects.append(reject(None, "no_report", f"no s{key}.txt in {Path(texts.name).name}", study_id=sid,
+                                      patient_id=pid))  # fmt: skip
+                continue
+            findings, impression, how = report_sections(text)
+            info[f"sections:{how}"] += 1
+            study = Study(study_id=sid, patient_id=pid, official_split="valid" if split == "validation" else "train",
+                          findings=clean_report(findings), impression=clean_report(impression),
+                          labels=label_rows.get(key), fixed_split=split)  # fmt: skip
+            usable = sorted((f for f in films[key] if f[1]), key=lambda f: RANK[f[1]])  # stable: file order in a view
+            for dicom_id, position, _ in usable:
+                rel = f"files/p{subject[key][:2]}/p{subject[key]}/s{key}/{dicom_id}.jpg"
+                if (root / rel).is_file():
+                    study.images.append((rel, VIEWS[position]))
+            if word_count(study.findings) < MIN_WORDS and word_count(study.impression) < MIN_WORDS:
+                detail = "findings and impression have < 2 words after cleaning"
+                rejects.append(reject(study, "no_report_text", detail))
+            elif not usable:
+                positions = sorted({written or "(empty)" for _, _, written in films[key]})
+                rejects.append(reject(study, "no_standard_view", f"ViewPosition {', '.join(positions)}: no PA, AP or "
+                                      "lateral film"))  # fmt: skip
+            elif not study.images:
+                detail = f"none of its {len(usable)} films is under {root}/files"
+                rejects.append(reject(study, "image_missing", detail))
+            else:
+                studies.append(study)
+    finally:  # an error half-way (Ctrl-C, a disk error) leaves no zip open
+        texts.close()
     summary = {
         "source": "mimic-cxr",
         "labels": LABEL_FILES[labels],

@@ -131,12 +131,12 @@ def _results(demo, tab: gr.Tab, blind: Blind, operator: Operator, retention_days
     )  # fmt: skip
     report = load_report(report_dir)
     note = gr.Markdown(report.note, elem_id="report-note")
-    text = gr.Markdown(report.markdown or "", visible=report.markdown is not None, elem_id="report-md")
-    plots = {}
+    plots = {}  # first: a reader takes in the figures at a glance, then reads the tables' numbers
     with gr.Row():  # the two headline figures side by side, the wide reliability diagram under them
         for name in (COMPARISON_PNG, FINDINGS_PNG):
             plots[name] = _plot(report, name)
     plots[CONFIDENCE_PNG] = _plot(report, CONFIDENCE_PNG)
+    text = gr.Markdown(report.markdown or "", visible=report.markdown is not None, elem_id="report-md")
     with gr.Accordion("metrics.json (every figure, raw)", open=False, visible=report.metrics is not None,
                       elem_id="report-json") as raw:  # fmt: skip
         metrics = gr.JSON(report.metrics, label="metrics.json", visible=report.metrics is not None)
@@ -149,7 +149,8 @@ def _results(demo, tab: gr.Tab, blind: Blind, operator: Operator, retention_days
 
 
 def _plot(report, name: str) -> gr.Image:
-    """One figure of the report (hidden while it is missing); no "share" button."""
-    return gr.Image(report.plots.get(name), label=f"{name}: {PLOTS[name]}", interactive=False,
+    """One figure of the report (hidden while it is missing); no "share" button. Its label is for screen readers: on
+    the page it would cover the figure's own title."""
+    return gr.Image(report.plots.get(name), label=f"{name}: {PLOTS[name]}", show_label=False, interactive=False,
                     buttons=["download", "fullscreen"], visible=name in report.plots,
                     elem_id=f"report-{name.removesuffix('.png')}")  # fmt: skip

@@ -168,16 +168,17 @@ def create_demo(
                 label="Examples (each says what it is: a real film, or a phantom drawn by dataprep.synthetic)",
             )  # fmt: skip
         with gr.Tabs():  # full width under the live models: the evaluation's questions, and batches of films
-            explore = ExploreView(report_dir, dataset, public=explore_public, on_space=on_space())
-            explore_tab(explore, film_file, page.question, NOTICE)
+            later = live is not None  # a demo's report is written while it serves: the tab fills itself then
+            explore = ExploreView(report_dir, dataset, public=explore_public, on_space=on_space(), later=later)
+            explore_views, fill_explore = explore_tab(explore, film_file, page.question, NOTICE)
             batch = BatchView(models, votes, limits=batch_limits, settings=settings, rng=rng)
             batch_tab(batch, NOTICE, GPU_EVENT, wrap=on_gpu)
 
         side.wire(h, page, sliders, gpu_event=GPU_EVENT, wrap=on_gpu)
         wire_blind(blind, *blind_parts, film=page.film, question=page.question, trial=gr.State(None),
                    sliders=sliders, gpu_event=GPU_EVENT, wrap=on_gpu)  # fmt: skip
-        if live is not None:
-            live.wire(demo, status, report_views, reload)
+        if live is not None:  # the build's report fills Results and Explore when it comes
+            live.wire(demo, status, [*report_views, *explore_views], lambda: (*reload(), *fill_explore()))
         register_api(h, maps, [film_file, page.question], wrap=on_gpu, gpu_event=GPU_EVENT)
     return demo
 

@@ -290,7 +290,9 @@ class Live:
 
     def wire(self, blocks, status, report_views: list, reload_report) -> None:
         """Inside `blocks`: `status` (a Markdown) current from the page's load, then every 2 s until the build is
-        complete, the report views reloaded when its report appears, and the `/demo_status` API."""
+        complete, the views that show its report (Results, Explore) given `reload_report()`'s updates when the report
+        appears (once a page: on its load, or the tick that finds the build complete, which stops the timer), and the
+        `/demo_status` API."""
         import gradio as gr
 
         def tick():

@@ -18,40 +18,30 @@ import logging
 import shutil
 import tempfile
 import weakref
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import gradio as gr
 
 from app_lib.explore import (
-    CONFIDENTLY_WRONG,
     EXPLORE_MODES,
-    KINDS,
-    OUTCOMES,
-    P_YES_GAP,
     PAGE_SIZE,
     REPORT_ORDER,
     Query,
     Table,
     open_report,
 )
-from app_lib.explore_findings import ANY
+from app_lib.explore_controls import ALL, WIDTHS, explore_api, explore_body
 from app_lib.handlers import ui_errors
 from app_lib.tables import layout
 from cxr_vqa.contract import is_synthetic
 from cxr_vqa.errors import UserError
-from cxr_vqa.labeler import OBSERVATIONS
 from cxr_vqa.reports import METRICS, PREDICTIONS
 
 logger = logging.getLogger(__name__)
 
 NO_REPORT = "No evaluation report: start the app with `--report R` (the --out of `python -m evaluation`) to see it."
-HELP = (
-    "Every question of the evaluation with every model's answer: ✓ right, ✗ wrong (closed: the strict score; open: "
-    "half the reference's words or more), and P(yes) for yes/no questions. **Choose a row** to load its film and "
-    "question into the side-by-side view above, then press *Ask* to have the live models answer it again. A findings "
-    "report's cells start with what it claims ([+ present · ? uncertain], read by the project's rule-based labeler); "
-    "choosing one shows every report with its chips below the table."
-)
 OFF = (
     "**Explore is off here**: it would republish the evaluated dataset's films and the questions and answers drawn "
     "from its reports, which data-use agreements such as CheXpert Plus's and MIMIC-CXR's forbid on a public page. The "
@@ -62,22 +52,21 @@ THUMBNAILS_ONLY = (
     "this deployment shows the evaluated dataset's films as thumbnails only (--explore-public thumbnails): a row's "
     "film is not loaded"
 )
-ALL = ""
 ID_COLUMN = 1  # the question id's place in a row (FIXED_COLUMNS)
-WIDTHS = (84, 160, 120, 70, 240, 220)  # px of film, id, finding, kind, question, reference; then 240 a model
 
 
 class ExploreView:
     """The tab's events over a report's Table; without a report (or with one that cannot be read), a note."""
 
     def __init__(self, report_dir: str | Path | None, dataset: str | None = None, page_size: int = PAGE_SIZE, *,
-                 public: str | None = None, on_space: bool = False):  # fmt: skip
+                 public: str | None = None, on_space: bool = False, later: bool = False):  # fmt: skip
         if public is not None and public not in EXPLORE_MODES:
             raise ValueError(f"explore_public must be one of {', '.join(EXPLORE_MODES)}, got {public!r}")
         self.table: Table | None = None
         self.note, self.page_size = NO_REPORT, page_size
         self.report_dir, self.dataset = report_dir, dataset
         self.public, self.on_space = public, on_space
+        self.later = later  # the report is written while the app serves (a demo's build): the tab fills itself then
         self.mode = public or "full"  # settled when the report opens: by default it depends on its dataset
         self._folder: Path | None = None
         self._seen: tuple[int, int] | None = None  # (size, mtime) of the predictions.jsonl the table was read from
@@ -114,8 +103,10 @@ class ExploreView:
                              f"page reads what it has added; {self.table.films.note}.")  # fmt: skip
         except UserError as err:
             if not Path(self.report_dir).exists():  # a demo's report comes when its build ends
+                then = ("it shows here when the build has evaluated its models" if self.later
+                        else "start the app again to browse it here")  # fmt: skip
                 self.note = (f"The report in `{self.report_dir}` is not written yet: `/explore` answers as soon as it "
-                             "is; start the app again to browse it here.")  # fmt: skip
+                             f"is; {then}.")  # fmt: skip
                 return
             logger.warning("Explore tab: %s", err)
             self.note = f"The report in `{self.report_dir}` cannot be explored: {err}"
@@ -135,6 +126,13 @@ class ExploreView:
         if self.table is None:
             raise UserError(self.note)
         return self.table
+
+    def current(self) -> Table | None:
+        """The report's table as it can be read now (opened again if it was missing), or None: `note` says why."""
+        try:
+            return self._table()
+        except UserError:
+            return None
 
     def explore(self, finding: str | None, model: str | None, outcome: str | None, disagree,
                 claims: str | None = None, disagree_on: str | None = None) -> dict:  # fmt: skip
@@ -217,61 +215,30 @@ class ExploreView:
         return self.findings_of(self.chosen(page_ids, event), blank)
 
 
-def explore_tab(view: ExploreView, film_file: gr.File, question: gr.Textbox, notice: str) -> None:
-    """The tab, inside the caller's Blocks and Tabs; a row goes to `film_file` and `question`."""
+def explore_tab(view: ExploreView, film_file: gr.File, question: gr.Textbox, notice: str) -> tuple[list, Callable]:
+    """The tab, inside the caller's Blocks and Tabs; a row goes to `film_file` and `question`. Returns (its views, a
+    function giving their updates): a report written while the app serves (`view.later`, a demo's) fills the tab
+    when the caller calls it."""
     with gr.Tab("Explore the evaluation", id="explore"):
         gr.Markdown(notice)
-        gr.Markdown(view.note, elem_id="explore-note")
-        table = view.table
-        if table is not None:
-            gr.Markdown(HELP)
-            models = table.variants
-            with gr.Row():
-                finding = gr.Dropdown([("All findings", ALL), *table.findings], value=ALL, label="Finding",
-                                      elem_id="explore-finding")  # fmt: skip
-                kind = gr.Radio([("all", ALL), *KINDS], value=ALL, label="Question", elem_id="explore-kind")
-                model = gr.Dropdown([("any model", ALL), *models], value=ALL, label="Model", elem_id="explore-model")
-                outcome = gr.Radio([("any", ALL), *OUTCOMES], value=ALL, label="Its answer", elem_id="explore-outcome")
-            with gr.Row():
-                disagree = gr.Checkbox(label="Models disagree (yes/no)", elem_id="explore-disagree")
-                blank = gr.Checkbox(label="Show the blank-image answers", elem_id="explore-blank")
-                sort = gr.Radio([REPORT_ORDER, P_YES_GAP, CONFIDENTLY_WRONG], value=REPORT_ORDER, label="Sort",
-                                elem_id="explore-sort")  # fmt: skip
-                gap_a = gr.Dropdown(models, value=table.models[0], label="P(yes) gap between")
-                gap_b = gr.Dropdown(models, value=table.models[-1], label="and")
-            with gr.Row():  # findings reports, as the labeler reads them
-                claims = gr.Dropdown([("—", ALL), *OBSERVATIONS], value=ALL, label="Findings report claims",
-                                     info="present or uncertain, in the report of the model chosen above (or any)",
-                                     elem_id="explore-claims")  # fmt: skip
-                disagree_on = gr.Dropdown([("—", ALL), ANY, *OBSERVATIONS], value=ALL, label="Findings reports "
-                                          "disagree on", info="the shown models' reports: present, uncertain or not "
-                                          "claimed", elem_id="explore-disagree-on")  # fmt: skip
-            frame, columns, line, _, ids = view.page(Query(), 1)  # the first page comes with the page itself
-            grid = gr.Dataframe(frame, **columns, interactive=False, wrap=True, max_height=900,
-                                elem_id="explore-table")  # fmt: skip
-            with gr.Row():
-                prev_btn = gr.Button("◀ Previous", size="sm", elem_id="explore-prev")
-                page_line = gr.Markdown(line, elem_id="explore-page")
-                next_btn = gr.Button("Next ▶", size="sm", elem_id="explore-next")
-            status = gr.Markdown(elem_id="explore-status")
-            detail = gr.HTML(elem_id="explore-findings")
-            page, page_ids = gr.State(1), gr.State(ids)
-            filters = [finding, kind, model, outcome, disagree, blank, sort, gap_a, gap_b, claims, disagree_on]
-            outputs = [grid, page_line, page, page_ids]
-            cheap = {"api_visibility": "private", "concurrency_limit": 4}
-            for control in filters:
-                control.change(lambda *a: view.show(*a, 1), filters, outputs, **cheap)
-            prev_btn.click(lambda *a: view.show(*a[:-1], a[-1] - 1), [*filters, page], outputs, **cheap)
-            next_btn.click(lambda *a: view.show(*a[:-1], a[-1] + 1), [*filters, page], outputs, **cheap)
-            grid.select(view.choose_findings, [page_ids, blank], [detail], **cheap)  # kept while the view scrolls up
-            grid.select(view.choose, [page_ids], [film_file, question, status], **cheap).then(
-                None, js="() => window.scrollTo({top: 0, behavior: 'smooth'})"
-            )
-        api_inputs = [gr.Textbox(visible=False), gr.Textbox(visible=False), gr.Textbox(visible=False),
-                      gr.Checkbox(visible=False), gr.Textbox(visible=False), gr.Textbox(visible=False)]  # fmt: skip
-        gr.Button(visible=False).click(
-            view.explore, api_inputs, [gr.JSON(visible=False)], api_name="explore", concurrency_limit=4,
-            api_description='(finding or "", model or "", "right"/"wrong"/"", disagree, optional: claims an '
-            f'observation or "", disagree_on an observation, "{ANY}" or "") → {{"total": n, "ids": [...], '
-            '"complete": false while the report is still being written}',
-        )  # fmt: skip
+        views = [gr.Markdown(view.note, elem_id="explore-note")]
+        if view.table is not None or view.later:  # the table and its controls, hidden until the report can be read
+            with gr.Column(visible=view.table is not None) as body:
+                views += [body, *explore_body(view, film_file, question)]
+        explore_api(view)
+    return views, partial(_filled, view, len(views))
+
+
+def _filled(view: ExploreView, n_views: int) -> tuple:
+    """Updates of the tab's views (`explore_tab`'s) as the report is now: the note, and once the report can be read
+    its first page with the filters' choices (its findings, its models), the other filters left as they are. A page
+    asks once, when the report has come (the demo's `Live.wire`): asked again, it would lose its filters."""
+    table = view.current() if n_views > 1 else None
+    if table is None:
+        return view.note, *(gr.skip() for _ in range(n_views - 1))
+    frame, columns, line, page, ids = view.page(Query(), 1)
+    models = table.variants
+    return (view.note, gr.Column(visible=True), gr.Dropdown([("All findings", ALL), *table.findings], value=ALL),
+            gr.Dropdown([("any model", ALL), *models], value=ALL), gr.Dropdown(models, value=table.models[0]),
+            gr.Dropdown(models, value=table.models[-1]), gr.Dataframe(value=frame, **columns), line, page,
+            ids)  # fmt: skip

@@ -18,8 +18,9 @@ from functools import partial
 import gradio as gr
 
 from app_lib.blind import NO_BLIND, Blind
-from app_lib.results import load_report, report_updates
+from app_lib.results import PLOTS, load_report, report_updates
 from cxr_vqa.errors import UserError
+from cxr_vqa.reports import COMPARISON_PNG, CONFIDENCE_PNG, FINDINGS_PNG
 
 OPERATOR_TOKEN_ENV = "CXR_VQA_OPERATOR_TOKEN"
 MIN_TOKEN_CHARS = 16  # a guessable token would open every vote to anyone who tries a few
@@ -98,15 +99,15 @@ def wire_blind(blind: Blind, button, answer_a, answer_b, votes: dict, reveal, *,
 
 
 def results_tab(demo: gr.Blocks, blind: Blind, operator: Operator, retention_days: int | None, report_dir=None):
-    """The Results tab, inside the caller's gr.Tabs: the ratings (on page load and Refresh), the operator's export and
-    the evaluation report in `report_dir`; returns (the report's views, a function giving their updates), which a
-    demo still building reloads when its report comes."""
-    with gr.Tab("Results"):
-        report_views, reload = _results(demo, blind, operator, retention_days, report_dir)
+    """The Results tab, inside the caller's gr.Tabs: the ratings (on page load, on Refresh and whenever the tab is
+    opened), the operator's export and the evaluation report in `report_dir`; returns (the report's views, a function
+    giving their updates), which a demo still building reloads when its report comes."""
+    with gr.Tab("Results", elem_id="results-tab") as tab:
+        report_views, reload = _results(demo, tab, blind, operator, retention_days, report_dir)
     return report_views, reload
 
 
-def _results(demo, blind: Blind, operator: Operator, retention_days: int | None, report_dir):
+def _results(demo, tab: gr.Tab, blind: Blind, operator: Operator, retention_days: int | None, report_dir):
     """The tab's body: the public ratings, the operator's export, the evaluation report."""
     results = gr.Markdown(elem_id="results")
     refresh = gr.Button("Refresh", size="sm")
@@ -117,7 +118,9 @@ def _results(demo, blind: Blind, operator: Operator, retention_days: int | None,
         with gr.Row():
             token = gr.Textbox(label="Operator token", type="password", interactive=on, elem_id="operator-token")
             export = gr.DownloadButton("Export all votes (CSV)", size="sm", interactive=on, elem_id="export")
-    for event in (demo.load, refresh.click):  # cached: a page load costs a query until a vote changes them
+    # votes cast since the page loaded show when the tab is opened again; cached: a look costs one query until a vote
+    # changes them
+    for event in (demo.load, tab.select, refresh.click):
         event(blind.results, None, [results], queue=False, **PRIVATE)
     export.click(partial(operator.export, blind), [token], [export], queue=False, **PRIVATE)
     # the API, also without a token set (then it says the export is off); never in the shared model queue
@@ -127,14 +130,27 @@ def _results(demo, blind: Blind, operator: Operator, retention_days: int | None,
         api_description="(operator token) → the CSV of every vote; refused without the token set at start",
     )  # fmt: skip
     report = load_report(report_dir)
-    report_views = [
-        gr.Markdown(report.note, elem_id="report-note"),
-        gr.JSON(report.metrics, label="metrics.json", visible=report.metrics is not None),
-        gr.Image(report.plot, label="comparison.png", interactive=False, buttons=["download", "fullscreen"],
-                 visible=report.plot is not None, elem_id="report-plot"),  # no "share" button
-    ]  # fmt: skip
+    note = gr.Markdown(report.note, elem_id="report-note")
+    plots = {}  # first: a reader takes in the figures at a glance, then reads the tables' numbers
+    with gr.Row():  # the two headline figures side by side, the wide reliability diagram under them
+        for name in (COMPARISON_PNG, FINDINGS_PNG):
+            plots[name] = _plot(report, name)
+    plots[CONFIDENCE_PNG] = _plot(report, CONFIDENCE_PNG)
+    text = gr.Markdown(report.markdown or "", visible=report.markdown is not None, elem_id="report-md")
+    with gr.Accordion("metrics.json (every figure, raw)", open=False, visible=report.metrics is not None,
+                      elem_id="report-json") as raw:  # fmt: skip
+        metrics = gr.JSON(report.metrics, label="metrics.json", visible=report.metrics is not None)
+    report_views = [note, text, *[plots[name] for name in PLOTS], raw, metrics]  # report_updates' order
     reload = partial(report_updates, report_dir)  # a report may be written while the app runs (the demo's)
     if report_dir is not None:
         for event in (demo.load, refresh.click):
             event(reload, None, report_views, queue=False, **PRIVATE)
     return report_views, reload
+
+
+def _plot(report, name: str) -> gr.Image:
+    """One figure of the report (hidden while it is missing); no "share" button. Its label is for screen readers: on
+    the page it would cover the figure's own title."""
+    return gr.Image(report.plots.get(name), label=f"{name}: {PLOTS[name]}", show_label=False, interactive=False,
+                    buttons=["download", "fullscreen"], visible=name in report.plots,
+                    elem_id=f"report-{name.removesuffix('.png')}")  # fmt: skip

@@ -5,7 +5,7 @@ examples of assets/examples/.
 
     python scripts/demo_check.py --fresh                  # empty runs/demo first: the first start, port 7861
     python scripts/demo_check.py                          # whatever runs/demo holds (a built one: the cached start)
-    python scripts/demo_check.py --screenshots runs/screens   # also the page in Chromium (Playwright), twice
+    python scripts/demo_check.py --screenshots runs/screens   # also the docs' pictures (scripts/screenshots.py)
 
 The questions: each held-out example film's suggested question (yes), the same questions on its normal film (no),
 and the same for the committed phantoms of assets/examples/. Then the findings: "Describe the findings." on every
@@ -25,45 +25,18 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from app_page import start_demo, stop, wait_for_page, wait_until  # noqa: E402
 
 from cxr_vqa.answers import parse_yes_no  # noqa: E402
 from cxr_vqa.findings import FINDINGS_QUESTION  # noqa: E402
 from cxr_vqa.labeler import NO_FINDING, label_report  # noqa: E402
-
-
-def wait_for_page(url: str, app: subprocess.Popen, timeout: float) -> float:
-    """Seconds until `url` answers 200; exits if the app dies or the timeout passes."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if app.poll() is not None:
-            sys.exit(f"the app exited with {app.returncode} before serving")
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return time.monotonic() - start
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    sys.exit(f"no page at {url} after {timeout:.0f} s")
-
-
-def wait_until(client, app: subprocess.Popen, key: str, start: float, timeout: float, on_state=None) -> dict:
-    """`/demo_status` once its `key` is true, polled every 2 s (`on_state` sees each); exits on a timeout."""
-    while not (state := client.predict(api_name="/demo_status"))[key]:
-        if on_state:
-            on_state(state)
-        if time.monotonic() - start > timeout or app.poll() is not None:
-            sys.exit(f"no {key} after {time.monotonic() - start:.0f} s: {state}")
-        time.sleep(2)
-    return state
 
 
 def questions(folder: Path) -> list[tuple[Path, str, str]]:
@@ -138,39 +111,14 @@ def report_findings(report: Path) -> dict:
             "blank_f1_14": block["models"]["tuned_blank"]["micro_f1_14"]["value"], "blank_f1_p": drop["p_value"]}
 
 
-def screenshots(url: str, film: Path, question: str, out: Path) -> None:
-    """The side by side after one question, and the Results tab, in headless Chromium."""
-    from playwright.sync_api import expect, sync_playwright
-
-    out.mkdir(parents=True, exist_ok=True)
-    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync"]  # fmt: skip
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=args)
-        page = browser.new_page(viewport={"width": 1400, "height": 1300})
-        page.set_default_timeout(120_000)
-        page.goto(url)
-        page.locator("#film-file input[type=file]").set_input_files(str(film))
-        expect(page.locator("#film-status")).to_contain_text("letterboxed")
-        page.locator("#question textarea").fill(question)
-        page.locator("#ask").click()
-        for pane in ("base", "tuned"):
-            expect(page.locator(f"#{pane}-stats")).to_contain_text("tokens/s")
-        page.screenshot(path=str(out / "side_by_side.png"), full_page=True)
-        page.get_by_role("tab", name="Results").click()
-        expect(page.locator("#report-note")).to_contain_text("Offline evaluation report")
-        page.screenshot(path=str(out / "results.png"), full_page=True)
-        browser.close()
-    print(f"screenshots: {out / 'side_by_side.png'}, {out / 'results.png'}")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo-dir", default="runs/demo", help="the demo's cache (built on first use)")
     parser.add_argument("--fresh", action="store_true", help="delete the demo's cache first: the first start")
     parser.add_argument("--port", type=int, default=7861)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for each milestone")
-    parser.add_argument("--screenshots", metavar="DIR", help="also take screenshots of the page (Playwright)")
+    parser.add_argument("--screenshots", metavar="DIR", help="also take the docs' screenshots of the page into DIR "
+                        "(scripts/screenshots.py: Playwright and /usr/bin/chromium)")  # fmt: skip
     args = parser.parse_args(argv)
 
     from gradio_client import Client
@@ -179,16 +127,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.fresh and demo_dir.exists():
         shutil.rmtree(demo_dir)
     log = demo_dir.parent / f"{demo_dir.name}-app.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0]
     print(f"load average (1 min) at the start: {load:.2f} on {os.cpu_count()} cores")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    # one client on loopback asking a few dozen questions a minute on purpose: no per-visitor rate limit
-    command = [sys.executable, "app.py", "--demo", "--demo-dir", str(demo_dir), "--port", str(args.port),
-               "--votes-db", str(demo_dir.parent / f"{demo_dir.name}-votes.sqlite"),
-               "--rate-per-minute", "0"]  # fmt: skip
-    with open(log, "w") as sink:
-        app = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    app = start_demo(demo_dir, args.port, log)
     start = time.monotonic()
     try:
         url = f"http://127.0.0.1:{args.port}/"
@@ -224,12 +165,13 @@ def main(argv: list[str] | None = None) -> None:
         report = time.monotonic() - start
         print(f"report after {report:.1f} s; its findings reports:")
         f1 = report_findings(demo_dir / "report")
-        if args.screenshots:
-            film, question, _ = asked[1] if len(asked) > 1 else asked[0]
-            screenshots(url, film, question, Path(args.screenshots))
+        if args.screenshots:  # the docs' pictures of this very app (scripts/screenshots.py)
+            from screenshots import take
+
+            for name, size in take(url, demo_dir, Path(args.screenshots)).items():
+                print(f"screenshot {Path(args.screenshots) / name} ({size / 1024:.0f} KB)")
     finally:
-        app.terminate()
-        app.wait(timeout=60)
+        stop(app)
     for record in sorted((demo_dir / "stages").glob("*.json")):
         r = json.loads(record.read_text())
         print(f"  stage {record.stem:<22} {r['seconds']:7.1f} s wall, {r.get('cpu_seconds', 0):7.1f} CPU-seconds")

@@ -9,6 +9,7 @@ same `from_pretrained` path as llava-hf/llava-1.5-7b-hf; nothing touches the Hug
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported anywhere: tests never download
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -140,19 +141,27 @@ def coarse_model(tmp_path_factory) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="session")
-def synthetic_report(synthetic_data, coarse_model, tmp_path_factory):
-    """A report of 1,200 questions for the Explore tab: `python -m evaluation` of that model and adapter over the
-    first 40 studies of the synthetic train split (two-token answers, blank-image runs included), its records then
-    repeated under new ids (`<id>~<k>`, bench/explore.py's `grow`) up to 1,200: evaluating 1,200 questions would cost
-    minutes of a CPU."""
-    from bench.explore import grow
+def synthetic_evaluation(synthetic_data, coarse_model, tmp_path_factory) -> Path:
+    """The folder of a real `python -m evaluation` of that model and adapter over the first 40 studies of the
+    synthetic train split (two-token answers, findings questions and blank-image runs included): metrics.json,
+    report.md, its three figures, predictions.jsonl."""
     from evaluation import __main__ as ev
 
     evaluated = tmp_path_factory.mktemp("synthetic-evaluation")
     ev.main(["--dataset", synthetic_data, "--split", "train", "--out", str(evaluated), "--base", coarse_model[0],
              "--adapter", coarse_model[1], "--no-4bit", "--device", "cpu", "--max-new-tokens", "2", "--limit", "40",
              "--findings-max-new-tokens", "2", "--batch-size", "64", "--resamples", "100"])  # fmt: skip
+    return evaluated
+
+
+@pytest.fixture(scope="session")
+def synthetic_report(synthetic_evaluation, tmp_path_factory):
+    """A report of 1,200 questions for the Explore tab: `synthetic_evaluation`'s records repeated under new ids
+    (`<id>~<k>`, bench/explore.py's `grow`) up to 1,200: evaluating 1,200 questions would cost minutes of a CPU."""
+    from bench.explore import grow
+
     out = tmp_path_factory.mktemp("synthetic-report")
-    grow(evaluated, out, 1200)
-    (out / "metrics.json").write_bytes((evaluated / "metrics.json").read_bytes())  # written last: a finished report
+    grow(synthetic_evaluation, out, 1200)
+    # written last: a finished report
+    (out / "metrics.json").write_bytes((synthetic_evaluation / "metrics.json").read_bytes())
     return out

@@ -406,11 +406,19 @@ def test_results_table_and_report(tmp_path):
     assert "No blind votes yet" in results_markdown([])
     assert "No evaluation report" in load_report(None).note
     (tmp_path / "metrics.json").write_text(json.dumps({"base": {"closed_accuracy": 0.5}}))
+    (tmp_path / "report.md").write_text("# Evaluation\n\n| metric | base |\n|---|---|\n| acc | 0.500 |\n\n"
+                                        "![headline](comparison.png)\n")  # fmt: skip
     Image.new("RGB", (8, 8)).save(tmp_path / "comparison.png")
     report = load_report(tmp_path)
-    assert report.metrics == {"base": {"closed_accuracy": 0.5}} and report.plot == str(tmp_path / "comparison.png")
+    assert report.metrics == {"base": {"closed_accuracy": 0.5}} and report.plots == {
+        "comparison.png": str(tmp_path / "comparison.png")}  # fmt: skip
+    # the figure line goes (the figure is an image beside), the heading goes under the page's title
+    assert report.markdown == "## Evaluation\n\n| metric | base |\n|---|---|\n| acc | 0.500 |"
+    assert "not found" not in report.note
     (tmp_path / "metrics.json").write_text("{not json")
-    assert report.metrics is not None and "could not be read" in load_report(tmp_path).note
+    (tmp_path / "report.md").unlink()
+    note = load_report(tmp_path).note
+    assert "metrics.json could not be read (JSONDecodeError)" in note and "report.md not found" in note
 
 
 def test_a_comparison_png_still_being_written_is_a_note_not_a_crash(tmp_path):
@@ -420,8 +428,8 @@ def test_a_comparison_png_still_being_written_is_a_note_not_a_crash(tmp_path):
     second = first_idat + 12 + int.from_bytes(whole[first_idat : first_idat + 4], "big")
     for cut in (5, 2000, second + 4):  # in its header, in its data, in the next chunk's head: three errors of PIL
         (tmp_path / "comparison.png").write_bytes(whole[:cut])
-        note, _, plot = report_updates(tmp_path)
+        note, _, plot, *_ = report_updates(tmp_path)  # PLOTS' order: comparison.png first
         assert "comparison.png could not be read: press Refresh" in note and plot.visible is False, cut
     (tmp_path / "comparison.png").write_bytes(whole)
-    note, _, plot = report_updates(tmp_path)
+    note, _, plot, *_ = report_updates(tmp_path)
     assert "could not be read" not in note and plot.visible is not False

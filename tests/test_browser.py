@@ -1,5 +1,6 @@
 """One pass through the app in a real headless browser (Playwright + Debian's Chromium): upload a film and ask, see
-both panes fill; upload a broken file and see its message; cast a blind vote and find it in SQLite.
+both panes fill; upload a broken file and see its message; cast a blind vote, find it in SQLite and in the Results
+tab's ratings as soon as the tab is opened.
 
 Needs /usr/bin/chromium (`apt-get install chromium`); Playwright's own browser download is not used.
 """
@@ -120,6 +121,8 @@ def test_ask_bad_upload_and_blind_vote_in_a_browser(page, server, tmp_path):
     page.locator("#vote-a").click()
     expect(page.locator("#reveal")).to_contain_text("Vote stored")
     page.screenshot(path=str(tmp_path / "blind.png"), full_page=True)
+    page.get_by_role("tab", name="Results").click()  # the page loaded before the vote; no Refresh pressed
+    expect(page.locator("#results")).to_contain_text("1 votes in all")
     with sqlite3.connect(server["votes_db"]) as con:
         rows = con.execute("SELECT vote, model_a, winner, question FROM ab_votes").fetchall()
     assert len(rows) == 1 and rows[0][0] == "A" and rows[0][1] == rows[0][2] and rows[0][3] == "Is there cardiomegaly?"

@@ -120,13 +120,15 @@ def test_the_results_tab_shows_a_report_written_after_the_page_came_up(tmp_path)
     from PIL import Image
 
     report = tmp_path / "report"
-    note, metrics, plot = report_updates(report)  # the demo's page comes up before its evaluation ends
-    assert "not found" in note and metrics.visible is False and plot.visible is False
+    note, text, plot, _, _, raw, metrics = report_updates(report)  # the page comes up before the evaluation ends
+    assert "not found" in note and {text.visible, plot.visible, raw.visible, metrics.visible} == {False}
     report.mkdir()
     (report / "metrics.json").write_text(json.dumps({"models": {"tuned": {"closed_accuracy": 0.97}}}))
+    (report / "report.md").write_text("| metric | tuned |\n|---|---|\n| closed accuracy | 0.970 |\n")
     Image.new("RGB", (8, 8), (200, 0, 0)).save(report / "comparison.png")
-    note, metrics, plot = report_updates(report)
-    assert "not found" not in note and metrics.value["models"]["tuned"]["closed_accuracy"] == 0.97
+    note, text, plot, _, _, raw, metrics = report_updates(report)
+    assert "not found" not in note and "| closed accuracy | 0.970 |" in text.value and text.visible is not False
+    assert metrics.value["models"]["tuned"]["closed_accuracy"] == 0.97 and raw.visible is not False
     assert plot.visible is not False and plot.value is not None
 
 

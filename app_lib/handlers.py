@@ -25,6 +25,7 @@ from app_lib.tables import answer_text
 from app_lib.votes import VoteStore
 from cxr_vqa.answers import Answer
 from cxr_vqa.errors import UserError
+from cxr_vqa.findings import is_findings_question
 from cxr_vqa.generation import GenerationSettings
 from cxr_vqa.images import Film
 from cxr_vqa.lineup import Lineup
@@ -62,11 +63,14 @@ def chat_messages(conversation: list[dict] | None) -> list[dict]:
     return messages
 
 
-def pane_stats(seconds: float, tokens: int, answer: Answer | None = None) -> str:
+def pane_stats(seconds: float, tokens: int, answer: Answer | None = None, report: bool = False) -> str:
+    """A pane's line under its answer; P(yes) only for a yes/no answer, never under a findings `report` (one that
+    opens with "No pneumothorax." is not a no)."""
     if answer is not None and answer.error:
         return "no answer"
     rate = tokens / seconds if seconds > 0 else 0.0
-    confidence = f" · P(yes) {answer.p_yes:.2f}" if answer and answer.is_closed and answer.p_yes is not None else ""
+    yes_no = answer and answer.is_closed and answer.p_yes is not None and not report
+    confidence = f" · P(yes) {answer.p_yes:.2f}" if yes_no else ""
     return f"{seconds:.2f} s · {tokens} tokens · {rate:.1f} tokens/s{confidence}"
 
 
@@ -251,8 +255,9 @@ class Handlers(Inputs):
                         texts[m], done_at[m], tokens[m] = text, now - start, steps[m]
                 yield *frame(waiting), chats, ""
         notes = self.notes(used)  # what answered: a checkpoint swapped in since does not change it
-        stats = {m: pane_stats(done_at[m], tokens[m], answers.get(m)) + (f" · {notes[m]}" if m in notes else "")
-                 for m in models}  # fmt: skip
+        report = is_findings_question(question)
+        stats = {m: pane_stats(done_at[m], tokens[m], answers.get(m), report) for m in models}
+        stats = {m: line + (f" · {notes[m]}" if m in notes else "") for m, line in stats.items()}
         # a model that gave no answer keeps its conversation as it was, without the question it could not answer
         chats = Chats({m: chats.get(m, []) if answers[m].error else convs[m] + [assistant_turn(texts[m])]
                        for m in models})  # fmt: skip

@@ -355,6 +355,8 @@ def test_a_closed_answer_shows_its_p_yes_under_the_pane():
 
     assert pane_stats(0.5, 4, Answer("Yes, there is.", 0.934)).endswith("· P(yes) 0.93")
     assert "P(yes)" not in pane_stats(0.5, 4, Answer("An enlarged heart.", 0.934))  # open answers: nothing extra
+    # a findings report that opens with "No ..." is not a no
+    assert "P(yes)" not in pane_stats(0.5, 20, Answer("No pneumothorax. The heart is enlarged.", 0.01), report=True)
 
 
 # --- blind A/B and results ------------------------------------------------------------------------------------------

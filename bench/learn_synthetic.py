@@ -11,14 +11,14 @@ blank-image ablation; one adapter per trainer seed, on the same data.
 
 The stages are finetune.demo's (the app's offline demo is the same recipe, trainer seed 0; finetune/demo_stages.py):
 each is the real command line in its own process, and a finished one is reused, so an interrupted bench resumes. The
-base is the demo's: the tiny model taught the answers' language on films shuffled between studies (one for all
-seeds); each trainer seed fine-tunes an adapter on top of it. Two seeds train at a time by default (--jobs), one
-core each. The recipe: finetune/configs/tiny-synthetic-base.yaml and tiny-synthetic.yaml, whose comments say what
-was tried and measured. Goal, every trainer seed: tuned >= 0.95 closed accuracy on patients it never saw, tuned
-minus blank image >= 0.15 with McNemar p < 0.01; the base answers yes or no (unparseable <= 0.05), its accuracy no
-more than 0.05 above answering each finding's majority answer; the base and the tuned model given a blank image at
-chance: macro AUROC within 0.1 of 0.5 (a blank film may get no yes or no at all: read its AUROC). Last line, the
-worst case over the seeds:
+base is the demo's: the tiny model taught the answers' language on films shuffled between studies (one for all seeds);
+each trainer seed fine-tunes an adapter on top of it. The three trainer seeds train at once by default (--jobs 3, one
+thread each): on two cores they end together, where two at a time left the third to train alone on one core while the
+other idled. The recipe: finetune/configs/tiny-synthetic-base.yaml and tiny-synthetic.yaml, whose comments say what was
+tried and measured. Goal, every trainer seed: tuned >= 0.95 closed accuracy on patients it never saw, tuned minus blank
+image >= 0.15 with McNemar p < 0.01; the base answers yes or no (unparseable <= 0.05), its accuracy no more than 0.05
+above answering each finding's majority answer; the base and the tuned model given a blank image at chance: macro AUROC
+within 0.1 of 0.5 (a blank film may get no yes or no at all: read its AUROC). Last line, the worst case over the seeds:
 `RESULT seeds=<n> [data_seeds=<n> worst_data_seed=<s> worst_trainer_seed=<s>] tuned_min=<x> tuned_auroc_min=<x>
 base_max=<x> question_chance=<x> base_unparseable_max=<x> base_auroc_max=<x> blank_max=<x> blank_unparseable_max=<x>
 blank_auroc_max=<x> drop_min=<x> p_max=<x>
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=float, default=None, help="override the recipe's num_train_epochs")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N test studies")
     parser.add_argument("--batch-size", type=int, default=32, help="evaluation rows per generate call")
-    parser.add_argument("--jobs", type=int, default=2, help="seeds trained and evaluated at a time")
+    parser.add_argument("--jobs", type=int, default=3, help="seeds trained and evaluated at a time")
     parser.add_argument(
         "--threads",
         type=int,

@@ -16,8 +16,10 @@ import math
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where P(yes) is computed: dataprep reads answers without it (seconds a process)
+    import torch
 
 YES, NO = "yes", "no"
 SPACE_PIECES = ("", "▁", "Ġ")  # none, SentencePiece's word start (Llama), byte-level BPE's space (GPT-2 style)
@@ -82,6 +84,8 @@ class YesNoIds:
 
 def p_yes(logits: torch.Tensor, ids: YesNoIds) -> list[float]:
     """Per row of `logits` (batch x vocabulary, the first generated step): P(yes) normalised over yes and no."""
+    import torch
+
     probs = torch.softmax(logits.float(), dim=-1)
     yes, no = probs[:, list(ids.yes)].sum(-1), probs[:, list(ids.no)].sum(-1)
     return (yes / (yes + no).clamp_min(1e-30)).tolist()

@@ -86,3 +86,13 @@ def test_the_core_imports_without_gradio_or_trl_and_loads_nothing(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]" and list(tmp_path.iterdir()) == []
+
+
+def test_dataprep_and_the_synthetic_release_run_without_torch():
+    """They read reports and write PNGs: importing torch would cost each of their processes seconds (the demo runs
+    four of them before its first page)."""
+    code = "import sys, dataprep.__main__, dataprep.qa_labels, dataprep.synthetic; print('torch' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"

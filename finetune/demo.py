@@ -53,7 +53,7 @@ from finetune.demo_stages import (
     train_stage,
 )
 
-LOWER_PRIORITY = 10  # the adapter's data, made beside the base (os.setpriority: 0 normal, 19 lowest)
+LOWER_PRIORITY = 19  # the adapter's data, made beside the base (os.setpriority: 0 normal, 19 lowest)
 
 
 def pick_examples(dataset: Path, out: Path) -> list[dict]:

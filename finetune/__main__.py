@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> None:
 
     script_args, train_args = parse_config(argv, description=__doc__)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    start = time.time()
     with user_errors():
+        wait_for(script_args.wait_for or [])
+        start = time.time()
         trainer = train(script_args, train_args)
 
     if not trainer.is_world_process_zero():  # under DDP one summary is enough
@@ -53,6 +54,18 @@ def main(argv: list[str] | None = None) -> None:
     if script_args.merge:
         print(f"merged 16-bit model: {train_args.output_dir}/merged")
     print(f"try it: python app.py --base {script_args.model_name_or_path} --adapter {train_args.output_dir}")
+
+
+def wait_for(paths: list[str], every: float = 0.1) -> None:
+    """Return once every file of `paths` exists (--wait_for)."""
+    from pathlib import Path
+
+    missing = [Path(p) for p in paths if not Path(p).exists()]
+    if missing:
+        logging.getLogger("finetune").info("waiting for %s", ", ".join(map(str, missing)))
+    while missing:
+        time.sleep(every)
+        missing = [p for p in missing if not p.exists()]
 
 
 if __name__ == "__main__":

@@ -81,6 +81,12 @@ class ScriptArguments:
                   "answers' language, not to read films (the demo's base). Needs cache_film_features."},
     )  # fmt: skip
 
+    wait_for: list[str] | None = field(
+        default=None,
+        metadata={"help": "Files to wait for before reading the model or the dataset (a pipeline's record that the "
+                  "stages making them have finished): the imports, seconds of them, run meanwhile."},
+    )  # fmt: skip
+
     def __post_init__(self):
         if self.lora_r < 1 or self.lora_alpha <= 0:
             raise UserError(f"lora_r must be >= 1 and lora_alpha > 0, got r={self.lora_r} alpha={self.lora_alpha}")

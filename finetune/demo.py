@@ -106,7 +106,7 @@ def demo_plan(out: Path, *, seed: int = 0, patients: int = PATIENTS, epochs: flo
     """Every stage of the demo's build into `out`, the adapter trained with trainer seed `seed`. Seed 0 reports into
     OUT/report (where the app and bench/explore.py look), another seed into its own OUT/report-seedN: evaluation
     resumes from what it finds in its folder, and another adapter's finished report there would stop it."""
-    base = base_stage(out, extra=("--max_steps", base_steps) if base_steps is not None else ())
+    base = base_stage(out, extra=("--max_steps", base_steps) if base_steps is not None else (), early=True)
     adapter = out / f"adapter-seed{seed}"
     extra = ("--num_train_epochs", epochs) if epochs is not None else ()
     train = train_stage(out, adapter, trainer_seed=seed, extra=extra)
@@ -141,20 +141,22 @@ def _build(out: Path, plan: Plan, threads: int, children: Children) -> dict:
     # dataset are made beside them at a lower priority (their output in OUT/logs/), so they take the spare core and
     # are ready about when they would have been one after the other. Not `with`: its exit would wait for the stages
     # before an exception (SIGTERM) reaches build(), which kills them.
-    pool = ThreadPoolExecutor(2)
+    pool = ThreadPoolExecutor(3)
     try:
         _status(out, [base_release, tiny, release], plan)
         print(f"stages 1-3/{n}: {base_release.name} and {tiny.name}; {release.name} and {dataprep.name} beside them, "
               f"at a lower priority (output: {out / 'logs'})", flush=True)  # fmt: skip
         adapter_data = pool.submit(_in_turn, out, [release, dataprep], threads, children)
         made = pool.submit(run_stage, out, tiny, threads=threads, children=children)
+        # the base starts now and waits for the records of what it reads: its imports (seconds) overlap the data
+        based = pool.submit(run_stage, out, plan.base, threads=threads, children=children)
         for stage in (base_release, base_dataprep):
             run_stage(out, stage, threads=threads, children=children)
         made.result()
         examples = pick_examples(out / "base-data", out / "examples")
         _status(out, [plan.base, release if not adapter_data.done() else dataprep], plan)
         print(f"stage {n - 2}/{n}: {plan.base.name}", flush=True)
-        run_stage(out, plan.base, threads=threads, children=children)
+        based.result()
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise

@@ -90,11 +90,14 @@ def data_stages(work: Path, *, patients: int = PATIENTS, seed: int = 0) -> list[
     ]  # fmt: skip
 
 
-def base_stage(work: Path, *, extra: tuple = ()) -> Stage:
+def base_stage(work: Path, *, extra: tuple = (), early: bool = False) -> Stage:
     """The speaking base: the tiny checkpoint trained on the answers of its own small dataset (base-data/) with
-    shuffled films, merged into `work`/speaking-base/merged."""
+    shuffled films, merged into `work`/speaking-base/merged. `early`: it may start before the stages it reads have
+    finished, and waits for their records (--wait_for) once its imports are done."""
+    records = [_record(work, Stage(name, "", [])) for name in ("tiny model", "base dataprep")]
+    waits = ["--wait_for", *records] if early else []
     args = ["--config", BASE_RECIPE.relative_to(ROOT), "--model_name_or_path", work / "tiny-llava",
-            "--dataset", work / "base-data", "--output_dir", work / BASE_DIR, *extra]  # fmt: skip
+            "--dataset", work / "base-data", "--output_dir", work / BASE_DIR, *waits, *extra]  # fmt: skip
     return Stage("base", "finetune", args)
 
 

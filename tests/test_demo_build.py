@@ -287,6 +287,9 @@ def test_the_whole_build_on_a_handful_of_patients(tmp_path):
     assert examples and all(e["study_id"] in test_studies for e in examples)
     base_args = next(s for s in marker["stages"] if s[0] == "finetune" and "tiny-llava" in str(s))
     assert base_args[base_args.index("--dataset") + 1] == str((tmp_path / "demo" / "base-data").resolve())
+    # started beside its data, it waited for the records of the stages it reads
+    waited = base_args[base_args.index("--wait_for") + 1 : base_args.index("--wait_for") + 3]
+    assert [Path(p).name for p in waited] == ["tiny-model.json", "base-dataprep.json"]
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "already built" in again.stdout
 
@@ -314,3 +317,15 @@ def test_the_demos_release_keeps_each_frontal_film_and_drops_the_rest(tmp_path):
         assert np.array_equal(np.asarray(Image.open(first[name])), np.asarray(Image.open(path)))
     with open(tmp_path / "lean" / "df_chexpert_plus_240401.csv", newline="") as file:
         assert {row["split"] for row in csv.DictReader(file)} == {"train"}
+
+
+def test_finetune_waits_for_its_inputs_records_before_reading_them(tmp_path):
+    import threading
+
+    from finetune.__main__ import wait_for
+
+    record = tmp_path / "stages" / "base-dataprep.json"
+    threading.Timer(0.3, lambda: (record.parent.mkdir(), record.write_text("{}"))).start()
+    started = time.monotonic()
+    wait_for([str(record)], every=0.02)
+    assert record.is_file() and time.monotonic() - started >= 0.25

@@ -132,7 +132,7 @@ def batches(
     within a group): the same for a fresh and a resumed run."""
     groups: dict[GenerationSettings, list[dict]] = {}
     for q in questions:
-        groups.setdefault(settings_for(settings, q["kind"]), []).append(q)
+        groups.setdefault(settings_for(settings, q.get("kind", "closed")), []).append(q)
     for _, group in sorted(groups.items(), key=lambda item: item[0].max_new_tokens):  # stable: ties keep their order
         for start in range(0, len(group), per_call):
             yield list(group[start : start + per_call])

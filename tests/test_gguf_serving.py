@@ -47,27 +47,42 @@ def train(*args):
 
 
 @pytest.fixture(scope="module")
-def learned(synthetic_data, tmp_path_factory):
+def plain_data(tmp_path_factory) -> str:
+    """The suite's synthetic dataset without the findings turn: 40 steps of a conversation that opens with a report
+    teach a tiny base to answer every question with one, and these tests compare yes/no answers."""
+    from dataprep import __main__ as dataprep_cli
+    from dataprep import synthetic
+
+    release = tmp_path_factory.mktemp("plain-release")
+    synthetic.main([str(release), "--patients", "60", "--image-size", "128"])
+    out = tmp_path_factory.mktemp("plain-data") / "data"
+    args = ["--root", str(release), "--out", str(out), "--generator", "labels", "--no-findings"]
+    assert dataprep_cli.main(args) == 0
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def learned(plain_data, tmp_path_factory):
     """(merged speaking base, its adapter): the demo's two stages, shortened."""
     from finetune.tiny_model import build_tiny_llava
 
     work = tmp_path_factory.mktemp("learned")
     tiny = build_tiny_llava(work / "tiny", layers=2, patch_size=28, sincos_positions=True)
     train("--config", "finetune/configs/tiny-synthetic-base.yaml", "--model_name_or_path", str(tiny),
-          "--dataset", synthetic_data, "--output_dir", str(work / "base"), "--max_steps", "40")  # fmt: skip
+          "--dataset", plain_data, "--output_dir", str(work / "base"), "--max_steps", "40")  # fmt: skip
     train("--config", "finetune/configs/tiny-synthetic.yaml", "--model_name_or_path", str(work / "base" / "merged"),
-          "--dataset", synthetic_data, "--output_dir", str(work / "tuned"), "--max_steps", "40",
+          "--dataset", plain_data, "--output_dir", str(work / "tuned"), "--max_steps", "40",
           "--save_strategy", "no")  # fmt: skip
     return str(work / "base" / "merged"), str(work / "tuned")
 
 
 @pytest.fixture(scope="module")
-def pairs(synthetic_data):
+def pairs(plain_data):
     """40 fixed (film, question) pairs of the held-out split, in order."""
     from cxr_vqa.contract import open_splits
 
     out = []
-    for row in open_splits(synthetic_data)["test"]:
+    for row in open_splits(plain_data)["test"]:
         for qa in row["qa"]:
             out.append((row["images"][0].convert("RGB"), qa["question"]))
     assert len(out) >= QUESTIONS

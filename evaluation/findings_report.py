@@ -8,10 +8,12 @@ ROUGE-L beside them, and the per-observation table.
 
 from __future__ import annotations
 
-import math
-
 from cxr_vqa.reports import FINDINGS_PNG, with_image
 from evaluation.findings import PRIMARY
+from evaluation.formats import diff as _diff
+from evaluation.formats import est as _est
+from evaluation.formats import num as _num
+from evaluation.formats import table as _table
 
 LABELS = {
     "micro_f1_14": "micro F1-14", "macro_f1_14": "macro F1-14", "micro_f1_5": "micro F1-5", "macro_f1_5": "macro F1-5",
@@ -21,24 +23,6 @@ LABELS = {
 LABELER = {"rules": "the project's rule-based labeler (`cxr_vqa.labeler`)", "chexbert": "CheXbert (via RadEval)"}
 PUBLISHED = ("LLaVA-Rad on MIMIC-CXR findings, F1-CheXbert: micro-F1-14 57.3, micro-F1-5 57.4, macro-F1-14 39.5, "
              "macro-F1-5 47.7; CheXagent 39.3 / 41.2 / 24.7 / 34.5 (x100)")  # fmt: skip
-
-
-def _num(x, digits: int = 3) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def _est(e: dict) -> str:
-    return f"{_num(e['value'])} [{_num(e['ci'][0])}, {_num(e['ci'][1])}]"
-
-
-def _diff(d: dict) -> str:
-    value = "n/a" if math.isnan(d["value"]) else f"{d['value']:+.3f}"
-    holm = f", Holm p={_num(d['p_holm'], 4)}" if "p_holm" in d else ""
-    return f"{value} [{_num(d['ci'][0])}, {_num(d['ci'][1])}], p={_num(d['p_value'], 4)}{holm}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|", *["| " + " | ".join(r) + " |" for r in rows]]
 
 
 def findings_summary(m: dict) -> list[str]:

@@ -9,11 +9,14 @@ findings.png where questions asked for findings: `evaluation.findings_report`) a
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from cxr_vqa.reports import COMPARISON_PNG, CONFIDENCE_PNG, FINDINGS_PNG, REPORT_MD, variant_name, with_image
 from evaluation.findings_report import findings_markdown, findings_summary
+from evaluation.formats import diff as _diff
+from evaluation.formats import est as _est
+from evaluation.formats import num as _num
+from evaluation.formats import table as _table
 from evaluation.plots import plot_comparison, plot_confidence, plot_findings
 
 NAMES = {
@@ -44,24 +47,6 @@ EXPLAIN = {
 DISCLAIMER = "Research evaluation of a demo model: not validated for clinical use, not for diagnosis."
 
 
-def _num(x, digits: int = 3) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def _est(e: dict) -> str:
-    if e.get("unavailable"):
-        return "unavailable"
-    return f"{_num(e['value'])} [{_num(e['ci'][0])}, {_num(e['ci'][1])}]"
-
-
-def _diff(d: dict) -> str:
-    if d.get("unavailable"):
-        return "unavailable"
-    value = "n/a" if math.isnan(d["value"]) else f"{d['value']:+.3f}"
-    holm = f", Holm p={_num(d['p_holm'], 4)}" if "p_holm" in d else ""
-    return f"{value} [{_num(d['ci'][0])}, {_num(d['ci'][1])}], p={_num(d['p_value'], 4)}{holm}"
-
-
 def source(m: dict) -> str:
     return f"benchmark {m['benchmark']}" if m.get("benchmark") else f"split {m['split']}"
 
@@ -89,10 +74,6 @@ def summary_lines(m: dict) -> list[str]:
         if r.get("refused"):
             lines.append(f"  {name}: {r['refused']} answers refused by its endpoint, scored as wrong (report.md)")
     return lines
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|", *["| " + " | ".join(r) + " |" for r in rows]]
 
 
 def _markdown(m: dict) -> str:

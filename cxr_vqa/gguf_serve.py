@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import threading
 import time
@@ -85,9 +86,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
     parser.add_argument("--name", help="the model id it answers to (default: the folder's name)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: every core)")
+    # a bound socket inherited from the process that started this one (cxr_vqa.llama_server), instead of --port/--host
+    parser.add_argument("--fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not 1 <= args.port <= 65535:
         parser.error("--port must be in 1..65535")
+    listener = None
+    if args.fd is not None:
+        try:
+            listener = socket.socket(fileno=args.fd)
+            args.host, args.port = listener.getsockname()[:2]
+        except (OSError, ValueError):
+            parser.error(f"--fd {args.fd} is not a bound socket of this process")
     with user_errors():
         try:
             import uvicorn
@@ -104,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"llama.cpp could not load {args.folder}: {str(err).splitlines()[0][:200]}") from None
     leave_with_parent()
     print(f"serving {args.folder} at http://{args.host}:{args.port}/v1", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
+    server.run(sockets=[listener] if listener else None)
     sys.exit(0)
 
 

@@ -108,26 +108,25 @@ def gguf_specs(items: Sequence[str] | None, taken: Sequence[str] = ()) -> dict[s
     return specs
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class LlamaServer:
     """One `python -m cxr_vqa.gguf_serve` process for one export, on 127.0.0.1:`port`."""
 
     def __init__(self, name: str, export: GgufExport, *, port: int | None = None, threads: int | None = None,
                  log: Path | None = None):  # fmt: skip
-        self.name, self.export, self.port = name, export, port or free_port()
+        self.name, self.export = name, export
         self.log = log or export.folder.parent / f"{export.folder.name}-{name}-server.log"
-        command = [sys.executable, "-m", "cxr_vqa.gguf_serve", str(export.folder), "--port", str(self.port),
-                   "--name", name] + (["--threads", str(threads)] if threads else [])  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
-                                                                         os.environ.get("PYTHONPATH")]))}  # fmt: skip
-        with open(self.log, "ab") as sink:  # the server's own output, for when it fails
+        # The port is bound here and the socket handed to the server: a port picked free and bound later by the
+        # server could be taken in between (by another server, or by a connection's own port), and the server would
+        # then exit while its readiness check reached whichever process had the port.
+        with socket.socket() as listener, open(self.log, "ab") as sink:  # the log: the server's own output
+            listener.bind(("127.0.0.1", port or 0))
+            self.port = listener.getsockname()[1]
+            command = [sys.executable, "-m", "cxr_vqa.gguf_serve", str(export.folder), "--fd", str(listener.fileno()),
+                       "--name", name] + (["--threads", str(threads)] if threads else [])  # fmt: skip
+            paths = [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
             self.process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)  # fmt: skip
+                                            start_new_session=True, pass_fds=(listener.fileno(),))  # fmt: skip
 
     @property
     def url(self) -> str:

@@ -260,8 +260,7 @@ def test_app_gguf_is_one_command_that_starts_and_stops_its_server(tiny_export, t
 
     import httpx
     from gradio_client import Client, handle_file
-
-    from cxr_vqa.llama_server import free_port
+    from test_app_http import free_port
 
     root = Path(__file__).resolve().parents[1]
     port = free_port()
@@ -291,6 +290,25 @@ def test_app_gguf_is_one_command_that_starts_and_stops_its_server(tiny_export, t
     alive = [pid for pid in servers if Path(f"/proc/{pid}").exists()
              and "Z" not in Path(f"/proc/{pid}/status").read_text().split("State:")[1][:4]]  # fmt: skip
     assert not alive
+
+
+def test_a_server_holds_its_port_from_the_moment_it_is_started(tiny_export):
+    """The port is bound before the server process starts (and handed to it), not picked free and bound by the server
+    seconds later, when another server or a connection may have taken it (CI saw one such server exit)."""
+    import socket
+
+    from cxr_vqa.llama_server import LlamaServer, read_export
+
+    server = LlamaServer("tiny", read_export(tiny_export), threads=1)
+    try:
+        with socket.socket() as other, pytest.raises(OSError):
+            other.bind(("127.0.0.1", server.port))
+        server.wait_ready(120)
+        with socket.socket() as other, pytest.raises(OSError):
+            other.bind(("127.0.0.1", server.port))
+    finally:
+        server.stop()
+    assert server.exited() is not None
 
 
 def test_evaluation_gguf_scores_the_served_export_beside_the_local_model(tiny_export, qa_dataset, tiny_model_dir,

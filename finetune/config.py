@@ -81,6 +81,13 @@ class ScriptArguments:
                   "answers' language, not to read films (the demo's base). Needs cache_film_features."},
     )  # fmt: skip
 
+    findings_alone: bool = field(
+        default=False,
+        metadata={"help": "Train a row that opens with a findings turn as two examples, that turn alone with its film "
+                  "and the rest with the same film, so no yes/no answer is learned from the findings text before it "
+                  "(finetune/examples.py; docs/findings.md)."},
+    )  # fmt: skip
+
     wait_for: list[str] | None = field(
         default=None,
         metadata={"help": "Files to wait for before reading the model or the dataset (a pipeline's record that the "

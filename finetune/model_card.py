@@ -46,6 +46,9 @@ def write_model_card(trainer, script_args: ScriptArguments, train_args: TrainCon
         "precision": precision,
         "seed": train_args.seed,
     }
+    if script_args.findings_alone:
+        settings["findings turn"] = (f"trained alone with its film ({stats.get('findings_alone', 0)} training rows "
+                                     "split in two)")  # fmt: skip
     loss_lines = [f"- {name}: {value:.4f}" for name, value in losses.items()] or ["- no loss was logged"]
     lines = [
         "---",

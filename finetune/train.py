@@ -22,6 +22,7 @@ from cxr_vqa.model import load_base_model, load_processor
 from cxr_vqa.sources import Source, resolve
 from finetune.collator import IGNORE_INDEX, AnswerOnlyCollator
 from finetune.config import ScriptArguments, TrainConfig, check_device, resolve_checkpoint
+from finetune.examples import FindingsAlone, RowsCollator
 from finetune.film_cache import FilmCacheCollator, answer_loss, check_frozen_tower, feature_bytes
 from finetune.model_card import write_model_card
 from finetune.progress import ProgressFile
@@ -213,16 +214,25 @@ def build_trainer(script_args: ScriptArguments, train_args: TrainConfig, callbac
     check_device(script_args, train_args)
     base = resolve(script_args.model_name_or_path)  # checked and its config read once, before anything loads
     check_lora_targets(script_args, base.config)
+    examples = train_ds
+    if script_args.findings_alone:
+        examples = FindingsAlone(train_ds)
+        stats["findings_alone"] = examples.split
+        logger.info("findings_alone: %d of %d training rows open with a findings turn, trained as two examples each "
+                    "(%d examples)", examples.split, len(train_ds), len(examples))  # fmt: skip
     if script_args.cache_film_features:  # the trainer then draws row numbers; the cache's collator reads the rows
         check_film_cache(train_args)
-        train_rows = Dataset.from_dict({"row": range(len(train_ds))})
+    # drawing example numbers: the film cache's collator, or RowsCollator, reads the examples themselves
+    by_number = script_args.cache_film_features or examples is not train_ds
+    train_rows = Dataset.from_dict({"row": range(len(examples))}) if by_number else None
     model, processor = build_model(script_args, train_args, base)
+    # TRL's own VLM collator labels every non-padding token; ours trains the answers only.
+    collate = AnswerOnlyCollator(processor, pad_to_multiple_of=train_args.pad_to_multiple_of)
     trainer = AnswerTokenSFTTrainer(
         model=model,
         args=train_args,
-        # TRL's own VLM collator labels every non-padding token; ours trains the answers only.
-        data_collator=AnswerOnlyCollator(processor, pad_to_multiple_of=train_args.pad_to_multiple_of),
-        train_dataset=train_rows if script_args.cache_film_features else train_ds,
+        data_collator=RowsCollator(examples, collate) if by_number else collate,
+        train_dataset=train_rows if by_number else train_ds,
         eval_dataset=eval_ds,
         processing_class=processor,
         peft_config=lora_config(script_args),
@@ -238,10 +248,10 @@ def build_trainer(script_args: ScriptArguments, train_args: TrainConfig, callbac
     if script_args.cache_film_features:
         check_frozen_tower(trainer.model)
         shuffle_seed = train_args.seed if script_args.shuffle_films else None
-        trainer.data_collator = FilmCacheCollator(train_ds, processor, trainer.model, shuffle_seed=shuffle_seed)
+        trainer.data_collator = FilmCacheCollator(examples, processor, trainer.model, shuffle_seed=shuffle_seed)
         per_film = feature_bytes(trainer.model)
-        logger.info("film cache: %.2f MB of RAM per film, %.2f GB once all %d training rows are seen",
-                    per_film / 1e6, per_film * len(train_ds) / 1e9, len(train_ds))  # fmt: skip
+        logger.info("film cache: %.2f MB of RAM per film, %.2f GB once all %d training examples are seen",
+                    per_film / 1e6, per_film * len(examples) / 1e9, len(examples))  # fmt: skip
     n_trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     logger.info("LoRA on %s: %.2fM trainable parameters", script_args.model_name_or_path, n_trainable / 1e6)
     return trainer, stats

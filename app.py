@@ -30,7 +30,13 @@ at once.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
+
+if __name__ == "__main__":  # `--demo`: its build starts before the imports below (seconds), which run beside it
+    from app_lib.demo import start_early
+
+    start_early(sys.argv[1:])
 
 import gradio as gr
 

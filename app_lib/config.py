@@ -16,6 +16,7 @@ from pathlib import Path
 
 from app_lib.access import check_tls
 from app_lib.batch import BatchLimits, size_in_bytes
+from app_lib.demo import DEMO_DIR
 from app_lib.explore import EXPLORE_MODES
 from app_lib.visitors import VisitorLimits, trusted_proxies
 from cxr_vqa.cli import REPEATABLE
@@ -97,7 +98,7 @@ class AppConfig:
             "(replaces --base and --adapter)"
         },
     )
-    demo_dir: str = field(default="runs/demo", metadata={"help": "where --demo builds and finds its models"})
+    demo_dir: str = field(default=DEMO_DIR, metadata={"help": "where --demo builds and finds its models"})
     # the Explore and Batch tabs
     dataset: str | None = field(
         default=None, metadata={"help": "the evaluated dataset: Explore's films, when the one --report names is gone"}

@@ -11,6 +11,7 @@ a second app on the same DIR finds the build running (its lock held) and serves 
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import logging
@@ -47,6 +48,7 @@ HEADER = (
     "show how the pipeline works and know nothing about real chest X-rays. For the real models: `python app.py --base "
     "llava-hf/llava-1.5-7b-hf --adapter YOUR_ADAPTER`."
 )
+DEMO_DIR = "runs/demo"  # --demo-dir's default
 WAIT_SECONDS = 0.5
 STOP_SECONDS = 60  # for the builder to end its stage on SIGTERM, before it is killed
 WAITING = "no checkpoint yet: the fine-tuned model answers once the first epoch of fine-tuning ends"
@@ -88,6 +90,35 @@ def building(out: Path) -> bool:
     return False
 
 
+def _spawn(out: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen([sys.executable, "-m", "finetune.demo", str(out)], cwd=ROOT, env=env)
+
+
+_early: dict[Path, subprocess.Popen] = {}  # builds started by start_early, until start adopts them
+
+
+def start_early(argv: list[str]) -> None:
+    """`python app.py --demo [--demo-dir DIR]`: start (or continue) the build before the app's own imports (gradio,
+    torch, transformers: 5-6 CPU-seconds), which then run beside its first stages instead of before them; `start`
+    adopts it. Anything else on the command line that could name the folder (--config) or ends the app first
+    (--help) leaves the start to `start`. A build the app never adopts (it exits on a usage error) is stopped."""
+    if "--demo" not in argv or any(a.split("=")[0] in ("-h", "--help", "--config") for a in argv):
+        return
+    out = Path(DEMO_DIR)
+    for i, arg in enumerate(argv):
+        if arg == "--demo-dir" and i + 1 < len(argv):
+            out = Path(argv[i + 1])
+        elif arg.startswith("--demo-dir="):
+            out = Path(arg.split("=", 1)[1])
+    out = out.resolve()
+    found = read(out)
+    if (found is not None and found.marker.get("complete")) or building(out):
+        return
+    _early[out] = _spawn(out)
+    atexit.register(lambda: stop(_early.pop(out, None)))
+
+
 def start(out: str | Path) -> tuple[Demo, subprocess.Popen | None]:
     """(the demo in `out` once it can serve, the builder this app started or None): a build that is not complete is
     started, or continued, unless another process builds it already."""
@@ -99,12 +130,11 @@ def start(out: str | Path) -> tuple[Demo, subprocess.Popen | None]:
     from cxr_vqa.model import warm_up
 
     warming = threading.Thread(target=warm_up, name="warm-up", daemon=True)  # the imports, while the base trains
-    builder = None
-    if not building(out):
+    builder = _early.pop(out, None)
+    if builder is not None or not building(out):
         print(f"building the demo models in {out}: the page comes up once the base is trained (about a minute on a "
               "CPU), then the fine-tuned model trains on while it serves (progress below)", flush=True)  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        builder = subprocess.Popen([sys.executable, "-m", "finetune.demo", str(out)], cwd=ROOT, env=env)
+        builder = builder or _spawn(out)
     else:
         print(f"another process is building the demo in {out}: serving what it builds", flush=True)
     try:

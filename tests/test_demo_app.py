@@ -157,3 +157,54 @@ def test_a_builder_that_ignores_sigterm_is_killed():
     builder = Stuck(["python", "-m", "finetune.demo"], code=None)
     demo_models.stop(builder)  # no TimeoutExpired in the app's exit, no builder left training on
     assert (builder.terminated, builder.killed) == (1, 1)
+
+
+def test_the_build_starts_before_the_apps_imports_and_the_app_adopts_it(prepared, monkeypatch):
+    """`python app.py --demo` starts the build first thing (app.py's __main__ block), and `start` takes that build
+    over instead of starting a second one."""
+    marker = json.loads((prepared / "demo.json").read_text())
+    (prepared / "demo.json").write_text(json.dumps({**marker, "complete": False, "trained": False}))
+    monkeypatch.setattr(subprocess, "Popen", lambda command, **kw: Builder(command, code=None, **kw))
+    before = len(Builder.started)
+    demo_models.start_early(["--port", "7999", "--demo", "--demo-dir", str(prepared)])
+    early = Builder.started[-1]
+    assert len(Builder.started) == before + 1 and early.command[1:] == ["-m", "finetune.demo", str(prepared)]
+    found, builder = demo_models.start(prepared)
+    assert builder is early and len(Builder.started) == before + 1 and found.base.endswith("merged")
+    demo_models.stop(builder)
+
+
+@pytest.mark.parametrize("argv", [["--base", "x"], ["--demo", "--config", "app.yaml"], ["--demo", "--help"],
+                                  ["--demo", "--config=app.yaml"]])  # fmt: skip
+def test_the_early_start_leaves_other_command_lines_to_the_app(argv, monkeypatch):
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("a build was started"))
+    demo_models.start_early(argv)
+
+
+def test_an_early_build_is_not_started_for_a_complete_demo_and_is_stopped_if_the_app_exits_first(prepared, tmp_path):
+    """A complete demo starts nothing; a usage error after the early start leaves no build running (exit 2)."""
+    import os
+    import sys
+    import time
+
+    root = demo_models.ROOT
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
+    out = tmp_path / "early"
+    done = subprocess.run([sys.executable, str(root / "app.py"), "--demo", "--demo-dir", str(out), "--port", "nope"],
+                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "--port" in done.stderr
+    time.sleep(1)
+    builds = [p for p in os.listdir("/proc") if p.isdigit() and str(out).encode() in _cmdline(p)]
+    assert (out / demo_models.DEMO_LOCK).exists()  # the build had started, before the app's imports and its error
+    assert not builds and not (out / "demo.json").exists()
+    started = demo_models._early.copy()
+    demo_models.start_early(["--demo", "--demo-dir", str(prepared)])  # complete: nothing to build
+    assert demo_models._early == started
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            return file.read()
+    except OSError:
+        return b""

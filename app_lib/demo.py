@@ -50,6 +50,7 @@ HEADER = (
 )
 DEMO_DIR = "runs/demo"  # --demo-dir's default
 WAIT_SECONDS = 0.5
+EARLY_WAIT_SECONDS = 120  # at most, for the base's data before the app's imports (about 15 s on 2 idle cores)
 STOP_SECONDS = 60  # for the builder to end its stage on SIGTERM, before it is killed
 WAITING = "no checkpoint yet: the fine-tuned model answers once the first epoch of fine-tuning ends"
 
@@ -100,9 +101,10 @@ _early: dict[Path, subprocess.Popen] = {}  # builds started by start_early, unti
 
 def start_early(argv: list[str]) -> None:
     """`python app.py --demo [--demo-dir DIR]`: start (or continue) the build before the app's own imports (gradio,
-    torch, transformers: 5-6 CPU-seconds), which then run beside its first stages instead of before them; `start`
-    adopts it. Anything else on the command line that could name the folder (--config) or ends the app first
-    (--help) leaves the start to `start`. A build the app never adopts (it exits on a usage error) is stopped."""
+    torch, transformers: 5-6 CPU-seconds), and hold them until the base trains, so that they run beside the base's
+    training instead of before the build or beside the base's data; `start` adopts the build. Anything else on the
+    command line that could name the folder (--config) or ends the app first (--help) leaves the start to `start`.
+    A build the app never adopts (it exits on a usage error) is stopped."""
     if "--demo" not in argv or any(a.split("=")[0] in ("-h", "--help", "--config") for a in argv):
         return
     out = Path(DEMO_DIR)
@@ -115,8 +117,16 @@ def start_early(argv: list[str]) -> None:
     found = read(out)
     if (found is not None and found.marker.get("complete")) or building(out):
         return
-    _early[out] = _spawn(out)
+    builder = _early[out] = _spawn(out)
     atexit.register(lambda: stop(_early.pop(out, None)))
+    print(f"building the demo models in {out}: its data first, then this app's own imports", flush=True)
+    # The base's data, the tiny model and the base's imports are the first page's path, two cores' worth of work:
+    # the app's imports wait until the base trains (one core), as they did when they came first, but now beside it.
+    deadline = time.monotonic() + EARLY_WAIT_SECONDS
+    while builder.poll() is None and time.monotonic() < deadline and read(out) is None:
+        if "base" in _read_json(out / DEMO_STATUS).get("running", []):
+            break
+        time.sleep(0.2)
 
 
 def start(out: str | Path) -> tuple[Demo, subprocess.Popen | None]:
@@ -130,12 +140,12 @@ def start(out: str | Path) -> tuple[Demo, subprocess.Popen | None]:
     from cxr_vqa.model import warm_up
 
     warming = threading.Thread(target=warm_up, name="warm-up", daemon=True)  # the imports, while the base trains
-    builder = _early.pop(out, None)
-    if builder is not None or not building(out):
+    builder = _early.pop(out, None)  # started by start_early, which said so
+    if builder is None and not building(out):
         print(f"building the demo models in {out}: the page comes up once the base is trained (about a minute on a "
               "CPU), then the fine-tuned model trains on while it serves (progress below)", flush=True)  # fmt: skip
-        builder = builder or _spawn(out)
-    else:
+        builder = _spawn(out)
+    elif builder is None:
         print(f"another process is building the demo in {out}: serving what it builds", flush=True)
     try:
         while (found := read(out)) is None:

@@ -1,7 +1,8 @@
 """What the findings turn costs the demo's training, side by side in one run: the same synthetic release prepared with
-and without it (`python -m dataprep ... --no-findings`), then tokens per row (the tiny model's tokenizer, the film's
-image tokens included) and CPU ms per training step of the demo's adapter recipe on each (the process's CPU time, so
-a loaded machine inflates it less than wall time; once every film has been seen and cached).
+and without it (`python -m dataprep ... --no-findings`), then tokens per training example (the tiny model's
+tokenizer, the film's image tokens included; under the recipe's findings_alone a row that opens with the findings turn
+is two examples) and CPU ms per training step of the demo's adapter recipe on each (the process's CPU time, so a
+loaded machine inflates it less than wall time; once every film has been seen and cached).
 
     python bench/findings_cost.py                       # the demo's data in runs/findings-cost (built if missing)
     python bench/findings_cost.py --work runs/demo      # reuse a built demo: only the --no-findings data is added

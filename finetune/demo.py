@@ -1,7 +1,7 @@
 """Build the app's offline demo: a random tiny LLaVA taught to speak, then to read synthetic films, through the real
 pipeline, ending with its own evaluation.
 
-    python -m finetune.demo runs/demo             # about 5 minutes on 2 CPU cores; a killed build continues
+    python -m finetune.demo runs/demo             # about 10 minutes on 2 CPU cores; a killed build continues
     python -m finetune.demo runs/demo --seed 1    # another trainer seed on the same data
     python -m finetune.demo --out runs/demo --fresh   # start over
 

@@ -40,8 +40,8 @@ PATIENTS = 1000
 # the same film either way); no validation patients (training does not early-stop: the official valid tenth would be
 # drawn and prepared for nothing); 15% held out for test; every labelled finding asked, 8 pairs a study: more
 # supervision per film costs little next to its image tokens; a findings turn in a quarter of the studies (it opens
-# their conversations, and the yes/no answers after it could be read off it: in every study it cut held-out closed
-# accuracy to 0.764, in half of them 0.948; docs/findings.md)
+# their conversations, which the recipe trains as two examples, findings_alone: first in every study it cut held-out
+# closed accuracy to 0.764, in half of them 0.948; docs/findings.md)
 RELEASE_ARGS = ("--no-defects", "--image-size", "292", "--no-laterals", "--valid-patients", "0")
 DATAPREP_ARGS = ("--generator", "labels", "--split-fractions", "0.85,0,0.15", "--qa-per-study", "8",
                  "--findings-share", "0.25")  # fmt: skip

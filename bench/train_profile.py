@@ -31,8 +31,10 @@ from finetune.demo_stages import MERGED, RECIPE, base_stage, data_stages, run_st
 from finetune.film_cache import llava_parts, tower_features
 from finetune.train import build_trainer
 
+# the recipe before the film cache (its flag last: RECIPES turns it on) and before findings_alone
 PREVIOUS = ["--lora_r", "64", "--lora_alpha", "64", "--lora_modules_to_save", "multi_modal_projector.linear_1",
-            "multi_modal_projector.linear_2", "embed_tokens", "lm_head", "--cache_film_features", "false"]  # fmt: skip
+            "multi_modal_projector.linear_2", "embed_tokens", "lm_head", "--findings_alone", "false",
+            "--cache_film_features", "false"]  # fmt: skip
 RECIPES = {
     "previous (no cache, r64 + embeddings + lm_head)": ("tiny-llava", PREVIOUS),
     "film cache, same adapter": ("tiny-llava", [*PREVIOUS[:-1], "true"]),

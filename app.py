@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 
 if __name__ == "__main__":  # `--demo`: its build starts before the imports below (seconds), which run beside it
-    from app_lib.demo import start_early
+    from app_lib.demo_early import start_early
 
     start_early(sys.argv[1:])
 

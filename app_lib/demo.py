@@ -11,7 +11,6 @@ a second app on the same DIR finds the build running (its lock held) and serves 
 
 from __future__ import annotations
 
-import atexit
 import fcntl
 import json
 import logging
@@ -50,7 +49,6 @@ HEADER = (
 )
 DEMO_DIR = "runs/demo"  # --demo-dir's default
 WAIT_SECONDS = 0.5
-EARLY_WAIT_SECONDS = 120  # at most, for the base's data before the app's imports (about 15 s on 2 idle cores)
 STOP_SECONDS = 60  # for the builder to end its stage on SIGTERM, before it is killed
 WAITING = "no checkpoint yet: the fine-tuned model answers once the first epoch of fine-tuning ends"
 
@@ -91,42 +89,12 @@ def building(out: Path) -> bool:
     return False
 
 
-def _spawn(out: Path) -> subprocess.Popen:
+def spawn(out: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen([sys.executable, "-m", "finetune.demo", str(out)], cwd=ROOT, env=env)
 
 
-_early: dict[Path, subprocess.Popen] = {}  # builds started by start_early, until start adopts them
-
-
-def start_early(argv: list[str]) -> None:
-    """`python app.py --demo [--demo-dir DIR]`: start (or continue) the build before the app's own imports (gradio,
-    torch, transformers: 5-6 CPU-seconds), and hold them until the base trains, so that they run beside the base's
-    training instead of before the build or beside the base's data; `start` adopts the build. Anything else on the
-    command line that could name the folder (--config) or ends the app first (--help) leaves the start to `start`.
-    A build the app never adopts (it exits on a usage error) is stopped."""
-    if "--demo" not in argv or any(a.split("=")[0] in ("-h", "--help", "--config") for a in argv):
-        return
-    out = Path(DEMO_DIR)
-    for i, arg in enumerate(argv):
-        if arg == "--demo-dir" and i + 1 < len(argv):
-            out = Path(argv[i + 1])
-        elif arg.startswith("--demo-dir="):
-            out = Path(arg.split("=", 1)[1])
-    out = out.resolve()
-    found = read(out)
-    if (found is not None and found.marker.get("complete")) or building(out):
-        return
-    builder = _early[out] = _spawn(out)
-    atexit.register(lambda: stop(_early.pop(out, None)))
-    print(f"building the demo models in {out}: its data first, then this app's own imports", flush=True)
-    # The base's data, the tiny model and the base's imports are the first page's path, two cores' worth of work:
-    # the app's imports wait until the base trains (one core), as they did when they came first, but now beside it.
-    deadline = time.monotonic() + EARLY_WAIT_SECONDS
-    while builder.poll() is None and time.monotonic() < deadline and read(out) is None:
-        if "base" in _read_json(out / DEMO_STATUS).get("running", []):
-            break
-        time.sleep(0.2)
+early_builds: dict[Path, subprocess.Popen] = {}  # builds started by app_lib.demo_early, until start adopts them
 
 
 def start(out: str | Path) -> tuple[Demo, subprocess.Popen | None]:
@@ -140,16 +108,16 @@ def start(out: str | Path) -> tuple[Demo, subprocess.Popen | None]:
     from cxr_vqa.model import warm_up
 
     warming = threading.Thread(target=warm_up, name="warm-up", daemon=True)  # the imports, while the base trains
-    builder = _early.pop(out, None)  # started by start_early, which said so
+    builder = early_builds.pop(out, None)  # started by app_lib.demo_early.start_early, which said so
     if builder is None and not building(out):
         print(f"building the demo models in {out}: the page comes up once the base is trained (about a minute on a "
               "CPU), then the fine-tuned model trains on while it serves (progress below)", flush=True)  # fmt: skip
-        builder = _spawn(out)
+        builder = spawn(out)
     elif builder is None:
         print(f"another process is building the demo in {out}: serving what it builds", flush=True)
     try:
         while (found := read(out)) is None:
-            if warming.ident is None and "base" in _read_json(out / DEMO_STATUS).get("running", []):
+            if warming.ident is None and "base" in read_json(out / DEMO_STATUS).get("running", []):
                 warming.start()  # once the base trains: the releases, which draw on every core, are done or niced
             if builder is not None and builder.poll() == 0:
                 builder = None  # it found another build running and left it be: wait for that one
@@ -179,7 +147,7 @@ def stop(builder: subprocess.Popen | None) -> None:
             builder.wait()
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         found = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -195,7 +163,7 @@ def served_label(path: Path, final: bool) -> str:
     """How the pane names what answers: "the final adapter", or "the epoch-2 checkpoint" (from its trainer state)."""
     if final:
         return "the final adapter"
-    epoch = _read_json(path / "trainer_state.json").get("epoch")
+    epoch = read_json(path / "trainer_state.json").get("epoch")
     return f"the epoch-{epoch:g} checkpoint" if isinstance(epoch, int | float) else f"checkpoint {path.name}"
 
 
@@ -210,8 +178,8 @@ def newest(demo: Demo) -> tuple[Path, bool] | None:
 
 def describe(demo: Demo, served: str | None, final: bool) -> dict:
     """The build's state for `/demo_status` and the page: stage, epoch, what the fine-tuned pane answers with."""
-    marker, status = demo.reread(), _read_json(demo.out / DEMO_STATUS)
-    progress = _read_json(demo.adapter / TRAINING_PROGRESS)
+    marker, status = demo.reread(), read_json(demo.out / DEMO_STATUS)
+    progress = read_json(demo.adapter / TRAINING_PROGRESS)
     active = building(demo.out)
     stage = "complete" if marker.get("complete") else ", ".join(status.get("running", [])) or "stopped"
     left = None
@@ -265,7 +233,7 @@ class Live:
         self.label: str | None = None  # named when loaded: the trainer deletes an older checkpoint, served or not
         self.named: dict[int, str] = {}  # each weights version (`VQAModel.version`) -> the label of what it served
         vqa.before_answer = self.refresh
-        self.patients = _read_json(demo.out / "data" / "stats.json").get("splits", {}).get("train", {}).get("patients")
+        self.patients = read_json(demo.out / "data" / "stats.json").get("splits", {}).get("train", {}).get("patients")
 
     def refresh(self) -> None:
         from cxr_vqa.model import use_adapter

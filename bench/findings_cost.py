@@ -9,7 +9,8 @@ loaded machine inflates it less than wall time; once every film has been seen an
     python bench/findings_cost.py --smoke               # 20 patients, a few steps: the plumbing only
 
 Last line: `RESULT tokens_before=<per row, no findings turn> tokens_after=<with it> answer_tokens_before=<loss
-positions per row> answer_tokens_after=<..> step_ms_before=<CPU ms a step> step_ms_after=<..> ratio=<after / before>`.
+positions per row> answer_tokens_after=<..> step_ms_before=<CPU ms a step> step_ms_after=<..>
+ratio=<CPU ms a row costs, after / before>`.
 """
 
 from __future__ import annotations
@@ -49,22 +50,27 @@ def _argv(work: Path, data: str, steps: int) -> list[str]:
 
 
 def measure(work: Path, data: str, rows: int, steps: int) -> dict[str, float]:
-    """Tokens and answer (loss) tokens per row over `rows` training rows, and CPU ms a step after the first pass."""
+    """Tokens and answer (loss) tokens per row over the first `rows` training rows (a row the recipe trains as two
+    examples, findings_alone, counts both), its examples per row, and CPU ms a step after the first pass."""
     trainer, _ = build_trainer(*parse_config(_argv(work, data, steps)))
-    trainer.train_dataset = trainer.train_dataset.select(range(rows))
     source = getattr(trainer.data_collator, "dataset", trainer.train_dataset)  # the film cache trains on row indices
+    parts = getattr(source, "parts", None)  # FindingsAlone: example -> (row, part)
+    numbers = [n for n, (row, _) in enumerate(parts) if row < rows] if parts else list(range(rows))
+    trainer.train_dataset = trainer.train_dataset.select(numbers)
+    batch_size = trainer.args.per_device_train_batch_size
+    first = -(-len(numbers) // batch_size)  # the first pass fills the film cache
+    trainer.args.max_steps = max(steps, 2 * first + 2)
     collate = AnswerOnlyCollator(trainer.processing_class)
     lengths, answers = [], []
-    for start in range(0, rows, 8):
-        batch = collate([source[i] for i in range(start, min(start + 8, rows))])
+    for start in range(0, len(numbers), 8):
+        batch = collate([source[n] for n in numbers[start : start + 8]])
         lengths += batch["attention_mask"].sum(dim=1).tolist()
         answers += (batch["labels"] != -100).sum(dim=1).tolist()
     clock = CpuClock()
     trainer.add_callback(clock)
     trainer.train()
-    first = rows // trainer.args.per_device_train_batch_size  # the first pass fills the film cache
     gaps = [b - a for a, b in zip(clock.marks[first:], clock.marks[first + 1 :], strict=False)]
-    return {"tokens": statistics.mean(lengths), "answer_tokens": statistics.mean(answers),
+    return {"tokens": sum(lengths) / rows, "answer_tokens": sum(answers) / rows, "examples": len(numbers) / rows,
             "step_ms": 1000 * statistics.median(gaps)}  # fmt: skip
 
 
@@ -94,11 +100,17 @@ def main(argv: list[str] | None = None) -> None:
             found[name] = measure(work, data, args.rows, args.steps)
             f = found[name]
             print(f"  {name:<7} ({data}): {f['tokens']:.1f} tokens a row, {f['answer_tokens']:.1f} of them answers "
-                  f"(the loss), {f['step_ms']:.1f} CPU ms a step", flush=True)  # fmt: skip
+                  f"(the loss), {f['examples']:.2f} examples a row, {f['step_ms']:.1f} CPU ms a step",
+                  flush=True)  # fmt: skip
     b, a = found["before"], found["after"]
     print(f"RESULT tokens_before={b['tokens']:.1f} tokens_after={a['tokens']:.1f} answer_tokens_before="
           f"{b['answer_tokens']:.1f} answer_tokens_after={a['answer_tokens']:.1f} step_ms_before={b['step_ms']:.1f} "
-          f"step_ms_after={a['step_ms']:.1f} ratio={a['step_ms'] / b['step_ms']:.2f}")  # fmt: skip
+          f"step_ms_after={a['step_ms']:.1f} ratio={row_ms(a) / row_ms(b):.2f}")  # fmt: skip
+
+
+def row_ms(figures: dict[str, float]) -> float:
+    """CPU ms a training row costs: a step's, per example in a batch of 8, times its examples."""
+    return figures["step_ms"] * figures["examples"] / 8
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pytest
 
 import app
 from app_lib import demo as demo_models
+from app_lib.demo_early import start_early
 from app_lib.results import report_updates
 from cxr_vqa.findings import FINDINGS_QUESTION
 from cxr_vqa.labeler import label_report
@@ -166,7 +167,7 @@ def test_the_build_starts_before_the_apps_imports_and_the_app_adopts_it(prepared
     (prepared / "demo.json").write_text(json.dumps({**marker, "complete": False, "trained": False}))
     monkeypatch.setattr(subprocess, "Popen", lambda command, **kw: Builder(command, code=None, **kw))
     before = len(Builder.started)
-    demo_models.start_early(["--port", "7999", "--demo", "--demo-dir", str(prepared)])
+    start_early(["--port", "7999", "--demo", "--demo-dir", str(prepared)])
     early = Builder.started[-1]
     assert len(Builder.started) == before + 1 and early.command[1:] == ["-m", "finetune.demo", str(prepared)]
     found, builder = demo_models.start(prepared)
@@ -178,7 +179,7 @@ def test_the_build_starts_before_the_apps_imports_and_the_app_adopts_it(prepared
                                   ["--demo", "--config=app.yaml"]])  # fmt: skip
 def test_the_early_start_leaves_other_command_lines_to_the_app(argv, monkeypatch):
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("a build was started"))
-    demo_models.start_early(argv)
+    start_early(argv)
 
 
 def test_an_early_build_is_not_started_for_a_complete_demo_and_is_stopped_if_the_app_exits_first(prepared, tmp_path):
@@ -197,9 +198,9 @@ def test_an_early_build_is_not_started_for_a_complete_demo_and_is_stopped_if_the
     builds = [p for p in os.listdir("/proc") if p.isdigit() and str(out).encode() in _cmdline(p)]
     assert (out / demo_models.DEMO_LOCK).exists()  # the build had started, before the app's imports and its error
     assert not builds and not (out / "demo.json").exists()
-    started = demo_models._early.copy()
-    demo_models.start_early(["--demo", "--demo-dir", str(prepared)])  # complete: nothing to build
-    assert demo_models._early == started
+    started = demo_models.early_builds.copy()
+    start_early(["--demo", "--demo-dir", str(prepared)])  # complete: nothing to build
+    assert demo_models.early_builds == started
 
 
 def _cmdline(pid: str) -> bytes:

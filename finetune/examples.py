@@ -70,10 +70,11 @@ class FindingsAlone:
 
 
 class RowsCollator:
-    """For a trainer that draws example numbers (`{"row": i}`): the examples themselves, collated by `collate`."""
+    """For a trainer that draws example numbers (`{"row": i}`): the examples themselves, collated by `collate`. The
+    evaluation split's rows, which are not numbered, pass through whole."""
 
     def __init__(self, examples, collate):
         self.examples, self.collate = examples, collate
 
     def __call__(self, batch: list[dict]):
-        return self.collate([self.examples[int(item["row"])] for item in batch])
+        return self.collate([self.examples[int(item["row"])] if set(item) == {"row"} else item for item in batch])

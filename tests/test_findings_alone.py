@@ -88,3 +88,11 @@ def test_a_findings_alone_run_trains_and_says_so_in_its_model_card(tiny_model_di
     assert trainer.state.global_step == 2
     card = (tmp_path / "out" / "README.md").read_text()
     assert "- findings turn: trained alone with its film (" in card and " training rows split in two)" in card
+
+
+def test_without_the_film_cache_a_findings_alone_run_evaluates_its_validation_rows(tiny_model_dir, synthetic_data,
+                                                                                 tmp_path):  # fmt: skip
+    extra = ["--load_in_4bit", "false", "--dataloader_num_workers", "0", "--findings_alone", "--max_steps", "1",
+             "--per_device_train_batch_size", "2", "--eval_strategy", "steps", "--eval_steps", "1"]  # fmt: skip
+    trainer = train(*config(tiny_model_dir, synthetic_data, tmp_path / "out", *extra))
+    assert any("eval_loss" in entry for entry in trainer.state.log_history)

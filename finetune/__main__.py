@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         wait_for(script_args.wait_for or [])
         start = time.time()
         trainer = train(script_args, train_args)
+    close_process_group()
 
     if not trainer.is_world_process_zero():  # under DDP one summary is enough
         return
@@ -54,6 +55,17 @@ def main(argv: list[str] | None = None) -> None:
     if script_args.merge:
         print(f"merged 16-bit model: {train_args.output_dir}/merged")
     print(f"try it: python app.py --base {script_args.model_name_or_path} --adapter {train_args.output_dir}")
+
+
+def close_process_group() -> None:
+    """Under torchrun, wait for every process to finish, then take down the process group. A process that exits with
+    gloo's group still up can abort in its C++ teardown ("terminate called without an active exception", SIGABRT)
+    while another process still uses the group, and the launcher then fails the whole run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def wait_for(paths: list[str], every: float = 0.1) -> None:

@@ -28,7 +28,9 @@ from finetune.collator import IGNORE_INDEX, AnswerOnlyCollator
 
 
 def llava_parts(model):
-    """(the LlavaModel under any PEFT wrappers, the lm_head, as PEFT may have wrapped it)."""
+    """(the LlavaModel under DDP's and PEFT's wrappers, the lm_head, as PEFT may have wrapped it)."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     return inner.model, inner.lm_head
 
@@ -118,7 +120,8 @@ def answer_loss(model, inputs: dict, num_items: int | torch.Tensor | None = None
     """(loss, correct answer tokens, answer tokens) of a batch from `FilmCacheCollator`: the projector on the cached
     features, scattered into the image-token positions as LlavaModel does, the language model, then the lm_head at
     the answer positions only. The loss is summed over answer tokens and divided by `num_items` (the Trainer's
-    count over the global batch) or, without it, by this batch's count."""
+    count over the global batch) or, without it, by this batch's count. Under DDP the parts run past DDP's forward,
+    whose hooks average the gradients between processes: `average_gradients` does it after the backward."""
     llava, lm_head = llava_parts(model)
     input_ids, labels = inputs["input_ids"], inputs["labels"]
     embeds = llava.get_input_embeddings()(input_ids)
@@ -133,3 +136,19 @@ def answer_loss(model, inputs: dict, num_items: int | torch.Tensor | None = None
     count = answer.sum()
     loss = total / (torch.as_tensor(num_items) if num_items is not None else count).clamp(min=1)
     return loss, (logits.argmax(-1) == target[answer]).sum(), count
+
+
+def average_gradients(model) -> None:
+    """Average the trained parameters' gradients over the processes, in one all-reduce, as DDP would have: the loss of
+    `answer_loss` never went through DDP's forward, so DDP's gradient hooks stayed off."""
+    import torch.distributed as dist
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]  # the same shapes on every rank
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
+        offset += g.numel()

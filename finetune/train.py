@@ -23,7 +23,7 @@ from cxr_vqa.sources import Source, resolve
 from finetune.collator import IGNORE_INDEX, AnswerOnlyCollator
 from finetune.config import ScriptArguments, TrainConfig, check_device, resolve_checkpoint
 from finetune.examples import FindingsAlone, RowsCollator
-from finetune.film_cache import FilmCacheCollator, answer_loss, check_frozen_tower, feature_bytes
+from finetune.film_cache import FilmCacheCollator, answer_loss, average_gradients, check_frozen_tower, feature_bytes
 from finetune.model_card import write_model_card
 from finetune.progress import ProgressFile
 
@@ -168,6 +168,12 @@ class AnswerTokenSFTTrainer(SFTTrainer):
             self._flop_parameters = count(exclude_embeddings=True) if count else 0
         name = getattr(self.model, "main_input_name", "input_ids")
         return 6 * inputs[name].numel() * self._flop_parameters if name in inputs else 0
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if "film_features" in inputs and self.accelerator.num_processes > 1 and self.accelerator.sync_gradients:
+            average_gradients(model)  # answer_loss runs the model's parts, past DDP's forward and its hooks
+        return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "film_features" not in inputs:  # rows collated with their films: TRL's loss

@@ -118,6 +118,26 @@ def test_resume_under_ddp_continues_as_one_process_would(runs):
     assert max_difference(load_file(root / "resumed/adapter_model.safetensors"), one) < 1e-3 * moved
 
 
+def test_the_film_cache_under_two_processes_makes_the_update_of_one(tiny_model_dir, tmp_path):
+    """With cache_film_features the loss runs the model's parts (finetune/film_cache.py), past DDP's forward and the
+    hooks that average gradients: they are averaged after the backward instead, so two processes at batch 2 still
+    train what one trains at batch 4 (the demo's recipe trains this way)."""
+    rows = [contract_row(i, pairs) for i, pairs in enumerate(STUDIES)]
+    data = save_dataset(tmp_path / "data", {"train": rows, "validation": rows[:2]})
+    cached = ["--cache_film_features", "true", "--load_in_4bit", "false", "--eval_strategy", "no", "--logging_steps",
+              "1", "--save_strategy", "steps", "--save_steps", "1", "--max_steps", "2"]  # fmt: skip
+    one = config(tiny_model_dir, data, tmp_path / "one", *SGD, *cached, "--per_device_train_batch_size", "4")
+    reference = logged(train(*one).state.log_history, "loss")
+    argv = ["--config", "finetune/configs/tiny-cpu.yaml", "--model_name_or_path", tiny_model_dir, "--dataset", data]
+    torchrun(argv + SGD + cached + ["--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "two")])
+    two = json.loads((tmp_path / "two/checkpoint-2/trainer_state.json").read_text())["log_history"]
+    assert logged(two, "loss") == pytest.approx(reference, rel=1e-4)  # step 2's loss follows step 1's shared update
+    one_weights = load_file(tmp_path / "one/adapter_model.safetensors")
+    moved = max_difference(one_weights, load_file(tmp_path / "one/checkpoint-1/adapter_model.safetensors"))
+    assert moved > 1e-3
+    assert max_difference(load_file(tmp_path / "two/adapter_model.safetensors"), one_weights) < 1e-3 * moved
+
+
 def test_a_gpu_backend_on_cpu_fails_in_one_line(monkeypatch, run_cli):
     if torch.cuda.is_available():
         pytest.skip("checks a CPU-only machine")

@@ -145,6 +145,13 @@ def _command(record: Path) -> list[str] | None:
         return None
 
 
+# Each stage leads a process group of its own (killed whole), in the builder's session: Linux's scheduler shares the
+# CPU fairly between sessions first (autogroups), so a stage in a session of its own took its fair share whatever its
+# nice value, and the adapter's release, meant to run at the lowest priority, slowed the first page's stages.
+# Python 3.10 has no process_group: a session of its own there.
+OWN_GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
+
+
 class Children:
     """The stages' processes running now, whichever thread waits on each. A signal (SIGTERM, Ctrl-C) reaches only the
     main thread, so the build kills them here, all at once (`kill`), instead of waiting for those its threads run.
@@ -159,7 +166,7 @@ class Children:
         with self._lock:  # a stage starting while `kill` runs would be missed by it
             if self._stopped:
                 raise UserError("the build was stopped: no further stage starts")
-            process = subprocess.Popen(command, start_new_session=True, **options)  # its own process group
+            process = subprocess.Popen(command, **OWN_GROUP, **options)
             self._running.add(process)
         return process
 

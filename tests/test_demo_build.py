@@ -52,6 +52,24 @@ def test_a_failing_stage_names_itself_and_records_nothing(tmp_path):
     assert log.is_file() and not demo_stages.finished(tmp_path, _json_stage(src, tmp_path / "out.json"))
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Python 3.10 starts each stage in a session of its own")
+def test_a_stage_leads_its_own_group_in_the_builders_session_at_its_priority(tmp_path, monkeypatch):
+    """Killed as one group, and niced where the scheduler sees it: Linux shares the CPU between sessions (autogroups)
+    before nice values count, so a lower-priority stage in a session of its own took a fair share anyway."""
+    probe = tmp_path / "probe_ids.py"
+    probe.write_text("import json, os, sys, time\n"
+                     "time.sleep(0.3)\n"  # the builder lowers a stage's priority just after it starts
+                     "ids = {'pid': os.getpid(), 'group': os.getpgid(0), 'session': os.getsid(0), "
+                     "'nice': os.getpriority(os.PRIO_PROCESS, 0)}\n"
+                     "open(sys.argv[1], 'w').write(json.dumps(ids))\n")  # fmt: skip
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    out = tmp_path / "ids.json"
+    demo_stages.run_stage(tmp_path, demo_stages.Stage("probe", "probe_ids", [out]), nice=5)
+    ids = json.loads(out.read_text())
+    assert ids["group"] == ids["pid"] and ids["session"] == os.getsid(0)
+    assert ids["nice"] == min(os.getpriority(os.PRIO_PROCESS, 0) + 5, 19)
+
+
 def test_training_resumes_only_from_a_complete_checkpoint(tmp_path, monkeypatch):
     commands = []
     monkeypatch.setattr(demo_stages, "_run", lambda cmd, *_: commands.append(cmd) or (0, 0.0))

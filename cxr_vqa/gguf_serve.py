@@ -29,7 +29,11 @@ from cxr_vqa.errors import UserError
 from cxr_vqa.llama_server import SERVE_TEMPLATE, read_export
 
 CHAT_FORMAT = "cxr-llava-1.5"
-CONTEXT = 4096  # LLaVA-1.5's: 576 of it the film
+# Tokens of context: the film's 576, the question, the answer and any earlier turns. LLaVA-1.5 takes 4,096, but its
+# KV cache alone is 2 GiB at the 7B's size; 2,048 (1 GiB) leaves about 1,400 tokens of conversation beside the film
+# and the 7B q4_k_m server within 6 GiB (docs/gguf.md); a longer conversation fails its request in one line.
+CONTEXT = 2048
+MAP_WEIGHTS = os.environ.get("CXR_VQA_GGUF_MMAP") == "1"  # map the weights instead: how the two were compared
 # transformers' decoding: what a request does not set must not change the answer
 NEUTRAL = {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0, "typical_p": 1.0, "presence_penalty": 0.0,
            "frequency_penalty": 0.0, "mirostat_mode": 0}  # fmt: skip
@@ -49,7 +53,7 @@ def project_handler(mmproj: str):
     return ProjectLlava15(clip_model_path=mmproj, verbose=False)
 
 
-def build_app(folder: str, name: str, *, host: str, port: int, threads: int | None):
+def build_app(folder: str, name: str, *, host: str, port: int, threads: int | None, context: int = CONTEXT):
     """The FastAPI app, the model and its mmproj loaded (a broken file fails here, not at the first question)."""
     from llama_cpp.llama_chat_format import LlamaChatCompletionHandlerRegistry
     from llama_cpp.server import app as server_app
@@ -59,8 +63,11 @@ def build_app(folder: str, name: str, *, host: str, port: int, threads: int | No
     handler = project_handler(str(export.mmproj))
     LlamaChatCompletionHandlerRegistry().register_chat_completion_handler(CHAT_FORMAT, handler, overwrite=True)
     threads = threads or max(1, os.cpu_count() or 1)
-    model = ModelSettings(model=str(export.model), model_alias=name, chat_format=CHAT_FORMAT, n_ctx=CONTEXT,
-                          n_threads=threads, n_threads_batch=threads, logits_all=True, verbose=False)  # fmt: skip
+    # read, not mapped: llama.cpp repacks the quantized weights for the CPU, and a mapped file's pages stayed resident
+    # beside the repacked copy (bench/gguf.py, docs/benchmarks.md)
+    model = ModelSettings(model=str(export.model), model_alias=name, chat_format=CHAT_FORMAT, n_ctx=context,
+                          n_threads=threads, n_threads_batch=threads, logits_all=True, use_mmap=MAP_WEIGHTS,
+                          verbose=False)  # fmt: skip
     app = server_app.create_app(server_settings=ServerSettings(host=host, port=port), model_settings=[model])
     handler._init_mtmd_context(server_app._llama_proxy(name))  # the mmproj now: its errors before "ready"
     return app
@@ -86,11 +93,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
     parser.add_argument("--name", help="the model id it answers to (default: the folder's name)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: every core)")
+    parser.add_argument("--context", type=int, default=CONTEXT, help=f"tokens of context, the film's 576 included "
+                        f"(default {CONTEXT}; LLaVA-1.5 takes up to 4096, at 1 GiB of the 7B's memory per 2048)")
     # a bound socket inherited from the process that started this one (cxr_vqa.llama_server), instead of --port/--host
     parser.add_argument("--fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not 1 <= args.port <= 65535:
         parser.error("--port must be in 1..65535")
+    if not 1024 <= args.context <= 4096:
+        parser.error(f"--context must be in 1024..4096 (the film alone takes 576 tokens), got {args.context}")
     listener = None
     if args.fd is not None:
         try:
@@ -106,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
                             "==0.3.36' (it compiles llama.cpp, minutes)") from None  # fmt: skip
         try:
             app = build_app(args.folder, args.name or os.path.basename(os.path.abspath(args.folder)),
-                            host=args.host, port=args.port, threads=args.threads)  # fmt: skip
+                            host=args.host, port=args.port, threads=args.threads, context=args.context)  # fmt: skip
         except ImportError:
             raise UserError("serving GGUF needs llama-cpp-python: pip install 'llama-cpp-python[server]==0.3.36' "
                             "(it compiles llama.cpp, minutes)") from None  # fmt: skip

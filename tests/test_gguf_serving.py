@@ -346,3 +346,13 @@ def test_bench_smoke_runs_both_paths_and_prints_its_result_line(llama_package, t
     assert re.fullmatch(r"RESULT part=gguf " + " ".join(rf"{k}=\S+" for k in keys) + r" .*", result), result
     assert "answer_tokens=6 " in result and "a new token: llama.cpp" in done.stdout
     assert (tmp_path / "tiny-7b-q4_k_m" / "export.json").is_file()  # reused by the next run
+
+
+def test_a_context_that_cannot_hold_the_film_or_past_llava_is_a_usage_error(run_cli, tmp_path):
+    from cxr_vqa.gguf_serve import main
+
+    for context in ("512", "8192"):
+        code, line = run_cli(main, [str(tmp_path), "--context", context])
+        assert code == 2 and f"--context must be in 1024..4096 (the film alone takes 576 tokens), got {context}" in (
+            line
+        )

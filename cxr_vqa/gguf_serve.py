@@ -31,7 +31,7 @@ from cxr_vqa.llama_server import SERVE_TEMPLATE, read_export
 CHAT_FORMAT = "cxr-llava-1.5"
 # Tokens of context: the film's 576, the question, the answer and any earlier turns. LLaVA-1.5 takes 4,096, but its
 # KV cache alone is 2 GiB at the 7B's size; 2,048 (1 GiB) leaves about 1,400 tokens of conversation beside the film
-# and the 7B q4_k_m server within 6 GiB (docs/gguf.md); a longer conversation fails its request in one line.
+# and the 7B q4_k_m server within 6 GiB (docs/gguf.md); the server refuses a longer conversation.
 CONTEXT = 2048
 MAP_WEIGHTS = os.environ.get("CXR_VQA_GGUF_MMAP") == "1"  # map the weights instead: how the two were compared
 # transformers' decoding: what a request does not set must not change the answer
@@ -64,7 +64,7 @@ def build_app(folder: str, name: str, *, host: str, port: int, threads: int | No
     LlamaChatCompletionHandlerRegistry().register_chat_completion_handler(CHAT_FORMAT, handler, overwrite=True)
     threads = threads or max(1, os.cpu_count() or 1)
     # read, not mapped: llama.cpp repacks the quantized weights for the CPU, and a mapped file's pages stayed resident
-    # beside the repacked copy (bench/gguf.py, docs/benchmarks.md)
+    # beside the repacked copy (docs/gguf.md: the 7B server peaked at 9.71 GiB mapped, 6.89 read)
     model = ModelSettings(model=str(export.model), model_alias=name, chat_format=CHAT_FORMAT, n_ctx=context,
                           n_threads=threads, n_threads_batch=threads, logits_all=True, use_mmap=MAP_WEIGHTS,
                           verbose=False)  # fmt: skip

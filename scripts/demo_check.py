@@ -6,6 +6,7 @@ examples of assets/examples/.
     python scripts/demo_check.py --fresh                  # empty runs/demo first: the first start, port 7861
     python scripts/demo_check.py                          # whatever runs/demo holds (a built one: the cached start)
     python scripts/demo_check.py --screenshots runs/screens   # also the docs' pictures (scripts/screenshots.py)
+    python scripts/demo_check.py --first-pages 3          # only the first page, of 3 fresh starts (each emptied)
 
 The questions: each held-out example film's suggested question (yes), the same questions on its normal film (no),
 and the same for the committed phantoms of assets/examples/. Then the findings: "Describe the findings." on every
@@ -16,7 +17,9 @@ load, each stage's wall and CPU seconds (CPU seconds are what an idle machine wo
 one core), the answers, and last `RESULT first_page_s=.. final_adapter_s=.. report_s=.. questions=.. tuned_right=..
 base_right=.. committed_questions=.. committed_right=.. base_parsed=.. findings_films=.. findings_right=..
 base_findings_right=.. tuned_f1_14=.. base_f1_14=.. f1_p=.. f1_p_holm=.. blank_f1_14=.. blank_f1_p=.. load=..`.
-Exits 1 when a final fine-tuned answer or report is wrong.
+Exits 1 when a final fine-tuned answer or report is wrong. With --first-pages N: N fresh starts, each stopped at its
+first page, each with the first page's stages, and last `RESULT first_pages=N first_page_median_s=..
+first_page_min_s=.. first_page_max_s=.. load=..`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -119,7 +123,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for each milestone")
     parser.add_argument("--screenshots", metavar="DIR", help="also take the docs' screenshots of the page into DIR "
                         "(scripts/screenshots.py: Playwright and /usr/bin/chromium)")  # fmt: skip
+    parser.add_argument("--first-pages", type=int, metavar="N", help="only time the first page, of N fresh starts")
     args = parser.parse_args(argv)
+    if args.first_pages is not None:
+        if args.first_pages < 1:
+            parser.error(f"--first-pages must be >= 1, got {args.first_pages}")
+        first_pages(Path(args.demo_dir).resolve(), args.port, args.timeout, args.first_pages)
+        return
 
     from gradio_client import Client
 
@@ -172,9 +182,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"screenshot {Path(args.screenshots) / name} ({size / 1024:.0f} KB)")
     finally:
         stop(app)
-    for record in sorted((demo_dir / "stages").glob("*.json")):
-        r = json.loads(record.read_text())
-        print(f"  stage {record.stem:<22} {r['seconds']:7.1f} s wall, {r.get('cpu_seconds', 0):7.1f} CPU-seconds")
+    print_stages(demo_dir)
     print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
     print(f"RESULT first_page_s={first_page:.1f} final_adapter_s={final_adapter:.1f} report_s={report:.1f} "
           f"questions={len(asked)} tuned_right={tuned_right} base_right={base_right} "
@@ -183,6 +191,30 @@ def main(argv: list[str] | None = None) -> None:
           + " ".join(f"{k}={v:.4g}" for k, v in f1.items()) + f" load={load:.2f}")  # fmt: skip
     right = tuned_right == len(asked) and committed_right == len(committed) and findings_right == films
     sys.exit(0 if right else 1)
+
+
+def print_stages(demo_dir: Path) -> None:
+    for record in sorted((demo_dir / "stages").glob("*.json")):
+        r = json.loads(record.read_text())
+        print(f"  stage {record.stem:<22} {r['seconds']:7.1f} s wall, {r.get('cpu_seconds', 0):7.1f} CPU-seconds")
+
+
+def first_pages(demo_dir: Path, port: int, timeout: float, runs: int) -> None:
+    """`runs` fresh starts (`demo_dir` emptied before each), each stopped once its first page answers."""
+    load, seconds = os.getloadavg()[0], []
+    print(f"load average (1 min) at the start: {load:.2f} on {os.cpu_count()} cores")
+    for run in range(1, runs + 1):
+        shutil.rmtree(demo_dir, ignore_errors=True)
+        app = start_demo(demo_dir, port, demo_dir.parent / f"{demo_dir.name}-app.log")
+        try:
+            seconds.append(wait_for_page(f"http://127.0.0.1:{port}/", app, timeout))
+        finally:
+            stop(app)  # it stops the build it started
+        print(f"start {run}: first page after {seconds[-1]:.1f} s; the stages that had finished:")
+        print_stages(demo_dir)
+    median = statistics.median(seconds)
+    print(f"RESULT first_pages={runs} first_page_median_s={median:.1f} first_page_min_s={min(seconds):.1f} "
+          f"first_page_max_s={max(seconds):.1f} load={load:.2f}")
 
 
 if __name__ == "__main__":

@@ -365,6 +365,15 @@ def test_cli_labels_end_to_end(tmp_path):
     assert 0.35 < sum(p["label"] == "yes" for p in closed) / len(closed) < 0.65  # not mostly "No"
 
 
+def test_the_labels_generator_never_loads_the_openai_sdk(release, tmp_path):
+    """It sends nothing, and the SDK's imports are most of a second on the demo's first page's path."""
+    code = ("import sys; from dataprep.__main__ import main; code = main(sys.argv[1:]); "
+            "print('openai loaded' if 'openai' in sys.modules else 'openai not loaded'); sys.exit(code)")  # fmt: skip
+    built = run_cli("-c", code, "--root", str(release), "--out", str(tmp_path / "D"), "--generator", "labels")
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.splitlines()[-1] == "openai not loaded" and (tmp_path / "D" / "stats.json").is_file()
+
+
 def test_build_with_empty_splits_still_loads(release, tmp_path):
     from datasets import load_from_disk
 

@@ -17,11 +17,29 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import pytest  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _session_digest_cache(tmp_path_factory):
     """Model file digests (cxr_vqa.identity) go to this session's folder, not the user's ~/.cache."""
     os.environ["CXR_VQA_CACHE_DIR"] = str(tmp_path_factory.mktemp("digests"))
+
+
+@pytest.fixture(scope="session")
+def smoke_demo(tmp_path_factory):
+    """`python -m finetune.demo` end to end on a handful of patients, built once for the tests that read a real build
+    (tests/test_demo_build.py checks the build itself, tests/test_pointing_game.py plays on a copy): (its folder,
+    the command, the environment, the finished run)."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("smoke-demo") / "demo"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "finetune.demo", str(out), "--patients", "60", "--epochs", "0.2",
+               "--base-steps", "2"]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return out, command, env, done
 
 
 @pytest.fixture

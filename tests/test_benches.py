@@ -28,7 +28,8 @@ SMOKES: dict[str, tuple[str, str] | str] = {
     "dataprep_llm": ("--reports 8 --patients 20 --latency 0.02 --repeats 1", "speedup cached_requests"),
     "explore": ("--report {report} --questions 500 --repeats 1",
                 "questions open_s select_ms_max filter_ms_max page_kb table_kb page_share"),
-    "findings_cost": "tests/test_findings_cost.py",
+    "findings_cost": ("--smoke --work {learn_work}", "tokens_before tokens_after answer_tokens_before "
+                      "answer_tokens_after step_ms_before step_ms_after ratio"),
     "gguf": "tests/test_gguf_serving.py",
     "gpu": "tests/test_gpu_bench.py",
     "labeler": "tests/test_labeler_command.py",
@@ -49,7 +50,9 @@ SMOKES: dict[str, tuple[str, str] | str] = {
     "upload_limits": "tests/test_upload_limits.py",
     "visitor_limits": "tests/test_visitor_limits_bench.py",
 }  # fmt: skip
-AFTER = {"train_profile": "learn_synthetic"}  # it reuses that one's data and speaking base (minutes to make alone)
+# these reuse the learning bench's data and speaking base (minutes to make alone), one after the other: both train
+# into its folder's profile/
+AFTER = {"train_profile": "learn_synthetic", "findings_cost": "train_profile"}
 RUN_HERE = sorted(name for name, smoke in SMOKES.items() if isinstance(smoke, tuple))
 RESULT_FIELD = re.compile(r"[a-z][a-z0-9_]*=-?(\d+(\.\d*)?|\.\d+)(e[-+]?\d+)?|[a-z][a-z0-9_]*=(inf|nan)")
 
@@ -139,3 +142,14 @@ def test_bench_smoke_run_prints_its_result_line(name, smoke_runs):
     fields = results[-1].split()[1:]
     assert all(RESULT_FIELD.fullmatch(field) for field in fields), f"not key=number: {results[-1]}"
     assert [field.split("=")[0] for field in fields] == SMOKES[name][1].split(), results[-1]
+
+
+def test_findings_cost_smoke_measures_both_datasets(smoke_runs):
+    """The same release prepared with and without the findings turn (the plumbing; the figures come from a full run,
+    docs/findings.md): the turn adds its question and answer to every row, its answer to the loss."""
+    done = smoke_runs["findings_cost"].result()
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", done.stdout.strip().splitlines()[-1])}
+    assert figures["tokens_after"] > figures["tokens_before"]
+    assert figures["answer_tokens_after"] > figures["answer_tokens_before"] > 0
+    assert figures["step_ms_before"] > 0 and figures["ratio"] > 0

@@ -280,31 +280,28 @@ def test_examples_are_held_out_films_showing_one_finding_each(tmp_path):
     assert json.loads((tmp_path / "examples" / "examples.json").read_text()) == index
 
 
-def test_the_whole_build_on_a_handful_of_patients(tmp_path):
+def test_the_whole_build_on_a_handful_of_patients(smoke_demo):
     """The real command line end to end, small: every stage runs once, demo.json comes last, a rerun does nothing."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "finetune.demo", str(tmp_path / "demo"), "--patients", "60", "--epochs", "0.2",
-               "--base-steps", "2"]  # fmt: skip
-    first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out, command, env, first = smoke_demo
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     assert [line for line in first.stdout.splitlines() if line.startswith("stage")] == [
         f"stages 1-3/8: base release and tiny model; release and dataprep beside them, at a lower priority (output: "
-        f"{tmp_path / 'demo' / 'logs'})", "stage 6/8: base", "stage 7/8: train (seed 0)",
+        f"{out / 'logs'})", "stage 6/8: base", "stage 7/8: train (seed 0)",
         "stage 8/8: evaluate (adapter-seed0)"]  # fmt: skip
-    assert (tmp_path / "demo" / "logs" / "release.log").is_file()  # made beside the base: its output kept apart
-    marker = demo_build(tmp_path / "demo")
+    assert (out / "logs" / "release.log").is_file()  # made beside the base: its output kept apart
+    marker = demo_build(out)
     assert marker and marker["complete"] and marker["trained"]
-    assert (tmp_path / "demo" / marker["adapter"] / "adapter_config.json").is_file()
-    assert (tmp_path / "demo" / marker["base"] / "config.json").is_file()  # the merged base
-    assert json.loads((tmp_path / "demo" / marker["report"] / "metrics.json").read_text())["models"]["tuned"]
-    card = (tmp_path / "demo" / marker["adapter"] / "README.md").read_text()
+    assert (out / marker["adapter"] / "adapter_config.json").is_file()
+    assert (out / marker["base"] / "config.json").is_file()  # the merged base
+    assert json.loads((out / marker["report"] / "metrics.json").read_text())["models"]["tuned"]
+    card = (out / marker["adapter"] / "README.md").read_text()
     assert "A **demo** LoRA adapter" in card and "synthetic phantoms drawn by dataprep.synthetic, not patients" in card
-    examples = json.loads((tmp_path / "demo" / marker["examples"]).read_text())
+    examples = json.loads((out / marker["examples"]).read_text())
     # the base's own held-out films: the base never trained on them, the adapter never saw that release
-    test_studies = set(open_splits(tmp_path / "demo" / "base-data")["test"]["study_id"])
+    test_studies = set(open_splits(out / "base-data")["test"]["study_id"])
     assert examples and all(e["study_id"] in test_studies for e in examples)
     base_args = next(s for s in marker["stages"] if s[0] == "finetune" and "tiny-llava" in str(s))
-    assert base_args[base_args.index("--dataset") + 1] == str((tmp_path / "demo" / "base-data").resolve())
+    assert base_args[base_args.index("--dataset") + 1] == str((out / "base-data").resolve())
     # started beside its data, it waited for the records of the stages it reads
     waited = base_args[base_args.index("--wait_for") + 1 : base_args.index("--wait_for") + 3]
     assert [Path(p).name for p in waited] == ["tiny-model.json", "base-dataprep.json"]

@@ -1,10 +1,12 @@
-"""bench/pointing_game.py --smoke: a 20-patient demo built by `python -m finetune.demo`, its questions answered and
-mapped, the table and the RESULT line; a release from before regions.jsonl gets the same regions written."""
+"""bench/pointing_game.py --smoke on a copy of the suite's small demo build (`python -m finetune.demo`,
+tests/conftest.py): its questions answered and mapped, the table and the RESULT line; a release from before
+regions.jsonl gets the same regions written."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +25,10 @@ def bench(*args: str) -> str:
     return done.stdout
 
 
-def test_the_pointing_game_smoke_run_prints_its_table_and_result(tmp_path):
+def test_the_pointing_game_smoke_run_prints_its_table_and_result(smoke_demo, tmp_path):
+    built = smoke_demo[3]
+    assert built.returncode == 0, built.stderr[-2000:]
+    shutil.copytree(smoke_demo[0], tmp_path / "demo", symlinks=True)  # a copy: its regions are taken away below
     out = bench("--demo", str(tmp_path / "demo"), "--limit", "3", "--batch", "2")
     last = out.strip().splitlines()[-1]
     match = RESULT.match(last)

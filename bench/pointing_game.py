@@ -43,7 +43,7 @@ from cxr_vqa.vqa import BASE
 from evaluation.stats import bootstrap_ci
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE_BUILD = ("--patients", "20", "--epochs", "0.05")
+SMOKE_BUILD = ("--patients", "20", "--epochs", "0.05", "--base-steps", "2")  # plumbing: a 2-step base
 ROWS = ("tuned", "base", "blank", "random")  # table rows; "blank": the tuned model on a black film
 
 

@@ -5,7 +5,8 @@ scales before it pads.
     square = letterbox(image, size=336)          # the same pixels as padding to max(w, h)² and resizing, without it
 
 The letterbox used to pad to a max(w, h)² canvas at full resolution and resize that: a 1 x 30,000 strip made a
-30,000² canvas (3.4 GB). Now the film's long axis is resampled by Pillow as before, and its short (padded) axis by
+30,000² canvas (3.4 GB). Now a canvas of a real film's size (up to `FAST_CANVAS_PIXELS`) is still built, and for a
+larger one the film's long axis is resampled by Pillow as before, and its short (padded) axis by
 `_resample`, a port of Pillow's bicubic pass (its coefficients, 22-bit fixed point, rounding and clipping) that
 reads the padding as `fill` without storing it. The result is the same bytes as the canvas version (checked over
 hundreds of sizes and real films by tests/test_upload_limits.py) at the cost of one band of the film at a time.
@@ -22,6 +23,9 @@ from cxr_vqa.film_limits import LIMITS, ImageLoadError
 
 BAND_PIXELS = 1 << 20  # a band of rows of about 1 M pixels: its float32/float64 temporaries are 4-8 MB each
 BICUBIC_SUPPORT = 2.0  # Pillow's bicubic filter reaches 2 input pixels (times the scale when shrinking)
+# A canvas up to this many pixels (9.4 M: 9 MB grey, 28 MB RGB; a real chest film's) is built and resized by Pillow,
+# the bytes `_resample` reproduces at 3-5x the CPU; only a larger one (a strip, a forged size) goes band by band.
+FAST_CANVAS_PIXELS = 3072 * 3072
 
 
 def bands(arr: np.ndarray):
@@ -65,6 +69,10 @@ def letterbox(image: Image.Image, size: int | None = None, fill: int = 0) -> Ima
     # bicubic like CLIPImageProcessor, so pixels match what the vision tower was trained on
     if width == height:
         return image.resize((size, size), Image.Resampling.BICUBIC).convert("RGB")
+    if side * side <= FAST_CANVAS_PIXELS:
+        square = Image.new(image.mode, (side, side), fill if image.mode == "L" else (fill,) * 3)
+        square.paste(image, ((side - width) // 2, (side - height) // 2))
+        return square.resize((size, size), Image.Resampling.BICUBIC).convert("RGB")
     short = min(width, height)
     offset = (side - short) // 2  # where the film starts on the short axis of the side x side canvas
     taps = _taps(side, size, offset, offset + short)

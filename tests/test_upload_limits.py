@@ -33,6 +33,7 @@ from PIL import Image
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit
 
 from app_lib.zips import ENTRY_BYTES, declared_entries, read_member
+from cxr_vqa import pixels
 from cxr_vqa.film_limits import LIMITS, MIB, ImageLoadError, check_header, probe_jpeg, probe_png
 from cxr_vqa.images import load_film, load_image
 from cxr_vqa.pixels import letterbox
@@ -162,7 +163,10 @@ def _canvas_letterbox(image: Image.Image, size: int, fill: int = 0) -> Image.Ima
     return canvas.resize((size, size), Image.Resampling.BICUBIC) if size != side else canvas
 
 
-def test_letterbox_gives_the_canvas_versions_bytes_without_the_canvas():
+@pytest.mark.parametrize("fast_canvas", [0, pixels.FAST_CANVAS_PIXELS])
+def test_letterbox_gives_the_canvas_versions_bytes_without_the_canvas(fast_canvas, monkeypatch):
+    """With no canvas built (0: every size band by band, as a strip or a forged size goes) and with today's limit."""
+    monkeypatch.setattr(pixels, "FAST_CANVAS_PIXELS", fast_canvas)
     rng = np.random.default_rng(0)
     sizes = [(1, 2), (3, 1), (200, 100), (335, 337), (384, 442), (442, 384), (999, 1000), (1, 700)]
     sizes += [tuple(int(v) for v in rng.integers(1, 1500, 2)) for _ in range(24)]

@@ -52,7 +52,7 @@ def letterbox(image: Image.Image, size: int | None = None, fill: int = 0) -> Ima
     """Pad to a centred square with `fill` grey, then resize to `size` x `size` if given; always RGB.
 
     Padding instead of the processor's centre crop keeps the costophrenic angles and apices in view. With `size`,
-    the full-resolution square is never allocated (see the module docstring)."""
+    a full-resolution square over `FAST_CANVAS_PIXELS` is never allocated (see the module docstring)."""
     if size is not None and size < 1:
         raise ValueError(f"letterbox size must be a positive number of pixels, got {size}")
     if image.mode not in ("L", "RGB"):  # grey stays grey until the end: a third of the memory, the same pixels
@@ -63,16 +63,12 @@ def letterbox(image: Image.Image, size: int | None = None, fill: int = 0) -> Ima
         if side * side > LIMITS.max_canvas_pixels:
             raise ImageLoadError(f"image too large: letterboxed to a square it is {side}x{side}, over the "
                                  f"{LIMITS.max_canvas_pixels:,} pixel limit; downscale it")  # fmt: skip
-        square = Image.new(image.mode, (side, side), fill if image.mode == "L" else (fill,) * 3)
-        square.paste(image, ((side - width) // 2, (side - height) // 2))
-        return square.convert("RGB")
+        return _padded(image, side, fill).convert("RGB")
     # bicubic like CLIPImageProcessor, so pixels match what the vision tower was trained on
     if width == height:
         return image.resize((size, size), Image.Resampling.BICUBIC).convert("RGB")
     if side * side <= FAST_CANVAS_PIXELS:
-        square = Image.new(image.mode, (side, side), fill if image.mode == "L" else (fill,) * 3)
-        square.paste(image, ((side - width) // 2, (side - height) // 2))
-        return square.resize((size, size), Image.Resampling.BICUBIC).convert("RGB")
+        return _padded(image, side, fill).resize((size, size), Image.Resampling.BICUBIC).convert("RGB")
     short = min(width, height)
     offset = (side - short) // 2  # where the film starts on the short axis of the side x side canvas
     taps = _taps(side, size, offset, offset + short)
@@ -88,6 +84,13 @@ def letterbox(image: Image.Image, size: int | None = None, fill: int = 0) -> Ima
     base = ROUND + padding_row[:, None] * taps[2][None, :]
     out = _resample(np.swapaxes(half, 0, 1), taps, base)
     return Image.fromarray(np.ascontiguousarray(np.swapaxes(out, 0, 1)), image.mode).convert("RGB")
+
+
+def _padded(image: Image.Image, side: int, fill: int) -> Image.Image:
+    """`image` centred on a `side` x `side` square of `fill` grey, in its own mode."""
+    square = Image.new(image.mode, (side, side), fill if image.mode == "L" else (fill,) * 3)
+    square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    return square
 
 
 SHIFT = 22  # Pillow's PRECISION_BITS for 8-bit images
